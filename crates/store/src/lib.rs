@@ -1,0 +1,166 @@
+//! The `Store` trait: Baton's only way to durable state. Every backend (embedded
+//! SQLite, PostgreSQL) implements it and must pass [`conformance`].
+//!
+//! The contract is written for several orchestrator replicas sharing one store:
+//! no method relies on a lock held in the caller's memory. A running attempt is a
+//! *claim* with a lease (`lease_owner`, `lease_deadline_ms`) and a fencing token (the
+//! attempt number); results are accepted only for the current attempt. Hot paths
+//! take batches so that a backend can commit many operations per transaction.
+//! The lifecycle rules themselves live in `baton_core::lifecycle`; a backend loads
+//! the state, calls `apply`, and writes the result, so every backend makes exactly
+//! the same decisions.
+
+pub mod conformance;
+
+use async_trait::async_trait;
+use baton_core::lifecycle::{Command, Effect, Failure, Refusal, TaskState};
+use baton_core::{AgentId, Millis, Status, TaskId, TaskSpec};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the store itself (not of the lifecycle: those are per-item outcomes).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend cannot be reached or refused the operation for a transient reason.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Data read back could not be decoded, or an invariant of the backend broke.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for baton_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unavailable(m) => baton_core::Error::unavailable(format!("store unavailable: {m}")),
+            other => baton_core::Error::internal(other.to_string()),
+        }
+    }
+}
+
+/// A task as stored: its immutable spec and its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub spec: TaskSpec,
+    pub state: TaskState,
+}
+
+/// Outcome of submitting one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    /// Newly stored and queued.
+    Created(TaskRecord),
+    /// The same id with the same spec already exists: nothing changed.
+    Existing(TaskRecord),
+    /// The same id exists with a different spec: nothing changed.
+    Conflict(TaskRecord),
+}
+
+/// Ask for up to `max` queued tasks of `task_type`, highest priority first and FIFO
+/// within a priority, each to become a running attempt on `agent_id`.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub task_type: String,
+    pub max: usize,
+    pub agent_id: AgentId,
+    /// Who must keep extending the lease: an agent session on some replica.
+    pub lease_owner: String,
+    pub lease_deadline_ms: Millis,
+    pub now: Millis,
+}
+
+/// A claimed attempt, ready to send to its agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub spec: TaskSpec,
+    pub attempt: u32,
+}
+
+/// A command for one task, fenced by attempt where the command names one.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub task_id: TaskId,
+    pub command: Command,
+}
+
+/// Result of one [`Update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    Applied { record: TaskRecord, effects: Vec<Effect> },
+    Refused(Refusal),
+    NotFound,
+}
+
+/// Filters for listing tasks. Results come newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub task_type: Option<String>,
+    pub limit: usize,
+    /// Opaque cursor returned by the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub tasks: Vec<TaskRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// Task counts per status, and queued counts per task type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    pub queued_by_type: std::collections::BTreeMap<String, u64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores new tasks as queued, durably, before returning. Idempotent per task id.
+    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>>;
+
+    /// Claims queued tasks (see [`ClaimRequest`]). Tasks whose deadline passed are
+    /// failed instead of claimed and are not returned.
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>>;
+
+    /// Applies commands (results, failures, cancels, reprocess, promotions) in order,
+    /// durably, each through `baton_core::lifecycle::apply`. Outcomes are in the same order.
+    async fn update(&self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>>;
+
+    /// Moves the lease deadline of every running attempt held by `lease_owner`.
+    /// Returns how many attempts it holds.
+    async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64>;
+
+    /// Fails (as `lease_expired`) every running attempt whose lease deadline is before `now`.
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>>;
+
+    /// Fails (with `failure`) every running attempt held by `lease_owner`, e.g. when
+    /// its agent disconnected. Returns the tasks affected.
+    async fn release_owner(&self, lease_owner: &str, failure: Failure, now: Millis) -> Result<Vec<TaskId>>;
+
+    /// Queues again every retry-waiting task whose wait ended by `now`.
+    /// Returns the task types that got work.
+    async fn promote_due(&self, now: Millis) -> Result<Vec<String>>;
+
+    /// Earliest time a retry wait ends, if any task waits.
+    async fn next_wake(&self) -> Result<Option<Millis>>;
+
+    async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>>;
+
+    async fn list(&self, filter: ListFilter) -> Result<Page>;
+
+    async fn counts(&self) -> Result<Counts>;
+
+    /// Task types that have queued tasks.
+    async fn queued_types(&self) -> Result<Vec<String>>;
+
+    /// Whether this store is used by one process only (the embedded store). Such a
+    /// store's running attempts at start-up belong to a previous, dead process.
+    fn exclusive(&self) -> bool;
+
+    /// Whether the backend answers right now (readiness).
+    async fn ping(&self) -> Result<()>;
+}
