@@ -1,1 +1,1133 @@
-//! The conformance suite every Store backend must pass (being written).
+//! The conformance suite every Store backend must pass: a backend is done when the
+//! suite passes, and the suite is the precise meaning of the [`Store`] contract.
+//!
+//! Each case is a public async function taking a fresh, empty store. A backend
+//! crate runs them all with one macro call in its `tests/`:
+//!
+//! ```ignore
+//! baton_store::store_conformance_tests!(
+//!     async { SqliteStore::open_temp().expect("open store") },
+//!     reopen = |store: SqliteStore| async move { store.reopen().expect("reopen store") },
+//! );
+//! ```
+//!
+//! The first argument is an expression evaluated once per case (so usually an
+//! `async` block) that yields a fresh, empty store. The optional `reopen` closure
+//! takes a store, closes it and opens a new store over the same data; backends
+//! that persist must give it, and then also run [`data_survives_reopen`]. The
+//! calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a
+//! dev-dependency.
+//!
+//! Time is always passed in: cases use fixed fake clocks ([`T0`] onwards) and never
+//! sleep. Retry policies in the cases have no jitter, so every delay is exact.
+//!
+//! Beyond the trait's doc comments, the suite pins down these choices:
+//! - a claim returns fewer than `max` tasks only if no more claimable tasks of the
+//!   type are queued (tasks failed for a passed deadline do not use up `max`), and
+//!   returns them in the order they were picked (priority, then submission);
+//! - `promote_due` returns each task type once, and promotes tasks whose
+//!   `ready_at_ms <= now`; `expire_leases` fails attempts whose deadline is `< now`;
+//! - extending a lease is not a transition: it records no event;
+//! - a list page ends with `next_cursor: None` when nothing older matches, even if
+//!   the page is full; a cursor the store did not hand out is
+//!   [`Error::InvalidCursor`];
+//! - [`Counts`] holds only non-zero entries, keyed by [`Status::as_str`];
+//!   `queued_types` lists each type once.
+
+use crate::{
+    ClaimRequest, Claimed, Counts, Error, ListFilter, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+};
+use baton_core::input::InputKind;
+use baton_core::lifecycle::{apply, Command, Ctx, Effect, EventKind, Failure, FailureKind, Refusal, TaskState};
+use baton_core::{AgentId, InputPart, Millis, Priority, RetryPolicy, Status, TaskId, TaskSpec};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The fake clock every case starts from.
+pub const T0: Millis = 1_700_000_000_000;
+
+/// Expands to one `#[tokio::test]` per conformance case. See the module docs.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fresh:expr $(,)?) => {
+        $crate::__store_conformance_cases!($fresh;
+            submit_creates_queued_tasks,
+            submit_same_spec_is_existing,
+            submit_different_spec_is_conflict,
+            submit_batch_keeps_order,
+            submit_duplicate_ids_in_one_batch,
+            get_unknown_task_is_none,
+            claim_only_requested_type_up_to_max,
+            claim_highest_priority_first_then_fifo,
+            claim_starts_an_attempt,
+            claim_fails_tasks_past_deadline,
+            claim_never_returns_a_task_twice,
+            update_succeed_completes,
+            update_stale_attempt_is_refused,
+            update_retryable_failure_waits_then_promotes,
+            update_exhausted_retries_dead_letter_then_reprocess,
+            update_permanent_failure_fails,
+            update_cancel,
+            update_unknown_task_is_not_found,
+            update_outcomes_follow_input_order,
+            update_same_task_several_times_in_one_batch,
+            leases_extend_moves_only_the_owners_running_tasks,
+            leases_expire_fails_overdue_attempts,
+            leases_release_owner_fails_only_that_owner,
+            list_filters_newest_first,
+            list_paginates_with_cursor,
+            list_rejects_invalid_cursor,
+            counts_by_status_and_type,
+            queued_types_lists_types_with_queued_work,
+            events_one_per_transition_as_lifecycle_decides,
+            ping_answers,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn claim_concurrent_claimers_get_disjoint_tasks() {
+            let store = $fresh.await;
+            $crate::conformance::claim_concurrent_claimers_get_disjoint_tasks(::std::sync::Arc::new(store)).await;
+        }
+    };
+    ($fresh:expr, reopen = $reopen:expr $(,)?) => {
+        $crate::store_conformance_tests!($fresh);
+
+        #[tokio::test]
+        async fn data_survives_reopen() {
+            let store = $fresh.await;
+            $crate::conformance::data_survives_reopen(store, $reopen).await;
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_conformance_cases {
+    ($fresh:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $fresh.await;
+                $crate::conformance::$case(&store).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A retry policy without jitter, so delays are exact: 1 s, 2 s, 4 s, … capped at 60 s.
+pub fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy { max_attempts, backoff_base_ms: 1_000, backoff_cap_ms: 60_000, backoff_multiplier: 2.0, jitter: 0.0 }
+}
+
+/// A task with every kind of field filled, so that a backend must store it faithfully.
+pub fn spec(id: &str, task_type: &str) -> TaskSpec {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("label".into(), json!(id));
+    metadata.insert("ratio".into(), json!(0.1));
+    metadata.insert("nested".into(), json!({"list": [1, 2.5, "three", null, true]}));
+    TaskSpec {
+        task_id: TaskId::from_trusted(id),
+        task_type: task_type.into(),
+        inputs: vec![
+            InputPart::text(format!("input of {id}")),
+            InputPart::json(json!({"k": [1, 2, 3]})),
+            InputPart::bytes(InputKind::Binary, vec![0, 159, 146, 150, 255]),
+        ],
+        priority: Priority::Normal,
+        timeout_ms: 30_000,
+        metadata,
+        retry: policy(3),
+        deadline_ms: None,
+        execution_mode: None,
+    }
+}
+
+pub fn spec_with(id: &str, task_type: &str, edit: impl FnOnce(&mut TaskSpec)) -> TaskSpec {
+    let mut s = spec(id, task_type);
+    edit(&mut s);
+    s
+}
+
+fn id(raw: &str) -> TaskId {
+    TaskId::from_trusted(raw)
+}
+
+fn agent(raw: &str) -> AgentId {
+    AgentId::from_trusted(raw)
+}
+
+fn ids(raw: &[&str]) -> Vec<TaskId> {
+    raw.iter().map(|r| id(r)).collect()
+}
+
+fn claimed_ids(claimed: &[Claimed]) -> Vec<TaskId> {
+    claimed.iter().map(|c| c.spec.task_id.clone()).collect()
+}
+
+fn id_set(list: &[TaskId]) -> BTreeSet<TaskId> {
+    let set: BTreeSet<TaskId> = list.iter().cloned().collect();
+    assert_eq!(set.len(), list.len(), "duplicate task ids in {list:?}");
+    set
+}
+
+async fn submit(store: &dyn Store, tasks: Vec<TaskSpec>, now: Millis) -> Vec<SubmitOutcome> {
+    store.submit(tasks, now).await.expect("submit")
+}
+
+async fn claim_as(
+    store: &dyn Store,
+    task_type: &str,
+    max: usize,
+    owner: &str,
+    lease_deadline_ms: Millis,
+    now: Millis,
+) -> Vec<Claimed> {
+    let request = ClaimRequest {
+        task_type: task_type.into(),
+        max,
+        agent_id: agent(&format!("agent-{owner}")),
+        lease_owner: owner.into(),
+        lease_deadline_ms,
+        now,
+    };
+    store.claim(request).await.expect("claim")
+}
+
+async fn claim(store: &dyn Store, task_type: &str, max: usize, now: Millis) -> Vec<Claimed> {
+    claim_as(store, task_type, max, "owner-1", now + 60_000, now).await
+}
+
+async fn get(store: &dyn Store, task_id: &str) -> TaskRecord {
+    store.get(&id(task_id)).await.expect("get").unwrap_or_else(|| panic!("task {task_id} not found"))
+}
+
+async fn update(store: &dyn Store, updates: Vec<(&str, Command)>, now: Millis) -> Vec<UpdateOutcome> {
+    let n = updates.len();
+    let updates = updates.into_iter().map(|(t, command)| Update { task_id: id(t), command }).collect();
+    let outcomes = store.update(updates, now).await.expect("update");
+    assert_eq!(outcomes.len(), n, "one outcome per update");
+    outcomes
+}
+
+async fn update_one(store: &dyn Store, task_id: &str, command: Command, now: Millis) -> UpdateOutcome {
+    update(store, vec![(task_id, command)], now).await.remove(0)
+}
+
+fn applied(outcome: UpdateOutcome) -> (TaskRecord, Vec<Effect>) {
+    match outcome {
+        UpdateOutcome::Applied { record, effects } => (record, effects),
+        other => panic!("expected the update to apply, got {other:?}"),
+    }
+}
+
+fn succeed(attempt: u32) -> Command {
+    Command::Succeed { attempt, output: json!({"answer": 42, "ratio": 0.3}) }
+}
+
+fn fail(attempt: u32, kind: FailureKind) -> Command {
+    Command::Fail { attempt, failure: Failure::new(kind, "boom") }
+}
+
+fn cancel() -> Command {
+    Command::Cancel { reason: Some("no longer needed".into()) }
+}
+
+fn event_kinds(record: &TaskRecord) -> Vec<EventKind> {
+    record.state.events.iter().map(|e| e.kind).collect()
+}
+
+fn sorted_unique(types: Vec<String>) -> Vec<String> {
+    let set: BTreeSet<String> = types.iter().cloned().collect();
+    assert_eq!(set.len(), types.len(), "duplicate task types in {types:?}");
+    set.into_iter().collect()
+}
+
+fn strings(raw: &[&str]) -> Vec<String> {
+    raw.iter().map(|s| s.to_string()).collect()
+}
+
+async fn list_ids(store: &dyn Store, filter: ListFilter) -> Vec<TaskId> {
+    let page = store.list(filter).await.expect("list");
+    page.tasks.iter().map(|t| t.spec.task_id.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// submit
+// ---------------------------------------------------------------------------
+
+pub async fn submit_creates_queued_tasks(store: &dyn Store) {
+    let a = spec("a", "echo");
+    let b = spec_with("b", "resize", |s| {
+        s.priority = Priority::High;
+        s.deadline_ms = Some(T0 + 60_000);
+        s.execution_mode = Some(baton_core::ExecutionMode::Parallel);
+    });
+    let out = submit(store, vec![a.clone(), b.clone()], T0).await;
+    let rec_a = TaskRecord { spec: a, state: TaskState::new_queued(T0) };
+    let rec_b = TaskRecord { spec: b, state: TaskState::new_queued(T0) };
+    assert_eq!(out, vec![SubmitOutcome::Created(rec_a.clone()), SubmitOutcome::Created(rec_b.clone())]);
+    assert_eq!(get(store, "a").await, rec_a);
+    assert_eq!(get(store, "b").await, rec_b);
+}
+
+pub async fn submit_same_spec_is_existing(store: &dyn Store) {
+    let a = spec("a", "echo");
+    submit(store, vec![a.clone()], T0).await;
+    assert_eq!(claim(store, "echo", 1, T0 + 1).await.len(), 1);
+    let before = get(store, "a").await;
+    assert_eq!(before.state.status, Status::Running);
+
+    let out = submit(store, vec![a.clone()], T0 + 2).await;
+    assert_eq!(out, vec![SubmitOutcome::Existing(before.clone())], "resubmission returns the stored task");
+    assert_eq!(get(store, "a").await, before, "resubmission changes nothing");
+}
+
+pub async fn submit_different_spec_is_conflict(store: &dyn Store) {
+    let a = spec("a", "echo");
+    submit(store, vec![a.clone()], T0).await;
+    let stored = get(store, "a").await;
+    let variants = [
+        spec_with("a", "echo", |s| s.priority = Priority::Critical),
+        spec_with("a", "other-type", |_| {}),
+        spec_with("a", "echo", |s| {
+            s.metadata.insert("label".into(), json!("changed"));
+        }),
+        spec_with("a", "echo", |s| s.retry.max_attempts = 4),
+        spec_with("a", "echo", |s| {
+            s.inputs.pop();
+        }),
+    ];
+    for variant in variants {
+        let out = submit(store, vec![variant.clone()], T0 + 5).await;
+        assert_eq!(out, vec![SubmitOutcome::Conflict(stored.clone())], "conflicting spec {variant:?}");
+    }
+    assert_eq!(get(store, "a").await, stored, "a conflict changes nothing");
+    assert_eq!(claim(store, "other-type", 10, T0 + 6).await, vec![], "a conflicting type is not stored");
+}
+
+pub async fn submit_batch_keeps_order(store: &dyn Store) {
+    submit(store, vec![spec("b", "echo"), spec("c", "echo")], T0).await;
+    let stored_b = get(store, "b").await;
+    let stored_c = get(store, "c").await;
+    let out = submit(
+        store,
+        vec![
+            spec("a", "echo"),
+            spec("b", "echo"),
+            spec_with("c", "echo", |s| s.timeout_ms = 1),
+            spec("d", "echo"),
+        ],
+        T0 + 10,
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            SubmitOutcome::Created(TaskRecord { spec: spec("a", "echo"), state: TaskState::new_queued(T0 + 10) }),
+            SubmitOutcome::Existing(stored_b),
+            SubmitOutcome::Conflict(stored_c),
+            SubmitOutcome::Created(TaskRecord { spec: spec("d", "echo"), state: TaskState::new_queued(T0 + 10) }),
+        ]
+    );
+    // Submission order is the claim order within a priority.
+    assert_eq!(claimed_ids(&claim(store, "echo", 10, T0 + 20).await), ids(&["b", "c", "a", "d"]));
+}
+
+pub async fn submit_duplicate_ids_in_one_batch(store: &dyn Store) {
+    let x = spec("x", "echo");
+    let x_changed = spec_with("x", "echo", |s| s.priority = Priority::Low);
+    let out = submit(store, vec![x.clone(), x.clone(), x_changed], T0).await;
+    let record = TaskRecord { spec: x, state: TaskState::new_queued(T0) };
+    assert_eq!(
+        out,
+        vec![
+            SubmitOutcome::Created(record.clone()),
+            SubmitOutcome::Existing(record.clone()),
+            SubmitOutcome::Conflict(record.clone()),
+        ]
+    );
+    assert_eq!(get(store, "x").await, record);
+    assert_eq!(claim(store, "echo", 10, T0 + 1).await.len(), 1, "the task is stored once");
+}
+
+pub async fn get_unknown_task_is_none(store: &dyn Store) {
+    assert_eq!(store.get(&id("ghost")).await.expect("get"), None);
+    submit(store, vec![spec("a", "echo")], T0).await;
+    assert_eq!(store.get(&id("ghost")).await.expect("get"), None);
+}
+
+// ---------------------------------------------------------------------------
+// claim
+// ---------------------------------------------------------------------------
+
+pub async fn claim_only_requested_type_up_to_max(store: &dyn Store) {
+    let echo: Vec<TaskSpec> = (0..5).map(|i| spec(&format!("e{i}"), "echo")).collect();
+    let resize: Vec<TaskSpec> = (0..3).map(|i| spec(&format!("r{i}"), "resize")).collect();
+    submit(store, echo.into_iter().chain(resize).collect(), T0).await;
+
+    assert_eq!(claim(store, "echo", 0, T0 + 1).await, vec![], "max 0 claims nothing");
+    assert_eq!(get(store, "e0").await.state.status, Status::Queued);
+
+    let first = claim(store, "echo", 3, T0 + 2).await;
+    assert_eq!(claimed_ids(&first), ids(&["e0", "e1", "e2"]));
+    let resized = claim(store, "resize", 10, T0 + 3).await;
+    assert_eq!(claimed_ids(&resized), ids(&["r0", "r1", "r2"]));
+    assert_eq!(claimed_ids(&claim(store, "echo", 10, T0 + 4).await), ids(&["e3", "e4"]));
+    assert_eq!(claim(store, "echo", 10, T0 + 5).await, vec![]);
+    assert_eq!(claim(store, "unknown", 10, T0 + 6).await, vec![]);
+}
+
+pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
+    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
+    submit(store, vec![p("n1", Priority::Normal), p("l1", Priority::Low), p("c1", Priority::Critical)], T0).await;
+    submit(
+        store,
+        vec![
+            p("n2", Priority::Normal),
+            p("c2", Priority::Critical),
+            p("b1", Priority::Background),
+            p("h1", Priority::High),
+        ],
+        T0 + 1,
+    )
+    .await;
+
+    assert_eq!(claimed_ids(&claim(store, "work", 3, T0 + 2).await), ids(&["c1", "c2", "h1"]));
+    let mut rest = Vec::new();
+    for step in 0..5 {
+        rest.extend(claimed_ids(&claim(store, "work", 1, T0 + 3 + step).await));
+    }
+    assert_eq!(rest, ids(&["n1", "n2", "l1", "b1"]));
+}
+
+pub async fn claim_starts_an_attempt(store: &dyn Store) {
+    let a = spec("a", "echo");
+    submit(store, vec![a.clone()], T0).await;
+    let request = ClaimRequest {
+        task_type: "echo".into(),
+        max: 5,
+        agent_id: agent("agent-7"),
+        lease_owner: "session-3".into(),
+        lease_deadline_ms: T0 + 30_010,
+        now: T0 + 10,
+    };
+    let claimed = store.claim(request).await.expect("claim");
+    assert_eq!(claimed, vec![Claimed { spec: a.clone(), attempt: 1 }]);
+
+    let record = get(store, "a").await;
+    let state = &record.state;
+    assert_eq!(state.status, Status::Running);
+    assert_eq!(state.attempt, 1);
+    assert_eq!(state.agent_id, Some(agent("agent-7")));
+    assert_eq!(state.lease_owner.as_deref(), Some("session-3"));
+    assert_eq!(state.lease_deadline_ms, Some(T0 + 30_010));
+    assert_eq!(state.updated_at_ms, T0 + 10);
+    let started = state.events.last().expect("events");
+    assert_eq!(state.events.len(), 2);
+    assert_eq!(
+        (started.kind, started.from, started.to, started.attempt, started.at_ms),
+        (EventKind::Started, Some(Status::Queued), Status::Running, 1, T0 + 10)
+    );
+    assert_eq!(started.agent_id, Some(agent("agent-7")));
+
+    let command =
+        Command::Claim { agent_id: agent("agent-7"), lease_owner: "session-3".into(), lease_deadline_ms: T0 + 30_010 };
+    let expected = apply(&TaskState::new_queued(T0), command, Ctx::for_spec(&a, T0 + 10, 0.5)).expect("claim applies");
+    assert_eq!(record, TaskRecord { spec: a, state: expected.state });
+}
+
+pub async fn claim_fails_tasks_past_deadline(store: &dyn Store) {
+    let with = |name: &str, priority: Priority, deadline: Option<Millis>| {
+        spec_with(name, "echo", |s| {
+            s.priority = priority;
+            s.deadline_ms = deadline;
+        })
+    };
+    submit(
+        store,
+        vec![
+            with("late", Priority::Critical, Some(T0 + 100)),
+            with("future", Priority::Critical, Some(T0 + 1_000)),
+            with("ok1", Priority::Normal, None),
+            with("ok2", Priority::Normal, None),
+        ],
+        T0,
+    )
+    .await;
+
+    // `late` would come first but its deadline has passed: it fails and does not
+    // use up one of the two places.
+    let claimed = claim(store, "echo", 2, T0 + 100).await;
+    assert_eq!(claimed_ids(&claimed), ids(&["future", "ok1"]));
+
+    let late = get(store, "late").await;
+    assert_eq!(late.state.status, Status::Failed);
+    assert_eq!(late.state.attempt, 0);
+    assert_eq!(late.state.error.as_ref().map(|e| e.kind.as_str()), Some("deadline_exceeded"));
+    assert_eq!(late.state.finished_at_ms, Some(T0 + 100));
+    assert_eq!(event_kinds(&late), vec![EventKind::Submitted, EventKind::DeadlineExceeded]);
+
+    assert_eq!(claimed_ids(&claim(store, "echo", 5, T0 + 101).await), ids(&["ok2"]));
+    assert_eq!(claim(store, "echo", 5, T0 + 102).await, vec![]);
+}
+
+pub async fn claim_never_returns_a_task_twice(store: &dyn Store) {
+    submit(store, vec![spec("a", "echo"), spec("b", "echo"), spec("c", "echo")], T0).await;
+    let first = claim_as(store, "echo", 10, "owner-1", T0 + 10_000, T0 + 1).await;
+    assert_eq!(claimed_ids(&first), ids(&["a", "b", "c"]));
+    assert_eq!(claim_as(store, "echo", 10, "owner-2", T0 + 10_000, T0 + 2).await, vec![]);
+    for t in ["a", "b", "c"] {
+        let record = get(store, t).await;
+        assert_eq!(record.state.attempt, 1);
+        assert_eq!(record.state.lease_owner.as_deref(), Some("owner-1"));
+        assert_eq!(record.state.agent_id, Some(agent("agent-owner-1")));
+    }
+}
+
+/// Eight claimers race over 500 tasks: every task is claimed exactly once.
+pub async fn claim_concurrent_claimers_get_disjoint_tasks<S: Store>(store: Arc<S>) {
+    const TASKS: usize = 500;
+    const CLAIMERS: usize = 8;
+    let all: Vec<TaskSpec> = (0..TASKS).map(|i| spec(&format!("c-{i:04}"), "race")).collect();
+    for chunk in all.chunks(100) {
+        submit(&*store, chunk.to_vec(), T0).await;
+    }
+
+    let mut handles = Vec::new();
+    for claimer in 0..CLAIMERS {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let owner = format!("claimer-{claimer}");
+            let mut got = Vec::new();
+            let mut now = T0 + 1;
+            loop {
+                let batch = claim_as(&*store, "race", 7, &owner, now + 60_000, now).await;
+                if batch.is_empty() {
+                    break;
+                }
+                assert!(batch.len() <= 7, "claimed more than max");
+                for c in batch {
+                    assert_eq!(c.attempt, 1, "task {} claimed with attempt {}", c.spec.task_id, c.attempt);
+                    got.push(c.spec.task_id);
+                }
+                now += 1;
+                assert!(now < T0 + TASKS as u64 + 2, "claims never run out: tasks are handed out again");
+            }
+            (owner, got)
+        }));
+    }
+
+    let mut owner_of = BTreeMap::new();
+    for handle in handles {
+        let (owner, got) = handle.await.expect("claimer task");
+        for task in got {
+            if let Some(previous) = owner_of.insert(task.clone(), owner.clone()) {
+                panic!("task {task} claimed by both {previous} and {owner}");
+            }
+        }
+    }
+    let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
+    assert_eq!(owner_of.keys().cloned().collect::<BTreeSet<_>>(), expected, "every task claimed");
+    for (task, owner) in &owner_of {
+        let record = get(&*store, task.as_str()).await;
+        assert_eq!((record.state.status, record.state.attempt), (Status::Running, 1));
+        assert_eq!(record.state.lease_owner.as_ref(), Some(owner));
+    }
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.by_status, BTreeMap::from([("running".to_string(), TASKS as u64)]));
+}
+
+// ---------------------------------------------------------------------------
+// update
+// ---------------------------------------------------------------------------
+
+pub async fn update_succeed_completes(store: &dyn Store) {
+    let a = spec("a", "echo");
+    submit(store, vec![a.clone()], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    let (record, effects) = applied(update_one(store, "a", succeed(1), T0 + 20).await);
+    assert_eq!(effects, vec![Effect::Finished(Status::Completed)]);
+    assert_eq!(record.spec, a);
+    assert_eq!(record.state.status, Status::Completed);
+    assert_eq!(record.state.output, Some(json!({"answer": 42, "ratio": 0.3})));
+    assert_eq!(record.state.finished_at_ms, Some(T0 + 20));
+    assert_eq!((record.state.lease_owner.as_ref(), record.state.lease_deadline_ms), (None, None));
+    assert_eq!(event_kinds(&record), vec![EventKind::Submitted, EventKind::Started, EventKind::Succeeded]);
+    assert_eq!(get(store, "a").await, record);
+    assert_eq!(claim(store, "echo", 1, T0 + 21).await, vec![]);
+}
+
+pub async fn update_stale_attempt_is_refused(store: &dyn Store) {
+    submit(store, vec![spec("running", "echo")], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    submit(store, vec![spec("queued", "echo")], T0 + 2).await;
+    let running = get(store, "running").await;
+    let queued = get(store, "queued").await;
+
+    let out = update(
+        store,
+        vec![("running", succeed(2)), ("running", fail(0, FailureKind::Retryable)), ("queued", succeed(1))],
+        T0 + 3,
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 2, current: 1, status: Status::Running }),
+            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 0, current: 1, status: Status::Running }),
+            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 0, status: Status::Queued }),
+        ]
+    );
+    assert_eq!(get(store, "running").await, running, "a refused command changes nothing");
+    assert_eq!(get(store, "queued").await, queued, "a refused command changes nothing");
+}
+
+pub async fn update_retryable_failure_waits_then_promotes(store: &dyn Store) {
+    assert_eq!(store.next_wake().await.expect("next_wake"), None);
+    submit(store, vec![spec("r1", "a"), spec("r2", "b"), spec("r3", "a")], T0).await;
+    claim(store, "a", 2, T0 + 1).await;
+    claim(store, "b", 1, T0 + 1).await;
+
+    let (r1, effects) = applied(update_one(store, "r1", fail(1, FailureKind::Retryable), T0 + 100).await);
+    assert_eq!(effects, vec![Effect::WakeAt(T0 + 1_100)]);
+    assert_eq!(r1.state.status, Status::RetryWait);
+    assert_eq!(r1.state.ready_at_ms, Some(T0 + 1_100));
+    assert_eq!(r1.state.error.as_ref().map(|e| (e.kind.as_str(), e.attempt)), Some(("retryable", 1)));
+    let busy = Failure { retry_after_ms: Some(5_000), ..Failure::new(FailureKind::Retryable, "busy") };
+    let (r2, _) = applied(update_one(store, "r2", Command::Fail { attempt: 1, failure: busy }, T0 + 50).await);
+    assert_eq!(r2.state.ready_at_ms, Some(T0 + 5_050));
+    applied(update_one(store, "r3", fail(1, FailureKind::Timeout), T0 + 200).await);
+    assert_eq!(store.next_wake().await.expect("next_wake"), Some(T0 + 1_100));
+    assert_eq!(claim(store, "a", 10, T0 + 300).await, vec![], "retry-waiting tasks are not claimable");
+
+    let before = get(store, "r1").await;
+    assert_eq!(store.promote_due(T0 + 1_099).await.expect("promote"), Vec::<String>::new());
+    assert_eq!(get(store, "r1").await, before, "nothing is due yet");
+
+    assert_eq!(store.promote_due(T0 + 1_100).await.expect("promote"), strings(&["a"]));
+    let r1 = get(store, "r1").await;
+    assert_eq!((r1.state.status, r1.state.ready_at_ms), (Status::Queued, None));
+    assert_eq!(r1.state.events.last().map(|e| (e.kind, e.at_ms)), Some((EventKind::RetryReady, T0 + 1_100)));
+    assert_eq!(get(store, "r3").await.state.status, Status::RetryWait);
+    assert_eq!(store.next_wake().await.expect("next_wake"), Some(T0 + 1_200));
+
+    let types = store.promote_due(T0 + 10_000).await.expect("promote");
+    assert_eq!(sorted_unique(types), strings(&["a", "b"]));
+    assert_eq!(store.next_wake().await.expect("next_wake"), None);
+    assert_eq!(store.promote_due(T0 + 20_000).await.expect("promote"), Vec::<String>::new());
+
+    let again = claim(store, "a", 10, T0 + 10_001).await;
+    assert_eq!(claimed_ids(&again), ids(&["r1", "r3"]));
+    assert!(again.iter().all(|c| c.attempt == 2), "the next attempt is 2: {again:?}");
+}
+
+pub async fn update_exhausted_retries_dead_letter_then_reprocess(store: &dyn Store) {
+    submit(store, vec![spec_with("d", "echo", |s| s.retry = policy(2))], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    applied(update_one(store, "d", fail(1, FailureKind::Retryable), T0 + 2).await);
+    assert_eq!(store.promote_due(T0 + 1_002).await.expect("promote"), strings(&["echo"]));
+    assert_eq!(claim(store, "echo", 1, T0 + 1_003).await[0].attempt, 2);
+
+    let (record, effects) = applied(update_one(store, "d", fail(2, FailureKind::AgentLost), T0 + 1_004).await);
+    assert_eq!(effects, vec![Effect::Finished(Status::DeadLettered)]);
+    assert_eq!(record.state.status, Status::DeadLettered);
+    assert_eq!(record.state.error.as_ref().map(|e| e.kind.as_str()), Some("retries_exhausted"));
+    assert_eq!(store.next_wake().await.expect("next_wake"), None);
+    assert_eq!(claim(store, "echo", 1, T0 + 1_005).await, vec![]);
+
+    let (record, effects) = applied(update_one(store, "d", Command::Reprocess, T0 + 2_000).await);
+    assert_eq!(effects, vec![Effect::Ready]);
+    assert_eq!((record.state.status, record.state.attempt, record.state.error.clone()), (Status::Queued, 2, None));
+    assert_eq!(get(store, "d").await, record);
+
+    let claimed = claim(store, "echo", 1, T0 + 2_001).await;
+    assert_eq!(claimed.iter().map(|c| c.attempt).collect::<Vec<_>>(), vec![3], "attempt numbers keep growing");
+    let (record, _) = applied(update_one(store, "d", fail(3, FailureKind::Retryable), T0 + 2_002).await);
+    assert_eq!(record.state.status, Status::RetryWait, "reprocess gives a fresh attempt budget");
+}
+
+pub async fn update_permanent_failure_fails(store: &dyn Store) {
+    submit(store, vec![spec("p", "echo")], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    let (record, effects) = applied(update_one(store, "p", fail(1, FailureKind::Permanent), T0 + 2).await);
+    assert_eq!(effects, vec![Effect::Finished(Status::Failed)]);
+    assert_eq!(record.state.status, Status::Failed);
+    assert_eq!(record.state.error.as_ref().map(|e| e.kind.as_str()), Some("permanent"));
+    assert_eq!(store.next_wake().await.expect("next_wake"), None);
+    assert_eq!(
+        update_one(store, "p", Command::Reprocess, T0 + 3).await,
+        UpdateOutcome::Refused(Refusal::Illegal { from: Status::Failed, command: "reprocess" })
+    );
+    assert_eq!(get(store, "p").await, record);
+}
+
+pub async fn update_cancel(store: &dyn Store) {
+    submit(store, vec![spec("r", "echo"), spec("w", "echo"), spec("c", "echo")], T0).await;
+    claim_as(store, "echo", 3, "owner-9", T0 + 60_000, T0 + 1).await;
+    applied(update_one(store, "w", fail(1, FailureKind::Retryable), T0 + 2).await);
+    applied(update_one(store, "c", succeed(1), T0 + 2).await);
+    submit(store, vec![spec("q", "echo")], T0 + 3).await;
+
+    let out = update(store, vec![("q", cancel()), ("r", cancel()), ("w", cancel())], T0 + 4).await;
+    let mut out = out.into_iter();
+    let (q, q_effects) = applied(out.next().expect("q"));
+    assert_eq!(q_effects, vec![Effect::Finished(Status::Cancelled)]);
+    let (r, r_effects) = applied(out.next().expect("r"));
+    assert_eq!(
+        r_effects,
+        vec![
+            Effect::CancelOnAgent { agent_id: agent("agent-owner-9"), attempt: 1 },
+            Effect::Finished(Status::Cancelled)
+        ]
+    );
+    let (w, w_effects) = applied(out.next().expect("w"));
+    assert_eq!(w_effects, vec![Effect::Finished(Status::Cancelled)]);
+    for record in [&q, &r, &w] {
+        assert_eq!(record.state.status, Status::Cancelled);
+        assert_eq!(record.state.finished_at_ms, Some(T0 + 4));
+        assert_eq!(record.state.events.last().and_then(|e| e.message.as_deref()), Some("no longer needed"));
+        assert_eq!(get(store, record.spec.task_id.as_str()).await, *record);
+    }
+    assert_eq!((r.state.lease_owner.as_ref(), r.state.lease_deadline_ms), (None, None));
+    assert_eq!(w.state.ready_at_ms, None);
+
+    assert_eq!(
+        update(store, vec![("q", cancel()), ("c", cancel())], T0 + 5).await,
+        vec![
+            UpdateOutcome::Refused(Refusal::Illegal { from: Status::Cancelled, command: "cancel" }),
+            UpdateOutcome::Refused(Refusal::Illegal { from: Status::Completed, command: "cancel" }),
+        ]
+    );
+    assert_eq!(claim(store, "echo", 10, T0 + 6).await, vec![]);
+    assert_eq!(store.next_wake().await.expect("next_wake"), None);
+    assert_eq!(store.promote_due(T0 + 100_000).await.expect("promote"), Vec::<String>::new());
+    assert_eq!(store.expire_leases(T0 + 100_000).await.expect("expire"), Vec::<TaskId>::new());
+}
+
+pub async fn update_unknown_task_is_not_found(store: &dyn Store) {
+    assert_eq!(update_one(store, "ghost", cancel(), T0).await, UpdateOutcome::NotFound);
+    assert_eq!(update_one(store, "ghost", succeed(1), T0).await, UpdateOutcome::NotFound);
+    assert_eq!(store.get(&id("ghost")).await.expect("get"), None);
+}
+
+pub async fn update_outcomes_follow_input_order(store: &dyn Store) {
+    submit(store, vec![spec("b", "echo")], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    submit(store, vec![spec("a", "echo")], T0 + 2).await;
+    let out = update(
+        store,
+        vec![("ghost", cancel()), ("b", succeed(1)), ("a", succeed(1)), ("a", cancel()), ("ghost-2", cancel())],
+        T0 + 3,
+    )
+    .await;
+    assert_eq!(out[0], UpdateOutcome::NotFound);
+    let (b, _) = applied(out[1].clone());
+    assert_eq!((b.spec.task_id.as_str(), b.state.status), ("b", Status::Completed));
+    assert_eq!(out[2], UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 0, status: Status::Queued }));
+    let (a, _) = applied(out[3].clone());
+    assert_eq!((a.spec.task_id.as_str(), a.state.status), ("a", Status::Cancelled));
+    assert_eq!(out[4], UpdateOutcome::NotFound);
+    assert_eq!(get(store, "a").await, a);
+    assert_eq!(get(store, "b").await, b);
+}
+
+pub async fn update_same_task_several_times_in_one_batch(store: &dyn Store) {
+    submit(store, vec![spec("t", "echo")], T0).await;
+    claim(store, "echo", 1, T0 + 1).await;
+    let out = update(
+        store,
+        vec![
+            ("t", fail(1, FailureKind::Retryable)),
+            ("t", Command::Promote),
+            ("t", succeed(1)),
+            ("t", cancel()),
+            ("t", cancel()),
+        ],
+        T0 + 2,
+    )
+    .await;
+    let mut out = out.into_iter();
+    assert_eq!(applied(out.next().expect("fail")).0.state.status, Status::RetryWait);
+    assert_eq!(applied(out.next().expect("promote")).0.state.status, Status::Queued);
+    assert_eq!(
+        out.next().expect("succeed"),
+        UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 1, status: Status::Queued })
+    );
+    let (cancelled, _) = applied(out.next().expect("cancel"));
+    assert_eq!(cancelled.state.status, Status::Cancelled);
+    assert_eq!(
+        out.next().expect("second cancel"),
+        UpdateOutcome::Refused(Refusal::Illegal { from: Status::Cancelled, command: "cancel" })
+    );
+    assert_eq!(
+        event_kinds(&cancelled),
+        vec![EventKind::Submitted, EventKind::Started, EventKind::AttemptFailed, EventKind::RetryReady, EventKind::Cancelled]
+    );
+    assert_eq!(get(store, "t").await, cancelled);
+}
+
+// ---------------------------------------------------------------------------
+// leases
+// ---------------------------------------------------------------------------
+
+pub async fn leases_extend_moves_only_the_owners_running_tasks(store: &dyn Store) {
+    submit(store, vec![spec("a1", "echo"), spec("a2", "echo")], T0).await;
+    claim_as(store, "echo", 2, "A", T0 + 1_000, T0 + 1).await;
+    submit(store, vec![spec("b1", "echo")], T0 + 2).await;
+    claim_as(store, "echo", 1, "B", T0 + 1_000, T0 + 2).await;
+    submit(store, vec![spec("a3", "echo")], T0 + 3).await;
+    claim_as(store, "echo", 1, "A", T0 + 1_000, T0 + 3).await;
+    applied(update_one(store, "a3", succeed(1), T0 + 4).await);
+    let before_a1 = get(store, "a1").await;
+    let before_b1 = get(store, "b1").await;
+    let before_a3 = get(store, "a3").await;
+
+    assert_eq!(store.extend_leases("A", T0 + 9_000).await.expect("extend"), 2);
+    assert_eq!(store.extend_leases("nobody", T0 + 9_000).await.expect("extend"), 0);
+
+    for t in ["a1", "a2"] {
+        let record = get(store, t).await;
+        assert_eq!(record.state.lease_deadline_ms, Some(T0 + 9_000), "{t}");
+        assert_eq!((record.state.status, record.state.attempt), (Status::Running, 1), "{t}");
+    }
+    let after_a1 = get(store, "a1").await;
+    assert_eq!(after_a1.state.events, before_a1.state.events, "extending a lease records no event");
+    assert_eq!(get(store, "b1").await, before_b1, "another owner's lease is untouched");
+    assert_eq!(get(store, "a3").await, before_a3, "a finished attempt has no lease");
+
+    // The moved deadline is the one lease expiry looks at.
+    assert_eq!(store.expire_leases(T0 + 5_000).await.expect("expire"), ids(&["b1"]));
+    assert_eq!(get(store, "a1").await.state.status, Status::Running);
+    assert_eq!(id_set(&store.expire_leases(T0 + 9_001).await.expect("expire")), id_set(&ids(&["a1", "a2"])));
+}
+
+pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
+    let tasks = [
+        ("e1", T0 + 1_000, 3),
+        ("e2", T0 + 2_000, 3),
+        ("e3", T0 + 1_500, 3),
+        ("e4", T0 + 1_000, 1),
+        ("e5", T0 + 1_000, 3),
+    ];
+    for (i, (name, deadline, max_attempts)) in tasks.into_iter().enumerate() {
+        let now = T0 + i as u64;
+        submit(store, vec![spec_with(name, "echo", |s| s.retry = policy(max_attempts))], now).await;
+        assert_eq!(claimed_ids(&claim_as(store, "echo", 1, "owner", deadline, now).await), ids(&[name]));
+    }
+    applied(update_one(store, "e5", succeed(1), T0 + 10).await);
+    let e2 = get(store, "e2").await;
+    let e3 = get(store, "e3").await;
+    let e5 = get(store, "e5").await;
+
+    let expired = store.expire_leases(T0 + 1_500).await.expect("expire");
+    assert_eq!(id_set(&expired), id_set(&ids(&["e1", "e4"])));
+
+    let e1 = get(store, "e1").await;
+    assert_eq!(e1.state.status, Status::RetryWait);
+    assert_eq!(e1.state.ready_at_ms, Some(T0 + 2_500));
+    assert_eq!(e1.state.error.as_ref().map(|e| (e.kind.as_str(), e.attempt)), Some(("lease_expired", 1)));
+    assert_eq!(e1.state.events.last().map(|e| e.kind), Some(EventKind::AttemptFailed));
+    let e4 = get(store, "e4").await;
+    assert_eq!(e4.state.status, Status::DeadLettered, "the expired attempt counts against the budget");
+    assert_eq!(e4.state.error.as_ref().map(|e| e.kind.as_str()), Some("retries_exhausted"));
+    assert_eq!(get(store, "e2").await, e2);
+    assert_eq!(get(store, "e3").await, e3, "a deadline equal to now has not passed");
+    assert_eq!(get(store, "e5").await, e5);
+
+    assert_eq!(store.expire_leases(T0 + 1_500).await.expect("expire"), Vec::<TaskId>::new());
+    assert_eq!(store.promote_due(T0 + 2_500).await.expect("promote"), strings(&["echo"]));
+    assert_eq!(claim(store, "echo", 5, T0 + 2_501).await, vec![Claimed { spec: e1.spec, attempt: 2 }]);
+}
+
+pub async fn leases_release_owner_fails_only_that_owner(store: &dyn Store) {
+    submit(store, vec![spec("a1", "echo"), spec("a2", "other")], T0).await;
+    claim_as(store, "echo", 1, "A", T0 + 60_000, T0 + 1).await;
+    claim_as(store, "other", 1, "A", T0 + 60_000, T0 + 1).await;
+    submit(store, vec![spec("b1", "echo"), spec("a3", "echo")], T0 + 2).await;
+    claim_as(store, "echo", 1, "B", T0 + 60_000, T0 + 2).await;
+    claim_as(store, "echo", 1, "A", T0 + 60_000, T0 + 2).await;
+    applied(update_one(store, "a3", succeed(1), T0 + 3).await);
+    let b1 = get(store, "b1").await;
+    let a3 = get(store, "a3").await;
+
+    let lost = Failure::new(FailureKind::AgentLost, "agent disconnected");
+    let released = store.release_owner("A", lost.clone(), T0 + 100).await.expect("release");
+    assert_eq!(id_set(&released), id_set(&ids(&["a1", "a2"])));
+    for t in ["a1", "a2"] {
+        let record = get(store, t).await;
+        assert_eq!(record.state.status, Status::RetryWait, "{t}");
+        assert_eq!(record.state.ready_at_ms, Some(T0 + 1_100), "{t}");
+        let error = record.state.error.as_ref().expect("error");
+        assert_eq!((error.kind.as_str(), error.message.as_str(), error.attempt), ("agent_lost", "agent disconnected", 1));
+        assert_eq!(record.state.events.last().map(|e| e.kind), Some(EventKind::AttemptFailed));
+    }
+    assert_eq!(get(store, "b1").await, b1);
+    assert_eq!(get(store, "a3").await, a3);
+    assert_eq!(store.release_owner("A", lost, T0 + 101).await.expect("release"), Vec::<TaskId>::new());
+
+    let permanent = Failure::new(FailureKind::Permanent, "agent rejected the task");
+    assert_eq!(store.release_owner("B", permanent, T0 + 102).await.expect("release"), ids(&["b1"]));
+    assert_eq!(get(store, "b1").await.state.status, Status::Failed);
+}
+
+// ---------------------------------------------------------------------------
+// list, counts, queued types
+// ---------------------------------------------------------------------------
+
+pub async fn list_filters_newest_first(store: &dyn Store) {
+    submit(store, vec![spec("x1", "a"), spec("x2", "b"), spec("x3", "a")], T0).await;
+    submit(store, vec![spec("x4", "b"), spec("x5", "a")], T0 + 1).await;
+    claim(store, "a", 1, T0 + 2).await;
+    let filter = |status: Option<Status>, task_type: Option<&str>, limit: usize| ListFilter {
+        status,
+        task_type: task_type.map(str::to_string),
+        limit,
+        cursor: None,
+    };
+
+    let page = store.list(filter(None, None, 100)).await.expect("list");
+    assert_eq!(page.next_cursor, None);
+    assert_eq!(page.tasks.iter().map(|t| t.spec.task_id.clone()).collect::<Vec<_>>(), ids(&["x5", "x4", "x3", "x2", "x1"]));
+    for record in &page.tasks {
+        assert_eq!(get(store, record.spec.task_id.as_str()).await, *record);
+    }
+    assert_eq!(list_ids(store, filter(Some(Status::Queued), None, 100)).await, ids(&["x5", "x4", "x3", "x2"]));
+    assert_eq!(list_ids(store, filter(None, Some("a"), 100)).await, ids(&["x5", "x3", "x1"]));
+    assert_eq!(list_ids(store, filter(Some(Status::Running), Some("a"), 100)).await, ids(&["x1"]));
+    assert_eq!(list_ids(store, filter(Some(Status::Running), Some("b"), 100)).await, Vec::<TaskId>::new());
+    assert_eq!(list_ids(store, filter(Some(Status::Completed), None, 100)).await, Vec::<TaskId>::new());
+    assert_eq!(list_ids(store, filter(None, Some("zzz"), 100)).await, Vec::<TaskId>::new());
+
+    let first = store.list(filter(None, None, 2)).await.expect("list");
+    assert_eq!(first.tasks.len(), 2);
+    assert!(first.next_cursor.is_some(), "older tasks remain");
+}
+
+async fn collect_pages(store: &dyn Store, task_type: Option<&str>, limit: usize) -> (Vec<usize>, Vec<TaskId>) {
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let filter = ListFilter { status: None, task_type: task_type.map(str::to_string), limit, cursor };
+        let page = store.list(filter).await.expect("list");
+        assert!(page.tasks.len() <= limit, "page larger than the limit");
+        sizes.push(page.tasks.len());
+        seen.extend(page.tasks.into_iter().map(|t| t.spec.task_id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(sizes.len() < 100, "pagination does not end");
+    }
+    (sizes, seen)
+}
+
+pub async fn list_paginates_with_cursor(store: &dyn Store) {
+    let names: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    for (i, chunk) in names.chunks(10).enumerate() {
+        submit(store, chunk.iter().map(|n| spec(n, "p")).collect(), T0 + i as u64).await;
+    }
+    let newest_first: Vec<TaskId> = names.iter().rev().map(|n| id(n)).collect();
+
+    let (sizes, seen) = collect_pages(store, None, 10).await;
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(seen, newest_first, "every task once, newest first");
+
+    // Tasks submitted between pages do not shift the later pages.
+    let first = store.list(ListFilter { limit: 10, ..ListFilter::default() }).await.expect("list");
+    submit(store, vec![spec("newer-1", "p"), spec("newer-2", "q")], T0 + 10).await;
+    let second = store.list(ListFilter { limit: 10, cursor: first.next_cursor, ..ListFilter::default() }).await;
+    let second: Vec<TaskId> = second.expect("list").tasks.into_iter().map(|t| t.spec.task_id).collect();
+    assert_eq!(second, newest_first[10..20].to_vec());
+
+    // Interleaved types, filtered; and a last page that is exactly full.
+    let mixed: Vec<TaskSpec> =
+        (0..20).map(|i| spec(&format!("m{i:02}"), if i % 2 == 0 { "even" } else { "odd" })).collect();
+    submit(store, mixed, T0 + 20).await;
+    let (sizes, seen) = collect_pages(store, Some("even"), 5).await;
+    assert_eq!(sizes, vec![5, 5], "a full last page still ends the listing");
+    let expected: Vec<TaskId> = (0..20).rev().filter(|i| i % 2 == 0).map(|i| id(&format!("m{i:02}"))).collect();
+    assert_eq!(seen, expected);
+}
+
+pub async fn list_rejects_invalid_cursor(store: &dyn Store) {
+    submit(store, vec![spec("a", "echo")], T0).await;
+    for bad in ["not a cursor", "", "!!!", "-1"] {
+        let filter = ListFilter { limit: 10, cursor: Some(bad.into()), ..ListFilter::default() };
+        match store.list(filter).await {
+            Err(Error::InvalidCursor) => {}
+            other => panic!("cursor {bad:?}: expected Error::InvalidCursor, got {other:?}"),
+        }
+    }
+}
+
+pub async fn counts_by_status_and_type(store: &dyn Store) {
+    assert_eq!(store.counts().await.expect("counts"), Counts::default());
+    submit(store, vec![spec("a1", "a"), spec("b1", "b"), spec("a2", "a"), spec("a3", "a"), spec("b2", "b")], T0)
+        .await;
+    claim(store, "a", 1, T0 + 1).await;
+    claim(store, "b", 1, T0 + 1).await;
+    applied(update_one(store, "b1", succeed(1), T0 + 2).await);
+    applied(update_one(store, "a2", cancel(), T0 + 2).await);
+
+    let counts = store.counts().await.expect("counts");
+    let expected_status =
+        BTreeMap::from([("queued", 2u64), ("running", 1), ("completed", 1), ("cancelled", 1)]).into_iter();
+    let expected_types = BTreeMap::from([("a", 1u64), ("b", 1)]).into_iter();
+    assert_eq!(
+        counts,
+        Counts {
+            by_status: expected_status.map(|(k, v)| (k.to_string(), v)).collect(),
+            queued_by_type: expected_types.map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    );
+}
+
+pub async fn queued_types_lists_types_with_queued_work(store: &dyn Store) {
+    assert_eq!(store.queued_types().await.expect("queued_types"), Vec::<String>::new());
+    submit(store, vec![spec("x1", "x"), spec("y1", "y"), spec("z1", "z"), spec("x2", "x")], T0).await;
+    assert_eq!(sorted_unique(store.queued_types().await.expect("queued_types")), strings(&["x", "y", "z"]));
+    claim(store, "y", 1, T0 + 1).await;
+    claim(store, "x", 1, T0 + 1).await;
+    assert_eq!(sorted_unique(store.queued_types().await.expect("queued_types")), strings(&["x", "z"]));
+    applied(update_one(store, "z1", cancel(), T0 + 2).await);
+    assert_eq!(store.queued_types().await.expect("queued_types"), strings(&["x"]));
+}
+
+// ---------------------------------------------------------------------------
+// events and lifecycle
+// ---------------------------------------------------------------------------
+
+/// Drives one task through a life and checks, after every step, that the store holds
+/// exactly what `baton_core::lifecycle::apply` computes.
+pub async fn events_one_per_transition_as_lifecycle_decides(store: &dyn Store) {
+    let s = spec("life", "echo");
+    let step = |state: &TaskState, command: Command, now: Millis| {
+        apply(state, command, Ctx::for_spec(&s, now, 0.5)).expect("lifecycle accepts the step").state
+    };
+    let claim_command = |owner: &str, deadline: Millis| Command::Claim {
+        agent_id: agent(&format!("agent-{owner}")),
+        lease_owner: owner.into(),
+        lease_deadline_ms: deadline,
+    };
+
+    let mut expected = TaskState::new_queued(T0);
+    let created = submit(store, vec![s.clone()], T0).await;
+    assert_eq!(created, vec![SubmitOutcome::Created(TaskRecord { spec: s.clone(), state: expected.clone() })]);
+
+    expected = step(&expected, claim_command("o1", T0 + 500), T0 + 1);
+    claim_as(store, "echo", 1, "o1", T0 + 500, T0 + 1).await;
+    assert_eq!(get(store, "life").await.state, expected);
+
+    expected = step(&expected, fail(1, FailureKind::Retryable), T0 + 2);
+    let (record, _) = applied(update_one(store, "life", fail(1, FailureKind::Retryable), T0 + 2).await);
+    assert_eq!(record.state, expected);
+    assert_eq!(get(store, "life").await, record);
+
+    expected = step(&expected, Command::Promote, T0 + 1_002);
+    store.promote_due(T0 + 1_002).await.expect("promote");
+    assert_eq!(get(store, "life").await.state, expected);
+
+    expected = step(&expected, claim_command("o2", T0 + 2_000), T0 + 1_003);
+    claim_as(store, "echo", 1, "o2", T0 + 2_000, T0 + 1_003).await;
+    assert_eq!(get(store, "life").await.state, expected);
+
+    expected = step(&expected, succeed(2), T0 + 1_004);
+    let (record, _) = applied(update_one(store, "life", succeed(2), T0 + 1_004).await);
+    assert_eq!(record.state, expected);
+    assert_eq!(get(store, "life").await, record);
+
+    assert_eq!(
+        event_kinds(&record),
+        vec![
+            EventKind::Submitted,
+            EventKind::Started,
+            EventKind::AttemptFailed,
+            EventKind::RetryReady,
+            EventKind::Started,
+            EventKind::Succeeded
+        ]
+    );
+    // Refused commands record nothing.
+    update(store, vec![("life", cancel()), ("life", succeed(2)), ("life", Command::Promote)], T0 + 1_005).await;
+    assert_eq!(get(store, "life").await, record);
+}
+
+pub async fn ping_answers(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    submit(store, vec![spec("a", "echo")], T0).await;
+    store.ping().await.expect("ping");
+}
+
+// ---------------------------------------------------------------------------
+// persistence
+// ---------------------------------------------------------------------------
+
+/// Everything a reader can see of a store.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    records: Vec<TaskRecord>,
+    listed: Vec<TaskRecord>,
+    counts: Counts,
+    next_wake: Option<Millis>,
+    queued_types: Vec<String>,
+}
+
+async fn snapshot(store: &dyn Store, names: &[&str]) -> Snapshot {
+    let mut records = Vec::new();
+    for n in names {
+        records.push(get(store, n).await);
+    }
+    Snapshot {
+        records,
+        listed: store.list(ListFilter { limit: 1_000, ..ListFilter::default() }).await.expect("list").tasks,
+        counts: store.counts().await.expect("counts"),
+        next_wake: store.next_wake().await.expect("next_wake"),
+        queued_types: sorted_unique(store.queued_types().await.expect("queued_types")),
+    }
+}
+
+/// Everything a store said it stored is still there after the store is closed and
+/// opened again, and the store goes on from where it stopped.
+pub async fn data_survives_reopen<S, F, Fut>(store: S, reopen: F)
+where
+    S: Store,
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let names = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    submit(&store, names.iter().map(|n| spec(n, "echo")).collect(), T0).await;
+    claim_as(&store, "echo", 1, "keeper", T0 + 1_000, T0 + 1).await;
+    claim_as(&store, "echo", 2, "worker", T0 + 1_000, T0 + 1).await;
+    applied(update_one(&store, "p2", succeed(1), T0 + 2).await);
+    applied(update_one(&store, "p3", fail(1, FailureKind::Retryable), T0 + 2).await);
+    applied(update_one(&store, "p4", cancel(), T0 + 2).await);
+    assert_eq!(store.extend_leases("keeper", T0 + 5_000).await.expect("extend"), 1);
+    let before = snapshot(&store, &names).await;
+
+    let store = reopen(store).await;
+    let after = snapshot(&store, &names).await;
+    assert_eq!(after, before, "everything survives a reopen");
+
+    assert_eq!(
+        submit(&store, vec![spec("p5", "echo"), spec("p7", "echo")], T0 + 3).await,
+        vec![
+            SubmitOutcome::Existing(get(&store, "p5").await),
+            SubmitOutcome::Created(TaskRecord { spec: spec("p7", "echo"), state: TaskState::new_queued(T0 + 3) }),
+        ]
+    );
+    assert_eq!(claimed_ids(&claim(&store, "echo", 10, T0 + 4).await), ids(&["p5", "p6", "p7"]));
+    assert_eq!(store.expire_leases(T0 + 4_000).await.expect("expire"), Vec::<TaskId>::new(), "the extended lease");
+    assert_eq!(store.expire_leases(T0 + 5_001).await.expect("expire"), ids(&["p1"]));
+    let names = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+    let before = snapshot(&store, &names).await;
+
+    let store = reopen(store).await;
+    assert_eq!(snapshot(&store, &names).await, before, "writes after a reopen survive the next one");
+}

@@ -26,6 +26,9 @@ pub enum Error {
     /// Data read back could not be decoded, or an invariant of the backend broke.
     #[error("store corrupt: {0}")]
     Corrupt(String),
+    /// A list cursor that this store did not hand out (or that no longer parses).
+    #[error("invalid cursor")]
+    InvalidCursor,
     #[error("store error: {0}")]
     Other(String),
 }
@@ -36,6 +39,7 @@ impl From<Error> for baton_core::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Unavailable(m) => baton_core::Error::unavailable(format!("store unavailable: {m}")),
+            Error::InvalidCursor => baton_core::Error::invalid("invalid cursor").with_field("cursor"),
             other => baton_core::Error::internal(other.to_string()),
         }
     }

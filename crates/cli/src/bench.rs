@@ -1,0 +1,396 @@
+//! `baton bench`: an end-to-end load generator. It starts (or targets) a server,
+//! runs agents as separate processes over gRPC, and prints one line per figure in
+//! the peers' format (`baton <scenario> <value> <unit>`), with latencies from HDR
+//! histograms. The latency scenario is open-loop: each task has a scheduled send
+//! time and its latency counts from that time, so a stall cannot hide behind
+//! requests that were never sent (coordinated omission).
+
+use crate::client::{enc, Client};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Scenarios to run: throughput, throughput.seq, latency, queued-memory.
+    #[arg(long, value_delimiter = ',', default_value = "throughput,throughput.seq,latency")]
+    scenarios: Vec<String>,
+    /// Target this REST URL instead of starting a server.
+    #[arg(long)]
+    server: Option<String>,
+    /// gRPC URL of the target server (for the agents), with --server.
+    #[arg(long)]
+    grpc: Option<String>,
+    /// Agent processes to start (0: use agents already connected).
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+    /// Concurrency of each agent process.
+    #[arg(long, default_value_t = 128)]
+    agent_concurrency: usize,
+    /// MAX_WORKERS of a server started by the bench.
+    #[arg(long, default_value_t = 512)]
+    max_workers: usize,
+    /// durability of a server started by the bench: full or normal.
+    #[arg(long, default_value = "full")]
+    durability: String,
+    /// Tasks in the throughput scenarios.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Tasks per batch request in the bulk scenario.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Concurrent HTTP requests in the one-request-per-task scenario.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Offered rate of the latency scenario, tasks/s.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Tasks in the latency scenario.
+    #[arg(long, default_value_t = 5_000)]
+    latency_tasks: usize,
+    /// Tasks queued in the queued-memory scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    queued: usize,
+    /// Data directory of a server started by the bench [default: a new temporary one].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tracing::debug!(name = %self.name, "stopped");
+    }
+}
+
+struct Server {
+    proc: Option<Proc>,
+    http: String,
+    grpc: String,
+    data_dir: std::path::PathBuf,
+}
+
+fn exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the baton executable")
+}
+
+fn spawn_server(data_dir: &std::path::Path, max_workers: usize, durability: &str) -> Result<(Proc, String, String)> {
+    let mut child = Command::new(exe()?)
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-level", "warn"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--max-workers", &max_workers.to_string(), "--durability", durability])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start baton serve")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let field = |name: &str| -> Result<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(String::from)
+            .ok_or_else(|| anyhow!("server did not report its {name} address: {line:?}"))
+    };
+    let http = format!("http://{}", field("http")?);
+    let grpc = format!("http://{}", field("grpc")?);
+    Ok((Proc { child, name: "server".into() }, http, grpc))
+}
+
+fn spawn_agents(n: usize, grpc: &str, concurrency: usize) -> Result<Vec<Proc>> {
+    (0..n)
+        .map(|i| {
+            let child = Command::new(exe()?)
+                .args(["agent", "--type", "echo", "--orchestrator", grpc, "--log-level", "warn"])
+                .args(["--concurrency", &concurrency.to_string(), "--agent-id", &format!("bench-echo-{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("cannot start baton agent")?;
+            Ok(Proc { child, name: format!("agent-{i}") })
+        })
+        .collect()
+}
+
+async fn wait_agents(client: &Client, n: usize) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let v = client.get("/api/v1/agents").await?;
+        if v["agents"].as_array().map_or(0, |a| a.len()) >= n {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("agents did not connect within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(client: &Client, status: &str) -> Result<u64> {
+    let v = client.get("/health").await?;
+    Ok(v["stats"]["tasks"][status].as_u64().unwrap_or(0))
+}
+
+/// Waits until `completed` reaches `target`; returns when it did.
+async fn wait_completed(client: &Client, target: u64, budget: Duration) -> Result<Instant> {
+    let start = Instant::now();
+    loop {
+        if count(client, "completed").await? >= target {
+            return Ok(Instant::now());
+        }
+        if start.elapsed() > budget {
+            bail!("tasks did not complete within {} s", budget.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn line(scenario: &str, value: f64, unit: &str) {
+    let txt = if value >= 100.0 { format!("{value:.1}") } else { format!("{value:.2}") };
+    println!("baton {scenario} {txt} {unit}");
+}
+
+fn noop(i: usize, tag: &str) -> Value {
+    json!({"task_type": "echo", "task_id": format!("{tag}-{i}"), "inputs": [{"type": "json", "data": {"i": i}}]})
+}
+
+async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str) -> Result<()> {
+    let base = count(client, "completed").await?;
+    let start = Instant::now();
+    let chunks: Vec<Vec<Value>> = (0..n).map(|i| noop(i, tag)).collect::<Vec<_>>().chunks(batch).map(|c| c.to_vec()).collect();
+    // A few batches in flight at once, as a real producer would.
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut handles = Vec::new();
+    for chunk in chunks {
+        let client = client.clone();
+        let permit = sem.clone().acquire_owned().await?;
+        handles.push(tokio::spawn(async move {
+            let r = client.post("/api/v1/tasks/batch", &json!({"tasks": chunk})).await;
+            drop(permit);
+            r
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let submitted = start.elapsed();
+    let done = wait_completed(client, base + n as u64, Duration::from_secs(300)).await?;
+    let secs = done.duration_since(start).as_secs_f64();
+    line("throughput", n as f64 / secs, "tasks/s");
+    eprintln!("{}", json!({"scenario": "throughput", "tasks": n, "batch": batch, "submit_s": submitted.as_secs_f64(), "total_s": secs}));
+    Ok(())
+}
+
+async fn throughput_seq(client: &Arc<Client>, n: usize, connections: usize, tag: &str) -> Result<()> {
+    let base = count(client, "completed").await?;
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let next = next.clone();
+        let tag = tag.to_string();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                client.post("/api/v1/tasks", &noop(i, &tag)).await?;
+            }
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let submitted = start.elapsed();
+    let done = wait_completed(client, base + n as u64, Duration::from_secs(300)).await?;
+    let secs = done.duration_since(start).as_secs_f64();
+    line("throughput.seq", n as f64 / secs, "tasks/s");
+    eprintln!("{}", json!({"scenario": "throughput.seq", "tasks": n, "connections": connections, "submit_s": submitted.as_secs_f64(), "total_s": secs}));
+    Ok(())
+}
+
+fn parse_rfc3339_ms(s: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64() * 1000.0)
+}
+
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let wall_start = wall_ms();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let client = client.clone();
+        let tag = tag.to_string();
+        let scheduled_wall = wall_start + (interval * i as u32).as_secs_f64() * 1000.0;
+        handles.push(tokio::spawn(async move {
+            let id = format!("{tag}-{i}");
+            client.post("/api/v1/tasks", &noop(i, &tag)).await?;
+            loop {
+                let v = client.get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id))).await?;
+                let status = v["status"].as_str().unwrap_or("");
+                if status == "completed" {
+                    let complete = scheduled.elapsed();
+                    let started = v["agent_executions"][0]["started_at"].as_str().and_then(parse_rfc3339_ms);
+                    let to_start = started.map(|s| (s - scheduled_wall).max(0.0));
+                    return Ok::<_, anyhow::Error>((complete, to_start));
+                }
+                if matches!(status, "failed" | "dead_lettered" | "cancelled") {
+                    bail!("task {id} ended {status}");
+                }
+            }
+        }));
+    }
+    let mut complete = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut to_start = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for h in handles {
+        let (c, s) = h.await??;
+        complete.record((c.as_micros() as u64).max(1))?;
+        if let Some(s) = s {
+            to_start.record(((s * 1000.0) as u64).max(1))?;
+        }
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    line("latency_p50", ms(&complete, 0.50), "ms");
+    line("latency_p95", ms(&complete, 0.95), "ms");
+    line("latency_p99", ms(&complete, 0.99), "ms");
+    line("latency_max", complete.max() as f64 / 1000.0, "ms");
+    line("start_latency_p50", ms(&to_start, 0.50), "ms");
+    line("start_latency_p99", ms(&to_start, 0.99), "ms");
+    eprintln!(
+        "{}",
+        json!({"scenario": "latency", "tasks": n, "rate": rate, "note": "submit->complete measured by the client from the scheduled send time; submit->start from the server's start event (millisecond resolution)"})
+    );
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let get = |key: &str| status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
+    Some((get("VmRSS:")?, get("VmHWM:")?))
+}
+
+async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<()> {
+    let (proc, http, _grpc) = spawn_server(data_dir, args.max_workers, &args.durability)?;
+    let pid = proc.child.id();
+    let client = Arc::new(Client::new(&http)?);
+    let n = args.queued;
+    let pb = indicatif::ProgressBar::new(n as u64);
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + args.batch).min(n);
+        let tasks: Vec<Value> = (i..end).map(|j| noop(j, "queued")).collect();
+        client.post("/api/v1/tasks/batch", &json!({"tasks": tasks})).await?;
+        pb.inc((end - i) as u64);
+        i = end;
+    }
+    pb.finish_and_clear();
+    let submit_s = start.elapsed().as_secs_f64();
+    let (rss, hwm) = rss_kib(pid).ok_or_else(|| anyhow!("cannot read server memory"))?;
+    line("queued_tasks", n as f64, "tasks");
+    line("queued_rss", rss as f64 / 1024.0, "MiB");
+    line("queued_peak_rss", hwm as f64 / 1024.0, "MiB");
+    line("bulk_submit_only", n as f64 / submit_s, "tasks/s");
+    // SIGKILL, then time how long until the restarted server serves again.
+    drop(proc);
+    let restart = Instant::now();
+    let (proc2, http2, _) = spawn_server(data_dir, args.max_workers, &args.durability)?;
+    let client2 = Client::new(&http2)?;
+    loop {
+        if let Ok(v) = client2.get("/health").await {
+            if v["healthy"] == true {
+                break;
+            }
+        }
+        if restart.elapsed() > Duration::from_secs(120) {
+            bail!("server did not come back within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    line("restart_to_healthy", restart.elapsed().as_secs_f64() * 1000.0, "ms");
+    let v = client2.get("/health").await?;
+    let queued = v["stats"]["tasks"]["queued"].as_u64().unwrap_or(0);
+    line("queued_after_restart", queued as f64, "tasks");
+    if queued < n as u64 {
+        bail!("only {queued} of {n} queued tasks survived the restart");
+    }
+    drop(proc2);
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    crate::serve::init_logging("warn", baton_server::config::LogFormat::Text);
+    let tmp = args.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("baton-bench-{}", std::process::id())));
+    let run_id = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let mut server = match (&args.server, &args.grpc) {
+        (Some(http), Some(grpc)) => Server { proc: None, http: http.clone(), grpc: grpc.clone(), data_dir: tmp.clone() },
+        (Some(_), None) => bail!("--server needs --grpc (the agents' address)"),
+        _ => {
+            if args.scenarios.iter().any(|s| s != "queued-memory") {
+                let (p, http, grpc) = spawn_server(&tmp, args.max_workers, &args.durability)?;
+                Server { proc: Some(p), http, grpc, data_dir: tmp.clone() }
+            } else {
+                Server { proc: None, http: String::new(), grpc: String::new(), data_dir: tmp.clone() }
+            }
+        }
+    };
+    println!(
+        "# baton {} bench, {} cpus, agents {}x{}, max_workers {}, durability {}",
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.agents,
+        args.agent_concurrency,
+        args.max_workers,
+        args.durability
+    );
+    let mut agents = Vec::new();
+    if !server.http.is_empty() {
+        let client = Arc::new(Client::new(&server.http)?);
+        agents = spawn_agents(args.agents, &server.grpc, args.agent_concurrency)?;
+        if args.agents > 0 {
+            wait_agents(&client, args.agents).await?;
+        }
+        // Warm-up, not counted.
+        throughput_bulk(&client, 1_000.min(args.tasks), args.batch, &format!("warm-{run_id}")).await.ok();
+        for s in &args.scenarios {
+            match s.as_str() {
+                "throughput" => throughput_bulk(&client, args.tasks, args.batch, &format!("tp-{run_id}")).await?,
+                "throughput.seq" => throughput_seq(&client, args.tasks, args.connections, &format!("seq-{run_id}")).await?,
+                "latency" => latency(&client, args.latency_tasks, args.rate, &format!("lat-{run_id}")).await?,
+                "queued-memory" => {}
+                other => bail!("unknown scenario {other:?}"),
+            }
+        }
+    }
+    drop(agents);
+    server.proc.take();
+    if args.scenarios.iter().any(|s| s == "queued-memory") {
+        let dir = server.data_dir.join("queued");
+        queued_memory(&args, &dir).await?;
+    }
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}

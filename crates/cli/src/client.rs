@@ -1,0 +1,106 @@
+//! A small REST client for the CLI. Takes several server URLs and moves to the next
+//! one when a server cannot be reached.
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+pub struct Client {
+    http: reqwest::Client,
+    servers: Vec<String>,
+}
+
+/// A request that reached a server and was refused: Baton's error shape.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub details: Value,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(problems) = self.details.get("problems").and_then(|p| p.as_array()) {
+            for p in problems {
+                write!(f, "\n  - {} {}", p["field"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl Client {
+    pub fn new(servers: &str) -> Result<Self> {
+        let servers: Vec<String> =
+            servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+        if servers.is_empty() {
+            return Err(anyhow!("no server given: use --server http://HOST:PORT"));
+        }
+        for s in &servers {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(anyhow!("server {s:?} must start with http:// or https://"));
+            }
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).pool_max_idle_per_host(64).build()?;
+        Ok(Self { http, servers })
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut last_err = None;
+        for server in &self.servers {
+            let mut req = self.http.request(method.clone(), format!("{server}{path}"));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await?;
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    if status >= 400 {
+                        let e = &value["error"];
+                        return Err(ApiFailure {
+                            status,
+                            code: e["code"].as_str().unwrap_or("http_error").to_string(),
+                            message: e["message"].as_str().map(String::from).unwrap_or_else(|| format!("http status {status}")),
+                            details: e["details"].clone(),
+                        }
+                        .into());
+                    }
+                    return Ok(value);
+                }
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    last_err = Some(anyhow!("cannot reach {server}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no server reachable")))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,68 @@
+//! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
+//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`) and
+//! the load generator (`bench`).
+
+mod bench;
+mod client;
+mod output;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "Baton: a fast, durable orchestrator for AI-agent workloads")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the orchestrator (REST, gRPC, embedded store).
+    Serve(serve::ServeArgs),
+    /// Run the orchestrator and the built-in agents in one process (the quick start).
+    Dev(serve::DevArgs),
+    /// Run built-in agents that connect to an orchestrator.
+    Agent(serve::AgentArgs),
+    /// Submit tasks (from flags or a JSON file); --wait prints results.
+    Submit(output::SubmitArgs),
+    /// Show one task.
+    Get(output::GetArgs),
+    /// List tasks.
+    List(output::ListArgs),
+    /// Cancel a task.
+    Cancel(output::CancelArgs),
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        cmd: output::DlqCmd,
+    },
+    /// Connected agents.
+    Agents(output::ClientArgs),
+    /// Load generator: end-to-end throughput and latency against a server.
+    Bench(bench::BenchArgs),
+}
+
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve::serve(a).await,
+            Cmd::Dev(a) => serve::dev(a).await,
+            Cmd::Agent(a) => serve::agent(a).await,
+            Cmd::Submit(a) => output::submit(a).await,
+            Cmd::Get(a) => output::get(a).await,
+            Cmd::List(a) => output::list(a).await,
+            Cmd::Cancel(a) => output::cancel(a).await,
+            Cmd::Dlq { cmd } => output::dlq(cmd).await,
+            Cmd::Agents(a) => output::agents(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,222 @@
+//! Test support: start the real `baton` binary on port 0 with a fresh data
+//! directory, start real agent processes, talk to it over HTTP like a user.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("baton-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub grpc: String,
+    pub http_addr: String,
+    pub grpc_addr: String,
+}
+
+impl Server {
+    /// Starts `baton serve` on the given addresses (use 127.0.0.1:0 for any port).
+    pub fn start_on(data_dir: &Path, http_addr: &str, grpc_addr: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(BATON)
+            .args(["serve", "--http-addr", http_addr, "--grpc-addr", grpc_addr, "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("GRPC_PORT")
+            .env_remove("MAX_WORKERS")
+            .env_remove("LOG_LEVEL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start baton serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        let (http_addr, grpc_addr) = (field("http"), field("grpc"));
+        Server { child, http: format!("http://{http_addr}"), grpc: format!("http://{grpc_addr}"), http_addr, grpc_addr }
+    }
+
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_on(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct AgentProc(pub Child);
+
+impl AgentProc {
+    pub fn start(grpc: &str, types: &str, concurrency: usize, id: &str) -> AgentProc {
+        let child = Command::new(BATON)
+            .args(["agent", "--type", types, "--orchestrator", grpc, "--agent-id", id])
+            .args(["--concurrency", &concurrency.to_string(), "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start baton agent");
+        AgentProc(child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn terminate(&mut self) {
+        unsafe_sigterm(self.0.id());
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api { base: base.to_string(), http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap() }
+    }
+
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request reaches the server");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp { status, body, headers }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.raw(reqwest::Method::POST, path, Some(serde_json::to_vec(body).unwrap())).await
+    }
+
+    pub async fn submit(&self, task: Value) -> Value {
+        let r = self.post("/api/v1/tasks", &task).await;
+        assert!(r.status == 201 || r.status == 200, "submit failed: {} {}", r.status, r.body);
+        r.body
+    }
+
+    /// Waits (long-polling) until the task reaches a terminal status.
+    pub async fn wait_done(&self, task_id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "task {task_id} did not finish within {within:?}");
+            let r = self.get(&format!("/api/v1/tasks/{task_id}?wait_ms={}", left.as_millis().min(20_000))).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if matches!(r.body["status"].as_str(), Some("completed" | "failed" | "cancelled" | "dead_lettered")) {
+                return r.body;
+            }
+        }
+    }
+
+    /// Polls until `check` holds for the task.
+    pub async fn wait_for(&self, task_id: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.get(&format!("/api/v1/tasks/{task_id}")).await;
+            if r.status == 200 && check(&r.body) {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "task {task_id} never reached the expected state: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_agents(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = self.http.get(format!("{}/api/v1/agents", self.base)).send().await {
+                if let Ok(v) = resp.json::<Value>().await {
+                    if v["agents"].as_array().map_or(0, |a| a.len()) >= n {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "{n} agents did not connect");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = self.http.get(format!("{}/health", self.base)).send().await {
+                if resp.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub fn echo(id: &str) -> Value {
+    json!({"task_id": id, "task_type": "echo", "inputs": [{"type": "text", "data": "hello"}]})
+}

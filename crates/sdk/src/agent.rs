@@ -1,0 +1,964 @@
+//! The agent runtime: registers with a Baton server over one bidirectional gRPC
+//! stream, runs each assigned attempt in its own tokio task, reports results in
+//! batches until they are acked, heartbeats, reconnects with backoff, and drains on
+//! shutdown.
+//!
+//! One loop owns all state (running attempts, the outbox of unacked results); handler
+//! tasks only send their outcome back over a channel. While disconnected the loop
+//! keeps collecting outcomes, so handlers survive a reconnect and their results go
+//! out on the next connection.
+
+use crate::backoff::Backoff;
+use crate::handler::{execute, Handler, Outcome};
+use crate::outbox::{AckOutcome, AttemptKey, Outbox};
+use crate::{Error, HandlerError, Task};
+use baton_core::{AgentId, ErrorCode};
+use baton_proto::v1;
+use baton_proto::v1::agent_message::Msg as AgentMsg;
+use baton_proto::v1::agent_service_client::AgentServiceClient;
+use baton_proto::v1::server_message::Msg as ServerMsg;
+use futures::stream::{BoxStream, StreamExt};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Largest message the agent accepts: an assignment batch can carry several tasks of
+/// up to 8 MiB of input each.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Results are split into frames of about this size, well under a server's default
+/// 4 MiB limit; a single larger result still goes out alone.
+const MAX_RESULTS_FRAME_BYTES: usize = 1024 * 1024;
+/// Used when the server's `Registered` names no heartbeat interval.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long connecting and registering may take before the attempt counts as failed.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// After a drain, how long to wait for the server to end the stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Entry point: `Agent::builder(endpoints)...run(handler)`.
+pub struct Agent {
+    _private: (),
+}
+
+impl Agent {
+    /// Starts configuring an agent that connects to one of `endpoints` (gRPC URLs such
+    /// as `http://127.0.0.1:50051`), moving to the next one whenever a connection fails.
+    pub fn builder<I, S>(endpoints: I) -> AgentBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AgentBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            agent_id: None,
+            task_types: Vec::new(),
+            max_concurrent: 1,
+            labels: HashMap::new(),
+            version: "unknown".into(),
+            drain_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Configuration of an agent; finish with [`AgentBuilder::run`] or
+/// [`AgentBuilder::run_until`].
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    endpoints: Vec<String>,
+    agent_id: Option<String>,
+    task_types: Vec<String>,
+    max_concurrent: u32,
+    labels: HashMap<String, String>,
+    version: String,
+    drain_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl AgentBuilder {
+    /// Defaults to `<hostname>-<random hex>` (or `agent-<random hex>`).
+    pub fn agent_id(mut self, agent_id: impl Into<String>) -> Self {
+        self.agent_id = Some(agent_id.into());
+        self
+    }
+
+    /// A task type this agent handles; call once per type (at least one is required).
+    pub fn task_type(mut self, task_type: impl Into<String>) -> Self {
+        self.task_types.push(task_type.into());
+        self
+    }
+
+    pub fn task_types<I, S>(mut self, task_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.task_types
+            .extend(task_types.into_iter().map(Into::into));
+        self
+    }
+
+    /// How many attempts may run at once (default 1). The server never assigns more;
+    /// the agent also queues any excess locally rather than run it.
+    pub fn max_concurrent(mut self, max_concurrent: u32) -> Self {
+        self.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// A label the server can route on (`zone = a`).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The agent's own version, shown in `baton agents` (default `unknown`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// How long a shutdown waits for running attempts to finish and their results to
+    /// be acked before aborting them (default 30 s).
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Reconnect delays grow from `min` to `max`, doubling, with jitter
+    /// (default 100 ms to 5 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Runs until SIGTERM or ctrl-c, then drains: tells the server to stop assigning,
+    /// waits for running attempts and their acks, and returns. A second signal stops
+    /// at once.
+    pub async fn run<H: Handler>(self, handler: H) -> Result<(), Error> {
+        let signals = shutdown_signals()
+            .map_err(|e| Error::Config(format!("cannot listen for shutdown signals: {e}")))?;
+        self.start(handler, signals).await
+    }
+
+    /// Like [`run`](Self::run), but drains when `shutdown` completes instead of on a
+    /// signal, so tests and embedding programs decide when to stop.
+    pub async fn run_until<H, F>(self, handler: H, shutdown: F) -> Result<(), Error>
+    where
+        H: Handler,
+        F: Future + Send,
+    {
+        self.start(
+            handler,
+            futures::stream::once(async move {
+                shutdown.await;
+            }),
+        )
+        .await
+    }
+
+    async fn start<'a, H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl futures::Stream<Item = ()> + Send + 'a,
+    ) -> Result<(), Error> {
+        let config = self.validate()?;
+        let span = info_span!("agent", agent_id = %config.agent_id);
+        Runner::new(config, Arc::new(handler), shutdown.boxed())
+            .run()
+            .instrument(span)
+            .await
+    }
+
+    fn validate(self) -> Result<Config, Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.endpoints.is_empty() {
+            return bad("at least one endpoint is required".into());
+        }
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        for raw in &self.endpoints {
+            let url = if raw.contains("://") {
+                raw.clone()
+            } else {
+                format!("http://{raw}")
+            };
+            if !url.starts_with("http://") {
+                return bad(format!(
+                    "endpoint {raw:?} is not supported: use http://host:port"
+                ));
+            }
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::Config(format!("endpoint {raw:?} is not a valid url: {e}")))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
+            endpoints.push((url, endpoint));
+        }
+        let agent_id = AgentId::parse(self.agent_id.unwrap_or_else(default_agent_id))
+            .map_err(|e| Error::Config(e.message))?;
+        if self.task_types.is_empty() {
+            return bad("at least one task type is required".into());
+        }
+        let mut seen = HashSet::new();
+        let mut task_types = Vec::new();
+        for t in self.task_types {
+            if let Err(msg) = baton_core::task::validate_task_type(&t) {
+                return bad(format!("task type {t:?} {msg}"));
+            }
+            if seen.insert(t.clone()) {
+                task_types.push(t);
+            }
+        }
+        if self.max_concurrent == 0 {
+            return bad("max_concurrent must be at least 1".into());
+        }
+        if self.backoff_min.is_zero() {
+            return bad("the minimum reconnect backoff must be greater than zero".into());
+        }
+        Ok(Config {
+            register: v1::Register {
+                agent_id: agent_id.as_str().to_string(),
+                task_types,
+                version: self.version,
+                max_concurrent: self.max_concurrent,
+                labels: self.labels,
+            },
+            agent_id,
+            endpoints,
+            max_concurrent: self.max_concurrent as usize,
+            drain_timeout: self.drain_timeout,
+            backoff: Backoff::new(self.backoff_min, self.backoff_max),
+        })
+    }
+}
+
+struct Config {
+    agent_id: AgentId,
+    register: v1::Register,
+    endpoints: Vec<(String, Endpoint)>,
+    max_concurrent: usize,
+    drain_timeout: Duration,
+    backoff: Backoff,
+}
+
+fn default_agent_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// SIGTERM or ctrl-c, as a stream: the first one drains, a second one stops at once.
+fn shutdown_signals() -> std::io::Result<BoxStream<'static, ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())?;
+        Ok(futures::stream::unfold(term, |mut term| async move {
+            tokio::select! {
+                _ = term.recv() => info!("sigterm received"),
+                _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+            }
+            Some(((), term))
+        })
+        .boxed())
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(futures::stream::unfold((), |()| async move {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("interrupt received");
+            Some(((), ()))
+        })
+        .boxed())
+    }
+}
+
+/// An attempt's handler finished.
+struct Done {
+    key: AttemptKey,
+    outcome: Outcome,
+}
+
+/// Why the agent stops before it is done with everything.
+enum Stop {
+    /// Draining, and every attempt finished and was acked.
+    Drained,
+    /// Draining took longer than the drain timeout.
+    TimedOut,
+    /// A second shutdown signal arrived while draining.
+    Forced,
+    /// The server refused the registration for good.
+    Rejected { code: String, message: String },
+}
+
+/// One registered stream.
+struct Session {
+    tx: mpsc::UnboundedSender<v1::AgentMessage>,
+    stream: tonic::Streaming<v1::ServerMessage>,
+    registered: v1::Registered,
+}
+
+enum OpenError {
+    Transport(String),
+    Rejected { code: String, message: String },
+}
+
+struct Runner<'a> {
+    config: Config,
+    handler: Arc<dyn Handler>,
+    /// First item: drain. Second item: stop without waiting.
+    shutdown: BoxStream<'a, ()>,
+    shutdown_closed: bool,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    running: HashMap<AttemptKey, AbortHandle>,
+    /// Assigned beyond `max_concurrent` (only after a reconnect, while attempts from
+    /// the previous connection still run); started as slots free.
+    queued: VecDeque<v1::Assignment>,
+    outbox: Outbox,
+    draining: bool,
+    drain_deadline: Option<Instant>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(config: Config, handler: Arc<dyn Handler>, shutdown: BoxStream<'a, ()>) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            config,
+            handler,
+            shutdown,
+            shutdown_closed: false,
+            done_tx,
+            done_rx,
+            running: HashMap::new(),
+            queued: VecDeque::new(),
+            outbox: Outbox::default(),
+            draining: false,
+            drain_deadline: None,
+        }
+    }
+
+    async fn run(mut self) -> Result<(), Error> {
+        // Consecutive connection attempts that failed, or sessions that ended early.
+        let mut n_failures: u64 = 0;
+        let mut endpoint_index = 0;
+        let stop = loop {
+            if n_failures > 0 {
+                let delay = self.config.backoff.next_delay(rand::random::<f64>());
+                if let Err(stop) = self.idle_until(tokio::time::sleep(delay)).await {
+                    break stop;
+                }
+            }
+            let (url, endpoint) =
+                self.config.endpoints[endpoint_index % self.config.endpoints.len()].clone();
+            let opening = tokio::time::timeout(
+                REGISTER_TIMEOUT,
+                open_session(endpoint, self.config.register.clone()),
+            );
+            let session = match self.idle_until(opening).await {
+                Err(stop) => break stop,
+                Ok(Err(_elapsed)) => Err(OpenError::Transport(format!(
+                    "no registration within {} s",
+                    REGISTER_TIMEOUT.as_secs()
+                ))),
+                Ok(Ok(opened)) => opened,
+            };
+            n_failures += 1;
+            match session {
+                Ok(session) => {
+                    info!(endpoint = %url, session_id = %session.registered.session_id, "registered");
+                    let started = Instant::now();
+                    match self.serve(session).await {
+                        Ok(reason) => {
+                            warn!(endpoint = %url, reason = %reason, "connection lost, reconnecting")
+                        }
+                        Err(stop) => break stop,
+                    }
+                    // A server that accepts and then drops every session must not be
+                    // hammered, so only a session that lasted resets the backoff.
+                    if started.elapsed() >= STABLE_SESSION {
+                        self.config.backoff.reset();
+                        n_failures = 1;
+                    }
+                }
+                Err(OpenError::Rejected { code, message }) if is_fatal(&code) => {
+                    break Stop::Rejected { code, message }
+                }
+                Err(OpenError::Rejected { code, message }) => {
+                    warn!(endpoint = %url, code = %code, reason = %message, n_failures, "registration refused, retrying");
+                }
+                Err(OpenError::Transport(reason)) => {
+                    warn!(endpoint = %url, reason = %reason, n_failures, "cannot connect, retrying");
+                }
+            }
+            endpoint_index += 1;
+        };
+        self.finish(stop)
+    }
+
+    fn finish(&mut self, stop: Stop) -> Result<(), Error> {
+        let n_running = self.running.len() + self.queued.len();
+        let n_unacked = self.outbox.len();
+        for (_, handle) in self.running.drain() {
+            handle.abort();
+        }
+        match stop {
+            Stop::Drained => {
+                info!("drained, stopping");
+                Ok(())
+            }
+            Stop::TimedOut => {
+                warn!(
+                    n_running,
+                    n_unacked, "drain timed out, abandoning in-flight attempts"
+                );
+                Ok(())
+            }
+            Stop::Forced => {
+                warn!(
+                    n_running,
+                    n_unacked, "second shutdown signal, abandoning in-flight attempts"
+                );
+                Ok(())
+            }
+            Stop::Rejected { code, message } => {
+                warn!(code = %code, reason = %message, "registration refused, stopping");
+                Err(Error::Rejected { code, message })
+            }
+        }
+    }
+
+    /// Waits for `fut` while disconnected, still collecting handler outcomes and
+    /// watching for shutdown.
+    async fn idle_until<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::pin!(fut);
+        loop {
+            if self.is_drained() {
+                return Err(Stop::Drained);
+            }
+            tokio::select! {
+                out = &mut fut => return Ok(out),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                signal = self.shutdown.next(), if !self.shutdown_closed => {
+                    self.on_shutdown_signal(signal)?;
+                }
+                _ = sleep_until(self.drain_deadline.unwrap_or_else(Instant::now)), if self.drain_deadline.is_some() => {
+                    return Err(Stop::TimedOut);
+                }
+            }
+        }
+    }
+
+    /// Serves one registered stream until it is lost (`Ok(reason)`) or the agent stops.
+    async fn serve(&mut self, session: Session) -> Result<String, Stop> {
+        let Session {
+            tx,
+            mut stream,
+            registered,
+        } = session;
+        if self.draining {
+            send(&tx, AgentMsg::Drain(v1::Drain {}));
+        }
+        // Whatever finished while disconnected, and everything sent on the previous
+        // connection but never acked, goes out first.
+        self.collect_done();
+        self.outbox.requeue_unacked();
+        self.flush(&tx);
+        // An immediate heartbeat tells the server which attempts this agent still
+        // holds from before the reconnect.
+        self.send_heartbeat(&tx);
+        let period = match registered.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms),
+        };
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.is_drained() {
+                close(tx, stream).await;
+                return Err(Stop::Drained);
+            }
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(Ok(message)) => {
+                        if let Err(reason) = self.on_server_message(message, &tx) {
+                            return Ok(reason);
+                        }
+                    }
+                    Some(Err(status)) => return Ok(format!("stream failed: {}", status.message())),
+                    None => return Ok("server closed the stream".into()),
+                },
+                Some(done) = self.done_rx.recv() => {
+                    self.on_done(done);
+                    self.collect_done();
+                    self.flush(&tx);
+                }
+                _ = heartbeat.tick() => self.send_heartbeat(&tx),
+                signal = self.shutdown.next(), if !self.shutdown_closed => {
+                    if self.on_shutdown_signal(signal)? {
+                        send(&tx, AgentMsg::Drain(v1::Drain {}));
+                    }
+                }
+                _ = sleep_until(self.drain_deadline.unwrap_or_else(Instant::now)), if self.drain_deadline.is_some() => {
+                    return Err(Stop::TimedOut);
+                }
+            }
+        }
+    }
+
+    fn on_server_message(
+        &mut self,
+        message: v1::ServerMessage,
+        tx: &mpsc::UnboundedSender<v1::AgentMessage>,
+    ) -> Result<(), String> {
+        match message.msg {
+            Some(ServerMsg::Assignments(batch)) => {
+                for assignment in batch.assignments {
+                    self.accept(assignment);
+                }
+                self.start_queued();
+                // Assignments that could not be decoded already have a result.
+                self.flush(tx);
+            }
+            Some(ServerMsg::Cancels(cancels)) => {
+                for key in cancels.attempts {
+                    self.cancel(key);
+                }
+                self.start_queued();
+            }
+            Some(ServerMsg::Acks(acks)) => {
+                for ack in acks.acks {
+                    match self.outbox.ack(&ack) {
+                        AckOutcome::Accepted => {
+                            debug!(task_id = %ack.task_id, attempt = ack.attempt, "result stored")
+                        }
+                        AckOutcome::Refused { code, message }
+                            if code == ErrorCode::StaleAttempt.as_str() =>
+                        {
+                            debug!(task_id = %ack.task_id, attempt = ack.attempt, reason = %message, "result refused as stale, dropped")
+                        }
+                        AckOutcome::Refused { code, message } => {
+                            warn!(task_id = %ack.task_id, attempt = ack.attempt, code = %code, reason = %message, "result refused, dropped")
+                        }
+                        AckOutcome::Unknown => {
+                            debug!(task_id = %ack.task_id, attempt = ack.attempt, "ack for no pending result")
+                        }
+                    }
+                }
+            }
+            Some(ServerMsg::Error(e)) => {
+                return Err(format!("server error: {}: {}", e.code, e.message))
+            }
+            Some(ServerMsg::Registered(_)) | None => debug!("unexpected server message ignored"),
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, assignment: v1::Assignment) {
+        let key = v1::AttemptRef {
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+        };
+        if self.running.contains_key(&key)
+            || self.outbox.contains(&key)
+            || self.queued.iter().any(|q| same_attempt(q, &key))
+        {
+            debug!(task_id = %key.task_id, attempt = key.attempt, "duplicate assignment ignored");
+            return;
+        }
+        // The server fences by attempt: once it assigns a newer attempt, an older one
+        // held here can never be accepted, so stop working on it.
+        let superseded: Vec<AttemptKey> = self
+            .running
+            .keys()
+            .filter(|k| k.task_id == key.task_id && k.attempt < key.attempt)
+            .cloned()
+            .collect();
+        for old in superseded {
+            info!(task_id = %old.task_id, attempt = old.attempt, "attempt superseded by a newer one, aborted");
+            self.cancel(old);
+        }
+        self.queued
+            .retain(|q| !(q.task_id == key.task_id && q.attempt < key.attempt));
+        if self.draining {
+            debug!(task_id = %key.task_id, attempt = key.attempt, "assignment arrived while draining, running it");
+        }
+        self.queued.push_back(assignment);
+    }
+
+    fn start_queued(&mut self) {
+        while self.running.len() < self.config.max_concurrent {
+            let Some(assignment) = self.queued.pop_front() else {
+                break;
+            };
+            self.start(assignment);
+        }
+    }
+
+    fn start(&mut self, assignment: v1::Assignment) {
+        let key = v1::AttemptRef {
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+        };
+        let task = match Task::from_assignment(assignment) {
+            Ok(task) => task,
+            Err(reason) => {
+                warn!(task_id = %key.task_id, attempt = key.attempt, reason = %reason, "assignment cannot be decoded");
+                let err = HandlerError::permanent(format!("invalid assignment: {reason}"));
+                self.outbox.push(to_result(key, Err(err)));
+                return;
+            }
+        };
+        debug!(task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type, "attempt started");
+        let span = info_span!("task", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
+        let handler = self.handler.clone();
+        let done_tx = self.done_tx.clone();
+        let done_key = key.clone();
+        let join = tokio::spawn(
+            async move {
+                let outcome = execute(&*handler, task).await;
+                // Fails only when the agent has stopped; nobody is left to tell.
+                let _ = done_tx.send(Done {
+                    key: done_key,
+                    outcome,
+                });
+            }
+            .instrument(span),
+        );
+        self.running.insert(key, join.abort_handle());
+    }
+
+    fn cancel(&mut self, key: AttemptKey) {
+        if let Some(handle) = self.running.remove(&key) {
+            handle.abort();
+            info!(task_id = %key.task_id, attempt = key.attempt, "attempt cancelled");
+        } else if let Some(pos) = self.queued.iter().position(|q| same_attempt(q, &key)) {
+            self.queued.remove(pos);
+            info!(task_id = %key.task_id, attempt = key.attempt, "queued attempt cancelled");
+        } else if self.outbox.forget(&key).is_some() {
+            debug!(task_id = %key.task_id, attempt = key.attempt, "attempt cancelled after it finished, result dropped");
+        } else {
+            debug!(task_id = %key.task_id, attempt = key.attempt, "cancel for an unknown attempt ignored");
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Done { key, outcome } = done;
+        // Not running any more means it was cancelled or superseded after it
+        // finished but before this loop saw it: send nothing.
+        if self.running.remove(&key).is_none() {
+            debug!(task_id = %key.task_id, attempt = key.attempt, "outcome of a cancelled attempt dropped");
+            return;
+        }
+        match &outcome {
+            Ok(_) => debug!(task_id = %key.task_id, attempt = key.attempt, "attempt succeeded"),
+            Err(e) => {
+                info!(task_id = %key.task_id, attempt = key.attempt, kind = %e.kind(), error = %e.message(), "attempt failed")
+            }
+        }
+        self.outbox.push(to_result(key, outcome));
+        self.start_queued();
+    }
+
+    /// Takes every outcome already waiting, so they leave in one frame.
+    fn collect_done(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.on_done(done);
+        }
+    }
+
+    fn flush(&mut self, tx: &mpsc::UnboundedSender<v1::AgentMessage>) {
+        loop {
+            let results = self.outbox.take_batch(MAX_RESULTS_FRAME_BYTES);
+            if results.is_empty() {
+                break;
+            }
+            debug!(n_results = results.len(), "sending results");
+            send(tx, AgentMsg::Results(v1::Results { results }));
+        }
+    }
+
+    fn send_heartbeat(&self, tx: &mpsc::UnboundedSender<v1::AgentMessage>) {
+        // Finished attempts whose results are not yet acked are still held here.
+        let in_flight = self
+            .running
+            .keys()
+            .cloned()
+            .chain(self.queued.iter().map(|q| v1::AttemptRef {
+                task_id: q.task_id.clone(),
+                attempt: q.attempt,
+            }))
+            .chain(self.outbox.keys().cloned())
+            .collect();
+        send(tx, AgentMsg::Heartbeat(v1::Heartbeat { in_flight }));
+    }
+
+    /// Returns whether this signal started the drain.
+    fn on_shutdown_signal(&mut self, signal: Option<()>) -> Result<bool, Stop> {
+        match signal {
+            None => {
+                self.shutdown_closed = true;
+                Ok(false)
+            }
+            Some(()) if self.draining => Err(Stop::Forced),
+            Some(()) => {
+                self.draining = true;
+                self.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                info!(
+                    n_running = self.running.len() + self.queued.len(),
+                    n_unacked = self.outbox.len(),
+                    drain_timeout_ms = self.config.drain_timeout.as_millis() as u64,
+                    "draining"
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    fn is_drained(&self) -> bool {
+        self.draining && self.running.is_empty() && self.queued.is_empty() && self.outbox.is_empty()
+    }
+}
+
+fn same_attempt(assignment: &v1::Assignment, key: &AttemptKey) -> bool {
+    assignment.task_id == key.task_id && assignment.attempt == key.attempt
+}
+
+/// Only a refusal that no retry can fix stops the agent; anything else (the server
+/// is overloaded, the previous session is still being cleaned up) is retried.
+fn is_fatal(code: &str) -> bool {
+    code == ErrorCode::InvalidArgument.as_str()
+}
+
+fn to_result(key: AttemptKey, outcome: Outcome) -> v1::Result {
+    let outcome = match outcome {
+        Ok(output) => v1::result::Outcome::Success(v1::Success {
+            output_json: output.to_string(),
+        }),
+        Err(e) => v1::result::Outcome::Failure(e.to_proto()),
+    };
+    v1::Result {
+        task_id: key.task_id,
+        attempt: key.attempt,
+        outcome: Some(outcome),
+    }
+}
+
+/// A failed send means the connection is gone; the stream reports that next.
+fn send(tx: &mpsc::UnboundedSender<v1::AgentMessage>, msg: AgentMsg) {
+    let _ = tx.send(v1::AgentMessage { msg: Some(msg) });
+}
+
+/// Ends the request stream and gives the server a moment to end its side.
+async fn close(
+    tx: mpsc::UnboundedSender<v1::AgentMessage>,
+    mut stream: tonic::Streaming<v1::ServerMessage>,
+) {
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+async fn open_session(endpoint: Endpoint, register: v1::Register) -> Result<Session, OpenError> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| OpenError::Transport(describe(&e)))?;
+    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::unbounded_channel();
+    send(&tx, AgentMsg::Register(register));
+    let mut stream = client
+        .connect(UnboundedReceiverStream::new(rx))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match stream.next().await {
+        Some(Ok(v1::ServerMessage {
+            msg: Some(ServerMsg::Registered(registered)),
+        })) => Ok(Session {
+            tx,
+            stream,
+            registered,
+        }),
+        Some(Ok(v1::ServerMessage {
+            msg: Some(ServerMsg::Error(e)),
+        })) => Err(OpenError::Rejected {
+            code: e.code,
+            message: e.message,
+        }),
+        Some(Ok(_)) => Err(OpenError::Transport(
+            "the server's first message is not registered".into(),
+        )),
+        Some(Err(status)) => Err(status_error(status)),
+        None => Err(OpenError::Transport(
+            "the server closed the stream before registering".into(),
+        )),
+    }
+}
+
+/// A gRPC status in place of an `ErrorReply` still counts as a refusal when it
+/// carries a Baton error code.
+fn status_error(status: tonic::Status) -> OpenError {
+    let err = baton_proto::from_status(&status);
+    if err.code == ErrorCode::InvalidArgument {
+        return OpenError::Rejected {
+            code: err.code.as_str().into(),
+            message: err.message,
+        };
+    }
+    OpenError::Transport(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// An error with its causes, since a transport error alone says only "transport error".
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> AgentBuilder {
+        Agent::builder(["http://127.0.0.1:1"]).task_type("echo")
+    }
+
+    #[test]
+    fn valid_config_builds_the_register_message() {
+        let config = builder()
+            .agent_id("echo-1")
+            .task_types(["echo", "sleep", "echo"])
+            .max_concurrent(16)
+            .label("zone", "a")
+            .version("1.0.0")
+            .validate()
+            .unwrap();
+        assert_eq!(config.register.agent_id, "echo-1");
+        assert_eq!(config.register.task_types, ["echo", "sleep"]);
+        assert_eq!(config.register.max_concurrent, 16);
+        assert_eq!(
+            config.register.labels.get("zone").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(config.register.version, "1.0.0");
+    }
+
+    #[test]
+    fn default_agent_id_is_valid_and_unique() {
+        let a = builder().validate().unwrap().agent_id;
+        let b = builder().validate().unwrap().agent_id;
+        assert_ne!(a, b);
+        assert!(AgentId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn bare_host_port_means_http() {
+        let config = Agent::builder(["127.0.0.1:50051"])
+            .task_type("echo")
+            .validate()
+            .unwrap();
+        assert_eq!(config.endpoints[0].0, "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let no_endpoints: [&str; 0] = [];
+        let cases = [
+            (Agent::builder(no_endpoints).task_type("echo"), "endpoint"),
+            (
+                Agent::builder(["https://example.com"]).task_type("echo"),
+                "https",
+            ),
+            (
+                Agent::builder(["http://a b"]).task_type("echo"),
+                "valid url",
+            ),
+            (Agent::builder(["http://127.0.0.1:1"]), "task type"),
+            (builder().task_type("bad type"), "bad type"),
+            (builder().agent_id("a/b"), "agent_id"),
+            (builder().max_concurrent(0), "max_concurrent"),
+            (
+                builder().reconnect_backoff(Duration::ZERO, Duration::from_secs(1)),
+                "backoff",
+            ),
+        ];
+        for (b, want) in cases {
+            match b.validate() {
+                Err(Error::Config(msg)) => {
+                    assert!(msg.contains(want), "{msg:?} should mention {want:?}")
+                }
+                Err(other) => panic!("unexpected error {other}"),
+                Ok(_) => panic!("config mentioning {want:?} should be refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_invalid_argument_is_fatal() {
+        assert!(is_fatal("invalid_argument"));
+        for code in [
+            "unavailable",
+            "resource_exhausted",
+            "conflict",
+            "internal",
+            "",
+        ] {
+            assert!(!is_fatal(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn outcomes_become_wire_results() {
+        let key = v1::AttemptRef {
+            task_id: "t".into(),
+            attempt: 3,
+        };
+        let ok = to_result(key.clone(), Ok(serde_json::json!({"a": 1})));
+        assert_eq!(
+            ok.outcome,
+            Some(v1::result::Outcome::Success(v1::Success {
+                output_json: r#"{"a":1}"#.into()
+            }))
+        );
+        let failed = to_result(key, Err(HandlerError::permanent("no")));
+        assert_eq!(failed.attempt, 3);
+        assert_eq!(
+            failed.outcome,
+            Some(v1::result::Outcome::Failure(
+                HandlerError::permanent("no").to_proto()
+            ))
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! What an agent author uses: connect to a Baton server, receive tasks, heartbeat,
+//! report results, drain on shutdown, and a harness to test handlers without a server.
+//!
+//! ```no_run
+//! use baton_sdk::{Agent, Task};
+//!
+//! # async fn example() -> Result<(), baton_sdk::Error> {
+//! Agent::builder(["http://127.0.0.1:50051"])
+//!     .agent_id("echo-1")
+//!     .task_type("echo")
+//!     .max_concurrent(16)
+//!     .run(|task: Task| async move { Ok(serde_json::json!({ "echo": task.metadata })) })
+//!     .await
+//! # }
+//! ```
+//!
+//! A handler's `Err` says whether the server should retry ([`HandlerError::retryable`],
+//! [`HandlerError::retry_after`]) or give up ([`HandlerError::permanent`]); a handler
+//! that panics or runs past the task's timeout is reported as a failure rather than
+//! taking the agent down.
+
+mod agent;
+mod backoff;
+mod error;
+mod handler;
+mod outbox;
+mod task;
+pub mod testing;
+
+pub use agent::{Agent, AgentBuilder};
+pub use error::{Error, FailureKind, HandlerError};
+pub use handler::{BoxHandler, Handler, Outcome};
+pub use task::Task;
+
+/// Re-exported so a handler crate needs no direct dependency on `baton-core`.
+pub use baton_core::{InputKind, InputPart, Priority, TaskId};

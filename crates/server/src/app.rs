@@ -1,0 +1,171 @@
+//! The operations both APIs offer (submit, get, list, cancel, agents, dead-letter
+//! queue, health). REST and gRPC are thin translations over this.
+
+use crate::clock::now_ms;
+use crate::dispatcher::{AgentInfo, Dispatcher};
+use baton_core::lifecycle::Command;
+use baton_core::task::Limits;
+use baton_core::{Error, ErrorCode, Status, TaskId, TaskSpec};
+use baton_store::{ListFilter, Page, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const MAX_LIST_LIMIT: usize = 1_000;
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Longest a client may wait for a task to finish in one request.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub limits: Limits,
+    pub max_batch_tasks: usize,
+    pub started: Instant,
+}
+
+/// A submission's outcome as the APIs report it.
+pub struct Submitted {
+    pub record: TaskRecord,
+    pub created: bool,
+}
+
+impl App {
+    /// Parses and validates one submission from JSON.
+    pub fn parse(&self, value: &serde_json::Value, prefix: &str) -> Result<TaskSpec, Error> {
+        TaskSpec::from_json(value, &self.limits, now_ms(), prefix)
+    }
+
+    /// Stores tasks durably. Every spec must already be valid. A conflicting id is
+    /// reported per task; nothing else is affected by it.
+    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<Result<Submitted, Error>>, Error> {
+        if specs.len() > self.max_batch_tasks {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("a batch may hold at most {} tasks", self.max_batch_tasks),
+            ));
+        }
+        let outcomes = self.store.submit(specs, now_ms()).await?;
+        let mut types: Vec<&str> = Vec::new();
+        let out = outcomes
+            .into_iter()
+            .map(|o| match o {
+                SubmitOutcome::Created(record) => Ok(Submitted { record, created: true }),
+                SubmitOutcome::Existing(record) => Ok(Submitted { record, created: false }),
+                SubmitOutcome::Conflict(record) => Err(Error::conflict(format!(
+                    "task {} already exists with different content",
+                    record.spec.task_id
+                ))
+                .with_details(serde_json::json!({"task_id": record.spec.task_id}))),
+            })
+            .collect::<Vec<_>>();
+        for o in out.iter().flatten() {
+            if o.created && !types.contains(&o.record.spec.task_type.as_str()) {
+                types.push(&o.record.spec.task_type);
+            }
+        }
+        self.dispatcher.work_arrived(types);
+        Ok(out)
+    }
+
+    pub async fn get(&self, task_id: &str) -> Result<TaskRecord, Error> {
+        let id = TaskId::parse(task_id)?;
+        self.store.get(&id).await?.ok_or_else(|| Error::not_found(format!("task {task_id} not found")))
+    }
+
+    /// Gets a task, first waiting up to `wait_ms` for it to reach a terminal status.
+    pub async fn get_wait(&self, task_id: &str, wait_ms: u64) -> Result<TaskRecord, Error> {
+        if wait_ms == 0 {
+            return self.get(task_id).await;
+        }
+        let id = TaskId::parse(task_id)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        loop {
+            // Subscribe before reading, so a finish in between is not missed.
+            let waiter = self.dispatcher.waiter(&id);
+            let record = self.get(task_id).await?;
+            if record.state.status.is_terminal() {
+                return Ok(record);
+            }
+            tokio::select! {
+                _ = waiter => {}
+                _ = tokio::time::sleep_until(deadline) => return self.get(task_id).await,
+                // Terminal transitions made elsewhere (another replica) are seen by polling.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    pub async fn list(&self, status: Option<&str>, task_type: Option<&str>, limit: Option<usize>, cursor: Option<String>) -> Result<Page, Error> {
+        let status = status.filter(|s| !s.is_empty()).map(Status::parse).transpose()?;
+        let task_type = task_type.filter(|s| !s.is_empty()).map(String::from);
+        let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if limit == 0 || limit > MAX_LIST_LIMIT {
+            return Err(Error::invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}")).with_field("limit"));
+        }
+        Ok(self.store.list(ListFilter { status, task_type, limit, cursor: cursor.filter(|c| !c.is_empty()) }).await?)
+    }
+
+    async fn command(&self, task_id: &str, command: Command) -> Result<TaskRecord, Error> {
+        let id = TaskId::parse(task_id)?;
+        let now = now_ms();
+        let outcome = self.store.update(vec![Update { task_id: id.clone(), command }], now).await?;
+        match outcome.into_iter().next() {
+            Some(UpdateOutcome::Applied { record, effects }) => {
+                self.dispatcher.handle_effects(&id, &record.spec.task_type, &effects, now);
+                Ok(record)
+            }
+            Some(UpdateOutcome::Refused(r)) => Err(r.into()),
+            Some(UpdateOutcome::NotFound) | None => Err(Error::not_found(format!("task {task_id} not found"))),
+        }
+    }
+
+    pub async fn cancel(&self, task_id: &str, reason: Option<String>) -> Result<TaskRecord, Error> {
+        self.command(task_id, Command::Cancel { reason: reason.or_else(|| Some("cancelled by request".into())) }).await
+    }
+
+    pub async fn reprocess(&self, task_id: &str) -> Result<TaskRecord, Error> {
+        self.command(task_id, Command::Reprocess).await.map_err(|e| {
+            if e.code == ErrorCode::FailedPrecondition {
+                Error::new(ErrorCode::FailedPrecondition, format!("task {task_id} is not in the dead-letter queue: {}", e.message))
+            } else {
+                e
+            }
+        })
+    }
+
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.dispatcher.agents()
+    }
+
+    /// Seed 000's health document. `healthy` is false when the store does not answer.
+    pub async fn health(&self) -> serde_json::Value {
+        let uptime = self.started.elapsed().as_secs();
+        let store_ok = self.store.ping().await;
+        let counts = self.store.counts().await;
+        let healthy = store_ok.is_ok() && counts.is_ok();
+        let mut stats = serde_json::Map::new();
+        if let Ok(c) = &counts {
+            let mut tasks = serde_json::Map::new();
+            for s in Status::ALL {
+                tasks.insert(s.as_str().into(), c.by_status.get(s.as_str()).copied().unwrap_or(0).into());
+            }
+            stats.insert("tasks".into(), tasks.into());
+            stats.insert("queued_by_type".into(), serde_json::to_value(&c.queued_by_type).unwrap_or_default());
+        }
+        stats.insert("agents".into(), serde_json::json!({ "connected": self.dispatcher.agent_count() }));
+        stats.insert(
+            "store".into(),
+            match &store_ok {
+                Ok(()) => serde_json::json!({"reachable": true}),
+                Err(e) => serde_json::json!({"reachable": false, "error": e.to_string()}),
+            },
+        );
+        serde_json::json!({
+            "healthy": healthy,
+            "version": VERSION,
+            "uptime_seconds": uptime,
+            "stats": stats,
+        })
+    }
+}

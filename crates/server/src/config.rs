@@ -1,0 +1,279 @@
+//! Server configuration, layered: defaults, then a TOML file, then environment,
+//! then command-line flags (the caller merges flags last), then validated with
+//! messages that say what to fix. The environment is passed in, so loading is
+//! testable without touching the process environment.
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every group commit: survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a killed process, not a power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// REST API listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address (client API and agent streams).
+    pub grpc_addr: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Attempts running at once across all agents of this orchestrator (seed 000's MAX_WORKERS).
+    pub max_workers: usize,
+    /// Largest request body, in bytes; larger requests get 413.
+    pub max_body_bytes: usize,
+    /// Largest total input size of one task, in bytes.
+    pub max_task_bytes: usize,
+    /// Largest number of tasks in one batch submission.
+    pub max_batch_tasks: usize,
+    pub default_timeout_ms: u64,
+    pub default_max_attempts: u32,
+    pub default_backoff_base_ms: u64,
+    pub default_backoff_cap_ms: u64,
+    /// How often agents must send a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// An agent silent for this long is treated as gone and its attempts re-queued.
+    pub agent_timeout_ms: u64,
+    /// Length of an attempt's lease; the orchestrator extends it while the agent lives.
+    pub lease_ms: u64,
+    pub durability: Durability,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./baton-data"),
+            http_addr: "0.0.0.0:8080".parse().expect("valid"),
+            grpc_addr: "0.0.0.0:50051".parse().expect("valid"),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            max_workers: 100,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_task_bytes: 8 * 1024 * 1024,
+            max_batch_tasks: 10_000,
+            default_timeout_ms: 30_000,
+            default_max_attempts: 3,
+            default_backoff_base_ms: 1_000,
+            default_backoff_cap_ms: 60_000,
+            heartbeat_interval_ms: 2_000,
+            agent_timeout_ms: 10_000,
+            lease_ms: 10_000,
+            durability: Durability::Full,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Environment variables read, besides `BATON_<FIELD>` for every field:
+/// seed 000's `GRPC_PORT`, `LOG_LEVEL` and `MAX_WORKERS`.
+pub const SEED_ENV: &[&str] = &["GRPC_PORT", "LOG_LEVEL", "MAX_WORKERS"];
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then `file` (if given), then `env`, then `overrides` (flags, as a
+    /// partial table of the same field names), then validation.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &HashMap<String, String>,
+        overrides: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Serialized::globals(env_layer(env)?));
+        fig = fig.merge(Serialized::globals(serde_json::Value::Object(overrides)));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.max_workers == 0 {
+            problems.push("max_workers (MAX_WORKERS) must be at least 1".to_string());
+        }
+        if self.max_body_bytes < 1024 {
+            problems.push("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_task_bytes > self.max_body_bytes {
+            problems.push("max_task_bytes must not exceed max_body_bytes".into());
+        }
+        if self.max_batch_tasks == 0 {
+            problems.push("max_batch_tasks must be at least 1".into());
+        }
+        if self.default_timeout_ms == 0 {
+            problems.push("default_timeout_ms must be greater than 0".into());
+        }
+        if self.default_max_attempts == 0 || self.default_max_attempts > baton_core::retry::MAX_ATTEMPTS_LIMIT {
+            problems.push("default_max_attempts must be between 1 and 100".into());
+        }
+        if self.default_backoff_cap_ms < self.default_backoff_base_ms {
+            problems.push("default_backoff_cap_ms must not be smaller than default_backoff_base_ms".into());
+        }
+        if self.heartbeat_interval_ms == 0 {
+            problems.push("heartbeat_interval_ms must be greater than 0".into());
+        }
+        if self.agent_timeout_ms < 2 * self.heartbeat_interval_ms {
+            problems.push("agent_timeout_ms must be at least twice heartbeat_interval_ms".into());
+        }
+        if self.lease_ms < 2 * self.heartbeat_interval_ms {
+            problems.push("lease_ms must be at least twice heartbeat_interval_ms".into());
+        }
+        if tracing_level_ok(&self.log_level).is_err() {
+            problems.push(format!(
+                "log_level (LOG_LEVEL) {:?} is not one of trace, debug, info, warn, error",
+                self.log_level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems.join("; ")))
+        }
+    }
+
+    pub fn limits(&self) -> baton_core::task::Limits {
+        baton_core::task::Limits {
+            default_timeout_ms: self.default_timeout_ms,
+            max_timeout_ms: 7 * 24 * 3600 * 1000,
+            default_retry: baton_core::RetryPolicy {
+                max_attempts: self.default_max_attempts,
+                backoff_base_ms: self.default_backoff_base_ms,
+                backoff_cap_ms: self.default_backoff_cap_ms,
+                ..Default::default()
+            },
+            max_task_bytes: self.max_task_bytes,
+        }
+    }
+}
+
+fn tracing_level_ok(level: &str) -> Result<(), ()> {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" | "debug" | "info" | "warn" | "warning" | "error" => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Builds the environment layer: `BATON_<FIELD>` for every field, and the seed's names.
+fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigError> {
+    let mut out = serde_json::Map::new();
+    let defaults = serde_json::to_value(Config::default()).expect("config serialises");
+    let fields: Vec<String> = defaults.as_object().expect("object").keys().cloned().collect();
+    for field in &fields {
+        let key = format!("BATON_{}", field.to_ascii_uppercase());
+        if let Some(raw) = env.get(&key) {
+            out.insert(field.clone(), typed(&defaults[field], raw, &key)?);
+        }
+    }
+    if let Some(level) = env.get("LOG_LEVEL") {
+        out.entry("log_level").or_insert_with(|| level.to_ascii_lowercase().into());
+    }
+    if let Some(raw) = env.get("MAX_WORKERS") {
+        if !out.contains_key("max_workers") {
+            out.insert("max_workers".into(), typed(&defaults["max_workers"], raw, "MAX_WORKERS")?);
+        }
+    }
+    if let Some(raw) = env.get("GRPC_PORT") {
+        if !out.contains_key("grpc_addr") {
+            let port: u16 = raw
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("GRPC_PORT {raw:?} is not a port number (0-65535)")))?;
+            out.insert("grpc_addr".into(), format!("0.0.0.0:{port}").into());
+        }
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Environment values are text; give them the type of the field's default.
+fn typed(default: &serde_json::Value, raw: &str, key: &str) -> Result<serde_json::Value, ConfigError> {
+    match default {
+        serde_json::Value::Number(_) => raw
+            .trim()
+            .parse::<u64>()
+            .map(Into::into)
+            .map_err(|_| ConfigError(format!("{key} {raw:?} is not a whole number"))),
+        serde_json::Value::Bool(_) => match raw.trim() {
+            "1" | "true" | "yes" => Ok(true.into()),
+            "0" | "false" | "no" => Ok(false.into()),
+            _ => Err(ConfigError(format!("{key} {raw:?} is not true or false"))),
+        },
+        _ => Ok(raw.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = Config::load(None, &env(&[]), Default::default()).unwrap();
+        assert_eq!(c.grpc_addr.port(), 50051);
+        assert_eq!(c.http_addr.port(), 8080);
+        assert_eq!(c.max_workers, 100);
+        assert_eq!(c.data_dir, PathBuf::from("./baton-data"));
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("baton-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("baton.toml");
+        std::fs::write(&file, "max_workers = 7\nlog_level = \"debug\"\nlease_ms = 20000\n").unwrap();
+        let e = env(&[("MAX_WORKERS", "9"), ("GRPC_PORT", "6000"), ("BATON_LEASE_MS", "30000")]);
+        let mut flags = serde_json::Map::new();
+        flags.insert("lease_ms".into(), 40_000.into());
+        let c = Config::load(Some(&file), &e, flags).unwrap();
+        assert_eq!(c.max_workers, 9, "env beats file");
+        assert_eq!(c.log_level, "debug", "file beats defaults");
+        assert_eq!(c.grpc_addr.port(), 6000);
+        assert_eq!(c.lease_ms, 40_000, "flags beat env");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let err = Config::load(None, &env(&[("GRPC_PORT", "http")]), Default::default()).unwrap_err();
+        assert!(err.to_string().contains("GRPC_PORT"), "{err}");
+        let err = Config::load(None, &env(&[("MAX_WORKERS", "0")]), Default::default()).unwrap_err();
+        assert!(err.to_string().contains("max_workers"), "{err}");
+        let err = Config::load(None, &env(&[("LOG_LEVEL", "loud")]), Default::default()).unwrap_err();
+        assert!(err.to_string().contains("LOG_LEVEL"), "{err}");
+        let err = Config::load(Some(std::path::Path::new("/nonexistent/baton.toml")), &env(&[]), Default::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

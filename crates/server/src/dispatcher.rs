@@ -1,0 +1,759 @@
+//! The dispatcher: connected agent sessions, their free slots, and the loop that
+//! claims queued tasks from the store and pushes them to agents, least-loaded first.
+//! It also keeps leases alive, enforces `timeout_ms`, notices silent agents, and
+//! promotes retries whose wait is over. All durable decisions go through the store;
+//! what lives here is only what this process knows about its own connections.
+
+use crate::clock::now_ms;
+use baton_core::lifecycle::{Command, Effect, Failure, FailureKind};
+use baton_core::{AgentId, Millis, Status, TaskId};
+use baton_proto::v1;
+use baton_store::{ClaimRequest, Store, Update, UpdateOutcome};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+
+/// Most tasks handed to one agent in one claim.
+const MAX_CLAIM: usize = 512;
+
+pub type Outbound = mpsc::UnboundedSender<Result<v1::ServerMessage, tonic::Status>>;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_workers: usize,
+    pub lease_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub agent_timeout_ms: u64,
+}
+
+/// A task reached a new status; sent to watchers.
+#[derive(Debug, Clone)]
+pub struct TaskUpdate {
+    pub task_id: TaskId,
+    pub task_type: String,
+    pub status: Status,
+    pub at_ms: Millis,
+}
+
+struct InFlight {
+    attempt: u32,
+    assigned_at: Millis,
+    timeout_at: Millis,
+}
+
+struct Session {
+    agent_id: AgentId,
+    task_types: Vec<String>,
+    version: String,
+    labels: BTreeMap<String, String>,
+    max_concurrent: usize,
+    in_flight: HashMap<TaskId, InFlight>,
+    reserved: usize,
+    draining: bool,
+    tx: Outbound,
+    connected_at: Millis,
+    last_heartbeat: Millis,
+    completed: u64,
+    failed: u64,
+}
+
+impl Session {
+    fn free(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        self.max_concurrent.saturating_sub(self.in_flight.len() + self.reserved)
+    }
+    fn load(&self) -> f64 {
+        (self.in_flight.len() + self.reserved) as f64 / self.max_concurrent.max(1) as f64
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// Which session holds each in-flight task.
+    holders: HashMap<TaskId, String>,
+    /// Task types that may have queued tasks, with a generation bumped on every new
+    /// arrival so that an empty claim does not hide work that arrived meanwhile.
+    has_work: HashMap<String, u64>,
+    /// In flight plus reserved, across sessions.
+    running: usize,
+    next_wake: Option<Millis>,
+}
+
+/// What an agent is, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentInfo {
+    pub agent_id: String,
+    pub session_id: String,
+    pub task_types: Vec<String>,
+    pub version: String,
+    pub max_concurrent: usize,
+    pub in_flight: usize,
+    pub draining: bool,
+    pub labels: BTreeMap<String, String>,
+    pub connected_at: String,
+    pub last_heartbeat: String,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    opts: Options,
+    state: Mutex<State>,
+    wake: Notify,
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    updates: broadcast::Sender<TaskUpdate>,
+}
+
+struct PlannedClaim {
+    session_id: String,
+    agent_id: AgentId,
+    task_type: String,
+    n: usize,
+    generation: u64,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, opts: Options) -> Arc<Self> {
+        let (updates, _) = broadcast::channel(65_536);
+        Arc::new(Self {
+            store,
+            opts,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+            updates,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Marks task types as having queued work and wakes the dispatch loop.
+    pub fn work_arrived<'a>(&self, task_types: impl IntoIterator<Item = &'a str>) {
+        {
+            let mut st = self.lock();
+            for t in task_types {
+                *st.has_work.entry(t.to_string()).or_insert(0) += 1;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskUpdate> {
+        self.updates.subscribe()
+    }
+
+    /// Resolves when the task finishes or on timeout; the caller re-reads the store.
+    pub fn waiter(&self, task_id: &TaskId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let list = w.entry(task_id.clone()).or_default();
+        list.retain(|s| !s.is_closed());
+        list.push(tx);
+        rx
+    }
+
+    fn finished(&self, task_id: &TaskId, task_type: &str, status: Status, now: Millis) {
+        let _ = self.updates.send(TaskUpdate { task_id: task_id.clone(), task_type: task_type.to_string(), status, at_ms: now });
+        let list = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(task_id);
+        for tx in list.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Carries out the effects of applied commands.
+    pub fn handle_effects(&self, task_id: &TaskId, task_type: &str, effects: &[Effect], now: Millis) {
+        for effect in effects {
+            match effect {
+                Effect::Finished(status) => self.finished(task_id, task_type, *status, now),
+                Effect::WakeAt(at) => {
+                    let mut st = self.lock();
+                    st.next_wake = Some(st.next_wake.map_or(*at, |w| w.min(*at)));
+                }
+                Effect::Ready => self.work_arrived([task_type]),
+                Effect::CancelOnAgent { attempt, .. } => self.cancel_on_agent(task_id, *attempt),
+            }
+        }
+    }
+
+    fn cancel_on_agent(&self, task_id: &TaskId, attempt: u32) {
+        let mut st = self.lock();
+        let Some(session_id) = st.holders.get(task_id).cloned() else { return };
+        let removed = st
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| if s.in_flight.get(task_id).is_some_and(|f| f.attempt == attempt) { s.in_flight.remove(task_id).map(|_| s.tx.clone()) } else { None });
+        if let Some(tx) = removed {
+            st.holders.remove(task_id);
+            st.running = st.running.saturating_sub(1);
+            let _ = tx.send(Ok(cancels(vec![(task_id.clone(), attempt)])));
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Adds a connected agent under its session id.
+    pub fn register(&self, session_id: String, reg: &v1::Register, agent_id: AgentId, tx: Outbound) {
+        let now = now_ms();
+        let session = Session {
+            agent_id,
+            task_types: reg.task_types.clone(),
+            version: reg.version.clone(),
+            labels: reg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            max_concurrent: reg.max_concurrent as usize,
+            in_flight: HashMap::new(),
+            reserved: 0,
+            draining: false,
+            tx,
+            connected_at: now,
+            last_heartbeat: now,
+            completed: 0,
+            failed: 0,
+        };
+        self.lock().sessions.insert(session_id, session);
+        self.wake.notify_one();
+    }
+
+    pub fn heartbeat(self: &Arc<Self>, session_id: &str, hb: &v1::Heartbeat) {
+        let now = now_ms();
+        let mut lost = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(s) = st.sessions.get_mut(session_id) else { return };
+            s.last_heartbeat = now;
+            // An attempt assigned well before this heartbeat that the agent does not
+            // report is lost (the agent restarted its process, or dropped it).
+            let reported: std::collections::HashSet<(&str, u32)> =
+                hb.in_flight.iter().map(|a| (a.task_id.as_str(), a.attempt)).collect();
+            let grace = 2 * self.opts.heartbeat_interval_ms;
+            for (task_id, f) in &s.in_flight {
+                if now.saturating_sub(f.assigned_at) > grace && !reported.contains(&(task_id.as_str(), f.attempt)) {
+                    lost.push((task_id.clone(), f.attempt));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            let failure = Failure::new(FailureKind::AgentLost, "the agent no longer reports this attempt");
+            self.fail_attempts(session_id, lost, failure);
+        }
+    }
+
+    pub fn drain(&self, session_id: &str) {
+        if let Some(s) = self.lock().sessions.get_mut(session_id) {
+            s.draining = true;
+        }
+    }
+
+    /// Removes a session and fails its in-flight attempts (counted) so they run again.
+    pub async fn disconnect(&self, session_id: &str, reason: &str) {
+        let removed = {
+            let mut st = self.lock();
+            let removed = st.sessions.remove(session_id);
+            if let Some(s) = &removed {
+                let n = s.in_flight.len() + s.reserved;
+                for task_id in s.in_flight.keys() {
+                    st.holders.remove(task_id);
+                }
+                st.running = st.running.saturating_sub(n);
+            }
+            removed
+        };
+        let Some(session) = removed else { return };
+        tracing::info!(agent_id = %session.agent_id, session_id, in_flight = session.in_flight.len(), reason, "agent disconnected");
+        let now = now_ms();
+        let failure = Failure::new(FailureKind::AgentLost, format!("agent {} disconnected: {reason}", session.agent_id));
+        match self.store.release_owner(session_id, failure, now).await {
+            Ok(ids) => self.after_release(ids).await,
+            Err(e) => tracing::warn!(session_id, error = %e, "could not release the attempts of a lost agent; their leases will expire"),
+        }
+        self.wake.notify_one();
+    }
+
+    /// After attempts were failed in bulk: wake retries and notify terminal ones.
+    async fn after_release(&self, ids: Vec<TaskId>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.refresh_wake().await;
+        let now = now_ms();
+        for id in ids {
+            if let Ok(Some(rec)) = self.store.get(&id).await {
+                if rec.state.status.is_terminal() {
+                    self.finished(&id, &rec.spec.task_type, rec.state.status, now);
+                }
+            }
+        }
+    }
+
+    async fn refresh_wake(&self) {
+        if let Ok(next) = self.store.next_wake().await {
+            let mut st = self.lock();
+            st.next_wake = match (st.next_wake, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    /// Fails specific attempts held by a session (timeouts, lost attempts).
+    fn fail_attempts(self: &Arc<Self>, session_id: &str, attempts: Vec<(TaskId, u32)>, failure: Failure) {
+        let mut to_fail = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut n = 0;
+            if let Some(s) = st.sessions.get_mut(session_id) {
+                for (id, attempt) in attempts {
+                    if s.in_flight.get(&id).is_some_and(|f| f.attempt == attempt) {
+                        s.in_flight.remove(&id);
+                        s.failed += 1;
+                        to_fail.push((id, attempt));
+                        n += 1;
+                    }
+                }
+                if !to_fail.is_empty() {
+                    let msg = cancels(to_fail.clone());
+                    let _ = s.tx.send(Ok(msg));
+                }
+            }
+            for (id, _) in &to_fail {
+                st.holders.remove(id);
+            }
+            st.running = st.running.saturating_sub(n);
+        }
+        if to_fail.is_empty() {
+            return;
+        }
+        self.wake.notify_one();
+        let updates: Vec<Update> = to_fail
+            .into_iter()
+            .map(|(task_id, attempt)| Update { task_id, command: Command::Fail { attempt, failure: failure.clone() } })
+            .collect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let now = now_ms();
+            match this.store.update(updates.clone(), now).await {
+                Ok(outcomes) => {
+                    for (u, o) in updates.iter().zip(outcomes) {
+                        if let UpdateOutcome::Applied { record, effects } = o {
+                            this.handle_effects(&u.task_id, &record.spec.task_type, &effects, now);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record failed attempts; their leases will expire"),
+            }
+        });
+    }
+
+
+    /// Records results sent by an agent and acknowledges them once durable.
+    /// A result is refused unless this session holds that attempt.
+    pub async fn results(&self, session_id: &str, results: Vec<v1::Result>) {
+        let now = now_ms();
+        let mut acks = Vec::with_capacity(results.len());
+        let mut updates = Vec::with_capacity(results.len());
+        let mut positions = Vec::with_capacity(results.len());
+        let tx = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(s) = st.sessions.get_mut(session_id) else { return };
+            let mut freed = 0;
+            for r in results {
+                let task_id = TaskId::from_trusted(r.task_id.clone());
+                let held = s.in_flight.get(&task_id).is_some_and(|f| f.attempt == r.attempt);
+                if !held {
+                    acks.push(ack(&r.task_id, r.attempt, Some(("stale_attempt", "this agent does not hold that attempt (it timed out, was cancelled, or was re-assigned)"))));
+                    continue;
+                }
+                s.in_flight.remove(&task_id);
+                st.holders.remove(&task_id);
+                freed += 1;
+                let command = match r.outcome {
+                    Some(v1::result::Outcome::Success(ok)) => {
+                        s.completed += 1;
+                        match parse_output(&ok.output_json) {
+                            Ok(output) => Command::Succeed { attempt: r.attempt, output },
+                            Err(msg) => Command::Fail { attempt: r.attempt, failure: Failure::new(FailureKind::Permanent, msg) },
+                        }
+                    }
+                    Some(v1::result::Outcome::Failure(f)) => {
+                        s.failed += 1;
+                        let kind = match v1::FailureKind::try_from(f.kind).unwrap_or(v1::FailureKind::Retryable) {
+                            v1::FailureKind::Permanent => FailureKind::Permanent,
+                            v1::FailureKind::Timeout => FailureKind::Timeout,
+                            v1::FailureKind::Retryable => FailureKind::Retryable,
+                        };
+                        let mut failure = Failure::new(kind, if f.message.is_empty() { "the handler failed".to_string() } else { f.message });
+                        failure.retry_after_ms = (f.retry_after_ms > 0).then_some(f.retry_after_ms);
+                        Command::Fail { attempt: r.attempt, failure }
+                    }
+                    None => Command::Fail {
+                        attempt: r.attempt,
+                        failure: Failure::new(FailureKind::Retryable, "the agent sent a result with no outcome"),
+                    },
+                };
+                positions.push(acks.len());
+                acks.push(ack(&r.task_id, r.attempt, None));
+                updates.push(Update { task_id, command });
+            }
+            st.running = st.running.saturating_sub(freed);
+            s.tx.clone()
+        };
+        self.wake.notify_one();
+        if !updates.is_empty() {
+            match self.store.update(updates.clone(), now).await {
+                Ok(outcomes) => {
+                    for ((u, o), pos) in updates.iter().zip(outcomes).zip(positions) {
+                        match o {
+                            UpdateOutcome::Applied { record, effects } => {
+                                self.handle_effects(&u.task_id, &record.spec.task_type, &effects, now)
+                            }
+                            UpdateOutcome::Refused(r) => {
+                                let e: baton_core::Error = r.into();
+                                acks[pos].accepted = false;
+                                acks[pos].error_code = e.code.as_str().into();
+                                acks[pos].message = e.message;
+                            }
+                            UpdateOutcome::NotFound => {
+                                acks[pos].accepted = false;
+                                acks[pos].error_code = "not_found".into();
+                                acks[pos].message = "no such task".into();
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Not durable: tell the agent nothing so that it sends them again.
+                    tracing::warn!(session_id, error = %e, "could not record results");
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(v1::ServerMessage { msg: Some(v1::server_message::Msg::Acks(v1::ResultAcks { acks })) }));
+    }
+
+    /// The connected agents.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let st = self.lock();
+        let mut out: Vec<AgentInfo> = st
+            .sessions
+            .iter()
+            .map(|(id, s)| AgentInfo {
+                agent_id: s.agent_id.to_string(),
+                session_id: id.clone(),
+                task_types: s.task_types.clone(),
+                version: s.version.clone(),
+                max_concurrent: s.max_concurrent,
+                in_flight: s.in_flight.len(),
+                draining: s.draining,
+                labels: s.labels.clone(),
+                connected_at: crate::view::rfc3339(s.connected_at),
+                last_heartbeat: crate::view::rfc3339(s.last_heartbeat),
+                completed: s.completed,
+                failed: s.failed,
+            })
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id).then(a.session_id.cmp(&b.session_id)));
+        out
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Works out which sessions to claim for: least-loaded first, within free slots
+    /// and the global `max_workers`, reserving the slots until the claim returns.
+    fn plan(&self) -> Vec<PlannedClaim> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut budget = self.opts.max_workers.saturating_sub(st.running);
+        let mut plan = Vec::new();
+        if budget == 0 || st.has_work.is_empty() {
+            return plan;
+        }
+        let mut candidates: Vec<(&String, &Session)> = st.sessions.iter().filter(|(_, s)| s.free() > 0).collect();
+        candidates.sort_by(|a, b| a.1.load().total_cmp(&b.1.load()).then(b.1.free().cmp(&a.1.free())));
+        let mut picks = Vec::new();
+        for (id, s) in candidates {
+            if budget == 0 {
+                break;
+            }
+            // A session serving several types with work: the type it serves with the
+            // oldest pending generation goes first, round-robin by turns across rounds.
+            let Some(task_type) = s.task_types.iter().find(|t| st.has_work.contains_key(*t)) else { continue };
+            let n = s.free().min(budget).min(MAX_CLAIM);
+            budget -= n;
+            picks.push((id.clone(), s.agent_id.clone(), task_type.clone(), n));
+        }
+        for (session_id, agent_id, task_type, n) in picks {
+            if let Some(s) = st.sessions.get_mut(&session_id) {
+                s.reserved += n;
+            }
+            st.running += n;
+            let generation = st.has_work.get(&task_type).copied().unwrap_or(0);
+            plan.push(PlannedClaim { session_id, agent_id, task_type, n, generation });
+        }
+        plan
+    }
+
+    /// The dispatch loop: claim for free slots whenever work or slots appear.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let plan = self.plan();
+            if plan.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            let now = now_ms();
+            let lease_deadline_ms = now + self.opts.lease_ms;
+            let claims = plan.iter().map(|p| {
+                self.store.claim(ClaimRequest {
+                    task_type: p.task_type.clone(),
+                    max: p.n,
+                    agent_id: p.agent_id.clone(),
+                    lease_owner: p.session_id.clone(),
+                    lease_deadline_ms,
+                    now,
+                })
+            });
+            let results = futures::future::join_all(claims).await;
+            let mut orphans = Vec::new();
+            let mut store_failed = false;
+            {
+                let mut st = self.lock();
+                let st = &mut *st;
+                for (p, res) in plan.iter().zip(results) {
+                    st.running = st.running.saturating_sub(p.n);
+                    let claimed = match res {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, task_type = %p.task_type, "claim failed");
+                            store_failed = true;
+                            if let Some(s) = st.sessions.get_mut(&p.session_id) {
+                                s.reserved = s.reserved.saturating_sub(p.n);
+                            }
+                            continue;
+                        }
+                    };
+                    if claimed.len() < p.n && st.has_work.get(&p.task_type) == Some(&p.generation) {
+                        st.has_work.remove(&p.task_type);
+                    }
+                    let Some(s) = st.sessions.get_mut(&p.session_id) else {
+                        orphans.extend(claimed.into_iter().map(|c| (c.spec.task_id, c.attempt)));
+                        continue;
+                    };
+                    s.reserved = s.reserved.saturating_sub(p.n);
+                    if claimed.is_empty() {
+                        continue;
+                    }
+                    let mut assignments = Vec::with_capacity(claimed.len());
+                    for c in claimed {
+                        s.in_flight.insert(
+                            c.spec.task_id.clone(),
+                            InFlight {
+                                attempt: c.attempt,
+                                assigned_at: now,
+                                timeout_at: now + c.spec.timeout_ms,
+                            },
+                        );
+                        st.holders.insert(c.spec.task_id.clone(), p.session_id.clone());
+                        assignments.push(assignment(&c));
+                    }
+                    st.running += assignments.len();
+                    let msg = v1::ServerMessage {
+                        msg: Some(v1::server_message::Msg::Assignments(v1::Assignments { assignments })),
+                    };
+                    let _ = s.tx.send(Ok(msg));
+                }
+            }
+            if !orphans.is_empty() {
+                // The agent left while we claimed for it: give the attempts back now
+                // rather than waiting for their leases to expire.
+                let failure = Failure::new(FailureKind::AgentLost, "the agent left before the task reached it");
+                let updates = orphans
+                    .into_iter()
+                    .map(|(task_id, attempt)| Update { task_id, command: Command::Fail { attempt, failure: failure.clone() } })
+                    .collect();
+                if let Ok(outcomes) = self.store.update(updates, now_ms()).await {
+                    for o in outcomes {
+                        if let UpdateOutcome::Applied { record, effects } = o {
+                            self.handle_effects(&record.spec.task_id, &record.spec.task_type, &effects, now_ms());
+                        }
+                    }
+                }
+            }
+            if store_failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Periodic duties: timeouts, silent agents, lease extension, lease expiry and
+    /// retry promotion.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let tick = Duration::from_millis(20);
+        let mut last_extend = 0;
+        let mut last_expire = 0;
+        let mut last_wake_refresh = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = now_ms();
+            // Timeouts and silent agents.
+            let mut timed_out: Vec<(String, Vec<(TaskId, u32)>)> = Vec::new();
+            let mut silent = Vec::new();
+            {
+                let st = self.lock();
+                for (id, s) in &st.sessions {
+                    if now.saturating_sub(s.last_heartbeat) > self.opts.agent_timeout_ms {
+                        silent.push(id.clone());
+                        continue;
+                    }
+                    let expired: Vec<(TaskId, u32)> = s
+                        .in_flight
+                        .iter()
+                        .filter(|(_, f)| f.timeout_at <= now)
+                        .map(|(t, f)| (t.clone(), f.attempt))
+                        .collect();
+                    if !expired.is_empty() {
+                        timed_out.push((id.clone(), expired));
+                    }
+                }
+            }
+            for (session_id, attempts) in timed_out {
+                for (task_id, attempt) in &attempts {
+                    tracing::info!(%task_id, attempt, "attempt timed out");
+                }
+                let failure = Failure::new(FailureKind::Timeout, "the attempt ran past timeout_ms");
+                self.fail_attempts(&session_id, attempts, failure);
+            }
+            for session_id in silent {
+                let tx = self.lock().sessions.get(&session_id).map(|s| s.tx.clone());
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(tonic::Status::unavailable("no heartbeat within agent_timeout_ms")));
+                }
+                self.disconnect(&session_id, "no heartbeat").await;
+            }
+            // Keep the leases of live sessions ahead of expiry.
+            if now.saturating_sub(last_extend) >= self.opts.lease_ms / 4 {
+                last_extend = now;
+                let ids: Vec<String> = self.lock().sessions.keys().cloned().collect();
+                let deadline = now + self.opts.lease_ms;
+                let store = &self.store;
+                let extends = ids.iter().map(|id| store.extend_leases(id, deadline));
+                for r in futures::future::join_all(extends).await {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "could not extend leases");
+                    }
+                }
+            }
+            // Attempts whose holder vanished without a goodbye (e.g. a crashed replica).
+            if now.saturating_sub(last_expire) >= 1_000 {
+                last_expire = now;
+                match self.store.expire_leases(now).await {
+                    Ok(ids) if !ids.is_empty() => {
+                        tracing::info!(count = ids.len(), "leases expired; attempts re-queued");
+                        self.after_release(ids).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not expire leases"),
+                }
+            }
+            if now.saturating_sub(last_wake_refresh) >= 1_000 {
+                last_wake_refresh = now;
+                self.refresh_wake().await;
+            }
+            let due = self.lock().next_wake.is_some_and(|w| w <= now);
+            if due {
+                self.lock().next_wake = None;
+                match self.store.promote_due(now).await {
+                    Ok(types) => {
+                        if !types.is_empty() {
+                            self.work_arrived(types.iter().map(String::as_str));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not promote retries"),
+                }
+                self.refresh_wake().await;
+            }
+        }
+    }
+
+    /// At start-up: find queued work and the next retry to wake.
+    pub async fn recover(&self, exclusive_store: bool) -> Result<(), baton_store::Error> {
+        if exclusive_store {
+            // Attempts still running belong to the previous process, which is gone.
+            let ids = self.store.expire_leases(Millis::MAX).await?;
+            if !ids.is_empty() {
+                tracing::info!(count = ids.len(), "re-queued attempts left running by the previous process");
+            }
+            self.after_release(ids).await;
+        }
+        let types = self.store.queued_types().await?;
+        self.work_arrived(types.iter().map(String::as_str));
+        self.refresh_wake().await;
+        Ok(())
+    }
+}
+
+fn parse_output(raw: &str) -> Result<serde_json::Value, String> {
+    if raw.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(raw).map_err(|e| format!("the agent's output is not valid json: {e}"))
+}
+
+fn ack(task_id: &str, attempt: u32, refused: Option<(&str, &str)>) -> v1::ResultAck {
+    v1::ResultAck {
+        task_id: task_id.to_string(),
+        attempt,
+        accepted: refused.is_none(),
+        error_code: refused.map(|r| r.0.to_string()).unwrap_or_default(),
+        message: refused.map(|r| r.1.to_string()).unwrap_or_default(),
+    }
+}
+
+fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
+    v1::ServerMessage {
+        msg: Some(v1::server_message::Msg::Cancels(v1::Cancels {
+            attempts: attempts
+                .into_iter()
+                .map(|(t, a)| v1::AttemptRef { task_id: t.into_string(), attempt: a })
+                .collect(),
+        })),
+    }
+}
+
+fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
+    let spec = &c.spec;
+    v1::Assignment {
+        task_id: spec.task_id.to_string(),
+        attempt: c.attempt,
+        task_type: spec.task_type.clone(),
+        inputs: spec.inputs.iter().map(crate::view::input_to_proto).collect(),
+        metadata_json: if spec.metadata.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(spec.metadata.clone()).to_string()
+        },
+        priority: spec.priority.to_string(),
+        timeout_ms: spec.timeout_ms,
+        deadline_ms: spec.deadline_ms.unwrap_or(0),
+        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,120 @@
+//! Baton's orchestrator: the only crate that spawns tasks and talks to the network.
+//! [`run`] takes its listeners, its store and a shutdown future from the caller, so
+//! tests bind port 0 and stop it cleanly; nothing here hard-codes a port.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod dispatcher;
+pub mod grpc;
+pub mod rest;
+pub mod view;
+
+use anyhow::Context;
+use baton_proto::v1;
+use baton_store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// The sockets the server serves on, bound by the caller.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("cannot listen on http_addr {}", cfg.http_addr))?;
+        let grpc = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("cannot listen on grpc_addr {}", cfg.grpc_addr))?;
+        Ok(Self { http, grpc })
+    }
+
+    pub fn addrs(&self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.http.local_addr()?, self.grpc.local_addr()?))
+    }
+}
+
+/// Opens the embedded store configured by `cfg`.
+pub fn open_embedded_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let options = baton_store_sqlite::Options {
+        synchronous: match cfg.durability {
+            config::Durability::Full => baton_store_sqlite::Synchronous::Full,
+            config::Durability::Normal => baton_store_sqlite::Synchronous::Normal,
+        },
+        ..Default::default()
+    };
+    let store = baton_store_sqlite::SqliteStore::open(&cfg.data_dir, options)
+        .with_context(|| format!("cannot open the embedded store in {}", cfg.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the orchestrator until `shutdown` resolves.
+pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let dispatcher = dispatcher::Dispatcher::new(
+        store.clone(),
+        dispatcher::Options {
+            max_workers: cfg.max_workers,
+            lease_ms: cfg.lease_ms,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            agent_timeout_ms: cfg.agent_timeout_ms,
+        },
+    );
+    dispatcher.recover(store.exclusive()).await.context("cannot recover state from the store")?;
+    let app = Arc::new(app::App {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        limits: cfg.limits(),
+        max_batch_tasks: cfg.max_batch_tasks,
+        started: Instant::now(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dispatch_loop = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
+    let maintenance = tokio::spawn(dispatcher.clone().maintain(stop_rx.clone()));
+
+    let (http_addr, grpc_addr) = listeners.addrs()?;
+    let router = rest::router(app.clone(), cfg.max_body_bytes);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listeners.http, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                v1::baton_server::BatonServer::new(grpc::ClientApi { app: app.clone() })
+                    .max_decoding_message_size(cfg.max_body_bytes),
+            )
+            .add_service(
+                v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi { app: app.clone() })
+                    .max_decoding_message_size(cfg.max_body_bytes),
+            )
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc), async move {
+                let _ = grpc_stop.changed().await;
+            }),
+    );
+    tracing::info!(%http_addr, %grpc_addr, data_dir = %cfg.data_dir.display(), "baton is serving");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = http.await;
+        let _ = grpc.await;
+    })
+    .await;
+    dispatch_loop.abort();
+    maintenance.abort();
+    Ok(())
+}

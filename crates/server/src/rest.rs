@@ -1,0 +1,413 @@
+//! The REST API (axum), its OpenAPI document (utoipa, generated from these
+//! handlers), and the one error shape: `{"error": {"code", "message", "details"}}`.
+
+use crate::app::App;
+use crate::clock::now_ms;
+use crate::dispatcher::AgentInfo;
+use crate::view::{task_view, TaskView};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_core::{Error, ErrorCode};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{OpenApi, ToSchema};
+
+/// An error as REST returns it; the status comes from the shared error table.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<baton_store::Error> for ApiError {
+    fn from(e: baton_store::Error) -> Self {
+        ApiError(e.into())
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// invalid_argument, not_found, conflict, payload_too_large, resource_exhausted, stale_attempt, failed_precondition, unavailable, deadline_exceeded, internal
+    code: String,
+    message: String,
+    #[schema(value_type = Object)]
+    details: serde_json::Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(baton_proto::http_status(self.0.code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let details = if self.0.details.is_null() { serde_json::json!({}) } else { self.0.details };
+        let body = ErrorBody { error: ErrorDetail { code: self.0.code.as_str().into(), message: self.0.message, details } };
+        let mut resp = (status, Json(body)).into_response();
+        if self.0.code == ErrorCode::ResourceExhausted {
+            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// A JSON request body with Baton's error shape for every way it can be wrong.
+pub struct JsonBody(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError(Error::new(ErrorCode::PayloadTooLarge, "request body is larger than the configured limit (max_body_bytes)"))
+            } else {
+                ApiError(Error::invalid(format!("could not read the request body: {}", e.body_text())))
+            }
+        })?;
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(ApiError(Error::invalid("request body is empty: send a JSON object")));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError(Error::invalid(format!("malformed json: {e}"))))
+    }
+}
+
+/// A body that may be empty.
+pub struct RawBody(bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        bytes::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| ApiError(Error::invalid(format!("could not read the request body: {}", e.body_text()))))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct CancelRequest {
+    /// Recorded on the cancelled event.
+    reason: Option<String>,
+}
+
+type AppState = Arc<App>;
+
+/// Seed 000's task submission (`POST /api/v1/tasks`). Unknown fields are refused.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct SubmitTaskRequest {
+    /// Generated (UUID v7) when absent. Submitting the same id with the same content again returns the existing task.
+    task_id: Option<String>,
+    task_type: String,
+    /// Typed parts: `{"type": "text"|"image"|"video"|"json"|"binary", "data": ..., "mime_type"?, "name"?}`; binary kinds carry base64.
+    #[schema(value_type = Option<Vec<Object>>)]
+    inputs: Option<Vec<serde_json::Value>>,
+    /// sequential, parallel or hybrid
+    execution_mode: Option<String>,
+    /// 1..=10 (seed 000) or critical, high, normal, low, background. Default normal (5).
+    #[schema(value_type = Option<Object>)]
+    priority: Option<serde_json::Value>,
+    /// Per attempt; default 30000.
+    timeout_ms: Option<u64>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    retry: Option<RetryPolicyDoc>,
+    /// RFC 3339 time or Unix milliseconds; the task fails with deadline_exceeded after it.
+    #[schema(value_type = Option<Object>)]
+    deadline: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct RetryPolicyDoc {
+    /// Attempts in all, the first included (default 3).
+    max_attempts: Option<u32>,
+    backoff_base_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+    backoff_multiplier: Option<f64>,
+    /// 0 = none, 1 = full jitter.
+    jitter: Option<f64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct BatchRequest {
+    tasks: Vec<SubmitTaskRequest>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct BatchItem {
+    task_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct BatchResponse {
+    tasks: Vec<BatchItem>,
+    created: usize,
+    existing: usize,
+    conflicts: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TaskList {
+    tasks: Vec<TaskView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AgentList {
+    agents: Vec<AgentInfo>,
+}
+
+#[derive(Deserialize, Default)]
+struct GetQuery {
+    wait_ms: Option<String>,
+    include_inputs: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    status: Option<String>,
+    task_type: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn parse_num<T: std::str::FromStr>(raw: Option<&str>, field: &str) -> Result<Option<T>, ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError(Error::invalid(format!("{field} must be a non-negative whole number, got {s:?}")).with_field(field))),
+    }
+}
+
+fn parse_bool(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError(Error::invalid(format!("{field} must be true or false, got {other:?}")).with_field(field))),
+    }
+}
+
+/// Query strings with Baton's error shape when they do not parse.
+fn query<T: serde::de::DeserializeOwned + Default>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError(Error::invalid(format!("bad query string: {}", e.body_text()))))
+}
+
+/// Submit a task.
+#[utoipa::path(post, path = "/api/v1/tasks", request_body = SubmitTaskRequest,
+    responses((status = 201, description = "accepted and durable", body = TaskView),
+              (status = 200, description = "the same task was already submitted", body = TaskView),
+              (status = 400, body = ErrorBody), (status = 409, description = "the id exists with different content", body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn submit_task(State(app): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let spec = app.parse(&body, "")?;
+    let result = app.submit(vec![spec]).await?.pop().expect("one outcome per task")?;
+    let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(task_view(&result.record, now_ms(), false))).into_response())
+}
+
+/// Submit many tasks in one request. Invalid input rejects the whole batch (nothing
+/// is stored); an id that exists with different content is reported per task.
+#[utoipa::path(post, path = "/api/v1/tasks/batch", request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<BatchResponse>, ApiError> {
+    let Some(items) = body.get("tasks").and_then(|t| t.as_array()) else {
+        return Err(ApiError(Error::invalid("body must be {\"tasks\": [...]}").with_field("tasks")));
+    };
+    if items.is_empty() {
+        return Err(ApiError(Error::invalid("tasks must not be empty").with_field("tasks")));
+    }
+    let mut specs = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match app.parse(item, &format!("tasks[{i}].")) {
+            Ok(s) => specs.push(s),
+            Err(e) => match e.details.get("problems").and_then(|p| p.as_array()) {
+                Some(list) => problems.extend(list.iter().cloned()),
+                None => problems.push(serde_json::json!({"field": format!("tasks[{i}]"), "message": e.message})),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        let first = problems[0].clone();
+        let msg = format!(
+            "{} {}{}",
+            first["field"].as_str().unwrap_or(""),
+            first["message"].as_str().unwrap_or(""),
+            if problems.len() > 1 { format!(" (and {} more problems)", problems.len() - 1) } else { String::new() }
+        );
+        return Err(ApiError(Error::invalid(msg).with_details(serde_json::json!({"problems": problems}))));
+    }
+    let ids: Vec<String> = specs.iter().map(|s| s.task_id.to_string()).collect();
+    let results = app.submit(specs).await?;
+    let (mut created, mut existing, mut conflicts) = (0, 0, 0);
+    let tasks = results
+        .into_iter()
+        .zip(ids)
+        .map(|(r, task_id)| match r {
+            Ok(s) => {
+                if s.created {
+                    created += 1
+                } else {
+                    existing += 1
+                }
+                BatchItem { task_id, status: Some(s.record.state.status.to_string()), created: Some(s.created), error: None }
+            }
+            Err(e) => {
+                conflicts += 1;
+                BatchItem {
+                    task_id,
+                    status: None,
+                    created: None,
+                    error: Some(ErrorDetail { code: e.code.as_str().into(), message: e.message, details: e.details }),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(BatchResponse { tasks, created, existing, conflicts }))
+}
+
+/// Get a task: status, agent executions, output, metrics and events.
+#[utoipa::path(get, path = "/api/v1/tasks/{task_id}",
+    params(("task_id" = String, Path), ("wait_ms" = Option<u64>, Query, description = "wait up to this long (max 60000) for the task to finish"),
+           ("include_inputs" = Option<bool>, Query)),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
+async fn get_task(
+    State(app): State<AppState>,
+    Path(task_id): Path<String>,
+    q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskView>, ApiError> {
+    let q = query(q)?;
+    let wait_ms: u64 = parse_num(q.wait_ms.as_deref(), "wait_ms")?.unwrap_or(0);
+    let include_inputs = parse_bool(q.include_inputs.as_deref(), "include_inputs")?;
+    let record = app.get_wait(&task_id, wait_ms).await?;
+    Ok(Json(task_view(&record, now_ms(), include_inputs)))
+}
+
+/// List tasks, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/api/v1/tasks",
+    params(("status" = Option<String>, Query), ("task_type" = Option<String>, Query),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 50"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+async fn list_tasks(State(app): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<TaskList>, ApiError> {
+    let q = query(q)?;
+    let limit = parse_num(q.limit.as_deref(), "limit")?;
+    let page = app.list(q.status.as_deref(), q.task_type.as_deref(), limit, q.cursor).await?;
+    let now = now_ms();
+    Ok(Json(TaskList { tasks: page.tasks.iter().map(|r| task_view(r, now, false)).collect(), next_cursor: page.next_cursor }))
+}
+
+/// Cancel a task that has not finished. A running attempt is stopped on its agent.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", params(("task_id" = String, Path)), request_body = Option<CancelRequest>,
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, description = "already finished", body = ErrorBody)))]
+async fn cancel_task(State(app): State<AppState>, Path(task_id): Path<String>, RawBody(body): RawBody) -> Result<Json<TaskView>, ApiError> {
+    // The body is optional: nothing, or {"reason": "..."}.
+    let reason = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError(Error::invalid(format!("malformed json: {e}"))))?;
+        match v.get("reason") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(ApiError(Error::invalid("reason must be a string").with_field("reason"))),
+        }
+    };
+    let record = app.cancel(&task_id, reason).await?;
+    Ok(Json(task_view(&record, now_ms(), false)))
+}
+
+/// Connected agents.
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
+async fn list_agents(State(app): State<AppState>) -> Json<AgentList> {
+    Json(AgentList { agents: app.agents() })
+}
+
+/// The dead-letter queue: tasks whose attempts are exhausted.
+#[utoipa::path(get, path = "/api/v1/dlq",
+    params(("task_type" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+async fn list_dlq(State(app): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<TaskList>, ApiError> {
+    let q = query(q)?;
+    if q.status.is_some() {
+        return Err(ApiError(Error::invalid("the dead-letter queue has no status filter").with_field("status")));
+    }
+    let limit = parse_num(q.limit.as_deref(), "limit")?;
+    let page = app.list(Some("dead_lettered"), q.task_type.as_deref(), limit, q.cursor).await?;
+    let now = now_ms();
+    Ok(Json(TaskList { tasks: page.tasks.iter().map(|r| task_view(r, now, false)).collect(), next_cursor: page.next_cursor }))
+}
+
+/// Send a dead-lettered task back to its queue with a fresh attempt budget.
+#[utoipa::path(post, path = "/api/v1/dlq/{task_id}/reprocess", params(("task_id" = String, Path)),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, description = "not dead-lettered", body = ErrorBody)))]
+async fn reprocess_dlq(State(app): State<AppState>, Path(task_id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    let record = app.reprocess(&task_id).await?;
+    Ok(Json(task_view(&record, now_ms(), false)))
+}
+
+/// Seed 000's health check: healthy, version, uptime_seconds, stats.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Object), (status = 503, body = Object)))]
+async fn health(State(app): State<AppState>) -> Response {
+    let doc = app.health().await;
+    let status = if doc["healthy"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(doc)).into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Baton", description = "Durable orchestrator for AI-agent workloads"),
+    paths(submit_task, submit_batch, get_task, list_tasks, cancel_task, list_agents, list_dlq, reprocess_dlq, health),
+    components(schemas(ErrorBody, TaskView, TaskList, AgentList, BatchResponse, SubmitTaskRequest, BatchRequest))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::not_found("no such endpoint; see /openapi.json"))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(Error::invalid("method not allowed on this endpoint; see /openapi.json"))
+}
+
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/api/v1/tasks", post(submit_task).get(list_tasks))
+        .route("/api/v1/tasks/batch", post(submit_batch))
+        .route("/api/v1/tasks/{task_id}", get(get_task))
+        .route("/api/v1/tasks/{task_id}/cancel", post(cancel_task))
+        .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/dlq", get(list_dlq))
+        .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(app)
+}

@@ -1,0 +1,263 @@
+//! How a task looks to clients, in REST (JSON) and gRPC (protobuf). Both are built
+//! from the same stored record here, so the two APIs never disagree.
+
+use baton_core::lifecycle::{EventKind, TaskEvent};
+use baton_core::{Millis, Status};
+use baton_proto::v1;
+use baton_store::TaskRecord;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub fn rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// One attempt of a task on an agent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentExecution {
+    pub agent_id: String,
+    pub attempt: u32,
+    /// running, completed, failed, timeout, agent_lost, lease_expired, cancelled
+    pub status: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    started_ms: Millis,
+    #[serde(skip)]
+    finished_ms: Option<Millis>,
+}
+
+/// Seed 000's task metrics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskMetrics {
+    pub total_duration_ms: u64,
+    pub retry_count: u32,
+    pub agents_used: u32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    pub at: String,
+    /// submitted, started, succeeded, attempt_failed, retry_ready, cancelled, failed, dead_lettered, reprocessed, deadline_exceeded
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorView {
+    pub kind: String,
+    pub message: String,
+    pub attempt: u32,
+}
+
+/// A task as `GET /api/v1/tasks/{task_id}` returns it (seed 000's shape, extended).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub task_type: String,
+    /// queued, running, retry_wait, completed, failed, cancelled, dead_lettered
+    pub status: String,
+    /// critical, high, normal, low or background
+    pub priority: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_mode: Option<String>,
+    /// Attempts started so far (the current one while running).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Present only when asked for with `include_inputs=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub inputs: Option<Vec<serde_json::Value>>,
+    pub agent_executions: Vec<AgentExecution>,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorView>,
+    pub metrics: TaskMetrics,
+    pub events: Vec<EventView>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+fn ends_attempt(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Succeeded | EventKind::AttemptFailed | EventKind::Failed | EventKind::DeadLettered | EventKind::Cancelled | EventKind::DeadlineExceeded
+    )
+}
+
+/// Attempts are derived from the recorded events, never stored twice.
+pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
+    let mut out: Vec<AgentExecution> = Vec::new();
+    for ev in events {
+        if ev.kind == EventKind::Started {
+            out.push(AgentExecution {
+                agent_id: ev.agent_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+                attempt: ev.attempt,
+                status: "running".into(),
+                started_at: rfc3339(ev.at_ms),
+                finished_at: None,
+                duration_ms: None,
+                error: None,
+                started_ms: ev.at_ms,
+                finished_ms: None,
+            });
+        } else if ends_attempt(ev.kind) && ev.from == Some(Status::Running) {
+            if let Some(ex) = out.iter_mut().rev().find(|e| e.attempt == ev.attempt && e.finished_ms.is_none()) {
+                ex.finished_ms = Some(ev.at_ms);
+                ex.finished_at = Some(rfc3339(ev.at_ms));
+                ex.duration_ms = Some(ev.at_ms.saturating_sub(ex.started_ms));
+                ex.status = match ev.kind {
+                    EventKind::Succeeded => "completed".into(),
+                    EventKind::Cancelled => "cancelled".into(),
+                    _ => ev
+                        .message
+                        .as_deref()
+                        .and_then(|m| m.split(':').next())
+                        .filter(|k| !k.is_empty())
+                        .map(|k| if k == "retryable" || k == "permanent" { "failed".to_string() } else { k.to_string() })
+                        .unwrap_or_else(|| "failed".into()),
+                };
+                if ev.kind != EventKind::Succeeded {
+                    ex.error = ev.message.clone();
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn metrics(record: &TaskRecord, now: Millis) -> TaskMetrics {
+    let execs = executions(&record.state.events);
+    let mut agents: Vec<&str> = execs.iter().map(|e| e.agent_id.as_str()).collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let end = record.state.finished_at_ms.unwrap_or(now);
+    TaskMetrics {
+        total_duration_ms: end.saturating_sub(record.state.created_at_ms),
+        retry_count: (execs.len() as u32).saturating_sub(1),
+        agents_used: agents.len() as u32,
+    }
+}
+
+fn event_view(ev: &TaskEvent) -> EventView {
+    EventView {
+        at: rfc3339(ev.at_ms),
+        kind: serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        from: ev.from.map(|s| s.to_string()),
+        to: ev.to.to_string(),
+        attempt: ev.attempt,
+        agent_id: ev.agent_id.as_ref().map(|a| a.to_string()),
+        message: ev.message.clone(),
+    }
+}
+
+pub fn task_view(record: &TaskRecord, now: Millis, include_inputs: bool) -> TaskView {
+    let s = &record.state;
+    let spec = &record.spec;
+    TaskView {
+        task_id: spec.task_id.to_string(),
+        task_type: spec.task_type.clone(),
+        status: s.status.to_string(),
+        priority: spec.priority.to_string(),
+        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()),
+        attempt: s.attempt,
+        max_attempts: spec.retry.max_attempts,
+        timeout_ms: spec.timeout_ms,
+        deadline: spec.deadline_ms.map(rfc3339),
+        metadata: spec.metadata.clone(),
+        inputs: include_inputs.then(|| spec.inputs.iter().map(|p| p.to_json_value()).collect()),
+        agent_executions: executions(&s.events),
+        output: s.output.clone(),
+        error: s.error.as_ref().map(|e| ErrorView { kind: e.kind.clone(), message: e.message.clone(), attempt: e.attempt }),
+        metrics: metrics(record, now),
+        events: s.events.iter().map(event_view).collect(),
+        created_at: rfc3339(s.created_at_ms),
+        updated_at: rfc3339(s.updated_at_ms),
+        finished_at: s.finished_at_ms.map(rfc3339),
+        next_attempt_at: s.ready_at_ms.map(rfc3339),
+    }
+}
+
+pub fn input_to_proto(p: &baton_core::InputPart) -> v1::InputPart {
+    v1::InputPart {
+        r#type: p.kind.as_str().into(),
+        data: p.to_wire(),
+        mime_type: p.mime_type.clone().unwrap_or_default(),
+        name: p.name.clone().unwrap_or_default(),
+    }
+}
+
+pub fn task_proto(record: &TaskRecord, now: Millis, include_inputs: bool) -> v1::Task {
+    let s = &record.state;
+    let spec = &record.spec;
+    let m = metrics(record, now);
+    v1::Task {
+        task_id: spec.task_id.to_string(),
+        task_type: spec.task_type.clone(),
+        status: s.status.to_string(),
+        priority: spec.priority.to_string(),
+        attempt: s.attempt,
+        max_attempts: spec.retry.max_attempts,
+        timeout_ms: spec.timeout_ms,
+        metadata_json: serde_json::Value::Object(spec.metadata.clone()).to_string(),
+        output_json: s.output.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        error: s.error.as_ref().map(|e| v1::TaskError { kind: e.kind.clone(), message: e.message.clone(), attempt: e.attempt }),
+        agent_executions: executions(&s.events)
+            .into_iter()
+            .map(|e| v1::AgentExecution {
+                agent_id: e.agent_id,
+                attempt: e.attempt,
+                status: e.status,
+                started_at_ms: e.started_ms,
+                finished_at_ms: e.finished_ms.unwrap_or(0),
+                duration_ms: e.duration_ms.unwrap_or(0),
+                error: e.error.unwrap_or_default(),
+            })
+            .collect(),
+        metrics: Some(v1::TaskMetrics { total_duration_ms: m.total_duration_ms, retry_count: m.retry_count, agents_used: m.agents_used }),
+        events: s
+            .events
+            .iter()
+            .map(|ev| {
+                let v = event_view(ev);
+                v1::TaskEvent {
+                    at_ms: ev.at_ms,
+                    kind: v.kind,
+                    from: v.from.unwrap_or_default(),
+                    to: v.to,
+                    attempt: v.attempt,
+                    agent_id: v.agent_id.unwrap_or_default(),
+                    message: v.message.unwrap_or_default(),
+                }
+            })
+            .collect(),
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        finished_at_ms: s.finished_at_ms.unwrap_or(0),
+        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()).unwrap_or_default(),
+        deadline_ms: spec.deadline_ms.unwrap_or(0),
+        inputs: if include_inputs { spec.inputs.iter().map(input_to_proto).collect() } else { Vec::new() },
+    }
+}

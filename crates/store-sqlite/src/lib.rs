@@ -1,0 +1,409 @@
+//! Baton's embedded default store: one SQLite file in WAL mode, one writer thread
+//! with group commit, and a small pool of read-only connections.
+//!
+//! # Layout of a data directory
+//!
+//! - `baton.db` (+ `-wal`, `-shm`): the database.
+//! - `LOCK`: held with an exclusive file lock while a store has the directory open,
+//!   so that two servers never share one data directory.
+//!
+//! # Schema (version 1, tracked in `PRAGMA user_version`)
+//!
+//! One table, `tasks`, one row per task:
+//!
+//! | column           | type    | meaning                                                        |
+//! |------------------|---------|----------------------------------------------------------------|
+//! | `seq`            | INTEGER | primary key (rowid): submission order, FIFO tie-break, cursor  |
+//! | `id`             | TEXT    | the task id, `UNIQUE`                                          |
+//! | `task_type`      | TEXT    |                                                                |
+//! | `status`         | INTEGER | `Status::code()`: 0 queued, 1 running, 2 retry_wait, 3 completed, 4 failed, 5 cancelled, 6 dead_lettered |
+//! | `priority`       | INTEGER | `Priority::rank()`: 0 background … 4 critical                  |
+//! | `attempt`        | INTEGER | current attempt (fencing token)                                |
+//! | `ready_at`       | INTEGER | end of the retry wait, ms (retry_wait only)                    |
+//! | `lease_owner`    | TEXT    | who holds the running attempt (running only)                   |
+//! | `lease_deadline` | INTEGER | lease end, ms (running only); **authoritative** over the copy in `state`, because extending leases rewrites only this column |
+//! | `created_at`     | INTEGER | ms                                                             |
+//! | `updated_at`     | INTEGER | ms of the last transition                                      |
+//! | `spec`           | TEXT    | JSON of the `TaskSpec`, never changed after insert             |
+//! | `state`          | TEXT    | JSON of the `TaskState`, events included                       |
+//!
+//! The columns other than `spec` and `state` are copies of fields of `state`,
+//! written in the same statement, so that SQL can select and order on them.
+//!
+//! Indexes, each for one query:
+//!
+//! - `tasks_queued (task_type, priority DESC, seq) WHERE status = 0`: claims, queued
+//!   counts, and the distinct queued types (one seek per type);
+//! - `tasks_running_lease (lease_deadline) WHERE status = 1`: lease expiry;
+//! - `tasks_running_owner (lease_owner) WHERE status = 1`: extending and releasing
+//!   the leases of one owner;
+//! - `tasks_retry_ready (ready_at) WHERE status = 2`: `next_wake` and `promote_due`;
+//! - `tasks_by_status (status, seq)` and `tasks_by_type (task_type, seq)`: listing,
+//!   newest first.
+//!
+//! # Concurrency
+//!
+//! Every mutating call becomes an operation on a bounded channel to the writer
+//! thread, which owns the only read-write connection (see the `writer` module).
+//! Reads run on read-only connections in `spawn_blocking` and never wait for the
+//! writer. Every transition is decided by `baton_core::lifecycle::apply`; this
+//! crate only loads rows, calls it and writes the result back.
+//!
+//! A caller that stops waiting for a write does not cancel it: once queued, the
+//! operation runs and commits.
+
+/// `SELECT <the columns codec::decode_record reads> FROM tasks <tail>`, as a literal.
+///
+/// Status codes appear in SQL text as literals (`status = 0` queued, `1` running,
+/// `2` retry_wait), never as parameters, so that SQLite can use the partial
+/// indexes; `codec::tests::status_codes_match_core` pins them to `Status::code()`.
+/// Hot queries name their index (`INDEXED BY`): without statistics the planner
+/// prefers `tasks_by_status`, which scans every running or queued task.
+macro_rules! select_records {
+    ($tail:literal) => {
+        concat!("SELECT seq, spec, state, lease_deadline FROM tasks ", $tail)
+    };
+}
+
+mod codec;
+mod reader;
+mod schema;
+mod writer;
+
+pub use reader::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+pub use schema::SCHEMA_VERSION;
+
+use async_trait::async_trait;
+use baton_core::lifecycle::Failure;
+use baton_core::{Millis, TaskId, TaskSpec};
+use baton_store::{
+    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Result, Store, SubmitOutcome, TaskRecord, Update,
+    UpdateOutcome,
+};
+use reader::Readers;
+use rusqlite::{Connection, OpenFlags};
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::{Op, Pending, Session};
+
+/// How hard SQLite works to make each commit survive a power failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: a task is on disk before `submit` returns.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: faster, and still safe against a crash of the
+    /// process, but a power failure or OS crash can lose the last commits (never
+    /// corrupt the database).
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub synchronous: Synchronous,
+    /// Most items (tasks in a submit, updates in an update; 1 for other calls) that
+    /// one transaction takes before it commits.
+    pub max_batch: usize,
+    /// Read-only connections for `get`, `list`, `counts` and the like.
+    pub readers: usize,
+    /// Page cache of each connection, in KiB.
+    pub cache_size_kib: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { synchronous: Synchronous::Full, max_batch: 4096, readers: 2, cache_size_kib: 32 * 1024 }
+    }
+}
+
+/// File in the data directory that an open store keeps locked.
+pub const LOCK_FILE: &str = "LOCK";
+/// The database file in the data directory.
+pub const DB_FILE: &str = "baton.db";
+
+/// The SQLite store. Dropping it finishes the queued writes, stops the writer and
+/// releases the data directory.
+pub struct SqliteStore {
+    dir: PathBuf,
+    options: Options,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    readers: Arc<Readers>,
+    /// Held for the lock; released when the store is dropped.
+    _lock: File,
+    /// Declared last: removed only after everything above is closed.
+    temp: Option<TempDir>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("dir", &self.dir).field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`. Fails if another store holds
+    /// the directory, or if the database was written by a newer schema.
+    pub fn open(dir: &Path, options: Options) -> Result<SqliteStore> {
+        if options.max_batch == 0 || options.readers == 0 {
+            return Err(Error::Other("sqlite options: max_batch and readers must be at least 1".into()));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Unavailable(format!(
+                    "data directory {} is in use by another baton process (lock held on {})",
+                    dir.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))
+            }
+        }
+
+        let db_path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&db_path).map_err(codec::sql_error)?;
+        schema::configure_writer(&mut conn, &options)?;
+        let mut readers = Vec::with_capacity(options.readers);
+        for _ in 0..options.readers {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+            let reader = Connection::open_with_flags(&db_path, flags).map_err(codec::sql_error)?;
+            schema::configure_reader(&reader, &options)?;
+            readers.push(reader);
+        }
+
+        let (tx, rx) = mpsc::channel(1024);
+        let max_batch = options.max_batch;
+        let writer = std::thread::Builder::new()
+            .name("baton-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, max_batch))
+            .map_err(|e| Error::Unavailable(format!("cannot start the sqlite writer thread: {e}")))?;
+        tracing::info!(dir = %dir.display(), synchronous = ?options.synchronous, "sqlite store open");
+        Ok(SqliteStore {
+            dir: dir.to_path_buf(),
+            options,
+            ops: Some(tx),
+            writer: Some(writer),
+            readers: Arc::new(Readers::new(readers)),
+            _lock: lock,
+            temp: None,
+        })
+    }
+
+    /// A store in a new directory under the system temp dir, removed when the store
+    /// is dropped. For tests.
+    pub fn open_temp() -> Result<SqliteStore> {
+        Self::open_temp_with(Options::default())
+    }
+
+    pub fn open_temp_with(options: Options) -> Result<SqliteStore> {
+        let temp = TempDir::new().map_err(|e| Error::Unavailable(format!("cannot create a temp dir: {e}")))?;
+        let mut store = Self::open(&temp.0, options)?;
+        store.temp = Some(temp);
+        Ok(store)
+    }
+
+    /// Closes the store and opens its directory again, as a restarted server would.
+    /// A temp directory stays owned by the new store.
+    pub fn reopen(mut self) -> Result<SqliteStore> {
+        let dir = self.dir.clone();
+        let options = self.options.clone();
+        let temp = self.temp.take();
+        drop(self);
+        let mut store = Self::open(&dir, options)?;
+        store.temp = temp;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Queues `work` for the writer and waits until its batch committed.
+    async fn write<T, F>(&self, weight: usize, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Op { weight: weight.max(1), job: Box::new(Pending::new(work, reply)) };
+        let ops = self.ops.as_ref().ok_or_else(stopped)?;
+        ops.send(op).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the sqlite writer has stopped".into())
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit.
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "sqlite writer thread panicked");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(tasks.len(), move |s| s.submit(tasks, now)).await
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
+        if request.max == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(request.max, move |s| s.claim(request)).await
+    }
+
+    async fn update(&self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(updates.len(), move |s| s.update(updates, now)).await
+    }
+
+    async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
+        let lease_owner = lease_owner.to_string();
+        self.write(1, move |s| s.extend_leases(&lease_owner, lease_deadline_ms)).await
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>> {
+        self.write(1, move |s| s.expire_leases(now)).await
+    }
+
+    async fn release_owner(&self, lease_owner: &str, failure: Failure, now: Millis) -> Result<Vec<TaskId>> {
+        let lease_owner = lease_owner.to_string();
+        self.write(1, move |s| s.release_owner(&lease_owner, failure, now)).await
+    }
+
+    async fn promote_due(&self, now: Millis) -> Result<Vec<String>> {
+        self.write(1, move |s| s.promote_due(now)).await
+    }
+
+    async fn next_wake(&self) -> Result<Option<Millis>> {
+        self.readers.run(reader::next_wake).await
+    }
+
+    async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>> {
+        let task_id = task_id.clone();
+        self.readers.run(move |conn| reader::get(conn, &task_id)).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Page> {
+        if let Some(cursor) = &filter.cursor {
+            codec::decode_cursor(cursor)?;
+        }
+        self.readers.run(move |conn| reader::list(conn, &filter)).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.readers.run(reader::counts).await
+    }
+
+    async fn queued_types(&self) -> Result<Vec<String>> {
+        self.readers.run(reader::queued_types).await
+    }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.readers.run(reader::ping).await
+    }
+}
+
+/// A uniquely named directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("baton-store-sqlite-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        // Parameters stay unbound (NULL): the plan does not depend on them.
+        let mut rows = stmt.raw_query();
+        let mut details = Vec::new();
+        while let Some(row) = rows.next().expect("plan row") {
+            details.push(row.get::<_, String>(3).expect("detail"));
+        }
+        details.join(" | ")
+    }
+
+    /// Each hot query must be answered from the index made for it, not a table scan.
+    #[test]
+    fn queries_use_their_indexes() {
+        let store = SqliteStore::open_temp().expect("open");
+        let conn = Connection::open(store.dir().join(DB_FILE)).expect("raw connection");
+        let cases = [
+            (writer::PICK, "tasks_queued"),
+            (writer::OVERDUE, "tasks_running_lease"),
+            (writer::HELD, "tasks_running_owner"),
+            (writer::EXTEND, "tasks_running_owner"),
+            (writer::DUE, "tasks_retry_ready"),
+            (writer::BY_ID, "sqlite_autoindex_tasks_1"),
+            (reader::NEXT_WAKE, "tasks_retry_ready"),
+            (reader::QUEUED_TYPES, "tasks_queued"),
+            (reader::COUNT_QUEUED_BY_TYPE, "tasks_queued"),
+            (reader::COUNT_BY_STATUS, "tasks_by_status"),
+            (reader::LIST_BY_STATUS, "tasks_by_status"),
+            (reader::LIST_BY_TYPE, "tasks_by_type"),
+            (reader::LIST_ALL, "INTEGER PRIMARY KEY"),
+        ];
+        let mut wrong = Vec::new();
+        for (sql, index) in cases {
+            let plan = plan(&conn, sql);
+            if !plan.contains(index) {
+                wrong.push(format!("expected {index} in the plan of {sql:?}, got: {plan}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let both = plan(&conn, reader::LIST_BY_BOTH);
+        assert!(both.contains("tasks_by_status") || both.contains("tasks_by_type"), "{both}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Reads: a small pool of read-only connections used from `spawn_blocking`, so
+//! that reads never queue behind the writer. In WAL mode a reader sees the last
+//! committed state, and the writer answers only after committing, so a read that
+//! starts after a write returned sees that write.
+
+use crate::codec::{decode_cursor, decode_record, encode_cursor, sql_error};
+use baton_core::{Millis, Status, TaskId};
+use baton_store::{Counts, Error, ListFilter, Page, Result, TaskRecord};
+use rusqlite::{params, Connection};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// Page size when the filter asks for 0.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Largest page handed out, whatever the filter asks for.
+pub const MAX_LIST_LIMIT: usize = 1_000;
+
+pub(crate) const LIST_ALL: &str = select_records!("WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
+pub(crate) const LIST_BY_STATUS: &str =
+    select_records!("WHERE status = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
+pub(crate) const LIST_BY_TYPE: &str =
+    select_records!("WHERE task_type = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
+pub(crate) const LIST_BY_BOTH: &str =
+    select_records!("WHERE status = ?3 AND task_type = ?4 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
+pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
+pub(crate) const COUNT_QUEUED_BY_TYPE: &str =
+    "SELECT task_type, COUNT(*) FROM tasks INDEXED BY tasks_queued WHERE status = 0 GROUP BY task_type";
+/// Distinct queued task types by skipping through the queued index: one index seek
+/// per type, however many tasks are queued.
+pub(crate) const QUEUED_TYPES: &str = "WITH RECURSIVE types(t) AS (
+        SELECT MIN(task_type) FROM tasks INDEXED BY tasks_queued WHERE status = 0
+        UNION ALL
+        SELECT (SELECT MIN(task_type) FROM tasks INDEXED BY tasks_queued WHERE status = 0 AND task_type > types.t)
+        FROM types WHERE types.t IS NOT NULL
+    )
+    SELECT t FROM types WHERE t IS NOT NULL";
+pub(crate) const NEXT_WAKE: &str = "SELECT MIN(ready_at) FROM tasks INDEXED BY tasks_retry_ready WHERE status = 2";
+
+pub(crate) struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection taken from the pool; it goes back when dropped, even on panic.
+struct Borrowed<'a> {
+    readers: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+    }
+}
+
+impl Readers {
+    pub(crate) fn new(conns: Vec<Connection>) -> Self {
+        let permits = Arc::new(Semaphore::new(conns.len()));
+        Self { idle: Mutex::new(conns), permits }
+    }
+
+    /// Runs `read` on an idle connection in the blocking pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        let readers = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let borrowed = Borrowed {
+                readers: &readers,
+                conn: Some(conn.ok_or_else(|| Error::Other("reader pool is empty although a permit was held".into()))?),
+            };
+            read(borrowed.conn.as_ref().expect("set above"))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("read task failed: {e}")))?
+    }
+}
+
+pub(crate) fn get(conn: &Connection, task_id: &TaskId) -> Result<Option<TaskRecord>> {
+    let mut stmt = conn.prepare_cached(crate::writer::BY_ID).map_err(sql_error)?;
+    let mut rows = stmt.query(params![task_id.as_str()]).map_err(sql_error)?;
+    match rows.next().map_err(sql_error)? {
+        Some(row) => Ok(Some(decode_record(row).map_err(sql_error)??.into_record())),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
+    let before = match &filter.cursor {
+        Some(cursor) => decode_cursor(cursor)?,
+        None => i64::MAX,
+    };
+    let limit = match filter.limit {
+        0 => DEFAULT_LIST_LIMIT,
+        n => n.min(MAX_LIST_LIMIT),
+    };
+    // One more than asked tells whether another page exists.
+    let fetch = limit as i64 + 1;
+    let status = filter.status.map(Status::code);
+    let task_type = filter.task_type.as_deref();
+    let sql = match (status, task_type) {
+        (None, None) => LIST_ALL,
+        (Some(_), None) => LIST_BY_STATUS,
+        (None, Some(_)) => LIST_BY_TYPE,
+        (Some(_), Some(_)) => LIST_BY_BOTH,
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+    let mut rows = match (status, task_type) {
+        (None, None) => stmt.query(params![before, fetch]),
+        (Some(status), None) => stmt.query(params![before, fetch, status]),
+        (None, Some(task_type)) => stmt.query(params![before, fetch, task_type]),
+        (Some(status), Some(task_type)) => stmt.query(params![before, fetch, status, task_type]),
+    }
+    .map_err(sql_error)?;
+
+    let mut tasks = Vec::with_capacity(limit.min(64));
+    let mut last_seq = None;
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        if tasks.len() == limit {
+            more = true;
+            break;
+        }
+        let loaded = decode_record(row).map_err(sql_error)??;
+        last_seq = Some(loaded.seq);
+        tasks.push(loaded.into_record());
+    }
+    let next_cursor = if more { last_seq.map(encode_cursor) } else { None };
+    Ok(Page { tasks, next_cursor })
+}
+
+pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
+    let mut counts = Counts::default();
+    let mut stmt = conn.prepare_cached(COUNT_BY_STATUS).map_err(sql_error)?;
+    let mut rows = stmt.query([]).map_err(sql_error)?;
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let code: i64 = row.get(0).map_err(sql_error)?;
+        let n: i64 = row.get(1).map_err(sql_error)?;
+        let status = u8::try_from(code)
+            .ok()
+            .and_then(Status::from_code)
+            .ok_or_else(|| Error::Corrupt(format!("unknown status code {code} in the tasks table")))?;
+        counts.by_status.insert(status.as_str().to_string(), n as u64);
+    }
+    let mut stmt = conn.prepare_cached(COUNT_QUEUED_BY_TYPE)
+        .map_err(sql_error)?;
+    let mut rows = stmt.query([]).map_err(sql_error)?;
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let task_type: String = row.get(0).map_err(sql_error)?;
+        let n: i64 = row.get(1).map_err(sql_error)?;
+        counts.queued_by_type.insert(task_type, n as u64);
+    }
+    Ok(counts)
+}
+
+pub(crate) fn queued_types(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(QUEUED_TYPES).map_err(sql_error)?;
+    let types = stmt.query_map([], |row| row.get(0)).map_err(sql_error)?;
+    types.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)
+}
+
+pub(crate) fn next_wake(conn: &Connection) -> Result<Option<Millis>> {
+    let mut stmt = conn.prepare_cached(NEXT_WAKE).map_err(sql_error)?;
+    let earliest: Option<i64> = stmt.query_row([], |row| row.get(0)).map_err(sql_error)?;
+    Ok(earliest.map(|t| t as Millis))
+}
+
+pub(crate) fn ping(conn: &Connection) -> Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM sqlite_schema").map_err(sql_error)?;
+    let _: i64 = stmt.query_row([], |row| row.get(0)).map_err(sql_error)?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Connection settings and versioned schema migrations (`PRAGMA user_version`).
+
+use crate::codec::sql_error;
+use crate::{Options, Synchronous};
+use baton_store::{Error, Result};
+use rusqlite::Connection;
+use std::time::Duration;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released
+/// migration; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tasks table and its indexes (see the crate docs for what each is for).
+    "CREATE TABLE tasks (
+        seq            INTEGER PRIMARY KEY,
+        id             TEXT    NOT NULL UNIQUE,
+        task_type      TEXT    NOT NULL,
+        status         INTEGER NOT NULL,
+        priority       INTEGER NOT NULL,
+        attempt        INTEGER NOT NULL,
+        ready_at       INTEGER,
+        lease_owner    TEXT,
+        lease_deadline INTEGER,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL,
+        spec           TEXT    NOT NULL,
+        state          TEXT    NOT NULL
+    );
+    CREATE INDEX tasks_queued         ON tasks (task_type, priority DESC, seq) WHERE status = 0;
+    CREATE INDEX tasks_running_lease  ON tasks (lease_deadline)               WHERE status = 1;
+    CREATE INDEX tasks_running_owner  ON tasks (lease_owner)                  WHERE status = 1;
+    CREATE INDEX tasks_retry_ready    ON tasks (ready_at)                     WHERE status = 2;
+    CREATE INDEX tasks_by_status      ON tasks (status, seq);
+    CREATE INDEX tasks_by_type        ON tasks (task_type, seq);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+fn common(conn: &Connection, options: &Options) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Prepares the single writer connection: WAL, the chosen durability, migrations.
+pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Result<()> {
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(sql_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Unavailable(format!("sqlite refused WAL mode (journal_mode is {mode})")));
+    }
+    let synchronous = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous).map_err(sql_error)?;
+    common(conn, options).map_err(sql_error)?;
+    migrate(conn)
+}
+
+pub(crate) fn configure_reader(conn: &Connection, options: &Options) -> Result<()> {
+    common(conn, options).map_err(sql_error)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sql_error)?;
+    let version = usize::try_from(version).map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Unavailable(format!(
+            "database schema version {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade baton"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(sql_error)?;
+        tx.execute_batch(sql).map_err(sql_error)?;
+        tx.pragma_update(None, "user_version", (from + 1) as i64).map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        tracing::info!(schema_version = from + 1, "sqlite store migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The writer thread: the only connection that writes. It takes the first queued
+//! operation, drains whatever else is waiting (up to `max_batch` items), runs them
+//! all in one transaction, commits once and only then answers every caller — group
+//! commit, so a reply always means "durable".
+//!
+//! Each operation runs inside its own savepoint: an operation that fails (a corrupt
+//! row, a bug) is rolled back alone and the others still commit. If the commit
+//! itself fails, every operation of the batch gets the error.
+
+use crate::codec::{copy_error, decode_record, encode_json, millis, opt_millis, sql_error, Loaded};
+use baton_core::lifecycle::{apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition};
+use baton_core::{Millis, Status, TaskId, TaskSpec};
+use baton_store::{ClaimRequest, Claimed, Error, Result, SubmitOutcome, TaskRecord, Update, UpdateOutcome};
+use rusqlite::{params, Connection};
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use tokio::sync::{mpsc, oneshot};
+
+/// One queued write: its size (for batching) and the work.
+pub(crate) struct Op {
+    pub weight: usize,
+    pub job: Box<dyn Job>,
+}
+
+/// A write operation whose result is held back until the batch commits.
+pub(crate) trait Job: Send {
+    /// Runs the operation; returns whether it succeeded (so its savepoint is kept).
+    fn run(&mut self, session: &mut Session<'_>) -> bool;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), &Error>);
+}
+
+pub(crate) struct Pending<T, F> {
+    work: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Pending<T, F> {
+    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T>>) -> Self {
+        Self { work: Some(work), result: None, reply }
+    }
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut Session<'_>) -> Result<T> + Send,
+{
+    fn run(&mut self, session: &mut Session<'_>) -> bool {
+        let Some(work) = self.work.take() else { return false };
+        let result = catch_unwind(AssertUnwindSafe(|| work(session)))
+            .unwrap_or_else(|_| Err(Error::Other("the sqlite writer panicked while applying an operation".into())));
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &Error>) {
+        let result = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (_, Some(Err(own))) => Err(own),
+            (Err(e), _) => Err(copy_error(e)),
+            (Ok(()), None) => Err(Error::Other("operation was not run".into())),
+        };
+        // The caller may have gone away; the work is committed either way.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Uniform samples for backoff jitter (xorshift64*). Quality hardly matters here;
+/// not depending on a random crate does.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x2545_f491_4f6c_dd1d);
+        Jitter(nanos | 1)
+    }
+
+    fn sample(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What an operation sees: the connection inside the open transaction, plus reused
+/// buffers and the jitter source.
+pub(crate) struct Session<'c> {
+    conn: &'c Connection,
+    jitter: &'c mut Jitter,
+    spec_buf: Vec<u8>,
+    state_buf: Vec<u8>,
+}
+
+const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, attempt, ready_at, lease_owner,
+        lease_deadline, created_at, updated_at, spec, state)
+    VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, NULL, ?5, ?5, ?6, ?7)
+    ON CONFLICT (id) DO NOTHING";
+
+pub(crate) const BY_ID: &str = select_records!("WHERE id = ?1");
+/// Queued tasks of one type in claim order.
+pub(crate) const PICK: &str =
+    select_records!("INDEXED BY tasks_queued WHERE status = 0 AND task_type = ?1 ORDER BY priority DESC, seq LIMIT ?2");
+pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = ?2 WHERE status = 1 AND lease_owner = ?1";
+pub(crate) const OVERDUE: &str = select_records!("INDEXED BY tasks_running_lease WHERE status = 1 AND lease_deadline < ?1");
+pub(crate) const HELD: &str = select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_owner = ?1");
+pub(crate) const DUE: &str = select_records!("INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at");
+
+const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, attempt = ?3, ready_at = ?4, lease_owner = ?5,
+        lease_deadline = ?6, updated_at = ?7, state = ?8
+    WHERE seq = ?1";
+
+impl Session<'_> {
+    fn load_by_id(&self, task_id: &str) -> Result<Option<Loaded>> {
+        let mut stmt = self.conn.prepare_cached(BY_ID).map_err(sql_error)?;
+        let mut rows = stmt.query(params![task_id]).map_err(sql_error)?;
+        match rows.next().map_err(sql_error)? {
+            Some(row) => decode_record(row).map_err(sql_error)?.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn load_many(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Loaded>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(sql_error)?;
+        let mut rows = stmt.query(params).map_err(sql_error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            out.push(decode_record(row).map_err(sql_error)??);
+        }
+        Ok(out)
+    }
+
+    fn write_back(&mut self, seq: i64, state: &TaskState) -> Result<()> {
+        let json = encode_json(&mut self.state_buf, state)?;
+        let mut stmt = self.conn.prepare_cached(WRITE_BACK).map_err(sql_error)?;
+        stmt.execute(params![
+            seq,
+            state.status.code(),
+            state.attempt,
+            opt_millis(state.ready_at_ms),
+            state.lease_owner.as_deref(),
+            opt_millis(state.lease_deadline_ms),
+            millis(state.updated_at_ms),
+            json,
+        ])
+        .map_err(sql_error)?;
+        Ok(())
+    }
+
+    /// Applies one command to a loaded task and stores the result if it was accepted.
+    fn transition(&mut self, loaded: &Loaded, command: Command, now: Millis) -> Result<Result<Transition, Refusal>> {
+        let ctx = Ctx::for_spec(&loaded.spec, now, self.jitter.sample());
+        match apply(&loaded.state, command, ctx) {
+            Ok(transition) => {
+                self.write_back(loaded.seq, &transition.state)?;
+                Ok(Ok(transition))
+            }
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    pub(crate) fn submit(&mut self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
+        for spec in tasks {
+            let state = TaskState::new_queued(now);
+            let spec_json = encode_json(&mut self.spec_buf, &spec)?;
+            let state_json = encode_json(&mut self.state_buf, &state)?;
+            let inserted = stmt
+                .execute(params![
+                    spec.task_id.as_str(),
+                    spec.task_type,
+                    state.status.code(),
+                    spec.priority.rank(),
+                    millis(now),
+                    spec_json,
+                    state_json,
+                ])
+                .map_err(sql_error)?;
+            if inserted == 1 {
+                out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
+                continue;
+            }
+            let existing = self
+                .load_by_id(spec.task_id.as_str())?
+                .ok_or_else(|| Error::Corrupt(format!("task {} conflicted on insert but cannot be read", spec.task_id)))?;
+            let same = existing.spec == spec;
+            let record = existing.into_record();
+            out.push(if same { SubmitOutcome::Existing(record) } else { SubmitOutcome::Conflict(record) });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn claim(&mut self, request: ClaimRequest) -> Result<Vec<Claimed>> {
+        let mut out = Vec::with_capacity(request.max.min(4096));
+        // Tasks past their deadline fail instead of starting and do not use up `max`,
+        // so keep picking until `max` started or the queue of this type is empty.
+        while out.len() < request.max {
+            let want = request.max - out.len();
+            let rows = self.load_many(PICK, params![request.task_type, want as i64])?;
+            let exhausted = rows.len() < want;
+            for loaded in rows {
+                let command = Command::Claim {
+                    agent_id: request.agent_id.clone(),
+                    lease_owner: request.lease_owner.clone(),
+                    lease_deadline_ms: request.lease_deadline_ms,
+                };
+                let transition = self.transition(&loaded, command, request.now)?.map_err(|refusal| {
+                    Error::Corrupt(format!("task row {} is indexed as queued but {refusal}", loaded.seq))
+                })?;
+                if transition.state.status == Status::Running {
+                    out.push(Claimed { attempt: transition.state.attempt, spec: loaded.spec });
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn update(&mut self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>> {
+        let mut out = Vec::with_capacity(updates.len());
+        for Update { task_id, command } in updates {
+            let Some(loaded) = self.load_by_id(task_id.as_str())? else {
+                out.push(UpdateOutcome::NotFound);
+                continue;
+            };
+            out.push(match self.transition(&loaded, command, now)? {
+                Ok(Transition { state, effects }) => {
+                    UpdateOutcome::Applied { record: TaskRecord { spec: loaded.spec, state }, effects }
+                }
+                Err(refusal) => UpdateOutcome::Refused(refusal),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn extend_leases(&mut self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(EXTEND).map_err(sql_error)?;
+        let changed = stmt.execute(params![lease_owner, millis(lease_deadline_ms)]).map_err(sql_error)?;
+        Ok(changed as u64)
+    }
+
+    /// Fails the current attempt of each task; returns the ids of those it applied to.
+    fn fail_running(&mut self, tasks: Vec<Loaded>, failure: &Failure, now: Millis) -> Result<Vec<TaskId>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for loaded in tasks {
+            let command = Command::Fail { attempt: loaded.state.attempt, failure: failure.clone() };
+            if self.transition(&loaded, command, now)?.is_ok() {
+                out.push(loaded.spec.task_id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn expire_leases(&mut self, now: Millis) -> Result<Vec<TaskId>> {
+        let tasks = self.load_many(OVERDUE, params![millis(now)])?;
+        let failure = Failure::new(FailureKind::LeaseExpired, "the lease was not extended in time");
+        self.fail_running(tasks, &failure, now)
+    }
+
+    pub(crate) fn release_owner(
+        &mut self,
+        lease_owner: &str,
+        failure: Failure,
+        now: Millis,
+    ) -> Result<Vec<TaskId>> {
+        let tasks = self.load_many(HELD, params![lease_owner])?;
+        self.fail_running(tasks, &failure, now)
+    }
+
+    pub(crate) fn promote_due(&mut self, now: Millis) -> Result<Vec<String>> {
+        let tasks = self.load_many(DUE, params![millis(now)])?;
+        let mut types = BTreeSet::new();
+        for loaded in tasks {
+            if self.transition(&loaded, Command::Promote, now)?.is_ok() {
+                types.insert(loaded.spec.task_type);
+            }
+        }
+        Ok(types.into_iter().collect())
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql).and_then(|mut stmt| stmt.execute([])).map(drop).map_err(sql_error)
+}
+
+/// The writer thread's loop. Returns when every sender is gone.
+pub(crate) fn run(conn: Connection, mut ops: mpsc::Receiver<Op>, max_batch: usize) {
+    let mut jitter = Jitter::seeded();
+    let mut batch: Vec<Op> = Vec::new();
+    while let Some(first) = ops.blocking_recv() {
+        let mut weight = first.weight;
+        batch.push(first);
+        while weight < max_batch {
+            match ops.try_recv() {
+                Ok(op) => {
+                    weight += op.weight;
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let outcome = run_batch(&conn, &mut jitter, &mut batch);
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, ops = batch.len(), "sqlite write batch failed");
+            if !conn.is_autocommit() {
+                if let Err(rollback) = exec(&conn, "ROLLBACK") {
+                    tracing::error!(error = %rollback, "sqlite rollback failed");
+                }
+            }
+        }
+        let commit = outcome.as_ref().map(|_| ());
+        for op in batch.drain(..) {
+            op.job.finish(commit);
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn run_batch(conn: &Connection, jitter: &mut Jitter, batch: &mut [Op]) -> Result<()> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    let mut session = Session { conn, jitter, spec_buf: Vec::new(), state_buf: Vec::new() };
+    for op in batch.iter_mut() {
+        exec(conn, "SAVEPOINT op")?;
+        if !op.job.run(&mut session) {
+            exec(conn, "ROLLBACK TO op")?;
+        }
+        exec(conn, "RELEASE op")?;
+    }
+    exec(conn, "COMMIT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_samples_are_in_the_unit_interval() {
+        let mut j = Jitter::seeded();
+        let samples: Vec<f64> = (0..10_000).map(|_| j.sample()).collect();
+        assert!(samples.iter().all(|s| (0.0..1.0).contains(s)));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "mean {mean}");
+    }
+}
