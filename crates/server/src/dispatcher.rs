@@ -573,10 +573,12 @@ impl Dispatcher {
                         assignments.push(assignment(&c));
                     }
                     st.running += assignments.len();
-                    let msg = v1::ServerMessage {
-                        msg: Some(v1::server_message::Msg::Assignments(v1::Assignments { assignments })),
-                    };
-                    let _ = s.tx.send(Ok(msg));
+                    for frame in frames(assignments) {
+                        let msg = v1::ServerMessage {
+                            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments { assignments: frame })),
+                        };
+                        let _ = s.tx.send(Ok(msg));
+                    }
                 }
             }
             if !orphans.is_empty() {
@@ -739,6 +741,25 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
     }
 }
 
+/// Largest assignments frame we build; a single larger task still goes alone.
+const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits assignments into frames that stay under [`MAX_FRAME_BYTES`].
+fn frames(assignments: Vec<v1::Assignment>) -> Vec<Vec<v1::Assignment>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for a in assignments {
+        let n = prost::Message::encoded_len(&a);
+        if size + n > MAX_FRAME_BYTES && !out.last().is_some_and(|f: &Vec<_>| f.is_empty()) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        out.last_mut().expect("at least one frame").push(a);
+    }
+    out
+}
+
 fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
     let spec = &c.spec;
     v1::Assignment {
@@ -755,5 +776,25 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
         timeout_ms: spec.timeout_ms,
         deadline_ms: spec.deadline_ms.unwrap_or(0),
         execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(n: usize) -> v1::Assignment {
+        v1::Assignment { task_id: "t".into(), inputs: vec![v1::InputPart { data: vec![0; n], ..Default::default() }], ..Default::default() }
+    }
+
+    #[test]
+    fn frames_stay_under_the_limit_and_keep_order() {
+        let small: Vec<_> = (0..10).map(|_| sized(10)).collect();
+        assert_eq!(frames(small).len(), 1);
+        let big = vec![sized(3 << 20), sized(3 << 20), sized(10), sized(5 << 20)];
+        let f = frames(big);
+        let sizes: Vec<usize> = f.iter().map(|fr| fr.len()).collect();
+        assert_eq!(sizes, [1, 2, 1]);
+        assert_eq!(f[1][1].inputs[0].data.len(), 10);
     }
 }

@@ -53,6 +53,19 @@ pub fn open_embedded_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+/// Accepted gRPC connections with Nagle's algorithm off: assignments and acks are
+/// small frames that must not wait for a delayed ACK (about 40 ms each way).
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// Runs the orchestrator until `shutdown` resolves.
 pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let dispatcher = dispatcher::Dispatcher::new(
@@ -81,7 +94,11 @@ pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutd
     let router = rest::router(app.clone(), cfg.max_body_bytes);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listeners.http, router)
+        use axum::serve::ListenerExt;
+        let listener = listeners.http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             })
@@ -99,7 +116,7 @@ pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutd
                 v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi { app: app.clone() })
                     .max_decoding_message_size(cfg.max_body_bytes),
             )
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc), async move {
+            .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
                 let _ = grpc_stop.changed().await;
             }),
     );
