@@ -205,18 +205,20 @@ async fn server_sigkill_mid_run_loses_nothing_and_completes_each_task_once() {
     let _a1 = AgentProc::start(&server.grpc, "sleep", 16, "a1");
     let _a2 = AgentProc::start(&server.grpc, "sleep", 16, "a2");
     api.wait_agents(2).await;
-    let n = 600;
+    let n = 1500;
     let tasks: Vec<Value> = (0..n)
-        .map(|i| json!({"task_id": format!("t{i:04}"), "task_type": "sleep", "metadata": {"sleep_ms": 5},
+        .map(|i| json!({"task_id": format!("t{i:04}"), "task_type": "sleep", "metadata": {"sleep_ms": 10},
                          "retry": {"max_attempts": 10, "backoff_base_ms": 10, "jitter": 0}}))
         .collect();
     let r = api.post("/api/v1/tasks/batch", &json!({"tasks": tasks})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["created"], n);
-    // Let part of the work finish, then kill the server without warning.
+    // Let part of the work finish, then kill the server without warning while
+    // attempts are running and tasks are still queued.
     loop {
         let h = api.get("/health").await.body;
         if h["stats"]["tasks"]["completed"].as_u64().unwrap() >= 100 {
+            assert!(h["stats"]["tasks"]["queued"].as_u64().unwrap() > 0, "{h}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

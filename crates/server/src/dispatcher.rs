@@ -699,12 +699,31 @@ impl Dispatcher {
     /// At start-up: find queued work and the next retry to wake.
     pub async fn recover(&self, exclusive_store: bool) -> Result<(), baton_store::Error> {
         if exclusive_store {
-            // Attempts still running belong to the previous process, which is gone.
-            let ids = self.store.expire_leases(Millis::MAX).await?;
-            if !ids.is_empty() {
-                tracing::info!(count = ids.len(), "re-queued attempts left running by the previous process");
+            // Attempts still running belong to the previous process, which is gone:
+            // release them now rather than waiting for their leases to run out.
+            let mut owners = std::collections::BTreeSet::new();
+            let mut cursor = None;
+            loop {
+                let page = self
+                    .store
+                    .list(baton_store::ListFilter { status: Some(Status::Running), task_type: None, limit: 1_000, cursor })
+                    .await?;
+                owners.extend(page.tasks.iter().filter_map(|t| t.state.lease_owner.clone()));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
             }
-            self.after_release(ids).await;
+            let now = now_ms();
+            let mut released = Vec::new();
+            for owner in owners {
+                let failure = Failure::new(FailureKind::AgentLost, "the orchestrator restarted while this attempt ran");
+                released.extend(self.store.release_owner(&owner, failure, now).await?);
+            }
+            if !released.is_empty() {
+                tracing::info!(count = released.len(), "re-queued attempts left running by the previous process");
+            }
+            self.after_release(released).await;
         }
         let types = self.store.queued_types().await?;
         self.work_arrived(types.iter().map(String::as_str));

@@ -35,28 +35,48 @@ pub(crate) fn decode_record(row: &Row<'_>) -> rusqlite::Result<Result<Loaded>> {
     Ok(decode_parts(seq, spec, state, lease_deadline))
 }
 
-fn decode_parts(seq: i64, spec: ValueRef<'_>, state: ValueRef<'_>, lease_deadline: Option<i64>) -> Result<Loaded> {
-    let spec_bytes = spec.as_bytes().map_err(|e| Error::Corrupt(format!("task row {seq}: spec column: {e}")))?;
-    let state_bytes = state.as_bytes().map_err(|e| Error::Corrupt(format!("task row {seq}: state column: {e}")))?;
-    let spec: TaskSpec = serde_json::from_slice(spec_bytes)
-        .map_err(|e| Error::Corrupt(format!("task row {seq}: spec is not a valid task spec: {e}")))?;
-    let mut state: TaskState = serde_json::from_slice(state_bytes)
-        .map_err(|e| Error::Corrupt(format!("task row {seq}: state is not a valid task state: {e}")))?;
+fn decode_parts(
+    seq: i64,
+    spec: ValueRef<'_>,
+    state: ValueRef<'_>,
+    lease_deadline: Option<i64>,
+) -> Result<Loaded> {
+    let spec_bytes = spec
+        .as_bytes()
+        .map_err(|e| Error::Corrupt(format!("task row {seq}: spec column: {e}")))?;
+    let state_bytes = state
+        .as_bytes()
+        .map_err(|e| Error::Corrupt(format!("task row {seq}: state column: {e}")))?;
+    let spec: TaskSpec = serde_json::from_slice(spec_bytes).map_err(|e| {
+        Error::Corrupt(format!(
+            "task row {seq}: spec is not a valid task spec: {e}"
+        ))
+    })?;
+    let mut state: TaskState = serde_json::from_slice(state_bytes).map_err(|e| {
+        Error::Corrupt(format!(
+            "task row {seq}: state is not a valid task state: {e}"
+        ))
+    })?;
     state.lease_deadline_ms = lease_deadline.map(|d| d as Millis);
     Ok(Loaded { seq, spec, state })
 }
 
 impl Loaded {
     pub(crate) fn into_record(self) -> TaskRecord {
-        TaskRecord { spec: self.spec, state: self.state }
+        TaskRecord {
+            spec: self.spec,
+            state: self.state,
+        }
     }
 }
 
 /// Serialises into a reused buffer and returns it as text.
 pub(crate) fn encode_json<'b, T: Serialize>(buf: &'b mut Vec<u8>, value: &T) -> Result<&'b str> {
     buf.clear();
-    serde_json::to_writer(&mut *buf, value).map_err(|e| Error::Other(format!("cannot encode json: {e}")))?;
-    std::str::from_utf8(buf).map_err(|e| Error::Other(format!("json encoder produced invalid utf-8: {e}")))
+    serde_json::to_writer(&mut *buf, value)
+        .map_err(|e| Error::Other(format!("cannot encode json: {e}")))?;
+    std::str::from_utf8(buf)
+        .map_err(|e| Error::Other(format!("json encoder produced invalid utf-8: {e}")))
 }
 
 /// List cursors are the `seq` of the last task on the previous page.
@@ -74,8 +94,16 @@ pub(crate) fn decode_cursor(cursor: &str) -> Result<i64> {
 pub(crate) fn sql_error(e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as Code;
     match e.sqlite_error_code() {
-        Some(Code::DatabaseBusy | Code::DatabaseLocked | Code::DiskFull | Code::SystemIoFailure | Code::CannotOpen
-            | Code::OutOfMemory | Code::PermissionDenied | Code::ReadOnly) => Error::Unavailable(format!("sqlite: {e}")),
+        Some(
+            Code::DatabaseBusy
+            | Code::DatabaseLocked
+            | Code::DiskFull
+            | Code::SystemIoFailure
+            | Code::CannotOpen
+            | Code::OutOfMemory
+            | Code::PermissionDenied
+            | Code::ReadOnly,
+        ) => Error::Unavailable(format!("sqlite: {e}")),
         Some(Code::DatabaseCorrupt | Code::NotADatabase) => Error::Corrupt(format!("sqlite: {e}")),
         _ => Error::Other(format!("sqlite: {e}")),
     }
@@ -98,7 +126,9 @@ mod tests {
 
     #[test]
     fn status_codes_match_core() {
-        let codes: Vec<u8> = [Status::Queued, Status::Running, Status::RetryWait].map(Status::code).to_vec();
+        let codes: Vec<u8> = [Status::Queued, Status::Running, Status::RetryWait]
+            .map(Status::code)
+            .to_vec();
         assert_eq!(codes, vec![0, 1, 2], "the SQL text hard-codes these");
     }
 
@@ -106,7 +136,10 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_refused() {
         assert_eq!(decode_cursor(&encode_cursor(42)).unwrap(), 42);
         for bad in ["", "x", "0", "-3", "1.5", "99999999999999999999"] {
-            assert!(matches!(decode_cursor(bad), Err(Error::InvalidCursor)), "{bad:?}");
+            assert!(
+                matches!(decode_cursor(bad), Err(Error::InvalidCursor)),
+                "{bad:?}"
+            );
         }
     }
 

@@ -77,8 +77,8 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Result, Store, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Result, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -101,11 +101,13 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Tuning of the SQLite store; the defaults favour durability.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub synchronous: Synchronous,
-    /// Most items (tasks in a submit, updates in an update; 1 for other calls) that
-    /// one transaction takes before it commits.
+    /// Most items one transaction takes before it commits: tasks of a submit,
+    /// updates of an update, `max` of a claim, 1 for other calls. The first queued
+    /// call always goes in, whatever its size.
     pub max_batch: usize,
     /// Read-only connections for `get`, `list`, `counts` and the like.
     pub readers: usize,
@@ -115,8 +117,22 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { synchronous: Synchronous::Full, max_batch: 4096, readers: 2, cache_size_kib: 32 * 1024 }
+        Self {
+            synchronous: Synchronous::Full,
+            max_batch: 4096,
+            readers: 2,
+            cache_size_kib: 32 * 1024,
+        }
     }
+}
+
+/// Counters of committed writes since the store was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Store calls (submit, claim, update, …) committed in them.
+    pub operations: u64,
 }
 
 /// File in the data directory that an open store keeps locked.
@@ -132,6 +148,7 @@ pub struct SqliteStore {
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<Readers>,
+    counters: Arc<writer::Counters>,
     /// Held for the lock; released when the store is dropped.
     _lock: File,
     /// Declared last: removed only after everything above is closed.
@@ -140,7 +157,10 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("dir", &self.dir).field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,10 +169,16 @@ impl SqliteStore {
     /// the directory, or if the database was written by a newer schema.
     pub fn open(dir: &Path, options: Options) -> Result<SqliteStore> {
         if options.max_batch == 0 || options.readers == 0 {
-            return Err(Error::Other("sqlite options: max_batch and readers must be at least 1".into()));
+            return Err(Error::Other(
+                "sqlite options: max_batch and readers must be at least 1".into(),
+            ));
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -170,7 +196,10 @@ impl SqliteStore {
                 )))
             }
             Err(TryLockError::Error(e)) => {
-                return Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))
+                return Err(Error::Unavailable(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )))
             }
         }
 
@@ -179,7 +208,9 @@ impl SqliteStore {
         schema::configure_writer(&mut conn, &options)?;
         let mut readers = Vec::with_capacity(options.readers);
         for _ in 0..options.readers {
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
             let reader = Connection::open_with_flags(&db_path, flags).map_err(codec::sql_error)?;
             schema::configure_reader(&reader, &options)?;
             readers.push(reader);
@@ -187,10 +218,14 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel(1024);
         let max_batch = options.max_batch;
+        let counters = Arc::new(writer::Counters::default());
+        let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch))
-            .map_err(|e| Error::Unavailable(format!("cannot start the sqlite writer thread: {e}")))?;
+            .spawn(move || writer::run(conn, rx, max_batch, writer_counters))
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot start the sqlite writer thread: {e}"))
+            })?;
         tracing::info!(dir = %dir.display(), synchronous = ?options.synchronous, "sqlite store open");
         Ok(SqliteStore {
             dir: dir.to_path_buf(),
@@ -198,6 +233,7 @@ impl SqliteStore {
             ops: Some(tx),
             writer: Some(writer),
             readers: Arc::new(Readers::new(readers)),
+            counters,
             _lock: lock,
             temp: None,
         })
@@ -210,7 +246,8 @@ impl SqliteStore {
     }
 
     pub fn open_temp_with(options: Options) -> Result<SqliteStore> {
-        let temp = TempDir::new().map_err(|e| Error::Unavailable(format!("cannot create a temp dir: {e}")))?;
+        let temp = TempDir::new()
+            .map_err(|e| Error::Unavailable(format!("cannot create a temp dir: {e}")))?;
         let mut store = Self::open(&temp.0, options)?;
         store.temp = Some(temp);
         Ok(store)
@@ -236,6 +273,15 @@ impl SqliteStore {
         &self.options
     }
 
+    /// What the writer has committed so far; `operations / transactions` is the
+    /// average group-commit size.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            operations: self.counters.operations.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues `work` for the writer and waits until its batch committed.
     async fn write<T, F>(&self, weight: usize, work: F) -> Result<T>
     where
@@ -243,7 +289,10 @@ impl SqliteStore {
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let op = Op { weight: weight.max(1), job: Box::new(Pending::new(work, reply)) };
+        let op = Op {
+            weight: weight.max(1),
+            job: Box::new(Pending::new(work, reply)),
+        };
         let ops = self.ops.as_ref().ok_or_else(stopped)?;
         ops.send(op).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -286,21 +335,29 @@ impl Store for SqliteStore {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(updates.len(), move |s| s.update(updates, now)).await
+        self.write(updates.len(), move |s| s.update(updates, now))
+            .await
     }
 
     async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
         let lease_owner = lease_owner.to_string();
-        self.write(1, move |s| s.extend_leases(&lease_owner, lease_deadline_ms)).await
+        self.write(1, move |s| s.extend_leases(&lease_owner, lease_deadline_ms))
+            .await
     }
 
     async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>> {
         self.write(1, move |s| s.expire_leases(now)).await
     }
 
-    async fn release_owner(&self, lease_owner: &str, failure: Failure, now: Millis) -> Result<Vec<TaskId>> {
+    async fn release_owner(
+        &self,
+        lease_owner: &str,
+        failure: Failure,
+        now: Millis,
+    ) -> Result<Vec<TaskId>> {
         let lease_owner = lease_owner.to_string();
-        self.write(1, move |s| s.release_owner(&lease_owner, failure, now)).await
+        self.write(1, move |s| s.release_owner(&lease_owner, failure, now))
+            .await
     }
 
     async fn promote_due(&self, now: Millis) -> Result<Vec<String>> {
@@ -313,14 +370,18 @@ impl Store for SqliteStore {
 
     async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>> {
         let task_id = task_id.clone();
-        self.readers.run(move |conn| reader::get(conn, &task_id)).await
+        self.readers
+            .run(move |conn| reader::get(conn, &task_id))
+            .await
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Page> {
         if let Some(cursor) = &filter.cursor {
             codec::decode_cursor(cursor)?;
         }
-        self.readers.run(move |conn| reader::list(conn, &filter)).await
+        self.readers
+            .run(move |conn| reader::list(conn, &filter))
+            .await
     }
 
     async fn counts(&self) -> Result<Counts> {
@@ -346,8 +407,14 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> std::io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!("baton-store-sqlite-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!(
+            "baton-store-sqlite-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir(&path)?;
         Ok(TempDir(path))
@@ -365,7 +432,9 @@ mod tests {
     use super::*;
 
     fn plan(conn: &Connection, sql: &str) -> String {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
         // Parameters stay unbound (NULL): the plan does not depend on them.
         let mut rows = stmt.raw_query();
         let mut details = Vec::new();
@@ -399,11 +468,16 @@ mod tests {
         for (sql, index) in cases {
             let plan = plan(&conn, sql);
             if !plan.contains(index) {
-                wrong.push(format!("expected {index} in the plan of {sql:?}, got: {plan}"));
+                wrong.push(format!(
+                    "expected {index} in the plan of {sql:?}, got: {plan}"
+                ));
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         let both = plan(&conn, reader::LIST_BY_BOTH);
-        assert!(both.contains("tasks_by_status") || both.contains("tasks_by_type"), "{both}");
+        assert!(
+            both.contains("tasks_by_status") || both.contains("tasks_by_type"),
+            "{both}"
+        );
     }
 }

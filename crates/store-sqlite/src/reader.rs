@@ -34,7 +34,8 @@ pub(crate) const QUEUED_TYPES: &str = "WITH RECURSIVE types(t) AS (
         FROM types WHERE types.t IS NOT NULL
     )
     SELECT t FROM types WHERE t IS NOT NULL";
-pub(crate) const NEXT_WAKE: &str = "SELECT MIN(ready_at) FROM tasks INDEXED BY tasks_retry_ready WHERE status = 2";
+pub(crate) const NEXT_WAKE: &str =
+    "SELECT MIN(ready_at) FROM tasks INDEXED BY tasks_retry_ready WHERE status = 2";
 
 pub(crate) struct Readers {
     idle: Mutex<Vec<Connection>>,
@@ -50,7 +51,11 @@ struct Borrowed<'a> {
 impl Drop for Borrowed<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.readers
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
         }
     }
 }
@@ -58,7 +63,10 @@ impl Drop for Borrowed<'_> {
 impl Readers {
     pub(crate) fn new(conns: Vec<Connection>) -> Self {
         let permits = Arc::new(Semaphore::new(conns.len()));
-        Self { idle: Mutex::new(conns), permits }
+        Self {
+            idle: Mutex::new(conns),
+            permits,
+        }
     }
 
     /// Runs `read` on an idle connection in the blocking pool.
@@ -77,7 +85,9 @@ impl Readers {
             let conn = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let borrowed = Borrowed {
                 readers: &readers,
-                conn: Some(conn.ok_or_else(|| Error::Other("reader pool is empty although a permit was held".into()))?),
+                conn: Some(conn.ok_or_else(|| {
+                    Error::Other("reader pool is empty although a permit was held".into())
+                })?),
             };
             read(borrowed.conn.as_ref().expect("set above"))
         })
@@ -87,7 +97,9 @@ impl Readers {
 }
 
 pub(crate) fn get(conn: &Connection, task_id: &TaskId) -> Result<Option<TaskRecord>> {
-    let mut stmt = conn.prepare_cached(crate::writer::BY_ID).map_err(sql_error)?;
+    let mut stmt = conn
+        .prepare_cached(crate::writer::BY_ID)
+        .map_err(sql_error)?;
     let mut rows = stmt.query(params![task_id.as_str()]).map_err(sql_error)?;
     match rows.next().map_err(sql_error)? {
         Some(row) => Ok(Some(decode_record(row).map_err(sql_error)??.into_record())),
@@ -135,7 +147,11 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
         last_seq = Some(loaded.seq);
         tasks.push(loaded.into_record());
     }
-    let next_cursor = if more { last_seq.map(encode_cursor) } else { None };
+    let next_cursor = if more {
+        last_seq.map(encode_cursor)
+    } else {
+        None
+    };
     Ok(Page { tasks, next_cursor })
 }
 
@@ -149,10 +165,15 @@ pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
         let status = u8::try_from(code)
             .ok()
             .and_then(Status::from_code)
-            .ok_or_else(|| Error::Corrupt(format!("unknown status code {code} in the tasks table")))?;
-        counts.by_status.insert(status.as_str().to_string(), n as u64);
+            .ok_or_else(|| {
+                Error::Corrupt(format!("unknown status code {code} in the tasks table"))
+            })?;
+        counts
+            .by_status
+            .insert(status.as_str().to_string(), n as u64);
     }
-    let mut stmt = conn.prepare_cached(COUNT_QUEUED_BY_TYPE)
+    let mut stmt = conn
+        .prepare_cached(COUNT_QUEUED_BY_TYPE)
         .map_err(sql_error)?;
     let mut rows = stmt.query([]).map_err(sql_error)?;
     while let Some(row) = rows.next().map_err(sql_error)? {
@@ -166,7 +187,9 @@ pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
 pub(crate) fn queued_types(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(QUEUED_TYPES).map_err(sql_error)?;
     let types = stmt.query_map([], |row| row.get(0)).map_err(sql_error)?;
-    types.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)
+    types
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql_error)
 }
 
 pub(crate) fn next_wake(conn: &Connection) -> Result<Option<Millis>> {
@@ -176,7 +199,9 @@ pub(crate) fn next_wake(conn: &Connection) -> Result<Option<Millis>> {
 }
 
 pub(crate) fn ping(conn: &Connection) -> Result<()> {
-    let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM sqlite_schema").map_err(sql_error)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT COUNT(*) FROM sqlite_schema")
+        .map_err(sql_error)?;
     let _: i64 = stmt.query_row([], |row| row.get(0)).map_err(sql_error)?;
     Ok(())
 }

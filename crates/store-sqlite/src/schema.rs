@@ -46,16 +46,20 @@ fn common(conn: &Connection, options: &Options) -> rusqlite::Result<()> {
 
 /// Prepares the single writer connection: WAL, the chosen durability, migrations.
 pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Result<()> {
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(sql_error)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(sql_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Unavailable(format!("sqlite refused WAL mode (journal_mode is {mode})")));
+        return Err(Error::Unavailable(format!(
+            "sqlite refused WAL mode (journal_mode is {mode})"
+        )));
     }
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", synchronous).map_err(sql_error)?;
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sql_error)?;
     common(conn, options).map_err(sql_error)?;
     migrate(conn)
 }
@@ -65,8 +69,11 @@ pub(crate) fn configure_reader(conn: &Connection, options: &Options) -> Result<(
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sql_error)?;
-    let version = usize::try_from(version).map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql_error)?;
+    let version = usize::try_from(version)
+        .map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
     if version > SCHEMA_VERSION {
         return Err(Error::Unavailable(format!(
             "database schema version {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade baton"
@@ -75,7 +82,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(sql_error)?;
         tx.execute_batch(sql).map_err(sql_error)?;
-        tx.pragma_update(None, "user_version", (from + 1) as i64).map_err(sql_error)?;
+        tx.pragma_update(None, "user_version", (from + 1) as i64)
+            .map_err(sql_error)?;
         tx.commit().map_err(sql_error)?;
         tracing::info!(schema_version = from + 1, "sqlite store migrated");
     }

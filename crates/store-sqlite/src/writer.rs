@@ -8,12 +8,18 @@
 //! itself fails, every operation of the batch gets the error.
 
 use crate::codec::{copy_error, decode_record, encode_json, millis, opt_millis, sql_error, Loaded};
-use baton_core::lifecycle::{apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition};
+use baton_core::lifecycle::{
+    apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition,
+};
 use baton_core::{Millis, Status, TaskId, TaskSpec};
-use baton_store::{ClaimRequest, Claimed, Error, Result, SubmitOutcome, TaskRecord, Update, UpdateOutcome};
+use baton_store::{
+    ClaimRequest, Claimed, Error, Result, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+};
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// One queued write: its size (for batching) and the work.
@@ -38,7 +44,11 @@ pub(crate) struct Pending<T, F> {
 
 impl<T, F> Pending<T, F> {
     pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T>>) -> Self {
-        Self { work: Some(work), result: None, reply }
+        Self {
+            work: Some(work),
+            result: None,
+            reply,
+        }
     }
 }
 
@@ -48,9 +58,14 @@ where
     F: FnOnce(&mut Session<'_>) -> Result<T> + Send,
 {
     fn run(&mut self, session: &mut Session<'_>) -> bool {
-        let Some(work) = self.work.take() else { return false };
-        let result = catch_unwind(AssertUnwindSafe(|| work(session)))
-            .unwrap_or_else(|_| Err(Error::Other("the sqlite writer panicked while applying an operation".into())));
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| work(session))).unwrap_or_else(|_| {
+            Err(Error::Other(
+                "the sqlite writer panicked while applying an operation".into(),
+            ))
+        });
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -95,12 +110,17 @@ impl Jitter {
 /// buffers and the jitter source.
 pub(crate) struct Session<'c> {
     conn: &'c Connection,
-    jitter: &'c mut Jitter,
+    jitter: Jitter,
     spec_buf: Vec<u8>,
     state_buf: Vec<u8>,
 }
 
-const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, attempt, ready_at, lease_owner,
+/// Encoding buffers above this size are released after a batch, so that one huge
+/// task does not pin its size in memory for good.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
+const INSERT: &str =
+    "INSERT INTO tasks (id, task_type, status, priority, attempt, ready_at, lease_owner,
         lease_deadline, created_at, updated_at, spec, state)
     VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, NULL, ?5, ?5, ?6, ?7)
     ON CONFLICT (id) DO NOTHING";
@@ -110,11 +130,16 @@ pub(crate) const BY_ID: &str = select_records!("WHERE id = ?1");
 pub(crate) const PICK: &str =
     select_records!("INDEXED BY tasks_queued WHERE status = 0 AND task_type = ?1 ORDER BY priority DESC, seq LIMIT ?2");
 pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = ?2 WHERE status = 1 AND lease_owner = ?1";
-pub(crate) const OVERDUE: &str = select_records!("INDEXED BY tasks_running_lease WHERE status = 1 AND lease_deadline < ?1");
-pub(crate) const HELD: &str = select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_owner = ?1");
-pub(crate) const DUE: &str = select_records!("INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at");
+pub(crate) const OVERDUE: &str =
+    select_records!("INDEXED BY tasks_running_lease WHERE status = 1 AND lease_deadline < ?1");
+pub(crate) const HELD: &str =
+    select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_owner = ?1");
+pub(crate) const DUE: &str = select_records!(
+    "INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at"
+);
 
-const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, attempt = ?3, ready_at = ?4, lease_owner = ?5,
+const WRITE_BACK: &str =
+    "UPDATE tasks SET status = ?2, attempt = ?3, ready_at = ?4, lease_owner = ?5,
         lease_deadline = ?6, updated_at = ?7, state = ?8
     WHERE seq = ?1";
 
@@ -156,7 +181,12 @@ impl Session<'_> {
     }
 
     /// Applies one command to a loaded task and stores the result if it was accepted.
-    fn transition(&mut self, loaded: &Loaded, command: Command, now: Millis) -> Result<Result<Transition, Refusal>> {
+    fn transition(
+        &mut self,
+        loaded: &Loaded,
+        command: Command,
+        now: Millis,
+    ) -> Result<Result<Transition, Refusal>> {
         let ctx = Ctx::for_spec(&loaded.spec, now, self.jitter.sample());
         match apply(&loaded.state, command, ctx) {
             Ok(transition) => {
@@ -167,7 +197,11 @@ impl Session<'_> {
         }
     }
 
-    pub(crate) fn submit(&mut self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+    pub(crate) fn submit(
+        &mut self,
+        tasks: Vec<TaskSpec>,
+        now: Millis,
+    ) -> Result<Vec<SubmitOutcome>> {
         let mut out = Vec::with_capacity(tasks.len());
         let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
         for spec in tasks {
@@ -189,12 +223,19 @@ impl Session<'_> {
                 out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
                 continue;
             }
-            let existing = self
-                .load_by_id(spec.task_id.as_str())?
-                .ok_or_else(|| Error::Corrupt(format!("task {} conflicted on insert but cannot be read", spec.task_id)))?;
+            let existing = self.load_by_id(spec.task_id.as_str())?.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "task {} conflicted on insert but cannot be read",
+                    spec.task_id
+                ))
+            })?;
             let same = existing.spec == spec;
             let record = existing.into_record();
-            out.push(if same { SubmitOutcome::Existing(record) } else { SubmitOutcome::Conflict(record) });
+            out.push(if same {
+                SubmitOutcome::Existing(record)
+            } else {
+                SubmitOutcome::Conflict(record)
+            });
         }
         Ok(out)
     }
@@ -213,11 +254,19 @@ impl Session<'_> {
                     lease_owner: request.lease_owner.clone(),
                     lease_deadline_ms: request.lease_deadline_ms,
                 };
-                let transition = self.transition(&loaded, command, request.now)?.map_err(|refusal| {
-                    Error::Corrupt(format!("task row {} is indexed as queued but {refusal}", loaded.seq))
-                })?;
+                let transition =
+                    self.transition(&loaded, command, request.now)?
+                        .map_err(|refusal| {
+                            Error::Corrupt(format!(
+                                "task row {} is indexed as queued but {refusal}",
+                                loaded.seq
+                            ))
+                        })?;
                 if transition.state.status == Status::Running {
-                    out.push(Claimed { attempt: transition.state.attempt, spec: loaded.spec });
+                    out.push(Claimed {
+                        attempt: transition.state.attempt,
+                        spec: loaded.spec,
+                    });
                 }
             }
             if exhausted {
@@ -227,7 +276,11 @@ impl Session<'_> {
         Ok(out)
     }
 
-    pub(crate) fn update(&mut self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>> {
+    pub(crate) fn update(
+        &mut self,
+        updates: Vec<Update>,
+        now: Millis,
+    ) -> Result<Vec<UpdateOutcome>> {
         let mut out = Vec::with_capacity(updates.len());
         for Update { task_id, command } in updates {
             let Some(loaded) = self.load_by_id(task_id.as_str())? else {
@@ -235,26 +288,44 @@ impl Session<'_> {
                 continue;
             };
             out.push(match self.transition(&loaded, command, now)? {
-                Ok(Transition { state, effects }) => {
-                    UpdateOutcome::Applied { record: TaskRecord { spec: loaded.spec, state }, effects }
-                }
+                Ok(Transition { state, effects }) => UpdateOutcome::Applied {
+                    record: TaskRecord {
+                        spec: loaded.spec,
+                        state,
+                    },
+                    effects,
+                },
                 Err(refusal) => UpdateOutcome::Refused(refusal),
             });
         }
         Ok(out)
     }
 
-    pub(crate) fn extend_leases(&mut self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
+    pub(crate) fn extend_leases(
+        &mut self,
+        lease_owner: &str,
+        lease_deadline_ms: Millis,
+    ) -> Result<u64> {
         let mut stmt = self.conn.prepare_cached(EXTEND).map_err(sql_error)?;
-        let changed = stmt.execute(params![lease_owner, millis(lease_deadline_ms)]).map_err(sql_error)?;
+        let changed = stmt
+            .execute(params![lease_owner, millis(lease_deadline_ms)])
+            .map_err(sql_error)?;
         Ok(changed as u64)
     }
 
     /// Fails the current attempt of each task; returns the ids of those it applied to.
-    fn fail_running(&mut self, tasks: Vec<Loaded>, failure: &Failure, now: Millis) -> Result<Vec<TaskId>> {
+    fn fail_running(
+        &mut self,
+        tasks: Vec<Loaded>,
+        failure: &Failure,
+        now: Millis,
+    ) -> Result<Vec<TaskId>> {
         let mut out = Vec::with_capacity(tasks.len());
         for loaded in tasks {
-            let command = Command::Fail { attempt: loaded.state.attempt, failure: failure.clone() };
+            let command = Command::Fail {
+                attempt: loaded.state.attempt,
+                failure: failure.clone(),
+            };
             if self.transition(&loaded, command, now)?.is_ok() {
                 out.push(loaded.spec.task_id);
             }
@@ -264,7 +335,10 @@ impl Session<'_> {
 
     pub(crate) fn expire_leases(&mut self, now: Millis) -> Result<Vec<TaskId>> {
         let tasks = self.load_many(OVERDUE, params![millis(now)])?;
-        let failure = Failure::new(FailureKind::LeaseExpired, "the lease was not extended in time");
+        let failure = Failure::new(
+            FailureKind::LeaseExpired,
+            "the lease was not extended in time",
+        );
         self.fail_running(tasks, &failure, now)
     }
 
@@ -291,12 +365,32 @@ impl Session<'_> {
 }
 
 fn exec(conn: &Connection, sql: &str) -> Result<()> {
-    conn.prepare_cached(sql).and_then(|mut stmt| stmt.execute([])).map(drop).map_err(sql_error)
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(sql_error)
 }
 
 /// The writer thread's loop. Returns when every sender is gone.
-pub(crate) fn run(conn: Connection, mut ops: mpsc::Receiver<Op>, max_batch: usize) {
-    let mut jitter = Jitter::seeded();
+/// Counters of the writer's work, shared with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub transactions: AtomicU64,
+    pub operations: AtomicU64,
+}
+
+pub(crate) fn run(
+    conn: Connection,
+    mut ops: mpsc::Receiver<Op>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut session = Session {
+        conn: &conn,
+        jitter: Jitter::seeded(),
+        spec_buf: Vec::new(),
+        state_buf: Vec::new(),
+    };
     let mut batch: Vec<Op> = Vec::new();
     while let Some(first) = ops.blocking_recv() {
         let mut weight = first.weight;
@@ -310,7 +404,12 @@ pub(crate) fn run(conn: Connection, mut ops: mpsc::Receiver<Op>, max_batch: usiz
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(&conn, &mut jitter, &mut batch);
+        let outcome = run_batch(&mut session, &mut batch);
+        for buf in [&mut session.spec_buf, &mut session.state_buf] {
+            if buf.capacity() > KEEP_BUFFER_BYTES {
+                *buf = Vec::new();
+            }
+        }
         if let Err(e) = &outcome {
             tracing::error!(error = %e, ops = batch.len(), "sqlite write batch failed");
             if !conn.is_autocommit() {
@@ -320,6 +419,12 @@ pub(crate) fn run(conn: Connection, mut ops: mpsc::Receiver<Op>, max_batch: usiz
             }
         }
         let commit = outcome.as_ref().map(|_| ());
+        if commit.is_ok() {
+            counters.transactions.fetch_add(1, Ordering::Relaxed);
+            counters
+                .operations
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         for op in batch.drain(..) {
             op.job.finish(commit);
         }
@@ -327,12 +432,21 @@ pub(crate) fn run(conn: Connection, mut ops: mpsc::Receiver<Op>, max_batch: usiz
     tracing::debug!("sqlite writer stopped");
 }
 
-fn run_batch(conn: &Connection, jitter: &mut Jitter, batch: &mut [Op]) -> Result<()> {
+fn run_batch(session: &mut Session<'_>, batch: &mut [Op]) -> Result<()> {
+    let conn = session.conn;
     exec(conn, "BEGIN IMMEDIATE")?;
-    let mut session = Session { conn, jitter, spec_buf: Vec::new(), state_buf: Vec::new() };
+    if let [only] = batch {
+        // Alone in its transaction, an operation needs no savepoint of its own:
+        // if it fails, the whole transaction is rolled back.
+        return if only.job.run(session) {
+            exec(conn, "COMMIT")
+        } else {
+            exec(conn, "ROLLBACK")
+        };
+    }
     for op in batch.iter_mut() {
         exec(conn, "SAVEPOINT op")?;
-        if !op.job.run(&mut session) {
+        if !op.job.run(session) {
             exec(conn, "ROLLBACK TO op")?;
         }
         exec(conn, "RELEASE op")?;

@@ -30,7 +30,10 @@ async fn a_data_dir_is_opened_by_one_store_only() {
     let dir = store.dir().display().to_string();
     match SqliteStore::open(store.dir(), Options::default()) {
         Err(Error::Unavailable(message)) => {
-            assert!(message.contains(&dir) && message.contains("in use"), "unclear message: {message}");
+            assert!(
+                message.contains(&dir) && message.contains("in use"),
+                "unclear message: {message}"
+            );
         }
         other => panic!("a second store opened the same directory: {other:?}"),
     }
@@ -42,20 +45,36 @@ async fn a_data_dir_is_opened_by_one_store_only() {
 #[tokio::test]
 async fn a_submitted_task_is_committed_before_submit_returns() {
     let store = SqliteStore::open_temp().expect("open");
-    store.submit(vec![spec("a", "echo")], T0).await.expect("submit");
+    store
+        .submit(vec![spec("a", "echo")], T0)
+        .await
+        .expect("submit");
     let conn = raw(&store);
-    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM tasks WHERE id = 'a'", [], |r| r.get(0)).expect("count");
-    assert_eq!(stored, 1, "another connection sees the task as soon as submit returned");
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("journal mode");
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM tasks WHERE id = 'a'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(
+        stored, 1,
+        "another connection sees the task as soon as submit returned"
+    );
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
     assert_eq!(mode, "wal");
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("user_version");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
     assert_eq!(version, SCHEMA_VERSION as i64);
 }
 
 #[tokio::test]
 async fn a_database_from_a_newer_build_is_refused() {
     let store = SqliteStore::open_temp().expect("open");
-    raw(&store).pragma_update(None, "user_version", SCHEMA_VERSION as i64 + 1).expect("bump version");
+    raw(&store)
+        .pragma_update(None, "user_version", SCHEMA_VERSION as i64 + 1)
+        .expect("bump version");
     match store.reopen() {
         Err(Error::Unavailable(message)) => assert!(message.contains("newer"), "{message}"),
         other => panic!("opened a database from a newer schema: {other:?}"),
@@ -65,33 +84,115 @@ async fn a_database_from_a_newer_build_is_refused() {
 #[tokio::test]
 async fn a_corrupt_row_fails_only_its_own_operation() {
     let store = SqliteStore::open_temp().expect("open");
-    store.submit(vec![spec("bad", "broken"), spec("good", "echo")], T0).await.expect("submit");
-    raw(&store).execute("UPDATE tasks SET state = 'not json' WHERE id = 'bad'", []).expect("corrupt the row");
+    store
+        .submit(vec![spec("bad", "broken"), spec("good", "echo")], T0)
+        .await
+        .expect("submit");
+    raw(&store)
+        .execute("UPDATE tasks SET state = 'not json' WHERE id = 'bad'", [])
+        .expect("corrupt the row");
 
-    assert!(matches!(store.get(&TaskId::from_trusted("bad")).await, Err(Error::Corrupt(_))));
-    assert!(store.get(&TaskId::from_trusted("good")).await.expect("get").is_some());
+    assert!(matches!(
+        store.get(&TaskId::from_trusted("bad")).await,
+        Err(Error::Corrupt(_))
+    ));
+    assert!(store
+        .get(&TaskId::from_trusted("good"))
+        .await
+        .expect("get")
+        .is_some());
 
     // Sent together so that they likely share a transaction; either way the
     // corrupt task's update fails and the submit commits.
-    let cancel = vec![Update { task_id: TaskId::from_trusted("bad"), command: Command::Cancel { reason: None } }];
-    let (updated, submitted) =
-        tokio::join!(store.update(cancel, T0 + 1), store.submit(vec![spec("new", "echo")], T0 + 1));
+    let cancel = vec![Update {
+        task_id: TaskId::from_trusted("bad"),
+        command: Command::Cancel { reason: None },
+    }];
+    let (updated, submitted) = tokio::join!(
+        store.update(cancel, T0 + 1),
+        store.submit(vec![spec("new", "echo")], T0 + 1)
+    );
     assert!(matches!(updated, Err(Error::Corrupt(_))), "{updated:?}");
-    assert!(matches!(submitted.expect("submit").as_slice(), [SubmitOutcome::Created(_)]));
-    assert!(matches!(store.claim(claim_request("broken", 1)).await, Err(Error::Corrupt(_))));
+    assert!(matches!(
+        submitted.expect("submit").as_slice(),
+        [SubmitOutcome::Created(_)]
+    ));
+    assert!(matches!(
+        store.claim(claim_request("broken", 1)).await,
+        Err(Error::Corrupt(_))
+    ));
 
-    let claimed = store.claim(claim_request("echo", 10)).await.expect("the writer still works");
+    let claimed = store
+        .claim(claim_request("echo", 10))
+        .await
+        .expect("the writer still works");
     assert_eq!(claimed.len(), 2);
 }
 
 #[tokio::test]
 async fn options_are_checked_and_normal_sync_works() {
-    assert!(SqliteStore::open_temp_with(Options { max_batch: 0, ..Options::default() }).is_err());
-    assert!(SqliteStore::open_temp_with(Options { readers: 0, ..Options::default() }).is_err());
-    let options = Options { synchronous: Synchronous::Normal, max_batch: 1, readers: 1, cache_size_kib: 1024 };
+    assert!(SqliteStore::open_temp_with(Options {
+        max_batch: 0,
+        ..Options::default()
+    })
+    .is_err());
+    assert!(SqliteStore::open_temp_with(Options {
+        readers: 0,
+        ..Options::default()
+    })
+    .is_err());
+    let options = Options {
+        synchronous: Synchronous::Normal,
+        max_batch: 1,
+        readers: 1,
+        cache_size_kib: 1024,
+    };
     let store = SqliteStore::open_temp_with(options).expect("open");
     let specs = (0..50).map(|i| spec(&format!("t{i}"), "echo")).collect();
     store.submit(specs, T0).await.expect("submit");
-    assert_eq!(store.claim(claim_request("echo", 100)).await.expect("claim").len(), 50);
+    assert_eq!(
+        store
+            .claim(claim_request("echo", 100))
+            .await
+            .expect("claim")
+            .len(),
+        50
+    );
     assert!(store.exclusive());
+}
+
+/// While another connection holds the write lock, the writer is stuck on its
+/// first transaction; everything sent meanwhile must then commit together.
+#[tokio::test]
+async fn operations_queued_behind_a_commit_share_the_next_transaction() {
+    const SUBMITS: usize = 40;
+    let store = SqliteStore::open_temp().expect("open");
+    let blocker = raw(&store);
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let before = store.write_stats();
+
+    let submits = (0..SUBMITS).map(|i| store.submit(vec![spec(&format!("t{i}"), "echo")], T0));
+    let release = async {
+        // Runs after every submit above was polled once, i.e. queued for the writer.
+        blocker
+            .execute_batch("COMMIT")
+            .expect("release the write lock");
+    };
+    let (outcomes, ()) = futures::future::join(futures::future::join_all(submits), release).await;
+    for outcome in outcomes {
+        assert!(matches!(
+            outcome.expect("submit").as_slice(),
+            [SubmitOutcome::Created(_)]
+        ));
+    }
+
+    let after = store.write_stats();
+    assert_eq!(after.operations - before.operations, SUBMITS as u64);
+    let transactions = after.transactions - before.transactions;
+    assert!(
+        transactions <= 2,
+        "{SUBMITS} submits took {transactions} transactions: no group commit"
+    );
 }

@@ -19,9 +19,12 @@ const CLAIM_BATCH: usize = 256;
 
 fn task(i: usize) -> TaskSpec {
     spec_with(&format!("task-{i:07}"), "bench", |s| {
-        s.inputs = vec![InputPart::text("summarise the quarterly numbers for the board, in three bullet points")];
+        s.inputs = vec![InputPart::text(
+            "summarise the quarterly numbers for the board, in three bullet points",
+        )];
         s.metadata.clear();
-        s.metadata.insert("customer".into(), serde_json::json!("acme"));
+        s.metadata
+            .insert("customer".into(), serde_json::json!("acme"));
     })
 }
 
@@ -41,11 +44,17 @@ async fn complete(store: &SqliteStore, claimed: Vec<baton_store::Claimed>, now: 
         .into_iter()
         .map(|c| Update {
             task_id: c.spec.task_id,
-            command: Command::Succeed { attempt: c.attempt, output: serde_json::json!({"ok": true}) },
+            command: Command::Succeed {
+                attempt: c.attempt,
+                output: serde_json::json!({"ok": true}),
+            },
         })
         .collect();
     let outcomes = store.update(updates, now).await.expect("complete");
-    outcomes.iter().filter(|o| matches!(o, UpdateOutcome::Applied { .. })).count()
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, UpdateOutcome::Applied { .. }))
+        .count()
 }
 
 fn rate(n: usize, since: Instant) -> String {
@@ -55,7 +64,11 @@ fn rate(n: usize, since: Instant) -> String {
 
 /// Phases one after another, one caller: submit all, claim all, complete all.
 async fn phases(synchronous: Synchronous) {
-    let store = SqliteStore::open_temp_with(Options { synchronous, ..Options::default() }).expect("open");
+    let store = SqliteStore::open_temp_with(Options {
+        synchronous,
+        ..Options::default()
+    })
+    .expect("open");
     let all: Vec<TaskSpec> = (0..TASKS).map(task).collect();
     let start = Instant::now();
 
@@ -79,9 +92,13 @@ async fn phases(synchronous: Synchronous) {
 
     let t = Instant::now();
     let mut done = 0;
-    while !claimed.is_empty() {
-        let rest = claimed.split_off(claimed.len().saturating_sub(CLAIM_BATCH));
-        done += complete(&store, std::mem::replace(&mut claimed, rest), T0 + 2).await;
+    let mut claimed = claimed.into_iter();
+    loop {
+        let batch: Vec<_> = claimed.by_ref().take(CLAIM_BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        done += complete(&store, batch, T0 + 2).await;
     }
     assert_eq!(done, TASKS);
     let complete_rate = rate(TASKS, t);
@@ -90,13 +107,22 @@ async fn phases(synchronous: Synchronous) {
     println!("  submit   (batches of {SUBMIT_BATCH}): {submit_rate}");
     println!("  claim    (batches of {CLAIM_BATCH}):  {claim_rate}");
     println!("  complete (batches of {CLAIM_BATCH}):  {complete_rate}");
-    println!("  end to end (submit + claim + complete): {}", rate(TASKS, start));
+    println!(
+        "  end to end (submit + claim + complete): {}",
+        rate(TASKS, start)
+    );
 }
 
 /// Submitters, claimers and completers at once, as a busy server would run them:
 /// their operations share transactions (group commit).
 async fn pipelined(synchronous: Synchronous, workers: usize) {
-    let store = Arc::new(SqliteStore::open_temp_with(Options { synchronous, ..Options::default() }).expect("open"));
+    let store = Arc::new(
+        SqliteStore::open_temp_with(Options {
+            synchronous,
+            ..Options::default()
+        })
+        .expect("open"),
+    );
     let start = Instant::now();
 
     let submitters: Vec<_> = (0..2)
@@ -136,10 +162,17 @@ async fn pipelined(synchronous: Synchronous, workers: usize) {
         r.await.expect("runner");
     }
     let counts = store.counts().await.expect("counts");
-    assert_eq!(counts.by_status.get("completed").copied(), Some(TASKS as u64));
+    assert_eq!(
+        counts.by_status.get("completed").copied(),
+        Some(TASKS as u64)
+    );
+    let stats = store.write_stats();
     println!(
-        "pipelined, synchronous={synchronous:?}, 2 submitters, {workers} claim+complete workers: {}",
-        rate(TASKS, start)
+        "pipelined, synchronous={synchronous:?}, 2 submitters, {workers} claim+complete workers: {} \
+         ({} store calls in {} transactions)",
+        rate(TASKS, start),
+        stats.operations,
+        stats.transactions
     );
 }
 

@@ -35,10 +35,13 @@
 //!   `queued_types` lists each type once.
 
 use crate::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, ListFilter, Store, SubmitOutcome, TaskRecord, Update,
+    UpdateOutcome,
 };
 use baton_core::input::InputKind;
-use baton_core::lifecycle::{apply, Command, Ctx, Effect, EventKind, Failure, FailureKind, Refusal, TaskState};
+use baton_core::lifecycle::{
+    apply, Command, Ctx, Effect, EventKind, Failure, FailureKind, Refusal, TaskState,
+};
 use baton_core::{AgentId, InputPart, Millis, Priority, RetryPolicy, Status, TaskId, TaskSpec};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,7 +125,13 @@ macro_rules! __store_conformance_cases {
 
 /// A retry policy without jitter, so delays are exact: 1 s, 2 s, 4 s, … capped at 60 s.
 pub fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy { max_attempts, backoff_base_ms: 1_000, backoff_cap_ms: 60_000, backoff_multiplier: 2.0, jitter: 0.0 }
+    RetryPolicy {
+        max_attempts,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 60_000,
+        backoff_multiplier: 2.0,
+        jitter: 0.0,
+    }
 }
 
 /// A task with every kind of field filled, so that a backend must store it faithfully.
@@ -130,7 +139,10 @@ pub fn spec(id: &str, task_type: &str) -> TaskSpec {
     let mut metadata = serde_json::Map::new();
     metadata.insert("label".into(), json!(id));
     metadata.insert("ratio".into(), json!(0.1));
-    metadata.insert("nested".into(), json!({"list": [1, 2.5, "three", null, true]}));
+    metadata.insert(
+        "nested".into(),
+        json!({"list": [1, 2.5, "three", null, true]}),
+    );
     TaskSpec {
         task_id: TaskId::from_trusted(id),
         task_type: task_type.into(),
@@ -204,18 +216,37 @@ async fn claim(store: &dyn Store, task_type: &str, max: usize, now: Millis) -> V
 }
 
 async fn get(store: &dyn Store, task_id: &str) -> TaskRecord {
-    store.get(&id(task_id)).await.expect("get").unwrap_or_else(|| panic!("task {task_id} not found"))
+    store
+        .get(&id(task_id))
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("task {task_id} not found"))
 }
 
-async fn update(store: &dyn Store, updates: Vec<(&str, Command)>, now: Millis) -> Vec<UpdateOutcome> {
+async fn update(
+    store: &dyn Store,
+    updates: Vec<(&str, Command)>,
+    now: Millis,
+) -> Vec<UpdateOutcome> {
     let n = updates.len();
-    let updates = updates.into_iter().map(|(t, command)| Update { task_id: id(t), command }).collect();
+    let updates = updates
+        .into_iter()
+        .map(|(t, command)| Update {
+            task_id: id(t),
+            command,
+        })
+        .collect();
     let outcomes = store.update(updates, now).await.expect("update");
     assert_eq!(outcomes.len(), n, "one outcome per update");
     outcomes
 }
 
-async fn update_one(store: &dyn Store, task_id: &str, command: Command, now: Millis) -> UpdateOutcome {
+async fn update_one(
+    store: &dyn Store,
+    task_id: &str,
+    command: Command,
+    now: Millis,
+) -> UpdateOutcome {
     update(store, vec![(task_id, command)], now).await.remove(0)
 }
 
@@ -227,15 +258,23 @@ fn applied(outcome: UpdateOutcome) -> (TaskRecord, Vec<Effect>) {
 }
 
 fn succeed(attempt: u32) -> Command {
-    Command::Succeed { attempt, output: json!({"answer": 42, "ratio": 0.3}) }
+    Command::Succeed {
+        attempt,
+        output: json!({"answer": 42, "ratio": 0.3}),
+    }
 }
 
 fn fail(attempt: u32, kind: FailureKind) -> Command {
-    Command::Fail { attempt, failure: Failure::new(kind, "boom") }
+    Command::Fail {
+        attempt,
+        failure: Failure::new(kind, "boom"),
+    }
 }
 
 fn cancel() -> Command {
-    Command::Cancel { reason: Some("no longer needed".into()) }
+    Command::Cancel {
+        reason: Some("no longer needed".into()),
+    }
 }
 
 fn event_kinds(record: &TaskRecord) -> Vec<EventKind> {
@@ -269,9 +308,21 @@ pub async fn submit_creates_queued_tasks(store: &dyn Store) {
         s.execution_mode = Some(baton_core::ExecutionMode::Parallel);
     });
     let out = submit(store, vec![a.clone(), b.clone()], T0).await;
-    let rec_a = TaskRecord { spec: a, state: TaskState::new_queued(T0) };
-    let rec_b = TaskRecord { spec: b, state: TaskState::new_queued(T0) };
-    assert_eq!(out, vec![SubmitOutcome::Created(rec_a.clone()), SubmitOutcome::Created(rec_b.clone())]);
+    let rec_a = TaskRecord {
+        spec: a,
+        state: TaskState::new_queued(T0),
+    };
+    let rec_b = TaskRecord {
+        spec: b,
+        state: TaskState::new_queued(T0),
+    };
+    assert_eq!(
+        out,
+        vec![
+            SubmitOutcome::Created(rec_a.clone()),
+            SubmitOutcome::Created(rec_b.clone())
+        ]
+    );
     assert_eq!(get(store, "a").await, rec_a);
     assert_eq!(get(store, "b").await, rec_b);
 }
@@ -284,8 +335,16 @@ pub async fn submit_same_spec_is_existing(store: &dyn Store) {
     assert_eq!(before.state.status, Status::Running);
 
     let out = submit(store, vec![a.clone()], T0 + 2).await;
-    assert_eq!(out, vec![SubmitOutcome::Existing(before.clone())], "resubmission returns the stored task");
-    assert_eq!(get(store, "a").await, before, "resubmission changes nothing");
+    assert_eq!(
+        out,
+        vec![SubmitOutcome::Existing(before.clone())],
+        "resubmission returns the stored task"
+    );
+    assert_eq!(
+        get(store, "a").await,
+        before,
+        "resubmission changes nothing"
+    );
 }
 
 pub async fn submit_different_spec_is_conflict(store: &dyn Store) {
@@ -305,10 +364,18 @@ pub async fn submit_different_spec_is_conflict(store: &dyn Store) {
     ];
     for variant in variants {
         let out = submit(store, vec![variant.clone()], T0 + 5).await;
-        assert_eq!(out, vec![SubmitOutcome::Conflict(stored.clone())], "conflicting spec {variant:?}");
+        assert_eq!(
+            out,
+            vec![SubmitOutcome::Conflict(stored.clone())],
+            "conflicting spec {variant:?}"
+        );
     }
     assert_eq!(get(store, "a").await, stored, "a conflict changes nothing");
-    assert_eq!(claim(store, "other-type", 10, T0 + 6).await, vec![], "a conflicting type is not stored");
+    assert_eq!(
+        claim(store, "other-type", 10, T0 + 6).await,
+        vec![],
+        "a conflicting type is not stored"
+    );
 }
 
 pub async fn submit_batch_keeps_order(store: &dyn Store) {
@@ -329,21 +396,33 @@ pub async fn submit_batch_keeps_order(store: &dyn Store) {
     assert_eq!(
         out,
         vec![
-            SubmitOutcome::Created(TaskRecord { spec: spec("a", "echo"), state: TaskState::new_queued(T0 + 10) }),
+            SubmitOutcome::Created(TaskRecord {
+                spec: spec("a", "echo"),
+                state: TaskState::new_queued(T0 + 10)
+            }),
             SubmitOutcome::Existing(stored_b),
             SubmitOutcome::Conflict(stored_c),
-            SubmitOutcome::Created(TaskRecord { spec: spec("d", "echo"), state: TaskState::new_queued(T0 + 10) }),
+            SubmitOutcome::Created(TaskRecord {
+                spec: spec("d", "echo"),
+                state: TaskState::new_queued(T0 + 10)
+            }),
         ]
     );
     // Submission order is the claim order within a priority.
-    assert_eq!(claimed_ids(&claim(store, "echo", 10, T0 + 20).await), ids(&["b", "c", "a", "d"]));
+    assert_eq!(
+        claimed_ids(&claim(store, "echo", 10, T0 + 20).await),
+        ids(&["b", "c", "a", "d"])
+    );
 }
 
 pub async fn submit_duplicate_ids_in_one_batch(store: &dyn Store) {
     let x = spec("x", "echo");
     let x_changed = spec_with("x", "echo", |s| s.priority = Priority::Low);
     let out = submit(store, vec![x.clone(), x.clone(), x_changed], T0).await;
-    let record = TaskRecord { spec: x, state: TaskState::new_queued(T0) };
+    let record = TaskRecord {
+        spec: x,
+        state: TaskState::new_queued(T0),
+    };
     assert_eq!(
         out,
         vec![
@@ -353,7 +432,11 @@ pub async fn submit_duplicate_ids_in_one_batch(store: &dyn Store) {
         ]
     );
     assert_eq!(get(store, "x").await, record);
-    assert_eq!(claim(store, "echo", 10, T0 + 1).await.len(), 1, "the task is stored once");
+    assert_eq!(
+        claim(store, "echo", 10, T0 + 1).await.len(),
+        1,
+        "the task is stored once"
+    );
 }
 
 pub async fn get_unknown_task_is_none(store: &dyn Store) {
@@ -371,21 +454,37 @@ pub async fn claim_only_requested_type_up_to_max(store: &dyn Store) {
     let resize: Vec<TaskSpec> = (0..3).map(|i| spec(&format!("r{i}"), "resize")).collect();
     submit(store, echo.into_iter().chain(resize).collect(), T0).await;
 
-    assert_eq!(claim(store, "echo", 0, T0 + 1).await, vec![], "max 0 claims nothing");
+    assert_eq!(
+        claim(store, "echo", 0, T0 + 1).await,
+        vec![],
+        "max 0 claims nothing"
+    );
     assert_eq!(get(store, "e0").await.state.status, Status::Queued);
 
     let first = claim(store, "echo", 3, T0 + 2).await;
     assert_eq!(claimed_ids(&first), ids(&["e0", "e1", "e2"]));
     let resized = claim(store, "resize", 10, T0 + 3).await;
     assert_eq!(claimed_ids(&resized), ids(&["r0", "r1", "r2"]));
-    assert_eq!(claimed_ids(&claim(store, "echo", 10, T0 + 4).await), ids(&["e3", "e4"]));
+    assert_eq!(
+        claimed_ids(&claim(store, "echo", 10, T0 + 4).await),
+        ids(&["e3", "e4"])
+    );
     assert_eq!(claim(store, "echo", 10, T0 + 5).await, vec![]);
     assert_eq!(claim(store, "unknown", 10, T0 + 6).await, vec![]);
 }
 
 pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
     let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
-    submit(store, vec![p("n1", Priority::Normal), p("l1", Priority::Low), p("c1", Priority::Critical)], T0).await;
+    submit(
+        store,
+        vec![
+            p("n1", Priority::Normal),
+            p("l1", Priority::Low),
+            p("c1", Priority::Critical),
+        ],
+        T0,
+    )
+    .await;
     submit(
         store,
         vec![
@@ -398,7 +497,10 @@ pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
     )
     .await;
 
-    assert_eq!(claimed_ids(&claim(store, "work", 3, T0 + 2).await), ids(&["c1", "c2", "h1"]));
+    assert_eq!(
+        claimed_ids(&claim(store, "work", 3, T0 + 2).await),
+        ids(&["c1", "c2", "h1"])
+    );
     let mut rest = Vec::new();
     for step in 0..5 {
         rest.extend(claimed_ids(&claim(store, "work", 1, T0 + 3 + step).await));
@@ -418,7 +520,13 @@ pub async fn claim_starts_an_attempt(store: &dyn Store) {
         now: T0 + 10,
     };
     let claimed = store.claim(request).await.expect("claim");
-    assert_eq!(claimed, vec![Claimed { spec: a.clone(), attempt: 1 }]);
+    assert_eq!(
+        claimed,
+        vec![Claimed {
+            spec: a.clone(),
+            attempt: 1
+        }]
+    );
 
     let record = get(store, "a").await;
     let state = &record.state;
@@ -431,15 +539,41 @@ pub async fn claim_starts_an_attempt(store: &dyn Store) {
     let started = state.events.last().expect("events");
     assert_eq!(state.events.len(), 2);
     assert_eq!(
-        (started.kind, started.from, started.to, started.attempt, started.at_ms),
-        (EventKind::Started, Some(Status::Queued), Status::Running, 1, T0 + 10)
+        (
+            started.kind,
+            started.from,
+            started.to,
+            started.attempt,
+            started.at_ms
+        ),
+        (
+            EventKind::Started,
+            Some(Status::Queued),
+            Status::Running,
+            1,
+            T0 + 10
+        )
     );
     assert_eq!(started.agent_id, Some(agent("agent-7")));
 
-    let command =
-        Command::Claim { agent_id: agent("agent-7"), lease_owner: "session-3".into(), lease_deadline_ms: T0 + 30_010 };
-    let expected = apply(&TaskState::new_queued(T0), command, Ctx::for_spec(&a, T0 + 10, 0.5)).expect("claim applies");
-    assert_eq!(record, TaskRecord { spec: a, state: expected.state });
+    let command = Command::Claim {
+        agent_id: agent("agent-7"),
+        lease_owner: "session-3".into(),
+        lease_deadline_ms: T0 + 30_010,
+    };
+    let expected = apply(
+        &TaskState::new_queued(T0),
+        command,
+        Ctx::for_spec(&a, T0 + 10, 0.5),
+    )
+    .expect("claim applies");
+    assert_eq!(
+        record,
+        TaskRecord {
+            spec: a,
+            state: expected.state
+        }
+    );
 }
 
 pub async fn claim_fails_tasks_past_deadline(store: &dyn Store) {
@@ -469,19 +603,36 @@ pub async fn claim_fails_tasks_past_deadline(store: &dyn Store) {
     let late = get(store, "late").await;
     assert_eq!(late.state.status, Status::Failed);
     assert_eq!(late.state.attempt, 0);
-    assert_eq!(late.state.error.as_ref().map(|e| e.kind.as_str()), Some("deadline_exceeded"));
+    assert_eq!(
+        late.state.error.as_ref().map(|e| e.kind.as_str()),
+        Some("deadline_exceeded")
+    );
     assert_eq!(late.state.finished_at_ms, Some(T0 + 100));
-    assert_eq!(event_kinds(&late), vec![EventKind::Submitted, EventKind::DeadlineExceeded]);
+    assert_eq!(
+        event_kinds(&late),
+        vec![EventKind::Submitted, EventKind::DeadlineExceeded]
+    );
 
-    assert_eq!(claimed_ids(&claim(store, "echo", 5, T0 + 101).await), ids(&["ok2"]));
+    assert_eq!(
+        claimed_ids(&claim(store, "echo", 5, T0 + 101).await),
+        ids(&["ok2"])
+    );
     assert_eq!(claim(store, "echo", 5, T0 + 102).await, vec![]);
 }
 
 pub async fn claim_never_returns_a_task_twice(store: &dyn Store) {
-    submit(store, vec![spec("a", "echo"), spec("b", "echo"), spec("c", "echo")], T0).await;
+    submit(
+        store,
+        vec![spec("a", "echo"), spec("b", "echo"), spec("c", "echo")],
+        T0,
+    )
+    .await;
     let first = claim_as(store, "echo", 10, "owner-1", T0 + 10_000, T0 + 1).await;
     assert_eq!(claimed_ids(&first), ids(&["a", "b", "c"]));
-    assert_eq!(claim_as(store, "echo", 10, "owner-2", T0 + 10_000, T0 + 2).await, vec![]);
+    assert_eq!(
+        claim_as(store, "echo", 10, "owner-2", T0 + 10_000, T0 + 2).await,
+        vec![]
+    );
     for t in ["a", "b", "c"] {
         let record = get(store, t).await;
         assert_eq!(record.state.attempt, 1);
@@ -494,7 +645,9 @@ pub async fn claim_never_returns_a_task_twice(store: &dyn Store) {
 pub async fn claim_concurrent_claimers_get_disjoint_tasks<S: Store>(store: Arc<S>) {
     const TASKS: usize = 500;
     const CLAIMERS: usize = 8;
-    let all: Vec<TaskSpec> = (0..TASKS).map(|i| spec(&format!("c-{i:04}"), "race")).collect();
+    let all: Vec<TaskSpec> = (0..TASKS)
+        .map(|i| spec(&format!("c-{i:04}"), "race"))
+        .collect();
     for chunk in all.chunks(100) {
         submit(&*store, chunk.to_vec(), T0).await;
     }
@@ -513,11 +666,18 @@ pub async fn claim_concurrent_claimers_get_disjoint_tasks<S: Store>(store: Arc<S
                 }
                 assert!(batch.len() <= 7, "claimed more than max");
                 for c in batch {
-                    assert_eq!(c.attempt, 1, "task {} claimed with attempt {}", c.spec.task_id, c.attempt);
+                    assert_eq!(
+                        c.attempt, 1,
+                        "task {} claimed with attempt {}",
+                        c.spec.task_id, c.attempt
+                    );
                     got.push(c.spec.task_id);
                 }
                 now += 1;
-                assert!(now < T0 + TASKS as u64 + 2, "claims never run out: tasks are handed out again");
+                assert!(
+                    now < T0 + TASKS as u64 + 2,
+                    "claims never run out: tasks are handed out again"
+                );
             }
             (owner, got)
         }));
@@ -533,14 +693,24 @@ pub async fn claim_concurrent_claimers_get_disjoint_tasks<S: Store>(store: Arc<S
         }
     }
     let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
-    assert_eq!(owner_of.keys().cloned().collect::<BTreeSet<_>>(), expected, "every task claimed");
+    assert_eq!(
+        owner_of.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "every task claimed"
+    );
     for (task, owner) in &owner_of {
         let record = get(&*store, task.as_str()).await;
-        assert_eq!((record.state.status, record.state.attempt), (Status::Running, 1));
+        assert_eq!(
+            (record.state.status, record.state.attempt),
+            (Status::Running, 1)
+        );
         assert_eq!(record.state.lease_owner.as_ref(), Some(owner));
     }
     let counts = store.counts().await.expect("counts");
-    assert_eq!(counts.by_status, BTreeMap::from([("running".to_string(), TASKS as u64)]));
+    assert_eq!(
+        counts.by_status,
+        BTreeMap::from([("running".to_string(), TASKS as u64)])
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -555,10 +725,26 @@ pub async fn update_succeed_completes(store: &dyn Store) {
     assert_eq!(effects, vec![Effect::Finished(Status::Completed)]);
     assert_eq!(record.spec, a);
     assert_eq!(record.state.status, Status::Completed);
-    assert_eq!(record.state.output, Some(json!({"answer": 42, "ratio": 0.3})));
+    assert_eq!(
+        record.state.output,
+        Some(json!({"answer": 42, "ratio": 0.3}))
+    );
     assert_eq!(record.state.finished_at_ms, Some(T0 + 20));
-    assert_eq!((record.state.lease_owner.as_ref(), record.state.lease_deadline_ms), (None, None));
-    assert_eq!(event_kinds(&record), vec![EventKind::Submitted, EventKind::Started, EventKind::Succeeded]);
+    assert_eq!(
+        (
+            record.state.lease_owner.as_ref(),
+            record.state.lease_deadline_ms
+        ),
+        (None, None)
+    );
+    assert_eq!(
+        event_kinds(&record),
+        vec![
+            EventKind::Submitted,
+            EventKind::Started,
+            EventKind::Succeeded
+        ]
+    );
     assert_eq!(get(store, "a").await, record);
     assert_eq!(claim(store, "echo", 1, T0 + 21).await, vec![]);
 }
@@ -572,109 +758,232 @@ pub async fn update_stale_attempt_is_refused(store: &dyn Store) {
 
     let out = update(
         store,
-        vec![("running", succeed(2)), ("running", fail(0, FailureKind::Retryable)), ("queued", succeed(1))],
+        vec![
+            ("running", succeed(2)),
+            ("running", fail(0, FailureKind::Retryable)),
+            ("queued", succeed(1)),
+        ],
         T0 + 3,
     )
     .await;
     assert_eq!(
         out,
         vec![
-            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 2, current: 1, status: Status::Running }),
-            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 0, current: 1, status: Status::Running }),
-            UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 0, status: Status::Queued }),
+            UpdateOutcome::Refused(Refusal::StaleAttempt {
+                got: 2,
+                current: 1,
+                status: Status::Running
+            }),
+            UpdateOutcome::Refused(Refusal::StaleAttempt {
+                got: 0,
+                current: 1,
+                status: Status::Running
+            }),
+            UpdateOutcome::Refused(Refusal::StaleAttempt {
+                got: 1,
+                current: 0,
+                status: Status::Queued
+            }),
         ]
     );
-    assert_eq!(get(store, "running").await, running, "a refused command changes nothing");
-    assert_eq!(get(store, "queued").await, queued, "a refused command changes nothing");
+    assert_eq!(
+        get(store, "running").await,
+        running,
+        "a refused command changes nothing"
+    );
+    assert_eq!(
+        get(store, "queued").await,
+        queued,
+        "a refused command changes nothing"
+    );
 }
 
 pub async fn update_retryable_failure_waits_then_promotes(store: &dyn Store) {
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
-    submit(store, vec![spec("r1", "a"), spec("r2", "b"), spec("r3", "a")], T0).await;
+    submit(
+        store,
+        vec![spec("r1", "a"), spec("r2", "b"), spec("r3", "a")],
+        T0,
+    )
+    .await;
     claim(store, "a", 2, T0 + 1).await;
     claim(store, "b", 1, T0 + 1).await;
 
-    let (r1, effects) = applied(update_one(store, "r1", fail(1, FailureKind::Retryable), T0 + 100).await);
+    let (r1, effects) =
+        applied(update_one(store, "r1", fail(1, FailureKind::Retryable), T0 + 100).await);
     assert_eq!(effects, vec![Effect::WakeAt(T0 + 1_100)]);
     assert_eq!(r1.state.status, Status::RetryWait);
     assert_eq!(r1.state.ready_at_ms, Some(T0 + 1_100));
-    assert_eq!(r1.state.error.as_ref().map(|e| (e.kind.as_str(), e.attempt)), Some(("retryable", 1)));
-    let busy = Failure { retry_after_ms: Some(5_000), ..Failure::new(FailureKind::Retryable, "busy") };
-    let (r2, _) = applied(update_one(store, "r2", Command::Fail { attempt: 1, failure: busy }, T0 + 50).await);
+    assert_eq!(
+        r1.state
+            .error
+            .as_ref()
+            .map(|e| (e.kind.as_str(), e.attempt)),
+        Some(("retryable", 1))
+    );
+    let busy = Failure {
+        retry_after_ms: Some(5_000),
+        ..Failure::new(FailureKind::Retryable, "busy")
+    };
+    let (r2, _) = applied(
+        update_one(
+            store,
+            "r2",
+            Command::Fail {
+                attempt: 1,
+                failure: busy,
+            },
+            T0 + 50,
+        )
+        .await,
+    );
     assert_eq!(r2.state.ready_at_ms, Some(T0 + 5_050));
     applied(update_one(store, "r3", fail(1, FailureKind::Timeout), T0 + 200).await);
-    assert_eq!(store.next_wake().await.expect("next_wake"), Some(T0 + 1_100));
-    assert_eq!(claim(store, "a", 10, T0 + 300).await, vec![], "retry-waiting tasks are not claimable");
+    assert_eq!(
+        store.next_wake().await.expect("next_wake"),
+        Some(T0 + 1_100)
+    );
+    assert_eq!(
+        claim(store, "a", 10, T0 + 300).await,
+        vec![],
+        "retry-waiting tasks are not claimable"
+    );
 
     let before = get(store, "r1").await;
-    assert_eq!(store.promote_due(T0 + 1_099).await.expect("promote"), Vec::<String>::new());
+    assert_eq!(
+        store.promote_due(T0 + 1_099).await.expect("promote"),
+        Vec::<String>::new()
+    );
     assert_eq!(get(store, "r1").await, before, "nothing is due yet");
 
-    assert_eq!(store.promote_due(T0 + 1_100).await.expect("promote"), strings(&["a"]));
+    assert_eq!(
+        store.promote_due(T0 + 1_100).await.expect("promote"),
+        strings(&["a"])
+    );
     let r1 = get(store, "r1").await;
-    assert_eq!((r1.state.status, r1.state.ready_at_ms), (Status::Queued, None));
-    assert_eq!(r1.state.events.last().map(|e| (e.kind, e.at_ms)), Some((EventKind::RetryReady, T0 + 1_100)));
+    assert_eq!(
+        (r1.state.status, r1.state.ready_at_ms),
+        (Status::Queued, None)
+    );
+    assert_eq!(
+        r1.state.events.last().map(|e| (e.kind, e.at_ms)),
+        Some((EventKind::RetryReady, T0 + 1_100))
+    );
     assert_eq!(get(store, "r3").await.state.status, Status::RetryWait);
-    assert_eq!(store.next_wake().await.expect("next_wake"), Some(T0 + 1_200));
+    assert_eq!(
+        store.next_wake().await.expect("next_wake"),
+        Some(T0 + 1_200)
+    );
 
     let types = store.promote_due(T0 + 10_000).await.expect("promote");
     assert_eq!(sorted_unique(types), strings(&["a", "b"]));
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
-    assert_eq!(store.promote_due(T0 + 20_000).await.expect("promote"), Vec::<String>::new());
+    assert_eq!(
+        store.promote_due(T0 + 20_000).await.expect("promote"),
+        Vec::<String>::new()
+    );
 
     let again = claim(store, "a", 10, T0 + 10_001).await;
     assert_eq!(claimed_ids(&again), ids(&["r1", "r3"]));
-    assert!(again.iter().all(|c| c.attempt == 2), "the next attempt is 2: {again:?}");
+    assert!(
+        again.iter().all(|c| c.attempt == 2),
+        "the next attempt is 2: {again:?}"
+    );
 }
 
 pub async fn update_exhausted_retries_dead_letter_then_reprocess(store: &dyn Store) {
-    submit(store, vec![spec_with("d", "echo", |s| s.retry = policy(2))], T0).await;
+    submit(
+        store,
+        vec![spec_with("d", "echo", |s| s.retry = policy(2))],
+        T0,
+    )
+    .await;
     claim(store, "echo", 1, T0 + 1).await;
     applied(update_one(store, "d", fail(1, FailureKind::Retryable), T0 + 2).await);
-    assert_eq!(store.promote_due(T0 + 1_002).await.expect("promote"), strings(&["echo"]));
+    assert_eq!(
+        store.promote_due(T0 + 1_002).await.expect("promote"),
+        strings(&["echo"])
+    );
     assert_eq!(claim(store, "echo", 1, T0 + 1_003).await[0].attempt, 2);
 
-    let (record, effects) = applied(update_one(store, "d", fail(2, FailureKind::AgentLost), T0 + 1_004).await);
+    let (record, effects) =
+        applied(update_one(store, "d", fail(2, FailureKind::AgentLost), T0 + 1_004).await);
     assert_eq!(effects, vec![Effect::Finished(Status::DeadLettered)]);
     assert_eq!(record.state.status, Status::DeadLettered);
-    assert_eq!(record.state.error.as_ref().map(|e| e.kind.as_str()), Some("retries_exhausted"));
+    assert_eq!(
+        record.state.error.as_ref().map(|e| e.kind.as_str()),
+        Some("retries_exhausted")
+    );
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
     assert_eq!(claim(store, "echo", 1, T0 + 1_005).await, vec![]);
 
     let (record, effects) = applied(update_one(store, "d", Command::Reprocess, T0 + 2_000).await);
     assert_eq!(effects, vec![Effect::Ready]);
-    assert_eq!((record.state.status, record.state.attempt, record.state.error.clone()), (Status::Queued, 2, None));
+    assert_eq!(
+        (
+            record.state.status,
+            record.state.attempt,
+            record.state.error.clone()
+        ),
+        (Status::Queued, 2, None)
+    );
     assert_eq!(get(store, "d").await, record);
 
     let claimed = claim(store, "echo", 1, T0 + 2_001).await;
-    assert_eq!(claimed.iter().map(|c| c.attempt).collect::<Vec<_>>(), vec![3], "attempt numbers keep growing");
-    let (record, _) = applied(update_one(store, "d", fail(3, FailureKind::Retryable), T0 + 2_002).await);
-    assert_eq!(record.state.status, Status::RetryWait, "reprocess gives a fresh attempt budget");
+    assert_eq!(
+        claimed.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        vec![3],
+        "attempt numbers keep growing"
+    );
+    let (record, _) =
+        applied(update_one(store, "d", fail(3, FailureKind::Retryable), T0 + 2_002).await);
+    assert_eq!(
+        record.state.status,
+        Status::RetryWait,
+        "reprocess gives a fresh attempt budget"
+    );
 }
 
 pub async fn update_permanent_failure_fails(store: &dyn Store) {
     submit(store, vec![spec("p", "echo")], T0).await;
     claim(store, "echo", 1, T0 + 1).await;
-    let (record, effects) = applied(update_one(store, "p", fail(1, FailureKind::Permanent), T0 + 2).await);
+    let (record, effects) =
+        applied(update_one(store, "p", fail(1, FailureKind::Permanent), T0 + 2).await);
     assert_eq!(effects, vec![Effect::Finished(Status::Failed)]);
     assert_eq!(record.state.status, Status::Failed);
-    assert_eq!(record.state.error.as_ref().map(|e| e.kind.as_str()), Some("permanent"));
+    assert_eq!(
+        record.state.error.as_ref().map(|e| e.kind.as_str()),
+        Some("permanent")
+    );
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
     assert_eq!(
         update_one(store, "p", Command::Reprocess, T0 + 3).await,
-        UpdateOutcome::Refused(Refusal::Illegal { from: Status::Failed, command: "reprocess" })
+        UpdateOutcome::Refused(Refusal::Illegal {
+            from: Status::Failed,
+            command: "reprocess"
+        })
     );
     assert_eq!(get(store, "p").await, record);
 }
 
 pub async fn update_cancel(store: &dyn Store) {
-    submit(store, vec![spec("r", "echo"), spec("w", "echo"), spec("c", "echo")], T0).await;
+    submit(
+        store,
+        vec![spec("r", "echo"), spec("w", "echo"), spec("c", "echo")],
+        T0,
+    )
+    .await;
     claim_as(store, "echo", 3, "owner-9", T0 + 60_000, T0 + 1).await;
     applied(update_one(store, "w", fail(1, FailureKind::Retryable), T0 + 2).await);
     applied(update_one(store, "c", succeed(1), T0 + 2).await);
     submit(store, vec![spec("q", "echo")], T0 + 3).await;
 
-    let out = update(store, vec![("q", cancel()), ("r", cancel()), ("w", cancel())], T0 + 4).await;
+    let out = update(
+        store,
+        vec![("q", cancel()), ("r", cancel()), ("w", cancel())],
+        T0 + 4,
+    )
+    .await;
     let mut out = out.into_iter();
     let (q, q_effects) = applied(out.next().expect("q"));
     assert_eq!(q_effects, vec![Effect::Finished(Status::Cancelled)]);
@@ -682,7 +991,10 @@ pub async fn update_cancel(store: &dyn Store) {
     assert_eq!(
         r_effects,
         vec![
-            Effect::CancelOnAgent { agent_id: agent("agent-owner-9"), attempt: 1 },
+            Effect::CancelOnAgent {
+                agent_id: agent("agent-owner-9"),
+                attempt: 1
+            },
             Effect::Finished(Status::Cancelled)
         ]
     );
@@ -691,28 +1003,56 @@ pub async fn update_cancel(store: &dyn Store) {
     for record in [&q, &r, &w] {
         assert_eq!(record.state.status, Status::Cancelled);
         assert_eq!(record.state.finished_at_ms, Some(T0 + 4));
-        assert_eq!(record.state.events.last().and_then(|e| e.message.as_deref()), Some("no longer needed"));
+        assert_eq!(
+            record
+                .state
+                .events
+                .last()
+                .and_then(|e| e.message.as_deref()),
+            Some("no longer needed")
+        );
         assert_eq!(get(store, record.spec.task_id.as_str()).await, *record);
     }
-    assert_eq!((r.state.lease_owner.as_ref(), r.state.lease_deadline_ms), (None, None));
+    assert_eq!(
+        (r.state.lease_owner.as_ref(), r.state.lease_deadline_ms),
+        (None, None)
+    );
     assert_eq!(w.state.ready_at_ms, None);
 
     assert_eq!(
         update(store, vec![("q", cancel()), ("c", cancel())], T0 + 5).await,
         vec![
-            UpdateOutcome::Refused(Refusal::Illegal { from: Status::Cancelled, command: "cancel" }),
-            UpdateOutcome::Refused(Refusal::Illegal { from: Status::Completed, command: "cancel" }),
+            UpdateOutcome::Refused(Refusal::Illegal {
+                from: Status::Cancelled,
+                command: "cancel"
+            }),
+            UpdateOutcome::Refused(Refusal::Illegal {
+                from: Status::Completed,
+                command: "cancel"
+            }),
         ]
     );
     assert_eq!(claim(store, "echo", 10, T0 + 6).await, vec![]);
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
-    assert_eq!(store.promote_due(T0 + 100_000).await.expect("promote"), Vec::<String>::new());
-    assert_eq!(store.expire_leases(T0 + 100_000).await.expect("expire"), Vec::<TaskId>::new());
+    assert_eq!(
+        store.promote_due(T0 + 100_000).await.expect("promote"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.expire_leases(T0 + 100_000).await.expect("expire"),
+        Vec::<TaskId>::new()
+    );
 }
 
 pub async fn update_unknown_task_is_not_found(store: &dyn Store) {
-    assert_eq!(update_one(store, "ghost", cancel(), T0).await, UpdateOutcome::NotFound);
-    assert_eq!(update_one(store, "ghost", succeed(1), T0).await, UpdateOutcome::NotFound);
+    assert_eq!(
+        update_one(store, "ghost", cancel(), T0).await,
+        UpdateOutcome::NotFound
+    );
+    assert_eq!(
+        update_one(store, "ghost", succeed(1), T0).await,
+        UpdateOutcome::NotFound
+    );
     assert_eq!(store.get(&id("ghost")).await.expect("get"), None);
 }
 
@@ -722,16 +1062,35 @@ pub async fn update_outcomes_follow_input_order(store: &dyn Store) {
     submit(store, vec![spec("a", "echo")], T0 + 2).await;
     let out = update(
         store,
-        vec![("ghost", cancel()), ("b", succeed(1)), ("a", succeed(1)), ("a", cancel()), ("ghost-2", cancel())],
+        vec![
+            ("ghost", cancel()),
+            ("b", succeed(1)),
+            ("a", succeed(1)),
+            ("a", cancel()),
+            ("ghost-2", cancel()),
+        ],
         T0 + 3,
     )
     .await;
     assert_eq!(out[0], UpdateOutcome::NotFound);
     let (b, _) = applied(out[1].clone());
-    assert_eq!((b.spec.task_id.as_str(), b.state.status), ("b", Status::Completed));
-    assert_eq!(out[2], UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 0, status: Status::Queued }));
+    assert_eq!(
+        (b.spec.task_id.as_str(), b.state.status),
+        ("b", Status::Completed)
+    );
+    assert_eq!(
+        out[2],
+        UpdateOutcome::Refused(Refusal::StaleAttempt {
+            got: 1,
+            current: 0,
+            status: Status::Queued
+        })
+    );
     let (a, _) = applied(out[3].clone());
-    assert_eq!((a.spec.task_id.as_str(), a.state.status), ("a", Status::Cancelled));
+    assert_eq!(
+        (a.spec.task_id.as_str(), a.state.status),
+        ("a", Status::Cancelled)
+    );
     assert_eq!(out[4], UpdateOutcome::NotFound);
     assert_eq!(get(store, "a").await, a);
     assert_eq!(get(store, "b").await, b);
@@ -753,21 +1112,40 @@ pub async fn update_same_task_several_times_in_one_batch(store: &dyn Store) {
     )
     .await;
     let mut out = out.into_iter();
-    assert_eq!(applied(out.next().expect("fail")).0.state.status, Status::RetryWait);
-    assert_eq!(applied(out.next().expect("promote")).0.state.status, Status::Queued);
+    assert_eq!(
+        applied(out.next().expect("fail")).0.state.status,
+        Status::RetryWait
+    );
+    assert_eq!(
+        applied(out.next().expect("promote")).0.state.status,
+        Status::Queued
+    );
     assert_eq!(
         out.next().expect("succeed"),
-        UpdateOutcome::Refused(Refusal::StaleAttempt { got: 1, current: 1, status: Status::Queued })
+        UpdateOutcome::Refused(Refusal::StaleAttempt {
+            got: 1,
+            current: 1,
+            status: Status::Queued
+        })
     );
     let (cancelled, _) = applied(out.next().expect("cancel"));
     assert_eq!(cancelled.state.status, Status::Cancelled);
     assert_eq!(
         out.next().expect("second cancel"),
-        UpdateOutcome::Refused(Refusal::Illegal { from: Status::Cancelled, command: "cancel" })
+        UpdateOutcome::Refused(Refusal::Illegal {
+            from: Status::Cancelled,
+            command: "cancel"
+        })
     );
     assert_eq!(
         event_kinds(&cancelled),
-        vec![EventKind::Submitted, EventKind::Started, EventKind::AttemptFailed, EventKind::RetryReady, EventKind::Cancelled]
+        vec![
+            EventKind::Submitted,
+            EventKind::Started,
+            EventKind::AttemptFailed,
+            EventKind::RetryReady,
+            EventKind::Cancelled
+        ]
     );
     assert_eq!(get(store, "t").await, cancelled);
 }
@@ -788,23 +1166,53 @@ pub async fn leases_extend_moves_only_the_owners_running_tasks(store: &dyn Store
     let before_b1 = get(store, "b1").await;
     let before_a3 = get(store, "a3").await;
 
-    assert_eq!(store.extend_leases("A", T0 + 9_000).await.expect("extend"), 2);
-    assert_eq!(store.extend_leases("nobody", T0 + 9_000).await.expect("extend"), 0);
+    assert_eq!(
+        store.extend_leases("A", T0 + 9_000).await.expect("extend"),
+        2
+    );
+    assert_eq!(
+        store
+            .extend_leases("nobody", T0 + 9_000)
+            .await
+            .expect("extend"),
+        0
+    );
 
     for t in ["a1", "a2"] {
         let record = get(store, t).await;
         assert_eq!(record.state.lease_deadline_ms, Some(T0 + 9_000), "{t}");
-        assert_eq!((record.state.status, record.state.attempt), (Status::Running, 1), "{t}");
+        assert_eq!(
+            (record.state.status, record.state.attempt),
+            (Status::Running, 1),
+            "{t}"
+        );
     }
     let after_a1 = get(store, "a1").await;
-    assert_eq!(after_a1.state.events, before_a1.state.events, "extending a lease records no event");
-    assert_eq!(get(store, "b1").await, before_b1, "another owner's lease is untouched");
-    assert_eq!(get(store, "a3").await, before_a3, "a finished attempt has no lease");
+    assert_eq!(
+        after_a1.state.events, before_a1.state.events,
+        "extending a lease records no event"
+    );
+    assert_eq!(
+        get(store, "b1").await,
+        before_b1,
+        "another owner's lease is untouched"
+    );
+    assert_eq!(
+        get(store, "a3").await,
+        before_a3,
+        "a finished attempt has no lease"
+    );
 
     // The moved deadline is the one lease expiry looks at.
-    assert_eq!(store.expire_leases(T0 + 5_000).await.expect("expire"), ids(&["b1"]));
+    assert_eq!(
+        store.expire_leases(T0 + 5_000).await.expect("expire"),
+        ids(&["b1"])
+    );
     assert_eq!(get(store, "a1").await.state.status, Status::Running);
-    assert_eq!(id_set(&store.expire_leases(T0 + 9_001).await.expect("expire")), id_set(&ids(&["a1", "a2"])));
+    assert_eq!(
+        id_set(&store.expire_leases(T0 + 9_001).await.expect("expire")),
+        id_set(&ids(&["a1", "a2"]))
+    );
 }
 
 pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
@@ -817,8 +1225,16 @@ pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
     ];
     for (i, (name, deadline, max_attempts)) in tasks.into_iter().enumerate() {
         let now = T0 + i as u64;
-        submit(store, vec![spec_with(name, "echo", |s| s.retry = policy(max_attempts))], now).await;
-        assert_eq!(claimed_ids(&claim_as(store, "echo", 1, "owner", deadline, now).await), ids(&[name]));
+        submit(
+            store,
+            vec![spec_with(name, "echo", |s| s.retry = policy(max_attempts))],
+            now,
+        )
+        .await;
+        assert_eq!(
+            claimed_ids(&claim_as(store, "echo", 1, "owner", deadline, now).await),
+            ids(&[name])
+        );
     }
     applied(update_one(store, "e5", succeed(1), T0 + 10).await);
     let e2 = get(store, "e2").await;
@@ -831,18 +1247,50 @@ pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
     let e1 = get(store, "e1").await;
     assert_eq!(e1.state.status, Status::RetryWait);
     assert_eq!(e1.state.ready_at_ms, Some(T0 + 2_500));
-    assert_eq!(e1.state.error.as_ref().map(|e| (e.kind.as_str(), e.attempt)), Some(("lease_expired", 1)));
-    assert_eq!(e1.state.events.last().map(|e| e.kind), Some(EventKind::AttemptFailed));
+    assert_eq!(
+        e1.state
+            .error
+            .as_ref()
+            .map(|e| (e.kind.as_str(), e.attempt)),
+        Some(("lease_expired", 1))
+    );
+    assert_eq!(
+        e1.state.events.last().map(|e| e.kind),
+        Some(EventKind::AttemptFailed)
+    );
     let e4 = get(store, "e4").await;
-    assert_eq!(e4.state.status, Status::DeadLettered, "the expired attempt counts against the budget");
-    assert_eq!(e4.state.error.as_ref().map(|e| e.kind.as_str()), Some("retries_exhausted"));
+    assert_eq!(
+        e4.state.status,
+        Status::DeadLettered,
+        "the expired attempt counts against the budget"
+    );
+    assert_eq!(
+        e4.state.error.as_ref().map(|e| e.kind.as_str()),
+        Some("retries_exhausted")
+    );
     assert_eq!(get(store, "e2").await, e2);
-    assert_eq!(get(store, "e3").await, e3, "a deadline equal to now has not passed");
+    assert_eq!(
+        get(store, "e3").await,
+        e3,
+        "a deadline equal to now has not passed"
+    );
     assert_eq!(get(store, "e5").await, e5);
 
-    assert_eq!(store.expire_leases(T0 + 1_500).await.expect("expire"), Vec::<TaskId>::new());
-    assert_eq!(store.promote_due(T0 + 2_500).await.expect("promote"), strings(&["echo"]));
-    assert_eq!(claim(store, "echo", 5, T0 + 2_501).await, vec![Claimed { spec: e1.spec, attempt: 2 }]);
+    assert_eq!(
+        store.expire_leases(T0 + 1_500).await.expect("expire"),
+        Vec::<TaskId>::new()
+    );
+    assert_eq!(
+        store.promote_due(T0 + 2_500).await.expect("promote"),
+        strings(&["echo"])
+    );
+    assert_eq!(
+        claim(store, "echo", 5, T0 + 2_501).await,
+        vec![Claimed {
+            spec: e1.spec,
+            attempt: 2
+        }]
+    );
 }
 
 pub async fn leases_release_owner_fails_only_that_owner(store: &dyn Store) {
@@ -857,22 +1305,43 @@ pub async fn leases_release_owner_fails_only_that_owner(store: &dyn Store) {
     let a3 = get(store, "a3").await;
 
     let lost = Failure::new(FailureKind::AgentLost, "agent disconnected");
-    let released = store.release_owner("A", lost.clone(), T0 + 100).await.expect("release");
+    let released = store
+        .release_owner("A", lost.clone(), T0 + 100)
+        .await
+        .expect("release");
     assert_eq!(id_set(&released), id_set(&ids(&["a1", "a2"])));
     for t in ["a1", "a2"] {
         let record = get(store, t).await;
         assert_eq!(record.state.status, Status::RetryWait, "{t}");
         assert_eq!(record.state.ready_at_ms, Some(T0 + 1_100), "{t}");
         let error = record.state.error.as_ref().expect("error");
-        assert_eq!((error.kind.as_str(), error.message.as_str(), error.attempt), ("agent_lost", "agent disconnected", 1));
-        assert_eq!(record.state.events.last().map(|e| e.kind), Some(EventKind::AttemptFailed));
+        assert_eq!(
+            (error.kind.as_str(), error.message.as_str(), error.attempt),
+            ("agent_lost", "agent disconnected", 1)
+        );
+        assert_eq!(
+            record.state.events.last().map(|e| e.kind),
+            Some(EventKind::AttemptFailed)
+        );
     }
     assert_eq!(get(store, "b1").await, b1);
     assert_eq!(get(store, "a3").await, a3);
-    assert_eq!(store.release_owner("A", lost, T0 + 101).await.expect("release"), Vec::<TaskId>::new());
+    assert_eq!(
+        store
+            .release_owner("A", lost, T0 + 101)
+            .await
+            .expect("release"),
+        Vec::<TaskId>::new()
+    );
 
     let permanent = Failure::new(FailureKind::Permanent, "agent rejected the task");
-    assert_eq!(store.release_owner("B", permanent, T0 + 102).await.expect("release"), ids(&["b1"]));
+    assert_eq!(
+        store
+            .release_owner("B", permanent, T0 + 102)
+            .await
+            .expect("release"),
+        ids(&["b1"])
+    );
     assert_eq!(get(store, "b1").await.state.status, Status::Failed);
 }
 
@@ -881,7 +1350,12 @@ pub async fn leases_release_owner_fails_only_that_owner(store: &dyn Store) {
 // ---------------------------------------------------------------------------
 
 pub async fn list_filters_newest_first(store: &dyn Store) {
-    submit(store, vec![spec("x1", "a"), spec("x2", "b"), spec("x3", "a")], T0).await;
+    submit(
+        store,
+        vec![spec("x1", "a"), spec("x2", "b"), spec("x3", "a")],
+        T0,
+    )
+    .await;
     submit(store, vec![spec("x4", "b"), spec("x5", "a")], T0 + 1).await;
     claim(store, "a", 1, T0 + 2).await;
     let filter = |status: Option<Status>, task_type: Option<&str>, limit: usize| ListFilter {
@@ -893,28 +1367,61 @@ pub async fn list_filters_newest_first(store: &dyn Store) {
 
     let page = store.list(filter(None, None, 100)).await.expect("list");
     assert_eq!(page.next_cursor, None);
-    assert_eq!(page.tasks.iter().map(|t| t.spec.task_id.clone()).collect::<Vec<_>>(), ids(&["x5", "x4", "x3", "x2", "x1"]));
+    assert_eq!(
+        page.tasks
+            .iter()
+            .map(|t| t.spec.task_id.clone())
+            .collect::<Vec<_>>(),
+        ids(&["x5", "x4", "x3", "x2", "x1"])
+    );
     for record in &page.tasks {
         assert_eq!(get(store, record.spec.task_id.as_str()).await, *record);
     }
-    assert_eq!(list_ids(store, filter(Some(Status::Queued), None, 100)).await, ids(&["x5", "x4", "x3", "x2"]));
-    assert_eq!(list_ids(store, filter(None, Some("a"), 100)).await, ids(&["x5", "x3", "x1"]));
-    assert_eq!(list_ids(store, filter(Some(Status::Running), Some("a"), 100)).await, ids(&["x1"]));
-    assert_eq!(list_ids(store, filter(Some(Status::Running), Some("b"), 100)).await, Vec::<TaskId>::new());
-    assert_eq!(list_ids(store, filter(Some(Status::Completed), None, 100)).await, Vec::<TaskId>::new());
-    assert_eq!(list_ids(store, filter(None, Some("zzz"), 100)).await, Vec::<TaskId>::new());
+    assert_eq!(
+        list_ids(store, filter(Some(Status::Queued), None, 100)).await,
+        ids(&["x5", "x4", "x3", "x2"])
+    );
+    assert_eq!(
+        list_ids(store, filter(None, Some("a"), 100)).await,
+        ids(&["x5", "x3", "x1"])
+    );
+    assert_eq!(
+        list_ids(store, filter(Some(Status::Running), Some("a"), 100)).await,
+        ids(&["x1"])
+    );
+    assert_eq!(
+        list_ids(store, filter(Some(Status::Running), Some("b"), 100)).await,
+        Vec::<TaskId>::new()
+    );
+    assert_eq!(
+        list_ids(store, filter(Some(Status::Completed), None, 100)).await,
+        Vec::<TaskId>::new()
+    );
+    assert_eq!(
+        list_ids(store, filter(None, Some("zzz"), 100)).await,
+        Vec::<TaskId>::new()
+    );
 
     let first = store.list(filter(None, None, 2)).await.expect("list");
     assert_eq!(first.tasks.len(), 2);
     assert!(first.next_cursor.is_some(), "older tasks remain");
 }
 
-async fn collect_pages(store: &dyn Store, task_type: Option<&str>, limit: usize) -> (Vec<usize>, Vec<TaskId>) {
+async fn collect_pages(
+    store: &dyn Store,
+    task_type: Option<&str>,
+    limit: usize,
+) -> (Vec<usize>, Vec<TaskId>) {
     let mut sizes = Vec::new();
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let filter = ListFilter { status: None, task_type: task_type.map(str::to_string), limit, cursor };
+        let filter = ListFilter {
+            status: None,
+            task_type: task_type.map(str::to_string),
+            limit,
+            cursor,
+        };
         let page = store.list(filter).await.expect("list");
         assert!(page.tasks.len() <= limit, "page larger than the limit");
         sizes.push(page.tasks.len());
@@ -931,7 +1438,12 @@ async fn collect_pages(store: &dyn Store, task_type: Option<&str>, limit: usize)
 pub async fn list_paginates_with_cursor(store: &dyn Store) {
     let names: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
     for (i, chunk) in names.chunks(10).enumerate() {
-        submit(store, chunk.iter().map(|n| spec(n, "p")).collect(), T0 + i as u64).await;
+        submit(
+            store,
+            chunk.iter().map(|n| spec(n, "p")).collect(),
+            T0 + i as u64,
+        )
+        .await;
     }
     let newest_first: Vec<TaskId> = names.iter().rev().map(|n| id(n)).collect();
 
@@ -940,26 +1452,57 @@ pub async fn list_paginates_with_cursor(store: &dyn Store) {
     assert_eq!(seen, newest_first, "every task once, newest first");
 
     // Tasks submitted between pages do not shift the later pages.
-    let first = store.list(ListFilter { limit: 10, ..ListFilter::default() }).await.expect("list");
-    submit(store, vec![spec("newer-1", "p"), spec("newer-2", "q")], T0 + 10).await;
-    let second = store.list(ListFilter { limit: 10, cursor: first.next_cursor, ..ListFilter::default() }).await;
-    let second: Vec<TaskId> = second.expect("list").tasks.into_iter().map(|t| t.spec.task_id).collect();
+    let first = store
+        .list(ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    submit(
+        store,
+        vec![spec("newer-1", "p"), spec("newer-2", "q")],
+        T0 + 10,
+    )
+    .await;
+    let second = store
+        .list(ListFilter {
+            limit: 10,
+            cursor: first.next_cursor,
+            ..ListFilter::default()
+        })
+        .await;
+    let second: Vec<TaskId> = second
+        .expect("list")
+        .tasks
+        .into_iter()
+        .map(|t| t.spec.task_id)
+        .collect();
     assert_eq!(second, newest_first[10..20].to_vec());
 
     // Interleaved types, filtered; and a last page that is exactly full.
-    let mixed: Vec<TaskSpec> =
-        (0..20).map(|i| spec(&format!("m{i:02}"), if i % 2 == 0 { "even" } else { "odd" })).collect();
+    let mixed: Vec<TaskSpec> = (0..20)
+        .map(|i| spec(&format!("m{i:02}"), if i % 2 == 0 { "even" } else { "odd" }))
+        .collect();
     submit(store, mixed, T0 + 20).await;
     let (sizes, seen) = collect_pages(store, Some("even"), 5).await;
     assert_eq!(sizes, vec![5, 5], "a full last page still ends the listing");
-    let expected: Vec<TaskId> = (0..20).rev().filter(|i| i % 2 == 0).map(|i| id(&format!("m{i:02}"))).collect();
+    let expected: Vec<TaskId> = (0..20)
+        .rev()
+        .filter(|i| i % 2 == 0)
+        .map(|i| id(&format!("m{i:02}")))
+        .collect();
     assert_eq!(seen, expected);
 }
 
 pub async fn list_rejects_invalid_cursor(store: &dyn Store) {
     submit(store, vec![spec("a", "echo")], T0).await;
     for bad in ["not a cursor", "", "!!!", "-1"] {
-        let filter = ListFilter { limit: 10, cursor: Some(bad.into()), ..ListFilter::default() };
+        let filter = ListFilter {
+            limit: 10,
+            cursor: Some(bad.into()),
+            ..ListFilter::default()
+        };
         match store.list(filter).await {
             Err(Error::InvalidCursor) => {}
             other => panic!("cursor {bad:?}: expected Error::InvalidCursor, got {other:?}"),
@@ -969,16 +1512,31 @@ pub async fn list_rejects_invalid_cursor(store: &dyn Store) {
 
 pub async fn counts_by_status_and_type(store: &dyn Store) {
     assert_eq!(store.counts().await.expect("counts"), Counts::default());
-    submit(store, vec![spec("a1", "a"), spec("b1", "b"), spec("a2", "a"), spec("a3", "a"), spec("b2", "b")], T0)
-        .await;
+    submit(
+        store,
+        vec![
+            spec("a1", "a"),
+            spec("b1", "b"),
+            spec("a2", "a"),
+            spec("a3", "a"),
+            spec("b2", "b"),
+        ],
+        T0,
+    )
+    .await;
     claim(store, "a", 1, T0 + 1).await;
     claim(store, "b", 1, T0 + 1).await;
     applied(update_one(store, "b1", succeed(1), T0 + 2).await);
     applied(update_one(store, "a2", cancel(), T0 + 2).await);
 
     let counts = store.counts().await.expect("counts");
-    let expected_status =
-        BTreeMap::from([("queued", 2u64), ("running", 1), ("completed", 1), ("cancelled", 1)]).into_iter();
+    let expected_status = BTreeMap::from([
+        ("queued", 2u64),
+        ("running", 1),
+        ("completed", 1),
+        ("cancelled", 1),
+    ])
+    .into_iter();
     let expected_types = BTreeMap::from([("a", 1u64), ("b", 1)]).into_iter();
     assert_eq!(
         counts,
@@ -990,14 +1548,36 @@ pub async fn counts_by_status_and_type(store: &dyn Store) {
 }
 
 pub async fn queued_types_lists_types_with_queued_work(store: &dyn Store) {
-    assert_eq!(store.queued_types().await.expect("queued_types"), Vec::<String>::new());
-    submit(store, vec![spec("x1", "x"), spec("y1", "y"), spec("z1", "z"), spec("x2", "x")], T0).await;
-    assert_eq!(sorted_unique(store.queued_types().await.expect("queued_types")), strings(&["x", "y", "z"]));
+    assert_eq!(
+        store.queued_types().await.expect("queued_types"),
+        Vec::<String>::new()
+    );
+    submit(
+        store,
+        vec![
+            spec("x1", "x"),
+            spec("y1", "y"),
+            spec("z1", "z"),
+            spec("x2", "x"),
+        ],
+        T0,
+    )
+    .await;
+    assert_eq!(
+        sorted_unique(store.queued_types().await.expect("queued_types")),
+        strings(&["x", "y", "z"])
+    );
     claim(store, "y", 1, T0 + 1).await;
     claim(store, "x", 1, T0 + 1).await;
-    assert_eq!(sorted_unique(store.queued_types().await.expect("queued_types")), strings(&["x", "z"]));
+    assert_eq!(
+        sorted_unique(store.queued_types().await.expect("queued_types")),
+        strings(&["x", "z"])
+    );
     applied(update_one(store, "z1", cancel(), T0 + 2).await);
-    assert_eq!(store.queued_types().await.expect("queued_types"), strings(&["x"]));
+    assert_eq!(
+        store.queued_types().await.expect("queued_types"),
+        strings(&["x"])
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1009,7 +1589,9 @@ pub async fn queued_types_lists_types_with_queued_work(store: &dyn Store) {
 pub async fn events_one_per_transition_as_lifecycle_decides(store: &dyn Store) {
     let s = spec("life", "echo");
     let step = |state: &TaskState, command: Command, now: Millis| {
-        apply(state, command, Ctx::for_spec(&s, now, 0.5)).expect("lifecycle accepts the step").state
+        apply(state, command, Ctx::for_spec(&s, now, 0.5))
+            .expect("lifecycle accepts the step")
+            .state
     };
     let claim_command = |owner: &str, deadline: Millis| Command::Claim {
         agent_id: agent(&format!("agent-{owner}")),
@@ -1019,14 +1601,21 @@ pub async fn events_one_per_transition_as_lifecycle_decides(store: &dyn Store) {
 
     let mut expected = TaskState::new_queued(T0);
     let created = submit(store, vec![s.clone()], T0).await;
-    assert_eq!(created, vec![SubmitOutcome::Created(TaskRecord { spec: s.clone(), state: expected.clone() })]);
+    assert_eq!(
+        created,
+        vec![SubmitOutcome::Created(TaskRecord {
+            spec: s.clone(),
+            state: expected.clone()
+        })]
+    );
 
     expected = step(&expected, claim_command("o1", T0 + 500), T0 + 1);
     claim_as(store, "echo", 1, "o1", T0 + 500, T0 + 1).await;
     assert_eq!(get(store, "life").await.state, expected);
 
     expected = step(&expected, fail(1, FailureKind::Retryable), T0 + 2);
-    let (record, _) = applied(update_one(store, "life", fail(1, FailureKind::Retryable), T0 + 2).await);
+    let (record, _) =
+        applied(update_one(store, "life", fail(1, FailureKind::Retryable), T0 + 2).await);
     assert_eq!(record.state, expected);
     assert_eq!(get(store, "life").await, record);
 
@@ -1055,7 +1644,16 @@ pub async fn events_one_per_transition_as_lifecycle_decides(store: &dyn Store) {
         ]
     );
     // Refused commands record nothing.
-    update(store, vec![("life", cancel()), ("life", succeed(2)), ("life", Command::Promote)], T0 + 1_005).await;
+    update(
+        store,
+        vec![
+            ("life", cancel()),
+            ("life", succeed(2)),
+            ("life", Command::Promote),
+        ],
+        T0 + 1_005,
+    )
+    .await;
     assert_eq!(get(store, "life").await, record);
 }
 
@@ -1086,7 +1684,14 @@ async fn snapshot(store: &dyn Store, names: &[&str]) -> Snapshot {
     }
     Snapshot {
         records,
-        listed: store.list(ListFilter { limit: 1_000, ..ListFilter::default() }).await.expect("list").tasks,
+        listed: store
+            .list(ListFilter {
+                limit: 1_000,
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list")
+            .tasks,
         counts: store.counts().await.expect("counts"),
         next_wake: store.next_wake().await.expect("next_wake"),
         queued_types: sorted_unique(store.queued_types().await.expect("queued_types")),
@@ -1108,7 +1713,13 @@ where
     applied(update_one(&store, "p2", succeed(1), T0 + 2).await);
     applied(update_one(&store, "p3", fail(1, FailureKind::Retryable), T0 + 2).await);
     applied(update_one(&store, "p4", cancel(), T0 + 2).await);
-    assert_eq!(store.extend_leases("keeper", T0 + 5_000).await.expect("extend"), 1);
+    assert_eq!(
+        store
+            .extend_leases("keeper", T0 + 5_000)
+            .await
+            .expect("extend"),
+        1
+    );
     let before = snapshot(&store, &names).await;
 
     let store = reopen(store).await;
@@ -1119,15 +1730,32 @@ where
         submit(&store, vec![spec("p5", "echo"), spec("p7", "echo")], T0 + 3).await,
         vec![
             SubmitOutcome::Existing(get(&store, "p5").await),
-            SubmitOutcome::Created(TaskRecord { spec: spec("p7", "echo"), state: TaskState::new_queued(T0 + 3) }),
+            SubmitOutcome::Created(TaskRecord {
+                spec: spec("p7", "echo"),
+                state: TaskState::new_queued(T0 + 3)
+            }),
         ]
     );
-    assert_eq!(claimed_ids(&claim(&store, "echo", 10, T0 + 4).await), ids(&["p5", "p6", "p7"]));
-    assert_eq!(store.expire_leases(T0 + 4_000).await.expect("expire"), Vec::<TaskId>::new(), "the extended lease");
-    assert_eq!(store.expire_leases(T0 + 5_001).await.expect("expire"), ids(&["p1"]));
+    assert_eq!(
+        claimed_ids(&claim(&store, "echo", 10, T0 + 4).await),
+        ids(&["p5", "p6", "p7"])
+    );
+    assert_eq!(
+        store.expire_leases(T0 + 4_000).await.expect("expire"),
+        Vec::<TaskId>::new(),
+        "the extended lease"
+    );
+    assert_eq!(
+        store.expire_leases(T0 + 5_001).await.expect("expire"),
+        ids(&["p1"])
+    );
     let names = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"];
     let before = snapshot(&store, &names).await;
 
     let store = reopen(store).await;
-    assert_eq!(snapshot(&store, &names).await, before, "writes after a reopen survive the next one");
+    assert_eq!(
+        snapshot(&store, &names).await,
+        before,
+        "writes after a reopen survive the next one"
+    );
 }

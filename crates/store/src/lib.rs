@@ -38,8 +38,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for baton_core::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Unavailable(m) => baton_core::Error::unavailable(format!("store unavailable: {m}")),
-            Error::InvalidCursor => baton_core::Error::invalid("invalid cursor").with_field("cursor"),
+            Error::Unavailable(m) => {
+                baton_core::Error::unavailable(format!("store unavailable: {m}"))
+            }
+            Error::InvalidCursor => {
+                baton_core::Error::invalid("invalid cursor").with_field("cursor")
+            }
             other => baton_core::Error::internal(other.to_string()),
         }
     }
@@ -91,9 +95,14 @@ pub struct Update {
 }
 
 /// Result of one [`Update`].
+// Most outcomes are `Applied`; boxing the record would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpdateOutcome {
-    Applied { record: TaskRecord, effects: Vec<Effect> },
+    Applied {
+        record: TaskRecord,
+        effects: Vec<Effect>,
+    },
     Refused(Refusal),
     NotFound,
 }
@@ -143,7 +152,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fails (with `failure`) every running attempt held by `lease_owner`, e.g. when
     /// its agent disconnected. Returns the tasks affected.
-    async fn release_owner(&self, lease_owner: &str, failure: Failure, now: Millis) -> Result<Vec<TaskId>>;
+    async fn release_owner(
+        &self,
+        lease_owner: &str,
+        failure: Failure,
+        now: Millis,
+    ) -> Result<Vec<TaskId>>;
 
     /// Queues again every retry-waiting task whose wait ended by `now`.
     /// Returns the task types that got work.
