@@ -18,7 +18,11 @@ use std::time::{Duration, Instant};
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Scenarios to run: throughput, throughput.seq, latency, queued-memory.
-    #[arg(long, value_delimiter = ',', default_value = "throughput,throughput.seq,latency")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,throughput.seq,latency"
+    )]
     scenarios: Vec<String>,
     /// Target this REST URL instead of starting a server.
     #[arg(long)]
@@ -85,12 +89,29 @@ fn exe() -> Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the baton executable")
 }
 
-fn spawn_server(data_dir: &std::path::Path, max_workers: usize, durability: &str) -> Result<(Proc, String, String)> {
+fn spawn_server(
+    data_dir: &std::path::Path,
+    max_workers: usize,
+    durability: &str,
+) -> Result<(Proc, String, String)> {
     let mut child = Command::new(exe()?)
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--max-workers", &max_workers.to_string(), "--durability", durability])
+        .args([
+            "--max-workers",
+            &max_workers.to_string(),
+            "--durability",
+            durability,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -106,20 +127,43 @@ fn spawn_server(data_dir: &std::path::Path, max_workers: usize, durability: &str
     };
     let http = format!("http://{}", field("http")?);
     let grpc = format!("http://{}", field("grpc")?);
-    Ok((Proc { child, name: "server".into() }, http, grpc))
+    Ok((
+        Proc {
+            child,
+            name: "server".into(),
+        },
+        http,
+        grpc,
+    ))
 }
 
 fn spawn_agents(n: usize, grpc: &str, concurrency: usize) -> Result<Vec<Proc>> {
     (0..n)
         .map(|i| {
             let child = Command::new(exe()?)
-                .args(["agent", "--type", "echo", "--orchestrator", grpc, "--log-level", "warn"])
-                .args(["--concurrency", &concurrency.to_string(), "--agent-id", &format!("bench-echo-{i}")])
+                .args([
+                    "agent",
+                    "--type",
+                    "echo",
+                    "--orchestrator",
+                    grpc,
+                    "--log-level",
+                    "warn",
+                ])
+                .args([
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--agent-id",
+                    &format!("bench-echo-{i}"),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .context("cannot start baton agent")?;
-            Ok(Proc { child, name: format!("agent-{i}") })
+            Ok(Proc {
+                child,
+                name: format!("agent-{i}"),
+            })
         })
         .collect()
 }
@@ -158,7 +202,11 @@ async fn wait_completed(client: &Client, target: u64, budget: Duration) -> Resul
 }
 
 fn line(scenario: &str, value: f64, unit: &str) {
-    let txt = if value >= 100.0 { format!("{value:.1}") } else { format!("{value:.2}") };
+    let txt = if value >= 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    };
     println!("baton {scenario} {txt} {unit}");
 }
 
@@ -169,7 +217,12 @@ fn noop(i: usize, tag: &str) -> Value {
 async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str) -> Result<()> {
     let base = count(client, "completed").await?;
     let start = Instant::now();
-    let chunks: Vec<Vec<Value>> = (0..n).map(|i| noop(i, tag)).collect::<Vec<_>>().chunks(batch).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<Value>> = (0..n)
+        .map(|i| noop(i, tag))
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| c.to_vec())
+        .collect();
     // A few batches in flight at once, as a real producer would.
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
     let mut handles = Vec::new();
@@ -177,7 +230,9 @@ async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str
         let client = client.clone();
         let permit = sem.clone().acquire_owned().await?;
         handles.push(tokio::spawn(async move {
-            let r = client.post("/api/v1/tasks/batch", &json!({"tasks": chunk})).await;
+            let r = client
+                .post("/api/v1/tasks/batch", &json!({"tasks": chunk}))
+                .await;
             drop(permit);
             r
         }));
@@ -189,11 +244,19 @@ async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str
     let done = wait_completed(client, base + n as u64, Duration::from_secs(300)).await?;
     let secs = done.duration_since(start).as_secs_f64();
     line("throughput", n as f64 / secs, "tasks/s");
-    eprintln!("{}", json!({"scenario": "throughput", "tasks": n, "batch": batch, "submit_s": submitted.as_secs_f64(), "total_s": secs}));
+    eprintln!(
+        "{}",
+        json!({"scenario": "throughput", "tasks": n, "batch": batch, "submit_s": submitted.as_secs_f64(), "total_s": secs})
+    );
     Ok(())
 }
 
-async fn throughput_seq(client: &Arc<Client>, n: usize, connections: usize, tag: &str) -> Result<()> {
+async fn throughput_seq(
+    client: &Arc<Client>,
+    n: usize,
+    connections: usize,
+    tag: &str,
+) -> Result<()> {
     let base = count(client, "completed").await?;
     let start = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -219,7 +282,10 @@ async fn throughput_seq(client: &Arc<Client>, n: usize, connections: usize, tag:
     let done = wait_completed(client, base + n as u64, Duration::from_secs(300)).await?;
     let secs = done.duration_since(start).as_secs_f64();
     line("throughput.seq", n as f64 / secs, "tasks/s");
-    eprintln!("{}", json!({"scenario": "throughput.seq", "tasks": n, "connections": connections, "submit_s": submitted.as_secs_f64(), "total_s": secs}));
+    eprintln!(
+        "{}",
+        json!({"scenario": "throughput.seq", "tasks": n, "connections": connections, "submit_s": submitted.as_secs_f64(), "total_s": secs})
+    );
     Ok(())
 }
 
@@ -229,7 +295,10 @@ fn parse_rfc3339_ms(s: &str) -> Option<f64> {
 }
 
 fn wall_ms() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result<()> {
@@ -247,11 +316,15 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
             let id = format!("{tag}-{i}");
             client.post("/api/v1/tasks", &noop(i, &tag)).await?;
             loop {
-                let v = client.get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id))).await?;
+                let v = client
+                    .get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id)))
+                    .await?;
                 let status = v["status"].as_str().unwrap_or("");
                 if status == "completed" {
                     let complete = scheduled.elapsed();
-                    let started = v["agent_executions"][0]["started_at"].as_str().and_then(parse_rfc3339_ms);
+                    let started = v["agent_executions"][0]["started_at"]
+                        .as_str()
+                        .and_then(parse_rfc3339_ms);
                     let to_start = started.map(|s| (s - scheduled_wall).max(0.0));
                     return Ok::<_, anyhow::Error>((complete, to_start));
                 }
@@ -286,7 +359,13 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
 
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let get = |key: &str| status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
+    let get = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
     Some((get("VmRSS:")?, get("VmHWM:")?))
 }
 
@@ -301,7 +380,9 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
     while i < n {
         let end = (i + args.batch).min(n);
         let tasks: Vec<Value> = (i..end).map(|j| noop(j, "queued")).collect();
-        client.post("/api/v1/tasks/batch", &json!({"tasks": tasks})).await?;
+        client
+            .post("/api/v1/tasks/batch", &json!({"tasks": tasks}))
+            .await?;
         pb.inc((end - i) as u64);
         i = end;
     }
@@ -328,7 +409,11 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    line("restart_to_healthy", restart.elapsed().as_secs_f64() * 1000.0, "ms");
+    line(
+        "restart_to_healthy",
+        restart.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+    );
     let v = client2.get("/health").await?;
     let queued = v["stats"]["tasks"]["queued"].as_u64().unwrap_or(0);
     line("queued_after_restart", queued as f64, "tasks");
@@ -341,24 +426,48 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     crate::serve::init_logging("warn", baton_server::config::LogFormat::Text);
-    let tmp = args.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("baton-bench-{}", std::process::id())));
-    let run_id = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let tmp = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
+    });
+    let run_id = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let mut server = match (&args.server, &args.grpc) {
-        (Some(http), Some(grpc)) => Server { proc: None, http: http.clone(), grpc: grpc.clone(), data_dir: tmp.clone() },
+        (Some(http), Some(grpc)) => Server {
+            proc: None,
+            http: http.clone(),
+            grpc: grpc.clone(),
+            data_dir: tmp.clone(),
+        },
         (Some(_), None) => bail!("--server needs --grpc (the agents' address)"),
         _ => {
             if args.scenarios.iter().any(|s| s != "queued-memory") {
                 let (p, http, grpc) = spawn_server(&tmp, args.max_workers, &args.durability)?;
-                Server { proc: Some(p), http, grpc, data_dir: tmp.clone() }
+                Server {
+                    proc: Some(p),
+                    http,
+                    grpc,
+                    data_dir: tmp.clone(),
+                }
             } else {
-                Server { proc: None, http: String::new(), grpc: String::new(), data_dir: tmp.clone() }
+                Server {
+                    proc: None,
+                    http: String::new(),
+                    grpc: String::new(),
+                    data_dir: tmp.clone(),
+                }
             }
         }
     };
     println!(
         "# baton {} bench, {} cpus, agents {}x{}, max_workers {}, durability {}",
         env!("CARGO_PKG_VERSION"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         args.agents,
         args.agent_concurrency,
         args.max_workers,
@@ -372,12 +481,38 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             wait_agents(&client, args.agents).await?;
         }
         // Warm-up, not counted.
-        throughput_bulk(&client, 1_000.min(args.tasks), args.batch, &format!("warm-{run_id}")).await.ok();
+        throughput_bulk(
+            &client,
+            1_000.min(args.tasks),
+            args.batch,
+            &format!("warm-{run_id}"),
+        )
+        .await
+        .ok();
         for s in &args.scenarios {
             match s.as_str() {
-                "throughput" => throughput_bulk(&client, args.tasks, args.batch, &format!("tp-{run_id}")).await?,
-                "throughput.seq" => throughput_seq(&client, args.tasks, args.connections, &format!("seq-{run_id}")).await?,
-                "latency" => latency(&client, args.latency_tasks, args.rate, &format!("lat-{run_id}")).await?,
+                "throughput" => {
+                    throughput_bulk(&client, args.tasks, args.batch, &format!("tp-{run_id}"))
+                        .await?
+                }
+                "throughput.seq" => {
+                    throughput_seq(
+                        &client,
+                        args.tasks,
+                        args.connections,
+                        &format!("seq-{run_id}"),
+                    )
+                    .await?
+                }
+                "latency" => {
+                    latency(
+                        &client,
+                        args.latency_tasks,
+                        args.rate,
+                        &format!("lat-{run_id}"),
+                    )
+                    .await?
+                }
                 "queued-memory" => {}
                 other => bail!("unknown scenario {other:?}"),
             }

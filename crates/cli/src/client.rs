@@ -13,7 +13,6 @@ pub struct Client {
 /// A request that reached a server and was refused: Baton's error shape.
 #[derive(Debug)]
 pub struct ApiFailure {
-    pub status: u16,
     pub code: String,
     pub message: String,
     pub details: Value,
@@ -24,7 +23,12 @@ impl std::fmt::Display for ApiFailure {
         write!(f, "{}: {}", self.code, self.message)?;
         if let Some(problems) = self.details.get("problems").and_then(|p| p.as_array()) {
             for p in problems {
-                write!(f, "\n  - {} {}", p["field"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""))?;
+                write!(
+                    f,
+                    "\n  - {} {}",
+                    p["field"].as_str().unwrap_or(""),
+                    p["message"].as_str().unwrap_or("")
+                )?;
             }
         }
         Ok(())
@@ -35,8 +39,11 @@ impl std::error::Error for ApiFailure {}
 
 impl Client {
     pub fn new(servers: &str) -> Result<Self> {
-        let servers: Vec<String> =
-            servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+        let servers: Vec<String> = servers
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         if servers.is_empty() {
             return Err(anyhow!("no server given: use --server http://HOST:PORT"));
         }
@@ -45,11 +52,19 @@ impl Client {
                 return Err(anyhow!("server {s:?} must start with http:// or https://"));
             }
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).pool_max_idle_per_host(64).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build()?;
         Ok(Self { http, servers })
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let mut last_err = None;
         for server in &self.servers {
             let mut req = self.http.request(method.clone(), format!("{server}{path}"));
@@ -64,9 +79,11 @@ impl Client {
                     if status >= 400 {
                         let e = &value["error"];
                         return Err(ApiFailure {
-                            status,
                             code: e["code"].as_str().unwrap_or("http_error").to_string(),
-                            message: e["message"].as_str().map(String::from).unwrap_or_else(|| format!("http status {status}")),
+                            message: e["message"]
+                                .as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| format!("http status {status}")),
                             details: e["details"].clone(),
                         }
                         .into());

@@ -10,7 +10,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Baton: a fast, durable orchestrator for AI-agent workloads")]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a fast, durable orchestrator for AI-agent workloads"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,10 +47,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
 }
 
-
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve::serve(a).await,

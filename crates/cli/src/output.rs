@@ -70,10 +70,13 @@ pub struct SubmitArgs {
 }
 
 fn parse_input(raw: &str) -> Result<Value> {
-    let (kind, value) = raw.split_once(':').ok_or_else(|| anyhow!("--input {raw:?} must look like KIND:VALUE, e.g. text:hello"))?;
+    let (kind, value) = raw
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--input {raw:?} must look like KIND:VALUE, e.g. text:hello"))?;
     let data = match kind {
         "text" => Value::String(value.to_string()),
-        "json" => serde_json::from_str(value).with_context(|| format!("--input json:{value} is not valid JSON"))?,
+        "json" => serde_json::from_str(value)
+            .with_context(|| format!("--input json:{value} is not valid JSON"))?,
         "image" | "video" | "binary" => {
             let bytes = match value.strip_prefix('@') {
                 Some(path) => std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
@@ -87,20 +90,38 @@ fn parse_input(raw: &str) -> Result<Value> {
 }
 
 fn task_from_flags(a: &SubmitArgs) -> Result<Value> {
-    let task_type = a.task_type.clone().ok_or_else(|| anyhow!("give --type (or --file)"))?;
+    let task_type = a
+        .task_type
+        .clone()
+        .ok_or_else(|| anyhow!("give --type (or --file)"))?;
     let mut t = serde_json::Map::new();
     t.insert("task_type".into(), task_type.into());
     if let Some(id) = &a.task_id {
         t.insert("task_id".into(), id.clone().into());
     }
     if !a.inputs.is_empty() {
-        t.insert("inputs".into(), a.inputs.iter().map(|i| parse_input(i)).collect::<Result<Vec<_>>>()?.into());
+        t.insert(
+            "inputs".into(),
+            a.inputs
+                .iter()
+                .map(|i| parse_input(i))
+                .collect::<Result<Vec<_>>>()?
+                .into(),
+        );
     }
     if let Some(m) = &a.metadata {
-        t.insert("metadata".into(), serde_json::from_str(m).context("--metadata is not valid JSON")?);
+        t.insert(
+            "metadata".into(),
+            serde_json::from_str(m).context("--metadata is not valid JSON")?,
+        );
     }
     if let Some(p) = &a.priority {
-        t.insert("priority".into(), p.parse::<i64>().map(Value::from).unwrap_or_else(|_| p.clone().into()));
+        t.insert(
+            "priority".into(),
+            p.parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| p.clone().into()),
+        );
     }
     if let Some(v) = a.timeout_ms {
         t.insert("timeout_ms".into(), v.into());
@@ -127,9 +148,11 @@ fn task_from_flags(a: &SubmitArgs) -> Result<Value> {
 fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"))
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb
 }
@@ -143,10 +166,13 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
             } else {
                 std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
             };
-            let v: Value = serde_json::from_str(&text).with_context(|| format!("{path} is not valid JSON"))?;
+            let v: Value =
+                serde_json::from_str(&text).with_context(|| format!("{path} is not valid JSON"))?;
             match v {
                 Value::Array(items) => items,
-                Value::Object(ref o) if o.contains_key("tasks") => o["tasks"].as_array().cloned().unwrap_or_default(),
+                Value::Object(ref o) if o.contains_key("tasks") => {
+                    o["tasks"].as_array().cloned().unwrap_or_default()
+                }
                 other => vec![other],
             }
         }
@@ -174,10 +200,17 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     } else {
         let pb = (!a.c.json).then(|| progress(tasks.len() as u64, "submitting"));
         for chunk in tasks.chunks(1000) {
-            let v = client.post("/api/v1/tasks/batch", &json!({"tasks": chunk})).await?;
+            let v = client
+                .post("/api/v1/tasks/batch", &json!({"tasks": chunk}))
+                .await?;
             for item in v["tasks"].as_array().into_iter().flatten() {
                 if let Some(e) = item.get("error") {
-                    eprintln!("task {}: {}: {}", item["task_id"].as_str().unwrap_or("?"), e["code"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "task {}: {}: {}",
+                        item["task_id"].as_str().unwrap_or("?"),
+                        e["code"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    );
                 } else {
                     ids.push(item["task_id"].as_str().unwrap_or_default().to_string());
                 }
@@ -193,7 +226,14 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     }
     if !a.wait {
         if a.c.json {
-            println!("{}", serde_json::to_string_pretty(&if submitted.len() == 1 { submitted[0].clone() } else { Value::Array(submitted) })?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&if submitted.len() == 1 {
+                    submitted[0].clone()
+                } else {
+                    Value::Array(submitted)
+                })?
+            );
         } else if submitted.len() == 1 {
             print_task(&submitted[0]);
         } else {
@@ -209,10 +249,15 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
         let v = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                bail!("gave up waiting after {} s; task {id} is still running (see `baton get {id}`)", a.wait_timeout_s);
+                bail!(
+                    "gave up waiting after {} s; task {id} is still running (see `baton get {id}`)",
+                    a.wait_timeout_s
+                );
             }
             let wait_ms = left.as_millis().min(30_000);
-            let v = client.get(&format!("/api/v1/tasks/{}?wait_ms={wait_ms}", enc(id))).await?;
+            let v = client
+                .get(&format!("/api/v1/tasks/{}?wait_ms={wait_ms}", enc(id)))
+                .await?;
             if is_terminal(v["status"].as_str().unwrap_or("")) {
                 break v;
             }
@@ -229,11 +274,23 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if a.c.json {
-        println!("{}", serde_json::to_string_pretty(&if finished.len() == 1 { finished[0].clone() } else { Value::Array(finished) })?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&if finished.len() == 1 {
+                finished[0].clone()
+            } else {
+                Value::Array(finished)
+            })?
+        );
     } else if finished.len() == 1 {
         print_task(&finished[0]);
     } else {
-        println!("{} tasks finished: {} completed, {} did not", finished.len(), finished.len() - failures, failures);
+        println!(
+            "{} tasks finished: {} completed, {} did not",
+            finished.len(),
+            finished.len() - failures,
+            failures
+        );
     }
     if failures > 0 {
         bail!("{failures} task(s) did not complete");
@@ -242,7 +299,10 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
 }
 
 fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled" | "dead_lettered")
+    matches!(
+        status,
+        "completed" | "failed" | "cancelled" | "dead_lettered"
+    )
 }
 
 fn s(v: &Value) -> String {
@@ -266,7 +326,11 @@ pub fn print_task(v: &Value) {
     println!("type       {}", s(&v["task_type"]));
     println!("status     {}", s(&v["status"]));
     println!("priority   {}", s(&v["priority"]));
-    println!("attempt    {} of {}", s(&v["attempt"]), s(&v["max_attempts"]));
+    println!(
+        "attempt    {} of {}",
+        s(&v["attempt"]),
+        s(&v["max_attempts"])
+    );
     println!("created    {}", s(&v["created_at"]));
     if !v["finished_at"].is_null() {
         println!("finished   {}", s(&v["finished_at"]));
@@ -285,13 +349,25 @@ pub fn print_task(v: &Value) {
     if let Some(execs) = v["agent_executions"].as_array().filter(|a| !a.is_empty()) {
         let mut t = table(&["ATTEMPT", "AGENT", "STATUS", "DURATION", "ERROR"]);
         for e in execs {
-            let dur = e["duration_ms"].as_u64().map(|d| format!("{d} ms")).unwrap_or_default();
-            t.add_row(vec![s(&e["attempt"]), s(&e["agent_id"]), s(&e["status"]), dur, s(&e["error"])]);
+            let dur = e["duration_ms"]
+                .as_u64()
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_default();
+            t.add_row(vec![
+                s(&e["attempt"]),
+                s(&e["agent_id"]),
+                s(&e["status"]),
+                dur,
+                s(&e["error"]),
+            ]);
         }
         println!("{t}");
     }
     if !v["output"].is_null() {
-        println!("output:\n{}", serde_json::to_string_pretty(&v["output"]).unwrap_or_default());
+        println!(
+            "output:\n{}",
+            serde_json::to_string_pretty(&v["output"]).unwrap_or_default()
+        );
     }
 }
 
@@ -339,12 +415,29 @@ fn print_list(v: &Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    let mut t = table(&["TASK ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPT", "CREATED", "ERROR"]);
+    let mut t = table(&[
+        "TASK ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPT", "CREATED", "ERROR",
+    ]);
     let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
     for task in &tasks {
-        let err = task.get("error").map(|e| s(&e["message"])).unwrap_or_default();
-        let err = if err.len() > 60 { format!("{}…", &err[..err.floor_char_boundary(60)]) } else { err };
-        t.add_row(vec![s(&task["task_id"]), s(&task["task_type"]), s(&task["status"]), s(&task["priority"]), s(&task["attempt"]), s(&task["created_at"]), err]);
+        let err = task
+            .get("error")
+            .map(|e| s(&e["message"]))
+            .unwrap_or_default();
+        let err = if err.len() > 60 {
+            format!("{}…", &err[..err.floor_char_boundary(60)])
+        } else {
+            err
+        };
+        t.add_row(vec![
+            s(&task["task_id"]),
+            s(&task["task_type"]),
+            s(&task["status"]),
+            s(&task["priority"]),
+            s(&task["attempt"]),
+            s(&task["created_at"]),
+            err,
+        ]);
     }
     if tasks.is_empty() {
         println!("no tasks");
@@ -357,7 +450,12 @@ fn print_list(v: &Value, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn list_query(status: Option<&str>, task_type: Option<&str>, limit: usize, cursor: Option<&str>) -> String {
+fn list_query(
+    status: Option<&str>,
+    task_type: Option<&str>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> String {
     let mut q = format!("limit={limit}");
     if let Some(v) = status {
         q.push_str(&format!("&status={}", enc(v)));
@@ -373,7 +471,12 @@ fn list_query(status: Option<&str>, task_type: Option<&str>, limit: usize, curso
 
 pub async fn list(a: ListArgs) -> Result<()> {
     let client = a.c.client()?;
-    let q = list_query(a.status.as_deref(), a.task_type.as_deref(), a.limit, a.cursor.as_deref());
+    let q = list_query(
+        a.status.as_deref(),
+        a.task_type.as_deref(),
+        a.limit,
+        a.cursor.as_deref(),
+    );
     let v = client.get(&format!("/api/v1/tasks?{q}")).await?;
     print_list(&v, a.c.json)
 }
@@ -389,8 +492,14 @@ pub struct CancelArgs {
 
 pub async fn cancel(a: CancelArgs) -> Result<()> {
     let client = a.c.client()?;
-    let body = a.reason.as_ref().map(|r| json!({"reason": r})).unwrap_or_else(|| json!({}));
-    let v = client.post(&format!("/api/v1/tasks/{}/cancel", enc(&a.task_id)), &body).await?;
+    let body = a
+        .reason
+        .as_ref()
+        .map(|r| json!({"reason": r}))
+        .unwrap_or_else(|| json!({}));
+    let v = client
+        .post(&format!("/api/v1/tasks/{}/cancel", enc(&a.task_id)), &body)
+        .await?;
     if a.c.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -422,13 +531,24 @@ pub enum DlqCmd {
 
 pub async fn dlq(cmd: DlqCmd) -> Result<()> {
     match cmd {
-        DlqCmd::List { c, task_type, limit, cursor } => {
+        DlqCmd::List {
+            c,
+            task_type,
+            limit,
+            cursor,
+        } => {
             let q = list_query(None, task_type.as_deref(), limit, cursor.as_deref());
             let v = c.client()?.get(&format!("/api/v1/dlq?{q}")).await?;
             print_list(&v, c.json)
         }
         DlqCmd::Reprocess { c, task_id } => {
-            let v = c.client()?.post(&format!("/api/v1/dlq/{}/reprocess", enc(&task_id)), &json!({})).await?;
+            let v = c
+                .client()?
+                .post(
+                    &format!("/api/v1/dlq/{}/reprocess", enc(&task_id)),
+                    &json!({}),
+                )
+                .await?;
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -450,10 +570,26 @@ pub async fn agents(c: ClientArgs) -> Result<()> {
         println!("no agents connected");
         return Ok(());
     }
-    let mut t = table(&["AGENT", "TYPES", "IN FLIGHT", "VERSION", "CONNECTED", "COMPLETED", "FAILED", "STATE"]);
+    let mut t = table(&[
+        "AGENT",
+        "TYPES",
+        "IN FLIGHT",
+        "VERSION",
+        "CONNECTED",
+        "COMPLETED",
+        "FAILED",
+        "STATE",
+    ]);
     for a in &agents {
-        let types = a["task_types"].as_array().map(|t| t.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default();
-        let state = if a["draining"] == true { "draining" } else { "active" };
+        let types = a["task_types"]
+            .as_array()
+            .map(|t| t.iter().map(s).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        let state = if a["draining"] == true {
+            "draining"
+        } else {
+            "active"
+        };
         t.add_row(vec![
             s(&a["agent_id"]),
             types,

@@ -63,15 +63,26 @@ impl ServeArgs {
 
     fn load(&self) -> Result<Config> {
         let env: HashMap<String, String> = std::env::vars().collect();
-        Ok(Config::load(self.config.as_deref(), &env, self.overrides())?)
+        Ok(Config::load(
+            self.config.as_deref(),
+            &env,
+            self.overrides(),
+        )?)
     }
 }
 
 pub fn init_logging(level: &str, format: LogFormat) {
-    let level = if level.eq_ignore_ascii_case("warning") { "warn".to_string() } else { level.to_ascii_lowercase() };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn,tower=warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let level = if level.eq_ignore_ascii_case("warning") {
+        "warn".to_string()
+    } else {
+        level.to_ascii_lowercase()
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn,tower=warn"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -82,7 +93,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -98,9 +110,14 @@ async fn start(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result
     let store = baton_server::open_embedded_store(&cfg)?;
     let listeners = baton_server::Listeners::bind(&cfg).await?;
     let (http, grpc) = listeners.addrs()?;
-    println!("baton listening http={http} grpc={grpc} data_dir={}", cfg.data_dir.display());
+    println!(
+        "baton listening http={http} grpc={grpc} data_dir={}",
+        cfg.data_dir.display()
+    );
     if cfg.durability == Durability::Normal {
-        tracing::warn!("durability=normal: accepted tasks survive a killed process but not a power loss");
+        tracing::warn!(
+            "durability=normal: accepted tasks survive a killed process but not a power loss"
+        );
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agents = with_agents.map(|(concurrency, types)| {
@@ -110,7 +127,9 @@ async fn start(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            if let Err(e) = run_builtin_agent(vec![grpc_url], types, concurrency, None, Box::pin(stop)).await {
+            if let Err(e) =
+                run_builtin_agent(vec![grpc_url], types, concurrency, None, Box::pin(stop)).await
+            {
                 tracing::error!(error = %e, "built-in agents stopped");
             }
         })
@@ -150,17 +169,30 @@ pub struct DevArgs {
 
 pub async fn dev(args: DevArgs) -> Result<()> {
     let cfg = args.serve.load()?;
-    let types = baton_agents::BUILTIN_TYPES.iter().map(|s| s.to_string()).collect();
+    let types = baton_agents::BUILTIN_TYPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     start(cfg, Some((args.agent_concurrency, types))).await
 }
 
 #[derive(Args, Clone)]
 pub struct AgentArgs {
     /// Built-in agent type(s) to serve: echo, sleep, fail (repeatable; also AGENT_TYPE, comma-separated).
-    #[arg(long = "type", env = "AGENT_TYPE", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "type",
+        env = "AGENT_TYPE",
+        value_delimiter = ',',
+        required = true
+    )]
     types: Vec<String>,
     /// Orchestrator gRPC URL(s); the agent moves to the next when one goes away.
-    #[arg(long, env = "BATON_ORCHESTRATOR", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "BATON_ORCHESTRATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
     orchestrator: Vec<String>,
     /// Tasks handled at once (also MAX_CONCURRENT_TASKS).
     #[arg(long, env = "MAX_CONCURRENT_TASKS", default_value_t = 16)]
@@ -176,13 +208,23 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     init_logging(&args.log_level, LogFormat::Text);
     for t in &args.types {
         if !baton_agents::BUILTIN_TYPES.contains(&t.as_str()) {
-            anyhow::bail!("unknown agent type {t:?}: built-in types are {}", baton_agents::BUILTIN_TYPES.join(", "));
+            anyhow::bail!(
+                "unknown agent type {t:?}: built-in types are {}",
+                baton_agents::BUILTIN_TYPES.join(", ")
+            );
         }
     }
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
-    run_builtin_agent(args.orchestrator, args.types, args.concurrency, args.agent_id, Box::pin(shutdown_signal())).await
+    run_builtin_agent(
+        args.orchestrator,
+        args.types,
+        args.concurrency,
+        args.agent_id,
+        Box::pin(shutdown_signal()),
+    )
+    .await
 }
 
 async fn run_builtin_agent(
@@ -192,13 +234,18 @@ async fn run_builtin_agent(
     agent_id: Option<String>,
     stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> Result<()> {
-    let mut builder = baton_sdk::Agent::builder(endpoints).max_concurrent(concurrency.min(u32::MAX as usize) as u32).version(env!("CARGO_PKG_VERSION"));
+    let mut builder = baton_sdk::Agent::builder(endpoints)
+        .max_concurrent(concurrency.min(u32::MAX as usize) as u32)
+        .version(env!("CARGO_PKG_VERSION"));
     for t in &types {
         builder = builder.task_type(t.clone());
     }
     if let Some(id) = agent_id {
         builder = builder.agent_id(id);
     }
-    builder.run_until(baton_agents::builtin(), stop).await.context("agent failed")?;
+    builder
+        .run_until(baton_agents::builtin(), stop)
+        .await
+        .context("agent failed")?;
     Ok(())
 }

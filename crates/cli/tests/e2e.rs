@@ -28,15 +28,26 @@ async fn task_runs_on_an_agent_and_reports_seed_000_shape() {
     assert_eq!(submitted["task_id"], "report-001");
     let t = api.wait_done("report-001", LONG).await;
     assert_eq!(t["status"], "completed", "{t}");
-    assert_eq!(t["output"]["inputs"][0], json!({"type": "text", "data": "Q4 sales data..."}));
-    assert_eq!(t["output"]["inputs"][1], json!({"type": "image", "data": "aGVsbG8="}));
+    assert_eq!(
+        t["output"]["inputs"][0],
+        json!({"type": "text", "data": "Q4 sales data..."})
+    );
+    assert_eq!(
+        t["output"]["inputs"][1],
+        json!({"type": "image", "data": "aGVsbG8="})
+    );
     assert_eq!(t["agent_executions"].as_array().unwrap().len(), 1);
     assert_eq!(t["agent_executions"][0]["agent_id"], "echo-1");
     assert_eq!(t["agent_executions"][0]["status"], "completed");
     assert_eq!(t["metrics"]["retry_count"], 0);
     assert_eq!(t["metrics"]["agents_used"], 1);
     assert!(t["metrics"]["total_duration_ms"].is_u64());
-    let kinds: Vec<&str> = t["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["submitted", "started", "succeeded"]);
 
     let h = api.get("/health").await;
@@ -63,15 +74,22 @@ async fn retry_then_success() {
     let _agent = AgentProc::start(&server.grpc, "fail", 4, "fail-1");
     let api = Api::new(&server.http);
     api.wait_agents(1).await;
-    api.submit(json!({"task_id": "flaky", "task_type": "fail", "metadata": {"fail_times": 2},
-                      "retry": {"max_attempts": 3, "backoff_base_ms": 20, "jitter": 0}}))
-        .await;
+    api.submit(
+        json!({"task_id": "flaky", "task_type": "fail", "metadata": {"fail_times": 2},
+                      "retry": {"max_attempts": 3, "backoff_base_ms": 20, "jitter": 0}}),
+    )
+    .await;
     let t = api.wait_done("flaky", LONG).await;
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["attempt"], 3);
     assert_eq!(t["metrics"]["retry_count"], 2);
     assert_eq!(t["output"]["attempt"], 3);
-    let statuses: Vec<&str> = t["agent_executions"].as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = t["agent_executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["failed", "failed", "completed"]);
 }
 
@@ -82,16 +100,23 @@ async fn exhausted_retries_dead_letter_then_reprocess_succeeds() {
     let _agent = AgentProc::start(&server.grpc, "fail", 4, "fail-1");
     let api = Api::new(&server.http);
     api.wait_agents(1).await;
-    api.submit(json!({"task_id": "doomed", "task_type": "fail", "metadata": {"fail_times": 3},
-                      "retry": {"max_attempts": 3, "backoff_base_ms": 10, "jitter": 0}}))
-        .await;
+    api.submit(
+        json!({"task_id": "doomed", "task_type": "fail", "metadata": {"fail_times": 3},
+                      "retry": {"max_attempts": 3, "backoff_base_ms": 10, "jitter": 0}}),
+    )
+    .await;
     let t = api.wait_done("doomed", LONG).await;
     assert_eq!(t["status"], "dead_lettered", "{t}");
     assert_eq!(t["error"]["kind"], "retries_exhausted");
 
     let dlq = api.get("/api/v1/dlq").await;
     assert_eq!(dlq.status, 200);
-    let ids: Vec<&str> = dlq.body["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = dlq.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["doomed"]);
 
     let r = api.post("/api/v1/dlq/doomed/reprocess", &json!({})).await;
@@ -99,14 +124,25 @@ async fn exhausted_retries_dead_letter_then_reprocess_succeeds() {
     assert_eq!(r.body["status"], "queued");
     let t = api.wait_done("doomed", LONG).await;
     assert_eq!(t["status"], "completed", "{t}");
-    assert_eq!(t["attempt"], 4, "attempt numbers keep growing after reprocess");
-    assert!(api.get("/api/v1/dlq").await.body["tasks"].as_array().unwrap().is_empty());
+    assert_eq!(
+        t["attempt"], 4,
+        "attempt numbers keep growing after reprocess"
+    );
+    assert!(api.get("/api/v1/dlq").await.body["tasks"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     // Reprocessing a task that is not dead-lettered is refused.
     let again = api.post("/api/v1/dlq/doomed/reprocess", &json!({})).await;
     assert_eq!(again.status, 409);
     assert_eq!(again.body["error"]["code"], "failed_precondition");
-    assert_eq!(api.post("/api/v1/dlq/nope/reprocess", &json!({})).await.status, 404);
+    assert_eq!(
+        api.post("/api/v1/dlq/nope/reprocess", &json!({}))
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -116,7 +152,8 @@ async fn permanent_failure_fails_without_retry() {
     let _agent = AgentProc::start(&server.grpc, "fail", 4, "fail-1");
     let api = Api::new(&server.http);
     api.wait_agents(1).await;
-    api.submit(json!({"task_id": "bad", "task_type": "fail", "metadata": {"permanent": true}})).await;
+    api.submit(json!({"task_id": "bad", "task_type": "fail", "metadata": {"permanent": true}}))
+        .await;
     let t = api.wait_done("bad", LONG).await;
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["error"]["kind"], "permanent");
@@ -139,7 +176,8 @@ async fn timeout_cancels_the_attempt_and_counts_it_as_failed() {
     assert_eq!(execs.len(), 2);
     assert!(execs.iter().all(|e| e["status"] == "timeout"), "{t}");
     // The agent (concurrency 1) was freed by the cancel: new work still runs.
-    api.submit(json!({"task_id": "quick", "task_type": "sleep", "metadata": {"sleep_ms": 1}})).await;
+    api.submit(json!({"task_id": "quick", "task_type": "sleep", "metadata": {"sleep_ms": 1}}))
+        .await;
     assert_eq!(api.wait_done("quick", LONG).await["status"], "completed");
 }
 
@@ -149,23 +187,37 @@ async fn cancel_queued_and_running_tasks() {
     let server = Server::start(&dir.0);
     let api = Api::new(&server.http);
     // No agent yet: the task stays queued.
-    api.submit(json!({"task_id": "waiting", "task_type": "sleep", "metadata": {"sleep_ms": 1}})).await;
-    let r = api.post("/api/v1/tasks/waiting/cancel", &json!({"reason": "changed my mind"})).await;
+    api.submit(json!({"task_id": "waiting", "task_type": "sleep", "metadata": {"sleep_ms": 1}}))
+        .await;
+    let r = api
+        .post(
+            "/api/v1/tasks/waiting/cancel",
+            &json!({"reason": "changed my mind"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "cancelled");
 
     let _agent = AgentProc::start(&server.grpc, "sleep", 1, "sleep-1");
     api.wait_agents(1).await;
-    api.submit(json!({"task_id": "long", "task_type": "sleep", "metadata": {"sleep_ms": 60000}})).await;
-    api.wait_for("long", LONG, |t| t["status"] == "running").await;
+    api.submit(json!({"task_id": "long", "task_type": "sleep", "metadata": {"sleep_ms": 60000}}))
+        .await;
+    api.wait_for("long", LONG, |t| t["status"] == "running")
+        .await;
     let r = api.post("/api/v1/tasks/long/cancel", &json!({})).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "cancelled");
     let again = api.post("/api/v1/tasks/long/cancel", &json!({})).await;
     assert_eq!(again.status, 409, "{}", again.body);
-    assert_eq!(api.post("/api/v1/tasks/ghost/cancel", &json!({})).await.status, 404);
+    assert_eq!(
+        api.post("/api/v1/tasks/ghost/cancel", &json!({}))
+            .await
+            .status,
+        404
+    );
     // The cancelled attempt's slot is free again.
-    api.submit(json!({"task_id": "next", "task_type": "sleep", "metadata": {"sleep_ms": 1}})).await;
+    api.submit(json!({"task_id": "next", "task_type": "sleep", "metadata": {"sleep_ms": 1}}))
+        .await;
     assert_eq!(api.wait_done("next", LONG).await["status"], "completed");
     // The never-started task never ran.
     let w = api.get("/api/v1/tasks/waiting").await.body;
@@ -180,10 +232,13 @@ async fn agent_killed_mid_task_is_replaced() {
     let api = Api::new(&server.http);
     let mut first = AgentProc::start(&server.grpc, "sleep", 1, "doomed-agent");
     api.wait_agents(1).await;
-    api.submit(json!({"task_id": "job", "task_type": "sleep", "metadata": {"sleep_ms": 1500},
-                      "retry": {"max_attempts": 3, "backoff_base_ms": 10, "jitter": 0}}))
+    api.submit(
+        json!({"task_id": "job", "task_type": "sleep", "metadata": {"sleep_ms": 1500},
+                      "retry": {"max_attempts": 3, "backoff_base_ms": 10, "jitter": 0}}),
+    )
+    .await;
+    api.wait_for("job", LONG, |t| t["status"] == "running")
         .await;
-    api.wait_for("job", LONG, |t| t["status"] == "running").await;
     first.kill();
     let _second = AgentProc::start(&server.grpc, "sleep", 1, "rescuer");
     let t = api.wait_done("job", LONG).await;
@@ -210,7 +265,9 @@ async fn server_sigkill_mid_run_loses_nothing_and_completes_each_task_once() {
         .map(|i| json!({"task_id": format!("t{i:04}"), "task_type": "sleep", "metadata": {"sleep_ms": 10},
                          "retry": {"max_attempts": 10, "backoff_base_ms": 10, "jitter": 0}}))
         .collect();
-    let r = api.post("/api/v1/tasks/batch", &json!({"tasks": tasks})).await;
+    let r = api
+        .post("/api/v1/tasks/batch", &json!({"tasks": tasks}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["created"], n);
     // Let part of the work finish, then kill the server without warning while
@@ -235,7 +292,10 @@ async fn server_sigkill_mid_run_loses_nothing_and_completes_each_task_once() {
         if h["stats"]["tasks"]["completed"].as_u64().unwrap() == n as u64 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "not every task completed: {h}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every task completed: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every accepted task is there, completed, with exactly one success.
@@ -249,9 +309,17 @@ async fn server_sigkill_mid_run_loses_nothing_and_completes_each_task_once() {
         let page = api.get(&path).await.body;
         for t in page["tasks"].as_array().unwrap() {
             assert_eq!(t["status"], "completed", "{t}");
-            let successes = t["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "succeeded").count();
+            let successes = t["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "succeeded")
+                .count();
             assert_eq!(successes, 1, "{t}");
-            assert!(seen.insert(t["task_id"].as_str().unwrap().to_string()), "listed twice: {t}");
+            assert!(
+                seen.insert(t["task_id"].as_str().unwrap().to_string()),
+                "listed twice: {t}"
+            );
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -269,41 +337,147 @@ async fn bad_input_gets_one_error_shape_and_changes_nothing() {
     let check = |r: &Resp, status: u16, code: &str| {
         assert_eq!(r.status, status, "{}", r.body);
         assert_eq!(r.body["error"]["code"], code, "{}", r.body);
-        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.body);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            r.body
+        );
         assert!(r.body["error"]["details"].is_object(), "{}", r.body);
     };
-    let post_raw = |body: &'static str| api.raw(reqwest::Method::POST, "/api/v1/tasks", Some(body.as_bytes().to_vec()));
+    let post_raw = |body: &'static str| {
+        api.raw(
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            Some(body.as_bytes().to_vec()),
+        )
+    };
     check(&post_raw("{not json").await, 400, "invalid_argument");
     check(&post_raw("").await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": 42})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": ""})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "priority": 11})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "priority": 0})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "timeout_ms": 0})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "timeout_ms": -5})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "inputs": "text"})).await, 400, "invalid_argument");
-    check(&api.post("/api/v1/tasks", &json!({"task_type": "echo", "inputs": [{"type": "image", "data": "%%%"}]})).await, 400, "invalid_argument");
-    check(&api.get("/api/v1/tasks?status=exploded").await, 400, "invalid_argument");
-    check(&api.get("/api/v1/tasks?limit=abc").await, 400, "invalid_argument");
-    check(&api.get("/api/v1/tasks?limit=0").await, 400, "invalid_argument");
+    check(
+        &api.post("/api/v1/tasks", &json!({"task_type": 42})).await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post("/api/v1/tasks", &json!({"task_type": ""})).await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "priority": 11}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "priority": 0}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "timeout_ms": 0}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "timeout_ms": -5}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "inputs": "text"}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.post(
+            "/api/v1/tasks",
+            &json!({"task_type": "echo", "inputs": [{"type": "image", "data": "%%%"}]}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.get("/api/v1/tasks?status=exploded").await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.get("/api/v1/tasks?limit=abc").await,
+        400,
+        "invalid_argument",
+    );
+    check(
+        &api.get("/api/v1/tasks?limit=0").await,
+        400,
+        "invalid_argument",
+    );
     check(&api.get("/api/v1/tasks/nope").await, 404, "not_found");
     check(&api.get("/api/v1/nothing-here").await, 404, "not_found");
 
     // Several problems are reported at once, each with its field.
-    let r = api.post("/api/v1/tasks", &json!({"task_type": "", "priority": 99, "timeout_ms": 0})).await;
-    let fields: Vec<&str> = r.body["error"]["details"]["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"task_type": "", "priority": 99, "timeout_ms": 0}),
+        )
+        .await;
+    let fields: Vec<&str> = r.body["error"]["details"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["task_type", "priority", "timeout_ms"]);
 
     // Too large (default limit 16 MiB).
-    let big = format!("{{\"task_type\": \"echo\", \"inputs\": [{{\"type\": \"text\", \"data\": \"{}\"}}]}}", "x".repeat(17 * 1024 * 1024));
+    let big = format!(
+        "{{\"task_type\": \"echo\", \"inputs\": [{{\"type\": \"text\", \"data\": \"{}\"}}]}}",
+        "x".repeat(17 * 1024 * 1024)
+    );
     // (its own connection: the server answers before reading the body and closes it)
     let fresh = Api::new(&server.http);
-    check(&fresh.raw(reqwest::Method::POST, "/api/v1/tasks", Some(big.into_bytes())).await, 413, "payload_too_large");
+    check(
+        &fresh
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/tasks",
+                Some(big.into_bytes()),
+            )
+            .await,
+        413,
+        "payload_too_large",
+    );
 
     // A batch with one bad task stores none of them.
     let r = api.post("/api/v1/tasks/batch", &json!({"tasks": [{"task_id": "ok-1", "task_type": "echo"}, {"task_type": "echo", "priority": "urgent"}]})).await;
     check(&r, 400, "invalid_argument");
-    assert_eq!(r.body["error"]["details"]["problems"][0]["field"], "tasks[1].priority");
+    assert_eq!(
+        r.body["error"]["details"]["problems"][0]["field"],
+        "tasks[1].priority"
+    );
     assert_eq!(api.get("/api/v1/tasks/ok-1").await.status, 404);
 
     // Idempotency: same content again is fine, different content conflicts.
@@ -314,11 +488,26 @@ async fn bad_input_gets_one_error_shape_and_changes_nothing() {
     assert_eq!(same.body["task_id"], "dup");
     let mut different = echo("dup");
     different["metadata"] = json!({"x": 1});
-    check(&api.post("/api/v1/tasks", &different).await, 409, "conflict");
+    check(
+        &api.post("/api/v1/tasks", &different).await,
+        409,
+        "conflict",
+    );
 
     // Nothing above changed the store: only "dup" exists.
     let h = api.get("/health").await.body;
-    let total: u64 = h["stats"]["tasks"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let total: u64 = h["stats"]["tasks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 1, "{h}");
-    assert_eq!(api.get("/api/v1/tasks").await.body["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("/api/v1/tasks").await.body["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

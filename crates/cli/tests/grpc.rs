@@ -14,7 +14,10 @@ async fn client(server: &Server) -> v1::baton_client::BatonClient<tonic::transpo
 }
 
 fn task(task_type: &str) -> v1::TaskRequest {
-    v1::TaskRequest { task_type: task_type.into(), ..Default::default() }
+    v1::TaskRequest {
+        task_type: task_type.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -30,13 +33,31 @@ async fn grpc_submit_and_get_match_rest_and_carry_raw_bytes() {
     req.priority = "high".into();
     req.metadata_json = r#"{"source": "grpc"}"#.into();
     req.inputs = vec![
-        v1::InputPart { r#type: "binary".into(), data: vec![0, 159, 146, 150], ..Default::default() },
-        v1::InputPart { r#type: "text".into(), data: b"hi".to_vec(), ..Default::default() },
+        v1::InputPart {
+            r#type: "binary".into(),
+            data: vec![0, 159, 146, 150],
+            ..Default::default()
+        },
+        v1::InputPart {
+            r#type: "text".into(),
+            data: b"hi".to_vec(),
+            ..Default::default()
+        },
     ];
-    let resp = c.submit_task(v1::SubmitTaskRequest { task: Some(req.clone()) }).await.unwrap().into_inner();
+    let resp = c
+        .submit_task(v1::SubmitTaskRequest {
+            task: Some(req.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(resp.created);
     assert_eq!(resp.task.unwrap().status, "queued");
-    let again = c.submit_task(v1::SubmitTaskRequest { task: Some(req) }).await.unwrap().into_inner();
+    let again = c
+        .submit_task(v1::SubmitTaskRequest { task: Some(req) })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.created, "same task again is not created twice");
 
     let rest = api.wait_done("grpc-1", Duration::from_secs(30)).await;
@@ -44,10 +65,19 @@ async fn grpc_submit_and_get_match_rest_and_carry_raw_bytes() {
     assert_eq!(rest["priority"], "high");
     // Raw bytes arrive intact (base64 of 00 9f 92 96 in the REST view of the echo).
     assert_eq!(rest["output"]["inputs"][0]["data"], "AJ+Slg==");
-    let got = c.get_task(v1::GetTaskRequest { task_id: "grpc-1".into() }).await.unwrap().into_inner();
+    let got = c
+        .get_task(v1::GetTaskRequest {
+            task_id: "grpc-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.status, "completed");
     assert_eq!(got.inputs[0].data, vec![0, 159, 146, 150]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&got.output_json).unwrap(), rest["output"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&got.output_json).unwrap(),
+        rest["output"]
+    );
     assert_eq!(got.metrics.unwrap().agents_used, 1);
     assert_eq!(got.agent_executions.len(), 1);
     let h = c.health(v1::HealthRequest {}).await.unwrap().into_inner();
@@ -63,45 +93,92 @@ async fn grpc_errors_match_rest_errors() {
 
     let mut bad = task("");
     bad.priority = "42".into();
-    let status = c.submit_task(v1::SubmitTaskRequest { task: Some(bad) }).await.unwrap_err();
+    let status = c
+        .submit_task(v1::SubmitTaskRequest { task: Some(bad) })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let grpc_err = baton_proto::from_status(&status);
-    let rest = api.post("/api/v1/tasks", &json!({"task_type": "", "priority": 42})).await;
+    let rest = api
+        .post("/api/v1/tasks", &json!({"task_type": "", "priority": 42}))
+        .await;
     assert_eq!(rest.status, 400);
     assert_eq!(grpc_err.code.as_str(), rest.body["error"]["code"]);
     assert_eq!(grpc_err.message, rest.body["error"]["message"]);
     assert_eq!(grpc_err.details, rest.body["error"]["details"]);
 
-    let missing = c.get_task(v1::GetTaskRequest { task_id: "nope".into() }).await.unwrap_err();
+    let missing = c
+        .get_task(v1::GetTaskRequest {
+            task_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
-    let bad_status = c.list_tasks(v1::ListTasksRequest { status: "exploded".into(), ..Default::default() }).await.unwrap_err();
+    let bad_status = c
+        .list_tasks(v1::ListTasksRequest {
+            status: "exploded".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(bad_status.code(), tonic::Code::InvalidArgument);
 
     let mut first = task("echo");
     first.task_id = "same".into();
-    c.submit_task(v1::SubmitTaskRequest { task: Some(first.clone()) }).await.unwrap();
+    c.submit_task(v1::SubmitTaskRequest {
+        task: Some(first.clone()),
+    })
+    .await
+    .unwrap();
     first.metadata_json = r#"{"other": true}"#.into();
-    let conflict = c.submit_task(v1::SubmitTaskRequest { task: Some(first) }).await.unwrap_err();
+    let conflict = c
+        .submit_task(v1::SubmitTaskRequest { task: Some(first) })
+        .await
+        .unwrap_err();
     assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
-    assert_eq!(baton_proto::from_status(&conflict).code.as_str(), "conflict");
+    assert_eq!(
+        baton_proto::from_status(&conflict).code.as_str(),
+        "conflict"
+    );
 }
 
 async fn channel(server: &Server) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.expect("grpc connects")
+    tonic::transport::Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc connects")
 }
 
 type AgentTx = tokio::sync::mpsc::Sender<v1::AgentMessage>;
 
-async fn raw_agent(server: &Server, reg: v1::Register) -> (AgentTx, tonic::Streaming<v1::ServerMessage>) {
+async fn raw_agent(
+    server: &Server,
+    reg: v1::Register,
+) -> (AgentTx, tonic::Streaming<v1::ServerMessage>) {
     let mut c = v1::agent_service_client::AgentServiceClient::new(channel(server).await);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Register(reg)) }).await.unwrap();
-    let stream = c.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Register(reg)),
+    })
+    .await
+    .unwrap();
+    let stream = c
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     (tx, stream)
 }
 
 async fn next(stream: &mut tonic::Streaming<v1::ServerMessage>) -> v1::server_message::Msg {
-    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("a message within 10 s").unwrap().unwrap().msg.unwrap()
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .unwrap()
+        .msg
+        .unwrap()
 }
 
 #[tokio::test]
@@ -111,17 +188,34 @@ async fn agent_protocol_respects_slots_and_fences_results() {
     let api = Api::new(&server.http);
 
     // An invalid registration is refused with the shared error code.
-    let (_tx0, mut s0) = raw_agent(&server, v1::Register { agent_id: "x".into(), max_concurrent: 1, ..Default::default() }).await;
+    let (_tx0, mut s0) = raw_agent(
+        &server,
+        v1::Register {
+            agent_id: "x".into(),
+            max_concurrent: 1,
+            ..Default::default()
+        },
+    )
+    .await;
     match next(&mut s0).await {
         v1::server_message::Msg::Error(e) => assert_eq!(e.code, "invalid_argument"),
         other => panic!("expected an error, got {other:?}"),
     }
 
-    let reg = v1::Register { agent_id: "raw".into(), task_types: vec!["raw".into()], max_concurrent: 2, ..Default::default() };
+    let reg = v1::Register {
+        agent_id: "raw".into(),
+        task_types: vec!["raw".into()],
+        max_concurrent: 2,
+        ..Default::default()
+    };
     let (tx, mut stream) = raw_agent(&server, reg).await;
-    assert!(matches!(next(&mut stream).await, v1::server_message::Msg::Registered(_)));
+    assert!(matches!(
+        next(&mut stream).await,
+        v1::server_message::Msg::Registered(_)
+    ));
     for i in 0..5 {
-        api.submit(json!({"task_id": format!("r{i}"), "task_type": "raw"})).await;
+        api.submit(json!({"task_id": format!("r{i}"), "task_type": "raw"}))
+            .await;
     }
     // Never more than the two declared slots while nothing is returned.
     let mut held = Vec::new();
@@ -131,33 +225,64 @@ async fn agent_protocol_respects_slots_and_fences_results() {
         }
     }
     assert_eq!(held.len(), 2);
-    assert!(tokio::time::timeout(Duration::from_millis(500), stream.next()).await.is_err(), "a third task was pushed into two slots");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err(),
+        "a third task was pushed into two slots"
+    );
 
     // A result for a task this agent does not hold is refused and changes nothing.
     let foreign = v1::Result {
         task_id: "r4".into(),
         attempt: 1,
-        outcome: Some(v1::result::Outcome::Success(v1::Success { output_json: "{}".into() })),
+        outcome: Some(v1::result::Outcome::Success(v1::Success {
+            output_json: "{}".into(),
+        })),
     };
     // A result for a held task but a wrong attempt is refused too.
-    let stale = v1::Result { attempt: held[0].attempt + 1, ..v1::Result { task_id: held[0].task_id.clone(), ..foreign.clone() } };
-    tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Results(v1::Results { results: vec![foreign, stale] })) }).await.unwrap();
+    let stale = v1::Result {
+        attempt: held[0].attempt + 1,
+        ..v1::Result {
+            task_id: held[0].task_id.clone(),
+            ..foreign.clone()
+        }
+    };
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Results(v1::Results {
+            results: vec![foreign, stale],
+        })),
+    })
+    .await
+    .unwrap();
     let acks = loop {
         if let v1::server_message::Msg::Acks(a) = next(&mut stream).await {
             break a.acks;
         }
     };
     assert_eq!(acks.len(), 2);
-    assert!(acks.iter().all(|a| !a.accepted && a.error_code == "stale_attempt"), "{acks:?}");
+    assert!(
+        acks.iter()
+            .all(|a| !a.accepted && a.error_code == "stale_attempt"),
+        "{acks:?}"
+    );
     assert_eq!(api.get("/api/v1/tasks/r4").await.body["status"], "queued");
 
     // A proper result is accepted, and frees a slot that is filled at once.
     let ok = v1::Result {
         task_id: held[0].task_id.clone(),
         attempt: held[0].attempt,
-        outcome: Some(v1::result::Outcome::Success(v1::Success { output_json: r#"{"done": 1}"#.into() })),
+        outcome: Some(v1::result::Outcome::Success(v1::Success {
+            output_json: r#"{"done": 1}"#.into(),
+        })),
     };
-    tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Results(v1::Results { results: vec![ok] })) }).await.unwrap();
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Results(v1::Results {
+            results: vec![ok],
+        })),
+    })
+    .await
+    .unwrap();
     let mut got_ack = false;
     let mut got_assignment = false;
     while !(got_ack && got_assignment) {
@@ -173,7 +298,10 @@ async fn agent_protocol_respects_slots_and_fences_results() {
             _ => {}
         }
     }
-    let done = api.get(&format!("/api/v1/tasks/{}", held[0].task_id)).await.body;
+    let done = api
+        .get(&format!("/api/v1/tasks/{}", held[0].task_id))
+        .await
+        .body;
     assert_eq!(done["status"], "completed");
     assert_eq!(done["output"], json!({"done": 1}));
 }

@@ -57,9 +57,15 @@ fn validate_id(raw: &str, what: &str) -> Result<(), crate::Error> {
         return Err(crate::Error::invalid(format!("{what} must not be empty")).with_field(what));
     }
     if raw.len() > MAX_ID_LEN {
-        return Err(crate::Error::invalid(format!("{what} is longer than {MAX_ID_LEN} bytes")).with_field(what));
+        return Err(
+            crate::Error::invalid(format!("{what} is longer than {MAX_ID_LEN} bytes"))
+                .with_field(what),
+        );
     }
-    if raw.chars().any(|c| c.is_control() || c == '/' || c.is_whitespace()) {
+    if raw
+        .chars()
+        .any(|c| c.is_control() || c == '/' || c.is_whitespace())
+    {
         return Err(crate::Error::invalid(format!(
             "{what} may not contain whitespace, control characters or '/'"
         ))

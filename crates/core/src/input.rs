@@ -39,7 +39,10 @@ impl InputKind {
         }
     }
     pub fn is_bytes(self) -> bool {
-        matches!(self, InputKind::Image | InputKind::Video | InputKind::Binary)
+        matches!(
+            self,
+            InputKind::Image | InputKind::Video | InputKind::Binary
+        )
     }
 }
 
@@ -62,27 +65,49 @@ pub struct InputPart {
 
 impl InputPart {
     pub fn text(s: impl Into<String>) -> Self {
-        Self { kind: InputKind::Text, data: PartData::Text(s.into()), mime_type: None, name: None }
+        Self {
+            kind: InputKind::Text,
+            data: PartData::Text(s.into()),
+            mime_type: None,
+            name: None,
+        }
     }
     pub fn json(v: serde_json::Value) -> Self {
-        Self { kind: InputKind::Json, data: PartData::Json(v), mime_type: None, name: None }
+        Self {
+            kind: InputKind::Json,
+            data: PartData::Json(v),
+            mime_type: None,
+            name: None,
+        }
     }
     pub fn bytes(kind: InputKind, b: Vec<u8>) -> Self {
-        Self { kind, data: PartData::Bytes(b), mime_type: None, name: None }
+        Self {
+            kind,
+            data: PartData::Bytes(b),
+            mime_type: None,
+            name: None,
+        }
     }
 
     /// Builds a part from its kind and raw bytes as they arrive over gRPC.
     pub fn from_wire(kind: InputKind, raw: Vec<u8>) -> Result<Self, crate::Error> {
-        let data = match kind {
-            InputKind::Text => PartData::Text(
-                String::from_utf8(raw).map_err(|_| crate::Error::invalid("text input is not valid utf-8"))?,
-            ),
-            InputKind::Json => PartData::Json(
-                serde_json::from_slice(&raw).map_err(|e| crate::Error::invalid(format!("json input does not parse: {e}")))?,
-            ),
-            _ => PartData::Bytes(raw),
-        };
-        Ok(Self { kind, data, mime_type: None, name: None })
+        let data =
+            match kind {
+                InputKind::Text => PartData::Text(
+                    String::from_utf8(raw)
+                        .map_err(|_| crate::Error::invalid("text input is not valid utf-8"))?,
+                ),
+                InputKind::Json => PartData::Json(serde_json::from_slice(&raw).map_err(|e| {
+                    crate::Error::invalid(format!("json input does not parse: {e}"))
+                })?),
+                _ => PartData::Bytes(raw),
+            };
+        Ok(Self {
+            kind,
+            data,
+            mime_type: None,
+            name: None,
+        })
     }
 
     /// The raw bytes sent over gRPC: utf-8 text, JSON text, or the bytes themselves.
@@ -105,29 +130,39 @@ impl InputPart {
 
     pub fn from_json_value(index: usize, value: &serde_json::Value) -> Result<Self, crate::Error> {
         let field = format!("inputs[{index}]");
-        let obj = value
-            .as_object()
-            .ok_or_else(|| crate::Error::invalid(format!("{field} must be an object with type and data")).with_field(&field))?;
-        let kind_raw = obj
-            .get("type")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| crate::Error::invalid(format!("{field}.type must be a string")).with_field(&field))?;
-        let kind = InputKind::parse(kind_raw).map_err(|e| e.with_field(&format!("{field}.type")))?;
+        let obj = value.as_object().ok_or_else(|| {
+            crate::Error::invalid(format!("{field} must be an object with type and data"))
+                .with_field(&field)
+        })?;
+        let kind_raw = obj.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
+            crate::Error::invalid(format!("{field}.type must be a string")).with_field(&field)
+        })?;
+        let kind =
+            InputKind::parse(kind_raw).map_err(|e| e.with_field(&format!("{field}.type")))?;
         let data = obj.get("data").unwrap_or(&serde_json::Value::Null);
         let data = match kind {
             InputKind::Text => PartData::Text(
                 data.as_str()
-                    .ok_or_else(|| crate::Error::invalid(format!("{field}.data must be a string for text")).with_field(&field))?
+                    .ok_or_else(|| {
+                        crate::Error::invalid(format!("{field}.data must be a string for text"))
+                            .with_field(&field)
+                    })?
                     .to_string(),
             ),
             InputKind::Json => PartData::Json(data.clone()),
             _ => {
                 let s = data.as_str().ok_or_else(|| {
-                    crate::Error::invalid(format!("{field}.data must be a base64 string for {kind_raw}")).with_field(&field)
+                    crate::Error::invalid(format!(
+                        "{field}.data must be a base64 string for {kind_raw}"
+                    ))
+                    .with_field(&field)
                 })?;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
-                    .map_err(|e| crate::Error::invalid(format!("{field}.data is not valid base64: {e}")).with_field(&field))?;
+                    .map_err(|e| {
+                        crate::Error::invalid(format!("{field}.data is not valid base64: {e}"))
+                            .with_field(&field)
+                    })?;
                 PartData::Bytes(bytes)
             }
         };
@@ -135,10 +170,18 @@ impl InputPart {
             match obj.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(crate::Error::invalid(format!("{field}.{k} must be a string")).with_field(&field)),
+                Some(_) => Err(
+                    crate::Error::invalid(format!("{field}.{k} must be a string"))
+                        .with_field(&field),
+                ),
             }
         };
-        Ok(Self { kind, data, mime_type: opt_str("mime_type")?, name: opt_str("name")? })
+        Ok(Self {
+            kind,
+            data,
+            mime_type: opt_str("mime_type")?,
+            name: opt_str("name")?,
+        })
     }
 
     pub fn to_json_value(&self) -> serde_json::Value {
@@ -147,7 +190,9 @@ impl InputPart {
         let data = match &self.data {
             PartData::Text(s) => serde_json::Value::String(s.clone()),
             PartData::Json(v) => v.clone(),
-            PartData::Bytes(b) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+            PartData::Bytes(b) => {
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+            }
         };
         obj.insert("data".into(), data);
         if let Some(m) = &self.mime_type {
@@ -188,13 +233,17 @@ mod tests {
         for p in parts {
             let v = p.to_json_value();
             assert_eq!(InputPart::from_json_value(0, &v).unwrap(), p);
-            assert_eq!(InputPart::from_wire(p.kind, p.to_wire()).unwrap().data, p.data);
+            assert_eq!(
+                InputPart::from_wire(p.kind, p.to_wire()).unwrap().data,
+                p.data
+            );
         }
     }
 
     #[test]
     fn bad_parts_are_refused_with_their_location() {
-        let e = InputPart::from_json_value(2, &json!({"type": "image", "data": "***"})).unwrap_err();
+        let e =
+            InputPart::from_json_value(2, &json!({"type": "image", "data": "***"})).unwrap_err();
         assert!(e.message.contains("inputs[2]"), "{}", e.message);
         assert!(InputPart::from_json_value(0, &json!({"type": "audio", "data": ""})).is_err());
         assert!(InputPart::from_json_value(0, &json!({"type": "text", "data": 5})).is_err());

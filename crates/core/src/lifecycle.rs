@@ -75,7 +75,10 @@ impl Status {
 
     /// No command moves a task out of these, except `reprocess` out of dead_lettered.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled | Status::DeadLettered)
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Cancelled | Status::DeadLettered
+        )
     }
 }
 
@@ -112,7 +115,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after_ms: None }
+        Self {
+            kind,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -188,14 +195,26 @@ pub struct TaskState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Start the next attempt on `agent`, leased to `lease_owner` until `lease_deadline_ms`.
-    Claim { agent_id: AgentId, lease_owner: String, lease_deadline_ms: Millis },
+    Claim {
+        agent_id: AgentId,
+        lease_owner: String,
+        lease_deadline_ms: Millis,
+    },
     /// The named attempt succeeded.
-    Succeed { attempt: u32, output: serde_json::Value },
+    Succeed {
+        attempt: u32,
+        output: serde_json::Value,
+    },
     /// The named attempt failed.
-    Fail { attempt: u32, failure: Failure },
+    Fail {
+        attempt: u32,
+        failure: Failure,
+    },
     /// A retry wait is over.
     Promote,
-    Cancel { reason: Option<String> },
+    Cancel {
+        reason: Option<String>,
+    },
     /// Send a dead-lettered task back to the queue with a fresh attempt budget.
     Reprocess,
 }
@@ -238,7 +257,12 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn for_spec(spec: &'a TaskSpec, now: Millis, jitter_sample: f64) -> Self {
-        Self { now, retry: &spec.retry, deadline_ms: spec.deadline_ms, jitter_sample }
+        Self {
+            now,
+            retry: &spec.retry,
+            deadline_ms: spec.deadline_ms,
+            jitter_sample,
+        }
     }
 }
 
@@ -252,7 +276,11 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
     #[error("attempt {got} is not the current attempt of this task (current: {current}, status: {status})")]
-    StaleAttempt { got: u32, current: u32, status: Status },
+    StaleAttempt {
+        got: u32,
+        current: u32,
+        status: Status,
+    },
     #[error("cannot {command} a task that is {from}")]
     Illegal { from: Status, command: &'static str },
 }
@@ -260,8 +288,12 @@ pub enum Refusal {
 impl From<Refusal> for crate::Error {
     fn from(r: Refusal) -> Self {
         match r {
-            Refusal::StaleAttempt { .. } => crate::Error::new(crate::ErrorCode::StaleAttempt, r.to_string()),
-            Refusal::Illegal { .. } => crate::Error::new(crate::ErrorCode::FailedPrecondition, r.to_string()),
+            Refusal::StaleAttempt { .. } => {
+                crate::Error::new(crate::ErrorCode::StaleAttempt, r.to_string())
+            }
+            Refusal::Illegal { .. } => {
+                crate::Error::new(crate::ErrorCode::FailedPrecondition, r.to_string())
+            }
         }
     }
 }
@@ -318,16 +350,32 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
     next.updated_at_ms = now;
     let mut effects = Vec::new();
     let command_name = command.name();
-    let illegal = || Refusal::Illegal { from, command: command_name };
-
-    let event = |next: &mut TaskState, kind: EventKind, agent: Option<AgentId>, message: Option<String>| {
-        let attempt = next.attempt;
-        let to = next.status;
-        next.events.push(TaskEvent { at_ms: now, kind, from: Some(from), to, attempt, agent_id: agent, message });
+    let illegal = || Refusal::Illegal {
+        from,
+        command: command_name,
     };
 
+    let event =
+        |next: &mut TaskState, kind: EventKind, agent: Option<AgentId>, message: Option<String>| {
+            let attempt = next.attempt;
+            let to = next.status;
+            next.events.push(TaskEvent {
+                at_ms: now,
+                kind,
+                from: Some(from),
+                to,
+                attempt,
+                agent_id: agent,
+                message,
+            });
+        };
+
     match command {
-        Command::Claim { agent_id, lease_owner, lease_deadline_ms } => {
+        Command::Claim {
+            agent_id,
+            lease_owner,
+            lease_deadline_ms,
+        } => {
             if from != Status::Queued {
                 return Err(illegal());
             }
@@ -340,9 +388,17 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
                         message: "the task's deadline passed before it could start".into(),
                         attempt: next.attempt,
                     });
-                    event(&mut next, EventKind::DeadlineExceeded, None, Some("deadline passed while queued".into()));
+                    event(
+                        &mut next,
+                        EventKind::DeadlineExceeded,
+                        None,
+                        Some("deadline passed while queued".into()),
+                    );
                     effects.push(Effect::Finished(Status::Failed));
-                    return Ok(Transition { state: next, effects });
+                    return Ok(Transition {
+                        state: next,
+                        effects,
+                    });
                 }
             }
             next.status = Status::Running;
@@ -354,7 +410,11 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
         }
         Command::Succeed { attempt, output } => {
             if from != Status::Running || attempt != state.attempt {
-                return Err(Refusal::StaleAttempt { got: attempt, current: state.attempt, status: from });
+                return Err(Refusal::StaleAttempt {
+                    got: attempt,
+                    current: state.attempt,
+                    status: from,
+                });
             }
             let agent = next.agent_id.take();
             next.status = Status::Completed;
@@ -368,13 +428,21 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
         }
         Command::Fail { attempt, failure } => {
             if from != Status::Running || attempt != state.attempt {
-                return Err(Refusal::StaleAttempt { got: attempt, current: state.attempt, status: from });
+                return Err(Refusal::StaleAttempt {
+                    got: attempt,
+                    current: state.attempt,
+                    status: from,
+                });
             }
             let agent = next.agent_id.take();
             next.lease_owner = None;
             next.lease_deadline_ms = None;
             let kind_name = failure_kind_name(failure.kind);
-            next.error = Some(TaskError { kind: kind_name.into(), message: failure.message.clone(), attempt });
+            next.error = Some(TaskError {
+                kind: kind_name.into(),
+                message: failure.message.clone(),
+                attempt,
+            });
             let detail = Some(format!("{kind_name}: {}", failure.message));
             if failure.kind == FailureKind::Permanent {
                 next.status = Status::Failed;
@@ -386,21 +454,30 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
                 next.finished_at_ms = Some(now);
                 next.error = Some(TaskError {
                     kind: "retries_exhausted".into(),
-                    message: format!("{} attempts failed; last: {kind_name}: {}", next.attempts_used(), failure.message),
+                    message: format!(
+                        "{} attempts failed; last: {kind_name}: {}",
+                        next.attempts_used(),
+                        failure.message
+                    ),
                     attempt,
                 });
                 event(&mut next, EventKind::DeadLettered, agent, detail);
                 effects.push(Effect::Finished(Status::DeadLettered));
             } else {
                 let backoff = ctx.retry.delay_ms(next.attempts_used(), ctx.jitter_sample);
-                let wait = failure.retry_after_ms.map_or(backoff, |r| r.max(backoff.min(r)));
+                let wait = failure
+                    .retry_after_ms
+                    .map_or(backoff, |r| r.max(backoff.min(r)));
                 let ready_at = now.saturating_add(wait);
                 if ctx.deadline_ms.is_some_and(|d| ready_at >= d) {
                     next.status = Status::Failed;
                     next.finished_at_ms = Some(now);
                     next.error = Some(TaskError {
                         kind: "deadline_exceeded".into(),
-                        message: format!("the next retry would start after the deadline; last: {}", failure.message),
+                        message: format!(
+                            "the next retry would start after the deadline; last: {}",
+                            failure.message
+                        ),
                         attempt,
                     });
                     event(&mut next, EventKind::DeadlineExceeded, agent, detail);
@@ -428,7 +505,10 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             }
             if from == Status::Running {
                 if let Some(agent) = next.agent_id.clone() {
-                    effects.push(Effect::CancelOnAgent { agent_id: agent, attempt: next.attempt });
+                    effects.push(Effect::CancelOnAgent {
+                        agent_id: agent,
+                        attempt: next.attempt,
+                    });
                 }
             }
             let agent = next.agent_id.take();
@@ -452,7 +532,10 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             effects.push(Effect::Ready);
         }
     }
-    Ok(Transition { state: next, effects })
+    Ok(Transition {
+        state: next,
+        effects,
+    })
 }
 
 /// The transitions `apply` can make, as (from, to). Used by tests and documentation.
@@ -480,11 +563,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn ctx(now: Millis, retry: &RetryPolicy) -> Ctx<'_> {
-        Ctx { now, retry, deadline_ms: None, jitter_sample: 0.0 }
+        Ctx {
+            now,
+            retry,
+            deadline_ms: None,
+            jitter_sample: 0.0,
+        }
     }
 
     fn claim(agent: &str) -> Command {
-        Command::Claim { agent_id: AgentId::from_trusted(agent), lease_owner: "s1".into(), lease_deadline_ms: 10_000 }
+        Command::Claim {
+            agent_id: AgentId::from_trusted(agent),
+            lease_owner: "s1".into(),
+            lease_deadline_ms: 10_000,
+        }
     }
 
     #[test]
@@ -493,7 +585,15 @@ mod tests {
         let s = TaskState::new_queued(0);
         let s = apply(&s, claim("a"), ctx(1, &p)).unwrap().state;
         assert_eq!((s.status, s.attempt), (Status::Running, 1));
-        let t = apply(&s, Command::Succeed { attempt: 1, output: serde_json::json!(1) }, ctx(2, &p)).unwrap();
+        let t = apply(
+            &s,
+            Command::Succeed {
+                attempt: 1,
+                output: serde_json::json!(1),
+            },
+            ctx(2, &p),
+        )
+        .unwrap();
         assert_eq!(t.state.status, Status::Completed);
         assert_eq!(t.effects, vec![Effect::Finished(Status::Completed)]);
         assert_eq!(t.state.events.len(), 3);
@@ -501,14 +601,24 @@ mod tests {
 
     #[test]
     fn retries_then_dead_letter_then_reprocess() {
-        let p = RetryPolicy { max_attempts: 2, backoff_base_ms: 100, jitter: 0.0, ..Default::default() };
-        let fail = |a| Command::Fail { attempt: a, failure: Failure::new(FailureKind::Retryable, "boom") };
+        let p = RetryPolicy {
+            max_attempts: 2,
+            backoff_base_ms: 100,
+            jitter: 0.0,
+            ..Default::default()
+        };
+        let fail = |a| Command::Fail {
+            attempt: a,
+            failure: Failure::new(FailureKind::Retryable, "boom"),
+        };
         let mut s = TaskState::new_queued(0);
         s = apply(&s, claim("a"), ctx(1, &p)).unwrap().state;
         let t = apply(&s, fail(1), ctx(2, &p)).unwrap();
         assert_eq!(t.state.status, Status::RetryWait);
         assert_eq!(t.effects, vec![Effect::WakeAt(102)]);
-        s = apply(&t.state, Command::Promote, ctx(102, &p)).unwrap().state;
+        s = apply(&t.state, Command::Promote, ctx(102, &p))
+            .unwrap()
+            .state;
         s = apply(&s, claim("b"), ctx(103, &p)).unwrap().state;
         s = apply(&s, fail(2), ctx(104, &p)).unwrap().state;
         assert_eq!(s.status, Status::DeadLettered);
@@ -516,34 +626,72 @@ mod tests {
         s = apply(&s, Command::Reprocess, ctx(200, &p)).unwrap().state;
         assert_eq!((s.status, s.attempts_used()), (Status::Queued, 0));
         s = apply(&s, claim("c"), ctx(201, &p)).unwrap().state;
-        assert_eq!(s.attempt, 3, "attempt numbers keep growing across reprocess");
+        assert_eq!(
+            s.attempt, 3,
+            "attempt numbers keep growing across reprocess"
+        );
     }
 
     #[test]
     fn stale_results_are_refused() {
         let p = RetryPolicy::default();
-        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p)).unwrap().state;
-        let r = apply(&s, Command::Succeed { attempt: 2, output: serde_json::Value::Null }, ctx(2, &p));
+        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p))
+            .unwrap()
+            .state;
+        let r = apply(
+            &s,
+            Command::Succeed {
+                attempt: 2,
+                output: serde_json::Value::Null,
+            },
+            ctx(2, &p),
+        );
         assert!(matches!(r, Err(Refusal::StaleAttempt { .. })));
     }
 
     #[test]
     fn permanent_failure_does_not_retry_and_retry_after_is_honoured() {
-        let p = RetryPolicy { jitter: 0.0, ..Default::default() };
-        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p)).unwrap().state;
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..Default::default()
+        };
+        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p))
+            .unwrap()
+            .state;
         let perm = Failure::new(FailureKind::Permanent, "bad input");
-        let t = apply(&s, Command::Fail { attempt: 1, failure: perm }, ctx(2, &p)).unwrap();
+        let t = apply(
+            &s,
+            Command::Fail {
+                attempt: 1,
+                failure: perm,
+            },
+            ctx(2, &p),
+        )
+        .unwrap();
         assert_eq!(t.state.status, Status::Failed);
         let mut later = Failure::new(FailureKind::Retryable, "busy");
         later.retry_after_ms = Some(30_000);
-        let t = apply(&s, Command::Fail { attempt: 1, failure: later }, ctx(2, &p)).unwrap();
+        let t = apply(
+            &s,
+            Command::Fail {
+                attempt: 1,
+                failure: later,
+            },
+            ctx(2, &p),
+        )
+        .unwrap();
         assert_eq!(t.state.ready_at_ms, Some(30_002));
     }
 
     #[test]
     fn deadline_fails_the_task() {
         let p = RetryPolicy::default();
-        let c = Ctx { now: 50, retry: &p, deadline_ms: Some(40), jitter_sample: 0.0 };
+        let c = Ctx {
+            now: 50,
+            retry: &p,
+            deadline_ms: Some(40),
+            jitter_sample: 0.0,
+        };
         let t = apply(&TaskState::new_queued(0), claim("a"), c).unwrap();
         assert_eq!(t.state.status, Status::Failed);
         assert_eq!(t.state.error.unwrap().kind, "deadline_exceeded");
@@ -552,9 +700,14 @@ mod tests {
     #[test]
     fn cancel_of_running_task_tells_the_agent() {
         let p = RetryPolicy::default();
-        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p)).unwrap().state;
+        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p))
+            .unwrap()
+            .state;
         let t = apply(&s, Command::Cancel { reason: None }, ctx(2, &p)).unwrap();
-        assert!(t.effects.contains(&Effect::CancelOnAgent { agent_id: AgentId::from_trusted("a"), attempt: 1 }));
+        assert!(t.effects.contains(&Effect::CancelOnAgent {
+            agent_id: AgentId::from_trusted("a"),
+            attempt: 1
+        }));
         assert!(apply(&t.state, Command::Cancel { reason: None }, ctx(3, &p)).is_err());
     }
 
@@ -565,12 +718,20 @@ mod tests {
                 lease_owner: "s".into(),
                 lease_deadline_ms: 1_000_000,
             }),
-            (0u32..6).prop_map(|attempt| Command::Succeed { attempt, output: serde_json::json!({"ok": true}) }),
+            (0u32..6).prop_map(|attempt| Command::Succeed {
+                attempt,
+                output: serde_json::json!({"ok": true})
+            }),
             (0u32..6, 0u8..5).prop_map(|(attempt, k)| Command::Fail {
                 attempt,
                 failure: Failure::new(
-                    [FailureKind::Retryable, FailureKind::Permanent, FailureKind::Timeout, FailureKind::AgentLost,
-                        FailureKind::LeaseExpired][k as usize],
+                    [
+                        FailureKind::Retryable,
+                        FailureKind::Permanent,
+                        FailureKind::Timeout,
+                        FailureKind::AgentLost,
+                        FailureKind::LeaseExpired
+                    ][k as usize],
                     "x"
                 ),
             }),

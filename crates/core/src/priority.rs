@@ -15,7 +15,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Background = 0,
@@ -27,8 +29,13 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 5] =
-        [Priority::Critical, Priority::High, Priority::Normal, Priority::Low, Priority::Background];
+    pub const ALL: [Priority; 5] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+        Priority::Background,
+    ];
 
     pub fn from_int(value: i64) -> Result<Self, crate::Error> {
         Ok(match value {
@@ -67,12 +74,17 @@ impl Priority {
         match value {
             serde_json::Value::Number(n) => match n.as_i64() {
                 Some(i) => Self::from_int(i),
-                None => Err(crate::Error::invalid("priority must be a whole number or a level name")
-                    .with_field("priority")),
+                None => Err(crate::Error::invalid(
+                    "priority must be a whole number or a level name",
+                )
+                .with_field("priority")),
             },
             serde_json::Value::String(s) => Self::from_name(s),
             serde_json::Value::Null => Ok(Priority::default()),
-            _ => Err(crate::Error::invalid("priority must be a whole number or a level name").with_field("priority")),
+            _ => Err(
+                crate::Error::invalid("priority must be a whole number or a level name")
+                    .with_field("priority"),
+            ),
         }
     }
 
@@ -116,9 +128,18 @@ mod tests {
 
     #[test]
     fn integer_mapping_matches_the_table() {
-        let table = [(1, Priority::Background), (2, Priority::Low), (3, Priority::Low), (4, Priority::Normal),
-            (5, Priority::Normal), (6, Priority::Normal), (7, Priority::High), (8, Priority::High),
-            (9, Priority::Critical), (10, Priority::Critical)];
+        let table = [
+            (1, Priority::Background),
+            (2, Priority::Low),
+            (3, Priority::Low),
+            (4, Priority::Normal),
+            (5, Priority::Normal),
+            (6, Priority::Normal),
+            (7, Priority::High),
+            (8, Priority::High),
+            (9, Priority::Critical),
+            (10, Priority::Critical),
+        ];
         for (i, p) in table {
             assert_eq!(Priority::from_int(i).unwrap(), p, "priority {i}");
         }

@@ -20,7 +20,13 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 3, backoff_base_ms: 1_000, backoff_cap_ms: 60_000, backoff_multiplier: 2.0, jitter: 0.2 }
+        Self {
+            max_attempts: 3,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 60_000,
+            backoff_multiplier: 2.0,
+            jitter: 0.2,
+        }
     }
 }
 
@@ -31,13 +37,25 @@ impl RetryPolicy {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
-            out.push(("retry.max_attempts".into(), format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
+            out.push((
+                "retry.max_attempts".into(),
+                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+            ));
         }
         if self.backoff_cap_ms < self.backoff_base_ms {
-            out.push(("retry.backoff_cap_ms".into(), "must not be smaller than backoff_base_ms".into()));
+            out.push((
+                "retry.backoff_cap_ms".into(),
+                "must not be smaller than backoff_base_ms".into(),
+            ));
         }
-        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0 && self.backoff_multiplier <= 100.0) {
-            out.push(("retry.backoff_multiplier".into(), "must be between 1 and 100".into()));
+        if !(self.backoff_multiplier.is_finite()
+            && self.backoff_multiplier >= 1.0
+            && self.backoff_multiplier <= 100.0)
+        {
+            out.push((
+                "retry.backoff_multiplier".into(),
+                "must be between 1 and 100".into(),
+            ));
         }
         if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {
             out.push(("retry.jitter".into(), "must be between 0 and 1".into()));
@@ -64,7 +82,10 @@ mod tests {
 
     #[test]
     fn exponential_then_capped() {
-        let p = RetryPolicy { jitter: 0.0, ..Default::default() };
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..Default::default()
+        };
         assert_eq!(p.delay_ms(1, 0.5), 1_000);
         assert_eq!(p.delay_ms(2, 0.5), 2_000);
         assert_eq!(p.delay_ms(3, 0.5), 4_000);
@@ -73,7 +94,13 @@ mod tests {
 
     #[test]
     fn problems_are_all_reported() {
-        let p = RetryPolicy { max_attempts: 0, backoff_base_ms: 10, backoff_cap_ms: 5, backoff_multiplier: 0.5, jitter: 2.0 };
+        let p = RetryPolicy {
+            max_attempts: 0,
+            backoff_base_ms: 10,
+            backoff_cap_ms: 5,
+            backoff_multiplier: 0.5,
+            jitter: 2.0,
+        };
         assert_eq!(p.problems().len(), 4);
         assert!(RetryPolicy::default().problems().is_empty());
     }

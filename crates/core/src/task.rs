@@ -60,8 +60,17 @@ pub struct TaskSpec {
 
 /// Fields a submission may carry. Anything else is refused, so that a typo such as
 /// `priorty` is reported instead of silently ignored.
-pub const SUBMIT_FIELDS: &[&str] =
-    &["task_id", "task_type", "inputs", "priority", "timeout_ms", "metadata", "retry", "deadline", "execution_mode"];
+pub const SUBMIT_FIELDS: &[&str] = &[
+    "task_id",
+    "task_type",
+    "inputs",
+    "priority",
+    "timeout_ms",
+    "metadata",
+    "retry",
+    "deadline",
+    "execution_mode",
+];
 
 pub fn validate_task_type(raw: &str) -> Result<(), String> {
     if raw.trim().is_empty() {
@@ -70,7 +79,10 @@ pub fn validate_task_type(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_TASK_TYPE_LEN {
         return Err(format!("is longer than {MAX_TASK_TYPE_LEN} bytes"));
     }
-    if !raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')) {
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+    {
         return Err("may only contain letters, digits, '_', '-', '.' and ':'".into());
     }
     Ok(())
@@ -89,8 +101,16 @@ impl Problems {
             return Ok(ok());
         }
         let first = format!("{} {}", self.0[0].0, self.0[0].1);
-        let message = if self.0.len() == 1 { first } else { format!("{first} (and {} more problems)", self.0.len() - 1) };
-        let list: Vec<Value> = self.0.iter().map(|(f, m)| serde_json::json!({"field": f, "message": m})).collect();
+        let message = if self.0.len() == 1 {
+            first
+        } else {
+            format!("{first} (and {} more problems)", self.0.len() - 1)
+        };
+        let list: Vec<Value> = self
+            .0
+            .iter()
+            .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
+            .collect();
         Err(Error::invalid(message).with_details(serde_json::json!({ "problems": list })))
     }
 }
@@ -99,10 +119,17 @@ impl Problems {
 pub fn parse_deadline(value: &Value) -> Result<Option<Millis>, String> {
     match value {
         Value::Null => Ok(None),
-        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| "must be unix milliseconds or an RFC 3339 time".into()),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| "must be unix milliseconds or an RFC 3339 time".into()),
         Value::String(s) => {
-            let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("is not an RFC 3339 time: {e}"))?;
-            let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| "is before 1970".to_string())?.as_millis();
+            let t = humantime::parse_rfc3339_weak(s)
+                .map_err(|e| format!("is not an RFC 3339 time: {e}"))?;
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| "is before 1970".to_string())?
+                .as_millis();
             Ok(Some(ms as Millis))
         }
         _ => Err("must be unix milliseconds or an RFC 3339 time".into()),
@@ -112,16 +139,27 @@ pub fn parse_deadline(value: &Value) -> Result<Option<Millis>, String> {
 impl TaskSpec {
     /// Parses one submission. `field_prefix` locates problems inside a batch
     /// (`tasks[3].`). The time is needed only to refuse deadlines in the past.
-    pub fn from_json(value: &Value, limits: &Limits, now: Millis, field_prefix: &str) -> Result<TaskSpec, Error> {
+    pub fn from_json(
+        value: &Value,
+        limits: &Limits,
+        now: Millis,
+        field_prefix: &str,
+    ) -> Result<TaskSpec, Error> {
         let mut p = Problems::default();
         let f = |name: &str| format!("{field_prefix}{name}");
         let Some(obj) = value.as_object() else {
-            p.push(f("").trim_end_matches('.').to_string(), "must be a JSON object");
+            p.push(
+                f("").trim_end_matches('.').to_string(),
+                "must be a JSON object",
+            );
             return p.into_result(|| unreachable!());
         };
         for key in obj.keys() {
             if !SUBMIT_FIELDS.contains(&key.as_str()) {
-                p.push(f(key), format!("is not a known field (known: {})", SUBMIT_FIELDS.join(", ")));
+                p.push(
+                    f(key),
+                    format!("is not a known field (known: {})", SUBMIT_FIELDS.join(", ")),
+                );
             }
         }
         let task_id = match obj.get("task_id") {
@@ -129,7 +167,10 @@ impl TaskSpec {
             Some(Value::String(s)) => match TaskId::parse(s.clone()) {
                 Ok(id) => Some(id),
                 Err(e) => {
-                    p.push(f("task_id"), e.message.trim_start_matches("task_id ").to_string());
+                    p.push(
+                        f("task_id"),
+                        e.message.trim_start_matches("task_id ").to_string(),
+                    );
                     None
                 }
             },
@@ -170,9 +211,19 @@ impl TaskSpec {
         }
         let total: usize = inputs.iter().map(InputPart::approx_size).sum();
         if total > limits.max_task_bytes {
-            p.push(f("inputs"), format!("total {total} bytes exceed the limit of {} bytes", limits.max_task_bytes));
+            p.push(
+                f("inputs"),
+                format!(
+                    "total {total} bytes exceed the limit of {} bytes",
+                    limits.max_task_bytes
+                ),
+            );
         }
-        let priority = match obj.get("priority").map(Priority::from_json).unwrap_or(Ok(Priority::default())) {
+        let priority = match obj
+            .get("priority")
+            .map(Priority::from_json)
+            .unwrap_or(Ok(Priority::default()))
+        {
             Ok(pr) => pr,
             Err(e) => {
                 p.push(f("priority"), e.message);
@@ -187,7 +238,10 @@ impl TaskSpec {
                     0
                 }
                 Some(t) if t as u64 > limits.max_timeout_ms => {
-                    p.push(f("timeout_ms"), format!("must be at most {}", limits.max_timeout_ms));
+                    p.push(
+                        f("timeout_ms"),
+                        format!("must be at most {}", limits.max_timeout_ms),
+                    );
                     0
                 }
                 Some(t) => t as u64,
@@ -209,7 +263,8 @@ impl TaskSpec {
             None | Some(Value::Null) => limits.default_retry.clone(),
             Some(v @ Value::Object(m)) => {
                 // Missing fields fall back to the server's defaults, not to the type's.
-                let mut merged = serde_json::to_value(&limits.default_retry).expect("policy serialises");
+                let mut merged =
+                    serde_json::to_value(&limits.default_retry).expect("policy serialises");
                 if let Value::Object(base) = &mut merged {
                     for (k, val) in m {
                         base.insert(k.clone(), val.clone());
@@ -250,7 +305,10 @@ impl TaskSpec {
             Some(v) => match serde_json::from_value::<ExecutionMode>(v.clone()) {
                 Ok(m) => Some(m),
                 Err(_) => {
-                    p.push(f("execution_mode"), "must be one of sequential, parallel, hybrid");
+                    p.push(
+                        f("execution_mode"),
+                        "must be one of sequential, parallel, hybrid",
+                    );
                     None
                 }
             },
@@ -302,34 +360,61 @@ mod tests {
         assert!(!t.task_id.as_str().is_empty());
         let r = parse(json!({"task_type": "echo", "retry": {"max_attempts": 5}})).unwrap();
         assert_eq!(r.retry.max_attempts, 5);
-        assert_eq!(r.retry.backoff_base_ms, RetryPolicy::default().backoff_base_ms);
+        assert_eq!(
+            r.retry.backoff_base_ms,
+            RetryPolicy::default().backoff_base_ms
+        );
     }
 
     #[test]
     fn every_problem_is_listed() {
-        let e = parse(json!({"task_type": "", "priority": 42, "timeout_ms": 0, "metadata": [], "priorty": 1,
-                             "retry": {"max_attempts": 0}, "deadline": "yesterday"}))
+        let e = parse(
+            json!({"task_type": "", "priority": 42, "timeout_ms": 0, "metadata": [], "priorty": 1,
+                             "retry": {"max_attempts": 0}, "deadline": "yesterday"}),
+        )
         .unwrap_err();
         let problems = e.details["problems"].as_array().unwrap();
-        let fields: Vec<&str> = problems.iter().map(|p| p["field"].as_str().unwrap()).collect();
-        for want in ["task_type", "priority", "timeout_ms", "metadata", "priorty", "retry.max_attempts", "deadline"] {
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|p| p["field"].as_str().unwrap())
+            .collect();
+        for want in [
+            "task_type",
+            "priority",
+            "timeout_ms",
+            "metadata",
+            "priorty",
+            "retry.max_attempts",
+            "deadline",
+        ] {
             assert!(fields.contains(&want), "missing {want} in {fields:?}");
         }
     }
 
     #[test]
     fn wrong_types_are_refused() {
-        for bad in [json!([]), json!("x"), json!({"task_type": 5}), json!({"task_type": "a b"}),
-                    json!({"task_type": "x", "timeout_ms": -5}), json!({"task_type": "x", "timeout_ms": "5"}),
-                    json!({"task_type": "x", "inputs": {}}), json!({"task_type": "x", "retry": {"bogus": 1}}),
-                    json!({"task_type": "x", "deadline": 500}), json!({"task_type": "x", "execution_mode": "random"})] {
+        for bad in [
+            json!([]),
+            json!("x"),
+            json!({"task_type": 5}),
+            json!({"task_type": "a b"}),
+            json!({"task_type": "x", "timeout_ms": -5}),
+            json!({"task_type": "x", "timeout_ms": "5"}),
+            json!({"task_type": "x", "inputs": {}}),
+            json!({"task_type": "x", "retry": {"bogus": 1}}),
+            json!({"task_type": "x", "deadline": 500}),
+            json!({"task_type": "x", "execution_mode": "random"}),
+        ] {
             assert!(parse(bad.clone()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn oversized_inputs_are_refused() {
-        let limits = Limits { max_task_bytes: 10, ..Limits::default() };
+        let limits = Limits {
+            max_task_bytes: 10,
+            ..Limits::default()
+        };
         let v = json!({"task_type": "x", "inputs": [{"type": "text", "data": "01234567890"}]});
         assert!(TaskSpec::from_json(&v, &limits, 0, "").is_err());
     }

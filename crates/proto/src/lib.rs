@@ -10,20 +10,43 @@ pub mod v1 {
 /// The error table: every failure maps to exactly one HTTP status and one gRPC code,
 /// so REST and gRPC clients see the same code and message.
 pub const ERROR_TABLE: &[(ErrorCode, u16, tonic::Code)] = &[
-    (ErrorCode::InvalidArgument, 400, tonic::Code::InvalidArgument),
+    (
+        ErrorCode::InvalidArgument,
+        400,
+        tonic::Code::InvalidArgument,
+    ),
     (ErrorCode::NotFound, 404, tonic::Code::NotFound),
     (ErrorCode::Conflict, 409, tonic::Code::AlreadyExists),
-    (ErrorCode::PayloadTooLarge, 413, tonic::Code::InvalidArgument),
-    (ErrorCode::ResourceExhausted, 429, tonic::Code::ResourceExhausted),
+    (
+        ErrorCode::PayloadTooLarge,
+        413,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        ErrorCode::ResourceExhausted,
+        429,
+        tonic::Code::ResourceExhausted,
+    ),
     (ErrorCode::StaleAttempt, 409, tonic::Code::Aborted),
-    (ErrorCode::FailedPrecondition, 409, tonic::Code::FailedPrecondition),
+    (
+        ErrorCode::FailedPrecondition,
+        409,
+        tonic::Code::FailedPrecondition,
+    ),
     (ErrorCode::Unavailable, 503, tonic::Code::Unavailable),
-    (ErrorCode::DeadlineExceeded, 504, tonic::Code::DeadlineExceeded),
+    (
+        ErrorCode::DeadlineExceeded,
+        504,
+        tonic::Code::DeadlineExceeded,
+    ),
     (ErrorCode::Internal, 500, tonic::Code::Internal),
 ];
 
 fn row(code: ErrorCode) -> &'static (ErrorCode, u16, tonic::Code) {
-    ERROR_TABLE.iter().find(|(c, _, _)| *c == code).expect("every error code has a row")
+    ERROR_TABLE
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .expect("every error code has a row")
 }
 
 pub fn http_status(code: ErrorCode) -> u16 {
@@ -74,7 +97,11 @@ pub fn from_status(status: &tonic::Status) -> Error {
         .and_then(|v| v.to_str().ok())
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(serde_json::Value::Null);
-    Error { code, message: status.message().to_string(), details }
+    Error {
+        code,
+        message: status.message().to_string(),
+        details,
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,10 @@ impl App {
 
     /// Stores tasks durably. Every spec must already be valid. A conflicting id is
     /// reported per task; nothing else is affected by it.
-    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<Result<Submitted, Error>>, Error> {
+    pub async fn submit(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<Result<Submitted, Error>>, Error> {
         if specs.len() > self.max_batch_tasks {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
@@ -50,8 +53,14 @@ impl App {
         let out = outcomes
             .into_iter()
             .map(|o| match o {
-                SubmitOutcome::Created(record) => Ok(Submitted { record, created: true }),
-                SubmitOutcome::Existing(record) => Ok(Submitted { record, created: false }),
+                SubmitOutcome::Created(record) => Ok(Submitted {
+                    record,
+                    created: true,
+                }),
+                SubmitOutcome::Existing(record) => Ok(Submitted {
+                    record,
+                    created: false,
+                }),
                 SubmitOutcome::Conflict(record) => Err(Error::conflict(format!(
                     "task {} already exists with different content",
                     record.spec.task_id
@@ -70,7 +79,10 @@ impl App {
 
     pub async fn get(&self, task_id: &str) -> Result<TaskRecord, Error> {
         let id = TaskId::parse(task_id)?;
-        self.store.get(&id).await?.ok_or_else(|| Error::not_found(format!("task {task_id} not found")))
+        self.store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("task {task_id} not found")))
     }
 
     /// Gets a task, first waiting up to `wait_ms` for it to reach a terminal status.
@@ -79,7 +91,8 @@ impl App {
             return self.get(task_id).await;
         }
         let id = TaskId::parse(task_id)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         loop {
             // Subscribe before reading, so a finish in between is not missed.
             let waiter = self.dispatcher.waiter(&id);
@@ -96,42 +109,88 @@ impl App {
         }
     }
 
-    pub async fn list(&self, status: Option<&str>, task_type: Option<&str>, limit: Option<usize>, cursor: Option<String>) -> Result<Page, Error> {
-        let status = status.filter(|s| !s.is_empty()).map(Status::parse).transpose()?;
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        task_type: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<String>,
+    ) -> Result<Page, Error> {
+        let status = status
+            .filter(|s| !s.is_empty())
+            .map(Status::parse)
+            .transpose()?;
         let task_type = task_type.filter(|s| !s.is_empty()).map(String::from);
         let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if limit == 0 || limit > MAX_LIST_LIMIT {
-            return Err(Error::invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}")).with_field("limit"));
+            return Err(
+                Error::invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}"))
+                    .with_field("limit"),
+            );
         }
-        Ok(self.store.list(ListFilter { status, task_type, limit, cursor: cursor.filter(|c| !c.is_empty()) }).await?)
+        Ok(self
+            .store
+            .list(ListFilter {
+                status,
+                task_type,
+                limit,
+                cursor: cursor.filter(|c| !c.is_empty()),
+            })
+            .await?)
     }
 
     async fn command(&self, task_id: &str, command: Command) -> Result<TaskRecord, Error> {
         let id = TaskId::parse(task_id)?;
         let now = now_ms();
-        let outcome = self.store.update(vec![Update { task_id: id.clone(), command }], now).await?;
+        let outcome = self
+            .store
+            .update(
+                vec![Update {
+                    task_id: id.clone(),
+                    command,
+                }],
+                now,
+            )
+            .await?;
         match outcome.into_iter().next() {
             Some(UpdateOutcome::Applied { record, effects }) => {
-                self.dispatcher.handle_effects(&id, &record.spec.task_type, &effects, now);
+                self.dispatcher
+                    .handle_effects(&id, &record.spec.task_type, &effects, now);
                 Ok(record)
             }
             Some(UpdateOutcome::Refused(r)) => Err(r.into()),
-            Some(UpdateOutcome::NotFound) | None => Err(Error::not_found(format!("task {task_id} not found"))),
+            Some(UpdateOutcome::NotFound) | None => {
+                Err(Error::not_found(format!("task {task_id} not found")))
+            }
         }
     }
 
     pub async fn cancel(&self, task_id: &str, reason: Option<String>) -> Result<TaskRecord, Error> {
-        self.command(task_id, Command::Cancel { reason: reason.or_else(|| Some("cancelled by request".into())) }).await
+        self.command(
+            task_id,
+            Command::Cancel {
+                reason: reason.or_else(|| Some("cancelled by request".into())),
+            },
+        )
+        .await
     }
 
     pub async fn reprocess(&self, task_id: &str) -> Result<TaskRecord, Error> {
-        self.command(task_id, Command::Reprocess).await.map_err(|e| {
-            if e.code == ErrorCode::FailedPrecondition {
-                Error::new(ErrorCode::FailedPrecondition, format!("task {task_id} is not in the dead-letter queue: {}", e.message))
-            } else {
-                e
-            }
-        })
+        self.command(task_id, Command::Reprocess)
+            .await
+            .map_err(|e| {
+                if e.code == ErrorCode::FailedPrecondition {
+                    Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "task {task_id} is not in the dead-letter queue: {}",
+                            e.message
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })
     }
 
     pub fn agents(&self) -> Vec<AgentInfo> {
@@ -148,12 +207,21 @@ impl App {
         if let Ok(c) = &counts {
             let mut tasks = serde_json::Map::new();
             for s in Status::ALL {
-                tasks.insert(s.as_str().into(), c.by_status.get(s.as_str()).copied().unwrap_or(0).into());
+                tasks.insert(
+                    s.as_str().into(),
+                    c.by_status.get(s.as_str()).copied().unwrap_or(0).into(),
+                );
             }
             stats.insert("tasks".into(), tasks.into());
-            stats.insert("queued_by_type".into(), serde_json::to_value(&c.queued_by_type).unwrap_or_default());
+            stats.insert(
+                "queued_by_type".into(),
+                serde_json::to_value(&c.queued_by_type).unwrap_or_default(),
+            );
         }
-        stats.insert("agents".into(), serde_json::json!({ "connected": self.dispatcher.agent_count() }));
+        stats.insert(
+            "agents".into(),
+            serde_json::json!({ "connected": self.dispatcher.agent_count() }),
+        );
         stats.insert(
             "store".into(),
             match &store_ok {

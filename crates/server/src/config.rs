@@ -104,7 +104,10 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -132,11 +135,15 @@ impl Config {
         if self.default_timeout_ms == 0 {
             problems.push("default_timeout_ms must be greater than 0".into());
         }
-        if self.default_max_attempts == 0 || self.default_max_attempts > baton_core::retry::MAX_ATTEMPTS_LIMIT {
+        if self.default_max_attempts == 0
+            || self.default_max_attempts > baton_core::retry::MAX_ATTEMPTS_LIMIT
+        {
             problems.push("default_max_attempts must be between 1 and 100".into());
         }
         if self.default_backoff_cap_ms < self.default_backoff_base_ms {
-            problems.push("default_backoff_cap_ms must not be smaller than default_backoff_base_ms".into());
+            problems.push(
+                "default_backoff_cap_ms must not be smaller than default_backoff_base_ms".into(),
+            );
         }
         if self.heartbeat_interval_ms == 0 {
             problems.push("heartbeat_interval_ms must be greater than 0".into());
@@ -186,7 +193,12 @@ fn tracing_level_ok(level: &str) -> Result<(), ()> {
 fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigError> {
     let mut out = serde_json::Map::new();
     let defaults = serde_json::to_value(Config::default()).expect("config serialises");
-    let fields: Vec<String> = defaults.as_object().expect("object").keys().cloned().collect();
+    let fields: Vec<String> = defaults
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
     for field in &fields {
         let key = format!("BATON_{}", field.to_ascii_uppercase());
         if let Some(raw) = env.get(&key) {
@@ -194,19 +206,22 @@ fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigE
         }
     }
     if let Some(level) = env.get("LOG_LEVEL") {
-        out.entry("log_level").or_insert_with(|| level.to_ascii_lowercase().into());
+        out.entry("log_level")
+            .or_insert_with(|| level.to_ascii_lowercase().into());
     }
     if let Some(raw) = env.get("MAX_WORKERS") {
         if !out.contains_key("max_workers") {
-            out.insert("max_workers".into(), typed(&defaults["max_workers"], raw, "MAX_WORKERS")?);
+            out.insert(
+                "max_workers".into(),
+                typed(&defaults["max_workers"], raw, "MAX_WORKERS")?,
+            );
         }
     }
     if let Some(raw) = env.get("GRPC_PORT") {
         if !out.contains_key("grpc_addr") {
-            let port: u16 = raw
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError(format!("GRPC_PORT {raw:?} is not a port number (0-65535)")))?;
+            let port: u16 = raw.trim().parse().map_err(|_| {
+                ConfigError(format!("GRPC_PORT {raw:?} is not a port number (0-65535)"))
+            })?;
             out.insert("grpc_addr".into(), format!("0.0.0.0:{port}").into());
         }
     }
@@ -214,7 +229,11 @@ fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigE
 }
 
 /// Environment values are text; give them the type of the field's default.
-fn typed(default: &serde_json::Value, raw: &str, key: &str) -> Result<serde_json::Value, ConfigError> {
+fn typed(
+    default: &serde_json::Value,
+    raw: &str,
+    key: &str,
+) -> Result<serde_json::Value, ConfigError> {
     match default {
         serde_json::Value::Number(_) => raw
             .trim()
@@ -235,7 +254,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -252,8 +274,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("baton-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("baton.toml");
-        std::fs::write(&file, "max_workers = 7\nlog_level = \"debug\"\nlease_ms = 20000\n").unwrap();
-        let e = env(&[("MAX_WORKERS", "9"), ("GRPC_PORT", "6000"), ("BATON_LEASE_MS", "30000")]);
+        std::fs::write(
+            &file,
+            "max_workers = 7\nlog_level = \"debug\"\nlease_ms = 20000\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("MAX_WORKERS", "9"),
+            ("GRPC_PORT", "6000"),
+            ("BATON_LEASE_MS", "30000"),
+        ]);
         let mut flags = serde_json::Map::new();
         flags.insert("lease_ms".into(), 40_000.into());
         let c = Config::load(Some(&file), &e, flags).unwrap();
@@ -266,14 +296,21 @@ mod tests {
 
     #[test]
     fn bad_values_say_what_to_fix() {
-        let err = Config::load(None, &env(&[("GRPC_PORT", "http")]), Default::default()).unwrap_err();
+        let err =
+            Config::load(None, &env(&[("GRPC_PORT", "http")]), Default::default()).unwrap_err();
         assert!(err.to_string().contains("GRPC_PORT"), "{err}");
-        let err = Config::load(None, &env(&[("MAX_WORKERS", "0")]), Default::default()).unwrap_err();
+        let err =
+            Config::load(None, &env(&[("MAX_WORKERS", "0")]), Default::default()).unwrap_err();
         assert!(err.to_string().contains("max_workers"), "{err}");
-        let err = Config::load(None, &env(&[("LOG_LEVEL", "loud")]), Default::default()).unwrap_err();
+        let err =
+            Config::load(None, &env(&[("LOG_LEVEL", "loud")]), Default::default()).unwrap_err();
         assert!(err.to_string().contains("LOG_LEVEL"), "{err}");
-        let err = Config::load(Some(std::path::Path::new("/nonexistent/baton.toml")), &env(&[]), Default::default())
-            .unwrap_err();
+        let err = Config::load(
+            Some(std::path::Path::new("/nonexistent/baton.toml")),
+            &env(&[]),
+            Default::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

@@ -63,7 +63,8 @@ impl Session {
         if self.draining {
             return 0;
         }
-        self.max_concurrent.saturating_sub(self.in_flight.len() + self.reserved)
+        self.max_concurrent
+            .saturating_sub(self.in_flight.len() + self.reserved)
     }
     fn load(&self) -> f64 {
         (self.in_flight.len() + self.reserved) as f64 / self.max_concurrent.max(1) as f64
@@ -164,15 +165,30 @@ impl Dispatcher {
     }
 
     fn finished(&self, task_id: &TaskId, task_type: &str, status: Status, now: Millis) {
-        let _ = self.updates.send(TaskUpdate { task_id: task_id.clone(), task_type: task_type.to_string(), status, at_ms: now });
-        let list = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(task_id);
+        let _ = self.updates.send(TaskUpdate {
+            task_id: task_id.clone(),
+            task_type: task_type.to_string(),
+            status,
+            at_ms: now,
+        });
+        let list = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task_id);
         for tx in list.into_iter().flatten() {
             let _ = tx.send(());
         }
     }
 
     /// Carries out the effects of applied commands.
-    pub fn handle_effects(&self, task_id: &TaskId, task_type: &str, effects: &[Effect], now: Millis) {
+    pub fn handle_effects(
+        &self,
+        task_id: &TaskId,
+        task_type: &str,
+        effects: &[Effect],
+        now: Millis,
+    ) {
         for effect in effects {
             match effect {
                 Effect::Finished(status) => self.finished(task_id, task_type, *status, now),
@@ -188,11 +204,19 @@ impl Dispatcher {
 
     fn cancel_on_agent(&self, task_id: &TaskId, attempt: u32) {
         let mut st = self.lock();
-        let Some(session_id) = st.holders.get(task_id).cloned() else { return };
-        let removed = st
-            .sessions
-            .get_mut(&session_id)
-            .and_then(|s| if s.in_flight.get(task_id).is_some_and(|f| f.attempt == attempt) { s.in_flight.remove(task_id).map(|_| s.tx.clone()) } else { None });
+        let Some(session_id) = st.holders.get(task_id).cloned() else {
+            return;
+        };
+        let removed = st.sessions.get_mut(&session_id).and_then(|s| {
+            if s.in_flight
+                .get(task_id)
+                .is_some_and(|f| f.attempt == attempt)
+            {
+                s.in_flight.remove(task_id).map(|_| s.tx.clone())
+            } else {
+                None
+            }
+        });
         if let Some(tx) = removed {
             st.holders.remove(task_id);
             st.running = st.running.saturating_sub(1);
@@ -203,13 +227,23 @@ impl Dispatcher {
     }
 
     /// Adds a connected agent under its session id.
-    pub fn register(&self, session_id: String, reg: &v1::Register, agent_id: AgentId, tx: Outbound) {
+    pub fn register(
+        &self,
+        session_id: String,
+        reg: &v1::Register,
+        agent_id: AgentId,
+        tx: Outbound,
+    ) {
         let now = now_ms();
         let session = Session {
             agent_id,
             task_types: reg.task_types.clone(),
             version: reg.version.clone(),
-            labels: reg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: reg
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             max_concurrent: reg.max_concurrent as usize,
             in_flight: HashMap::new(),
             reserved: 0,
@@ -229,21 +263,31 @@ impl Dispatcher {
         let mut lost = Vec::new();
         {
             let mut st = self.lock();
-            let Some(s) = st.sessions.get_mut(session_id) else { return };
+            let Some(s) = st.sessions.get_mut(session_id) else {
+                return;
+            };
             s.last_heartbeat = now;
             // An attempt assigned well before this heartbeat that the agent does not
             // report is lost (the agent restarted its process, or dropped it).
-            let reported: std::collections::HashSet<(&str, u32)> =
-                hb.in_flight.iter().map(|a| (a.task_id.as_str(), a.attempt)).collect();
+            let reported: std::collections::HashSet<(&str, u32)> = hb
+                .in_flight
+                .iter()
+                .map(|a| (a.task_id.as_str(), a.attempt))
+                .collect();
             let grace = 2 * self.opts.heartbeat_interval_ms;
             for (task_id, f) in &s.in_flight {
-                if now.saturating_sub(f.assigned_at) > grace && !reported.contains(&(task_id.as_str(), f.attempt)) {
+                if now.saturating_sub(f.assigned_at) > grace
+                    && !reported.contains(&(task_id.as_str(), f.attempt))
+                {
                     lost.push((task_id.clone(), f.attempt));
                 }
             }
         }
         if !lost.is_empty() {
-            let failure = Failure::new(FailureKind::AgentLost, "the agent no longer reports this attempt");
+            let failure = Failure::new(
+                FailureKind::AgentLost,
+                "the agent no longer reports this attempt",
+            );
             self.fail_attempts(session_id, lost, failure);
         }
     }
@@ -271,10 +315,15 @@ impl Dispatcher {
         let Some(session) = removed else { return };
         tracing::info!(agent_id = %session.agent_id, session_id, in_flight = session.in_flight.len(), reason, "agent disconnected");
         let now = now_ms();
-        let failure = Failure::new(FailureKind::AgentLost, format!("agent {} disconnected: {reason}", session.agent_id));
+        let failure = Failure::new(
+            FailureKind::AgentLost,
+            format!("agent {} disconnected: {reason}", session.agent_id),
+        );
         match self.store.release_owner(session_id, failure, now).await {
             Ok(ids) => self.after_release(ids).await,
-            Err(e) => tracing::warn!(session_id, error = %e, "could not release the attempts of a lost agent; their leases will expire"),
+            Err(e) => {
+                tracing::warn!(session_id, error = %e, "could not release the attempts of a lost agent; their leases will expire")
+            }
         }
         self.wake.notify_one();
     }
@@ -306,7 +355,12 @@ impl Dispatcher {
     }
 
     /// Fails specific attempts held by a session (timeouts, lost attempts).
-    fn fail_attempts(self: &Arc<Self>, session_id: &str, attempts: Vec<(TaskId, u32)>, failure: Failure) {
+    fn fail_attempts(
+        self: &Arc<Self>,
+        session_id: &str,
+        attempts: Vec<(TaskId, u32)>,
+        failure: Failure,
+    ) {
         let mut to_fail = Vec::new();
         {
             let mut st = self.lock();
@@ -336,7 +390,13 @@ impl Dispatcher {
         self.wake.notify_one();
         let updates: Vec<Update> = to_fail
             .into_iter()
-            .map(|(task_id, attempt)| Update { task_id, command: Command::Fail { attempt, failure: failure.clone() } })
+            .map(|(task_id, attempt)| Update {
+                task_id,
+                command: Command::Fail {
+                    attempt,
+                    failure: failure.clone(),
+                },
+            })
             .collect();
         let this = self.clone();
         tokio::spawn(async move {
@@ -349,11 +409,12 @@ impl Dispatcher {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not record failed attempts; their leases will expire"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
+                }
             }
         });
     }
-
 
     /// Records results sent by an agent and acknowledges them once durable.
     /// A result is refused unless this session holds that attempt.
@@ -365,11 +426,16 @@ impl Dispatcher {
         let tx = {
             let mut st = self.lock();
             let st = &mut *st;
-            let Some(s) = st.sessions.get_mut(session_id) else { return };
+            let Some(s) = st.sessions.get_mut(session_id) else {
+                return;
+            };
             let mut freed = 0;
             for r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
-                let held = s.in_flight.get(&task_id).is_some_and(|f| f.attempt == r.attempt);
+                let held = s
+                    .in_flight
+                    .get(&task_id)
+                    .is_some_and(|f| f.attempt == r.attempt);
                 if !held {
                     acks.push(ack(&r.task_id, r.attempt, Some(("stale_attempt", "this agent does not hold that attempt (it timed out, was cancelled, or was re-assigned)"))));
                     continue;
@@ -381,24 +447,45 @@ impl Dispatcher {
                     Some(v1::result::Outcome::Success(ok)) => {
                         s.completed += 1;
                         match parse_output(&ok.output_json) {
-                            Ok(output) => Command::Succeed { attempt: r.attempt, output },
-                            Err(msg) => Command::Fail { attempt: r.attempt, failure: Failure::new(FailureKind::Permanent, msg) },
+                            Ok(output) => Command::Succeed {
+                                attempt: r.attempt,
+                                output,
+                            },
+                            Err(msg) => Command::Fail {
+                                attempt: r.attempt,
+                                failure: Failure::new(FailureKind::Permanent, msg),
+                            },
                         }
                     }
                     Some(v1::result::Outcome::Failure(f)) => {
                         s.failed += 1;
-                        let kind = match v1::FailureKind::try_from(f.kind).unwrap_or(v1::FailureKind::Retryable) {
+                        let kind = match v1::FailureKind::try_from(f.kind)
+                            .unwrap_or(v1::FailureKind::Retryable)
+                        {
                             v1::FailureKind::Permanent => FailureKind::Permanent,
                             v1::FailureKind::Timeout => FailureKind::Timeout,
                             v1::FailureKind::Retryable => FailureKind::Retryable,
                         };
-                        let mut failure = Failure::new(kind, if f.message.is_empty() { "the handler failed".to_string() } else { f.message });
+                        let mut failure = Failure::new(
+                            kind,
+                            if f.message.is_empty() {
+                                "the handler failed".to_string()
+                            } else {
+                                f.message
+                            },
+                        );
                         failure.retry_after_ms = (f.retry_after_ms > 0).then_some(f.retry_after_ms);
-                        Command::Fail { attempt: r.attempt, failure }
+                        Command::Fail {
+                            attempt: r.attempt,
+                            failure,
+                        }
                     }
                     None => Command::Fail {
                         attempt: r.attempt,
-                        failure: Failure::new(FailureKind::Retryable, "the agent sent a result with no outcome"),
+                        failure: Failure::new(
+                            FailureKind::Retryable,
+                            "the agent sent a result with no outcome",
+                        ),
                     },
                 };
                 positions.push(acks.len());
@@ -414,9 +501,12 @@ impl Dispatcher {
                 Ok(outcomes) => {
                     for ((u, o), pos) in updates.iter().zip(outcomes).zip(positions) {
                         match o {
-                            UpdateOutcome::Applied { record, effects } => {
-                                self.handle_effects(&u.task_id, &record.spec.task_type, &effects, now)
-                            }
+                            UpdateOutcome::Applied { record, effects } => self.handle_effects(
+                                &u.task_id,
+                                &record.spec.task_type,
+                                &effects,
+                                now,
+                            ),
                             UpdateOutcome::Refused(r) => {
                                 let e: baton_core::Error = r.into();
                                 acks[pos].accepted = false;
@@ -438,7 +528,9 @@ impl Dispatcher {
                 }
             }
         }
-        let _ = tx.send(Ok(v1::ServerMessage { msg: Some(v1::server_message::Msg::Acks(v1::ResultAcks { acks })) }));
+        let _ = tx.send(Ok(v1::ServerMessage {
+            msg: Some(v1::server_message::Msg::Acks(v1::ResultAcks { acks })),
+        }));
     }
 
     /// The connected agents.
@@ -462,7 +554,11 @@ impl Dispatcher {
                 failed: s.failed,
             })
             .collect();
-        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id).then(a.session_id.cmp(&b.session_id)));
+        out.sort_by(|a, b| {
+            a.agent_id
+                .cmp(&b.agent_id)
+                .then(a.session_id.cmp(&b.session_id))
+        });
         out
     }
 
@@ -480,8 +576,13 @@ impl Dispatcher {
         if budget == 0 || st.has_work.is_empty() {
             return plan;
         }
-        let mut candidates: Vec<(&String, &Session)> = st.sessions.iter().filter(|(_, s)| s.free() > 0).collect();
-        candidates.sort_by(|a, b| a.1.load().total_cmp(&b.1.load()).then(b.1.free().cmp(&a.1.free())));
+        let mut candidates: Vec<(&String, &Session)> =
+            st.sessions.iter().filter(|(_, s)| s.free() > 0).collect();
+        candidates.sort_by(|a, b| {
+            a.1.load()
+                .total_cmp(&b.1.load())
+                .then(b.1.free().cmp(&a.1.free()))
+        });
         let mut picks = Vec::new();
         for (id, s) in candidates {
             if budget == 0 {
@@ -489,7 +590,9 @@ impl Dispatcher {
             }
             // A session serving several types with work: the type it serves with the
             // oldest pending generation goes first, round-robin by turns across rounds.
-            let Some(task_type) = s.task_types.iter().find(|t| st.has_work.contains_key(*t)) else { continue };
+            let Some(task_type) = s.task_types.iter().find(|t| st.has_work.contains_key(*t)) else {
+                continue;
+            };
             let n = s.free().min(budget).min(MAX_CLAIM);
             budget -= n;
             picks.push((id.clone(), s.agent_id.clone(), task_type.clone(), n));
@@ -500,7 +603,13 @@ impl Dispatcher {
             }
             st.running += n;
             let generation = st.has_work.get(&task_type).copied().unwrap_or(0);
-            plan.push(PlannedClaim { session_id, agent_id, task_type, n, generation });
+            plan.push(PlannedClaim {
+                session_id,
+                agent_id,
+                task_type,
+                n,
+                generation,
+            });
         }
         plan
     }
@@ -569,13 +678,16 @@ impl Dispatcher {
                                 timeout_at: now + c.spec.timeout_ms,
                             },
                         );
-                        st.holders.insert(c.spec.task_id.clone(), p.session_id.clone());
+                        st.holders
+                            .insert(c.spec.task_id.clone(), p.session_id.clone());
                         assignments.push(assignment(&c));
                     }
                     st.running += assignments.len();
                     for frame in frames(assignments) {
                         let msg = v1::ServerMessage {
-                            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments { assignments: frame })),
+                            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments {
+                                assignments: frame,
+                            })),
                         };
                         let _ = s.tx.send(Ok(msg));
                     }
@@ -584,15 +696,29 @@ impl Dispatcher {
             if !orphans.is_empty() {
                 // The agent left while we claimed for it: give the attempts back now
                 // rather than waiting for their leases to expire.
-                let failure = Failure::new(FailureKind::AgentLost, "the agent left before the task reached it");
+                let failure = Failure::new(
+                    FailureKind::AgentLost,
+                    "the agent left before the task reached it",
+                );
                 let updates = orphans
                     .into_iter()
-                    .map(|(task_id, attempt)| Update { task_id, command: Command::Fail { attempt, failure: failure.clone() } })
+                    .map(|(task_id, attempt)| Update {
+                        task_id,
+                        command: Command::Fail {
+                            attempt,
+                            failure: failure.clone(),
+                        },
+                    })
                     .collect();
                 if let Ok(outcomes) = self.store.update(updates, now_ms()).await {
                     for o in outcomes {
                         if let UpdateOutcome::Applied { record, effects } = o {
-                            self.handle_effects(&record.spec.task_id, &record.spec.task_type, &effects, now_ms());
+                            self.handle_effects(
+                                &record.spec.task_id,
+                                &record.spec.task_type,
+                                &effects,
+                                now_ms(),
+                            );
                         }
                     }
                 }
@@ -647,7 +773,9 @@ impl Dispatcher {
             for session_id in silent {
                 let tx = self.lock().sessions.get(&session_id).map(|s| s.tx.clone());
                 if let Some(tx) = tx {
-                    let _ = tx.send(Err(tonic::Status::unavailable("no heartbeat within agent_timeout_ms")));
+                    let _ = tx.send(Err(tonic::Status::unavailable(
+                        "no heartbeat within agent_timeout_ms",
+                    )));
                 }
                 self.disconnect(&session_id, "no heartbeat").await;
             }
@@ -706,9 +834,18 @@ impl Dispatcher {
             loop {
                 let page = self
                     .store
-                    .list(baton_store::ListFilter { status: Some(Status::Running), task_type: None, limit: 1_000, cursor })
+                    .list(baton_store::ListFilter {
+                        status: Some(Status::Running),
+                        task_type: None,
+                        limit: 1_000,
+                        cursor,
+                    })
                     .await?;
-                owners.extend(page.tasks.iter().filter_map(|t| t.state.lease_owner.clone()));
+                owners.extend(
+                    page.tasks
+                        .iter()
+                        .filter_map(|t| t.state.lease_owner.clone()),
+                );
                 match page.next_cursor {
                     Some(c) => cursor = Some(c),
                     None => break,
@@ -717,11 +854,17 @@ impl Dispatcher {
             let now = now_ms();
             let mut released = Vec::new();
             for owner in owners {
-                let failure = Failure::new(FailureKind::AgentLost, "the orchestrator restarted while this attempt ran");
+                let failure = Failure::new(
+                    FailureKind::AgentLost,
+                    "the orchestrator restarted while this attempt ran",
+                );
                 released.extend(self.store.release_owner(&owner, failure, now).await?);
             }
             if !released.is_empty() {
-                tracing::info!(count = released.len(), "re-queued attempts left running by the previous process");
+                tracing::info!(
+                    count = released.len(),
+                    "re-queued attempts left running by the previous process"
+                );
             }
             self.after_release(released).await;
         }
@@ -754,7 +897,10 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
         msg: Some(v1::server_message::Msg::Cancels(v1::Cancels {
             attempts: attempts
                 .into_iter()
-                .map(|(t, a)| v1::AttemptRef { task_id: t.into_string(), attempt: a })
+                .map(|(t, a)| v1::AttemptRef {
+                    task_id: t.into_string(),
+                    attempt: a,
+                })
                 .collect(),
         })),
     }
@@ -785,7 +931,11 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
         task_id: spec.task_id.to_string(),
         attempt: c.attempt,
         task_type: spec.task_type.clone(),
-        inputs: spec.inputs.iter().map(crate::view::input_to_proto).collect(),
+        inputs: spec
+            .inputs
+            .iter()
+            .map(crate::view::input_to_proto)
+            .collect(),
         metadata_json: if spec.metadata.is_empty() {
             String::new()
         } else {
@@ -794,7 +944,10 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
         priority: spec.priority.to_string(),
         timeout_ms: spec.timeout_ms,
         deadline_ms: spec.deadline_ms.unwrap_or(0),
-        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()).unwrap_or_default(),
+        execution_mode: spec
+            .execution_mode
+            .map(|m| format!("{m:?}").to_ascii_lowercase())
+            .unwrap_or_default(),
     }
 }
 
@@ -803,7 +956,14 @@ mod tests {
     use super::*;
 
     fn sized(n: usize) -> v1::Assignment {
-        v1::Assignment { task_id: "t".into(), inputs: vec![v1::InputPart { data: vec![0; n], ..Default::default() }], ..Default::default() }
+        v1::Assignment {
+            task_id: "t".into(),
+            inputs: vec![v1::InputPart {
+                data: vec![0; n],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     }
 
     #[test]

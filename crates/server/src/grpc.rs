@@ -23,7 +23,11 @@ pub struct ClientApi {
 
 /// Turns a gRPC task request into the same JSON the REST API takes, so both go
 /// through one validator; input bytes are attached afterwards without base64.
-fn spec_from_proto(app: &App, req: v1::TaskRequest, prefix: &str) -> Result<baton_core::TaskSpec, Error> {
+fn spec_from_proto(
+    app: &App,
+    req: v1::TaskRequest,
+    prefix: &str,
+) -> Result<baton_core::TaskSpec, Error> {
     let mut obj = serde_json::Map::new();
     if !req.task_id.is_empty() {
         obj.insert("task_id".into(), req.task_id.into());
@@ -31,14 +35,21 @@ fn spec_from_proto(app: &App, req: v1::TaskRequest, prefix: &str) -> Result<bato
     obj.insert("task_type".into(), req.task_type.into());
     if !req.priority.is_empty() {
         let p = req.priority.trim();
-        obj.insert("priority".into(), p.parse::<i64>().map(Into::into).unwrap_or_else(|_| p.into()));
+        obj.insert(
+            "priority".into(),
+            p.parse::<i64>()
+                .map(Into::into)
+                .unwrap_or_else(|_| p.into()),
+        );
     }
     if req.timeout_ms > 0 {
         obj.insert("timeout_ms".into(), req.timeout_ms.into());
     }
     if !req.metadata_json.trim().is_empty() {
-        let meta: serde_json::Value = serde_json::from_str(&req.metadata_json)
-            .map_err(|e| Error::invalid(format!("{prefix}metadata_json is not valid json: {e}")).with_field("metadata_json"))?;
+        let meta: serde_json::Value = serde_json::from_str(&req.metadata_json).map_err(|e| {
+            Error::invalid(format!("{prefix}metadata_json is not valid json: {e}"))
+                .with_field("metadata_json")
+        })?;
         obj.insert("metadata".into(), meta);
     }
     if let Some(r) = req.retry {
@@ -60,7 +71,12 @@ fn spec_from_proto(app: &App, req: v1::TaskRequest, prefix: &str) -> Result<bato
     }
     if !req.deadline.is_empty() {
         let d = req.deadline.trim();
-        obj.insert("deadline".into(), d.parse::<u64>().map(Into::into).unwrap_or_else(|_| d.into()));
+        obj.insert(
+            "deadline".into(),
+            d.parse::<u64>()
+                .map(Into::into)
+                .unwrap_or_else(|_| d.into()),
+        );
     }
     if !req.execution_mode.is_empty() {
         obj.insert("execution_mode".into(), req.execution_mode.into());
@@ -69,8 +85,11 @@ fn spec_from_proto(app: &App, req: v1::TaskRequest, prefix: &str) -> Result<bato
     let mut total = 0;
     for (i, part) in req.inputs.into_iter().enumerate() {
         let field = format!("{prefix}inputs[{i}]");
-        let kind = InputKind::parse(&part.r#type).map_err(|e| Error::invalid(format!("{field}.type: {}", e.message)).with_field(&field))?;
-        let mut p = InputPart::from_wire(kind, part.data).map_err(|e| Error::invalid(format!("{field}: {}", e.message)).with_field(&field))?;
+        let kind = InputKind::parse(&part.r#type).map_err(|e| {
+            Error::invalid(format!("{field}.type: {}", e.message)).with_field(&field)
+        })?;
+        let mut p = InputPart::from_wire(kind, part.data)
+            .map_err(|e| Error::invalid(format!("{field}: {}", e.message)).with_field(&field))?;
         p.mime_type = (!part.mime_type.is_empty()).then_some(part.mime_type);
         p.name = (!part.name.is_empty()).then_some(part.name);
         total += p.approx_size();
@@ -79,29 +98,52 @@ fn spec_from_proto(app: &App, req: v1::TaskRequest, prefix: &str) -> Result<bato
     if total > app.limits.max_task_bytes {
         return Err(Error::new(
             baton_core::ErrorCode::PayloadTooLarge,
-            format!("{prefix}inputs: total {total} bytes exceed the limit of {} bytes", app.limits.max_task_bytes),
+            format!(
+                "{prefix}inputs: total {total} bytes exceed the limit of {} bytes",
+                app.limits.max_task_bytes
+            ),
         ));
     }
     Ok(spec)
 }
 
 fn submitted(s: crate::app::Submitted) -> v1::SubmitTaskResponse {
-    v1::SubmitTaskResponse { task: Some(task_proto(&s.record, now_ms(), false)), created: s.created }
+    v1::SubmitTaskResponse {
+        task: Some(task_proto(&s.record, now_ms(), false)),
+        created: s.created,
+    }
 }
 
 #[tonic::async_trait]
 impl v1::baton_server::Baton for ClientApi {
-    async fn submit_task(&self, req: Request<v1::SubmitTaskRequest>) -> Result<Response<v1::SubmitTaskResponse>, Status> {
-        let task = req.into_inner().task.ok_or_else(|| status(Error::invalid("task is required")))?;
+    async fn submit_task(
+        &self,
+        req: Request<v1::SubmitTaskRequest>,
+    ) -> Result<Response<v1::SubmitTaskResponse>, Status> {
+        let task = req
+            .into_inner()
+            .task
+            .ok_or_else(|| status(Error::invalid("task is required")))?;
         let spec = spec_from_proto(&self.app, task, "").map_err(status)?;
-        let out = self.app.submit(vec![spec]).await.map_err(status)?.pop().expect("one outcome");
+        let out = self
+            .app
+            .submit(vec![spec])
+            .await
+            .map_err(status)?
+            .pop()
+            .expect("one outcome");
         Ok(Response::new(submitted(out.map_err(status)?)))
     }
 
-    async fn submit_tasks(&self, req: Request<v1::SubmitTasksRequest>) -> Result<Response<v1::SubmitTasksResponse>, Status> {
+    async fn submit_tasks(
+        &self,
+        req: Request<v1::SubmitTasksRequest>,
+    ) -> Result<Response<v1::SubmitTasksResponse>, Status> {
         let tasks = req.into_inner().tasks;
         if tasks.is_empty() {
-            return Err(status(Error::invalid("tasks must not be empty").with_field("tasks")));
+            return Err(status(
+                Error::invalid("tasks must not be empty").with_field("tasks"),
+            ));
         }
         let mut specs = Vec::with_capacity(tasks.len());
         let mut problems = Vec::new();
@@ -112,12 +154,17 @@ impl v1::baton_server::Baton for ClientApi {
             }
         }
         if let Some(first) = problems.first() {
-            let list: Vec<serde_json::Value> = problems.iter().map(|e| serde_json::json!({"message": e.message, "details": e.details})).collect();
+            let list: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|e| serde_json::json!({"message": e.message, "details": e.details}))
+                .collect();
             let mut e = first.clone();
             if problems.len() > 1 {
                 e.message = format!("{} (and {} more problems)", e.message, problems.len() - 1);
             }
-            return Err(status(e.with_details(serde_json::json!({"problems": list}))));
+            return Err(status(
+                e.with_details(serde_json::json!({"problems": list})),
+            ));
         }
         let results = self.app.submit(specs).await.map_err(status)?;
         // A conflicting id fails the whole call over gRPC only if every task conflicts;
@@ -126,35 +173,66 @@ impl v1::baton_server::Baton for ClientApi {
         for r in results {
             match r {
                 Ok(s) => out.push(submitted(s)),
-                Err(_) => out.push(v1::SubmitTaskResponse { task: None, created: false }),
+                Err(_) => out.push(v1::SubmitTaskResponse {
+                    task: None,
+                    created: false,
+                }),
             }
         }
         Ok(Response::new(v1::SubmitTasksResponse { results: out }))
     }
 
-    async fn get_task(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
-        let rec = self.app.get(&req.into_inner().task_id).await.map_err(status)?;
+    async fn get_task(
+        &self,
+        req: Request<v1::GetTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let rec = self
+            .app
+            .get(&req.into_inner().task_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(task_proto(&rec, now_ms(), true)))
     }
 
-    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let limit = (r.limit > 0).then_some(r.limit as usize);
-        let page = self.app.list(Some(&r.status), Some(&r.task_type), limit, Some(r.cursor)).await.map_err(status)?;
+        let page = self
+            .app
+            .list(Some(&r.status), Some(&r.task_type), limit, Some(r.cursor))
+            .await
+            .map_err(status)?;
         let now = now_ms();
         Ok(Response::new(v1::ListTasksResponse {
-            tasks: page.tasks.iter().map(|t| task_proto(t, now, false)).collect(),
+            tasks: page
+                .tasks
+                .iter()
+                .map(|t| task_proto(t, now, false))
+                .collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
     }
 
-    async fn cancel_task(&self, req: Request<v1::CancelTaskRequest>) -> Result<Response<v1::Task>, Status> {
+    async fn cancel_task(
+        &self,
+        req: Request<v1::CancelTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
         let r = req.into_inner();
-        let rec = self.app.cancel(&r.task_id, (!r.reason.is_empty()).then_some(r.reason)).await.map_err(status)?;
+        let rec = self
+            .app
+            .cancel(&r.task_id, (!r.reason.is_empty()).then_some(r.reason))
+            .await
+            .map_err(status)?;
         Ok(Response::new(task_proto(&rec, now_ms(), false)))
     }
 
-    async fn list_agents(&self, _req: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _req: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         let agents = self
             .app
             .agents()
@@ -175,23 +253,49 @@ impl v1::baton_server::Baton for ClientApi {
         Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
 
-    async fn list_dead_letters(&self, req: Request<v1::ListDeadLettersRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_dead_letters(
+        &self,
+        req: Request<v1::ListDeadLettersRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let limit = (r.limit > 0).then_some(r.limit as usize);
-        let page = self.app.list(Some("dead_lettered"), Some(&r.task_type), limit, Some(r.cursor)).await.map_err(status)?;
+        let page = self
+            .app
+            .list(
+                Some("dead_lettered"),
+                Some(&r.task_type),
+                limit,
+                Some(r.cursor),
+            )
+            .await
+            .map_err(status)?;
         let now = now_ms();
         Ok(Response::new(v1::ListTasksResponse {
-            tasks: page.tasks.iter().map(|t| task_proto(t, now, false)).collect(),
+            tasks: page
+                .tasks
+                .iter()
+                .map(|t| task_proto(t, now, false))
+                .collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
     }
 
-    async fn reprocess_dead_letter(&self, req: Request<v1::ReprocessDeadLetterRequest>) -> Result<Response<v1::Task>, Status> {
-        let rec = self.app.reprocess(&req.into_inner().task_id).await.map_err(status)?;
+    async fn reprocess_dead_letter(
+        &self,
+        req: Request<v1::ReprocessDeadLetterRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let rec = self
+            .app
+            .reprocess(&req.into_inner().task_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(task_proto(&rec, now_ms(), false)))
     }
 
-    async fn health(&self, _req: Request<v1::HealthRequest>) -> Result<Response<v1::HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _req: Request<v1::HealthRequest>,
+    ) -> Result<Response<v1::HealthResponse>, Status> {
         let doc = self.app.health().await;
         Ok(Response::new(v1::HealthResponse {
             healthy: doc["healthy"] == true,
@@ -209,20 +313,29 @@ pub struct AgentApi {
 
 fn error_reply(e: &Error) -> v1::ServerMessage {
     v1::ServerMessage {
-        msg: Some(v1::server_message::Msg::Error(v1::ErrorReply { code: e.code.as_str().into(), message: e.message.clone() })),
+        msg: Some(v1::server_message::Msg::Error(v1::ErrorReply {
+            code: e.code.as_str().into(),
+            message: e.message.clone(),
+        })),
     }
 }
 
 fn validate_register(reg: &v1::Register) -> Result<AgentId, Error> {
     let agent_id = AgentId::parse(reg.agent_id.clone())?;
     if reg.task_types.is_empty() {
-        return Err(Error::invalid("register needs at least one task type").with_field("task_types"));
+        return Err(
+            Error::invalid("register needs at least one task type").with_field("task_types")
+        );
     }
     for t in &reg.task_types {
-        baton_core::task::validate_task_type(t).map_err(|m| Error::invalid(format!("task type {t:?} {m}")).with_field("task_types"))?;
+        baton_core::task::validate_task_type(t)
+            .map_err(|m| Error::invalid(format!("task type {t:?} {m}")).with_field("task_types"))?;
     }
     if reg.max_concurrent == 0 || reg.max_concurrent > 100_000 {
-        return Err(Error::invalid("max_concurrent must be between 1 and 100000").with_field("max_concurrent"));
+        return Err(
+            Error::invalid("max_concurrent must be between 1 and 100000")
+                .with_field("max_concurrent"),
+        );
     }
     Ok(agent_id)
 }
@@ -233,9 +346,15 @@ type ServerStream = Pin<Box<dyn futures::Stream<Item = Result<v1::ServerMessage,
 impl v1::agent_service_server::AgentService for AgentApi {
     type ConnectStream = ServerStream;
 
-    async fn connect(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream closed before register"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream closed before register"))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reg = match first.msg {
             Some(Msg::Register(r)) => r,

@@ -29,8 +29,12 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
-        let http = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("cannot listen on http_addr {}", cfg.http_addr))?;
-        let grpc = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("cannot listen on grpc_addr {}", cfg.grpc_addr))?;
+        let http = TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on http_addr {}", cfg.http_addr))?;
+        let grpc = TcpListener::bind(cfg.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on grpc_addr {}", cfg.grpc_addr))?;
         Ok(Self { http, grpc })
     }
 
@@ -48,14 +52,21 @@ pub fn open_embedded_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         },
         ..Default::default()
     };
-    let store = baton_store_sqlite::SqliteStore::open(&cfg.data_dir, options)
-        .with_context(|| format!("cannot open the embedded store in {}", cfg.data_dir.display()))?;
+    let store =
+        baton_store_sqlite::SqliteStore::open(&cfg.data_dir, options).with_context(|| {
+            format!(
+                "cannot open the embedded store in {}",
+                cfg.data_dir.display()
+            )
+        })?;
     Ok(Arc::new(store))
 }
 
 /// Accepted gRPC connections with Nagle's algorithm off: assignments and acks are
 /// small frames that must not wait for a delayed ACK (about 40 ms each way).
-fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use futures::StreamExt;
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
@@ -67,7 +78,12 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
 }
 
 /// Runs the orchestrator until `shutdown` resolves.
-pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let dispatcher = dispatcher::Dispatcher::new(
         store.clone(),
         dispatcher::Options {
@@ -77,7 +93,10 @@ pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutd
             agent_timeout_ms: cfg.agent_timeout_ms,
         },
     );
-    dispatcher.recover(store.exclusive()).await.context("cannot recover state from the store")?;
+    dispatcher
+        .recover(store.exclusive())
+        .await
+        .context("cannot recover state from the store")?;
     let app = Arc::new(app::App {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -113,8 +132,10 @@ pub async fn run(cfg: Config, store: Arc<dyn Store>, listeners: Listeners, shutd
                     .max_decoding_message_size(cfg.max_body_bytes),
             )
             .add_service(
-                v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi { app: app.clone() })
-                    .max_decoding_message_size(cfg.max_body_bytes),
+                v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(cfg.max_body_bytes),
             )
             .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
                 let _ = grpc_stop.changed().await;

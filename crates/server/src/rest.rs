@@ -47,12 +47,24 @@ struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(baton_proto::http_status(self.0.code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let details = if self.0.details.is_null() { serde_json::json!({}) } else { self.0.details };
-        let body = ErrorBody { error: ErrorDetail { code: self.0.code.as_str().into(), message: self.0.message, details } };
+        let status = StatusCode::from_u16(baton_proto::http_status(self.0.code))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let details = if self.0.details.is_null() {
+            serde_json::json!({})
+        } else {
+            self.0.details
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0.code.as_str().into(),
+                message: self.0.message,
+                details,
+            },
+        };
         let mut resp = (status, Json(body)).into_response();
         if self.0.code == ErrorCode::ResourceExhausted {
-            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }
@@ -67,13 +79,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(Error::new(ErrorCode::PayloadTooLarge, "request body is larger than the configured limit (max_body_bytes)"))
+                ApiError(Error::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is larger than the configured limit (max_body_bytes)",
+                ))
             } else {
-                ApiError(Error::invalid(format!("could not read the request body: {}", e.body_text())))
+                ApiError(Error::invalid(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                )))
             }
         })?;
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(ApiError(Error::invalid("request body is empty: send a JSON object")));
+            return Err(ApiError(Error::invalid(
+                "request body is empty: send a JSON object",
+            )));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
@@ -91,7 +111,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         bytes::Bytes::from_request(req, state)
             .await
             .map(RawBody)
-            .map_err(|e| ApiError(Error::invalid(format!("could not read the request body: {}", e.body_text()))))
+            .map_err(|e| {
+                ApiError(Error::invalid(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                )))
+            })
     }
 }
 
@@ -195,10 +220,14 @@ struct ListQuery {
 fn parse_num<T: std::str::FromStr>(raw: Option<&str>, field: &str) -> Result<Option<T>, ApiError> {
     match raw.filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError(Error::invalid(format!("{field} must be a non-negative whole number, got {s:?}")).with_field(field))),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            ApiError(
+                Error::invalid(format!(
+                    "{field} must be a non-negative whole number, got {s:?}"
+                ))
+                .with_field(field),
+            )
+        }),
     }
 }
 
@@ -206,13 +235,23 @@ fn parse_bool(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
     match raw {
         None | Some("") | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),
-        Some(other) => Err(ApiError(Error::invalid(format!("{field} must be true or false, got {other:?}")).with_field(field))),
+        Some(other) => Err(ApiError(
+            Error::invalid(format!("{field} must be true or false, got {other:?}"))
+                .with_field(field),
+        )),
     }
 }
 
 /// Query strings with Baton's error shape when they do not parse.
-fn query<T: serde::de::DeserializeOwned + Default>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| ApiError(Error::invalid(format!("bad query string: {}", e.body_text()))))
+fn query<T: serde::de::DeserializeOwned + Default>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError(Error::invalid(format!(
+            "bad query string: {}",
+            e.body_text()
+        )))
+    })
 }
 
 /// Submit a task.
@@ -221,10 +260,21 @@ fn query<T: serde::de::DeserializeOwned + Default>(q: Result<Query<T>, axum::ext
               (status = 200, description = "the same task was already submitted", body = TaskView),
               (status = 400, body = ErrorBody), (status = 409, description = "the id exists with different content", body = ErrorBody),
               (status = 413, body = ErrorBody)))]
-async fn submit_task(State(app): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn submit_task(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let spec = app.parse(&body, "")?;
-    let result = app.submit(vec![spec]).await?.pop().expect("one outcome per task")?;
-    let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
+    let result = app
+        .submit(vec![spec])
+        .await?
+        .pop()
+        .expect("one outcome per task")?;
+    let status = if result.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(task_view(&result.record, now_ms(), false))).into_response())
 }
 
@@ -232,12 +282,19 @@ async fn submit_task(State(app): State<AppState>, JsonBody(body): JsonBody) -> R
 /// is stored); an id that exists with different content is reported per task.
 #[utoipa::path(post, path = "/api/v1/tasks/batch", request_body = BatchRequest,
     responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
-async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<BatchResponse>, ApiError> {
+async fn submit_batch(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<BatchResponse>, ApiError> {
     let Some(items) = body.get("tasks").and_then(|t| t.as_array()) else {
-        return Err(ApiError(Error::invalid("body must be {\"tasks\": [...]}").with_field("tasks")));
+        return Err(ApiError(
+            Error::invalid("body must be {\"tasks\": [...]}").with_field("tasks"),
+        ));
     };
     if items.is_empty() {
-        return Err(ApiError(Error::invalid("tasks must not be empty").with_field("tasks")));
+        return Err(ApiError(
+            Error::invalid("tasks must not be empty").with_field("tasks"),
+        ));
     }
     let mut specs = Vec::with_capacity(items.len());
     let mut problems = Vec::new();
@@ -246,7 +303,9 @@ async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> 
             Ok(s) => specs.push(s),
             Err(e) => match e.details.get("problems").and_then(|p| p.as_array()) {
                 Some(list) => problems.extend(list.iter().cloned()),
-                None => problems.push(serde_json::json!({"field": format!("tasks[{i}]"), "message": e.message})),
+                None => problems.push(
+                    serde_json::json!({"field": format!("tasks[{i}]"), "message": e.message}),
+                ),
             },
         }
     }
@@ -256,9 +315,15 @@ async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> 
             "{} {}{}",
             first["field"].as_str().unwrap_or(""),
             first["message"].as_str().unwrap_or(""),
-            if problems.len() > 1 { format!(" (and {} more problems)", problems.len() - 1) } else { String::new() }
+            if problems.len() > 1 {
+                format!(" (and {} more problems)", problems.len() - 1)
+            } else {
+                String::new()
+            }
         );
-        return Err(ApiError(Error::invalid(msg).with_details(serde_json::json!({"problems": problems}))));
+        return Err(ApiError(
+            Error::invalid(msg).with_details(serde_json::json!({"problems": problems})),
+        ));
     }
     let ids: Vec<String> = specs.iter().map(|s| s.task_id.to_string()).collect();
     let results = app.submit(specs).await?;
@@ -273,7 +338,12 @@ async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> 
                 } else {
                     existing += 1
                 }
-                BatchItem { task_id, status: Some(s.record.state.status.to_string()), created: Some(s.created), error: None }
+                BatchItem {
+                    task_id,
+                    status: Some(s.record.state.status.to_string()),
+                    created: Some(s.created),
+                    error: None,
+                }
             }
             Err(e) => {
                 conflicts += 1;
@@ -281,12 +351,21 @@ async fn submit_batch(State(app): State<AppState>, JsonBody(body): JsonBody) -> 
                     task_id,
                     status: None,
                     created: None,
-                    error: Some(ErrorDetail { code: e.code.as_str().into(), message: e.message, details: e.details }),
+                    error: Some(ErrorDetail {
+                        code: e.code.as_str().into(),
+                        message: e.message,
+                        details: e.details,
+                    }),
                 }
             }
         })
         .collect();
-    Ok(Json(BatchResponse { tasks, created, existing, conflicts }))
+    Ok(Json(BatchResponse {
+        tasks,
+        created,
+        existing,
+        conflicts,
+    }))
 }
 
 /// Get a task: status, agent executions, output, metrics and events.
@@ -311,27 +390,48 @@ async fn get_task(
     params(("status" = Option<String>, Query), ("task_type" = Option<String>, Query),
            ("limit" = Option<u32>, Query, description = "1..=1000, default 50"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
-async fn list_tasks(State(app): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<TaskList>, ApiError> {
+async fn list_tasks(
+    State(app): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
     let q = query(q)?;
     let limit = parse_num(q.limit.as_deref(), "limit")?;
-    let page = app.list(q.status.as_deref(), q.task_type.as_deref(), limit, q.cursor).await?;
+    let page = app
+        .list(q.status.as_deref(), q.task_type.as_deref(), limit, q.cursor)
+        .await?;
     let now = now_ms();
-    Ok(Json(TaskList { tasks: page.tasks.iter().map(|r| task_view(r, now, false)).collect(), next_cursor: page.next_cursor }))
+    Ok(Json(TaskList {
+        tasks: page
+            .tasks
+            .iter()
+            .map(|r| task_view(r, now, false))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Cancel a task that has not finished. A running attempt is stopped on its agent.
 #[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", params(("task_id" = String, Path)), request_body = Option<CancelRequest>,
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, description = "already finished", body = ErrorBody)))]
-async fn cancel_task(State(app): State<AppState>, Path(task_id): Path<String>, RawBody(body): RawBody) -> Result<Json<TaskView>, ApiError> {
+async fn cancel_task(
+    State(app): State<AppState>,
+    Path(task_id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<TaskView>, ApiError> {
     // The body is optional: nothing, or {"reason": "..."}.
     let reason = if body.iter().all(|b| b.is_ascii_whitespace()) {
         None
     } else {
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError(Error::invalid(format!("malformed json: {e}"))))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError(Error::invalid(format!("malformed json: {e}"))))?;
         match v.get("reason") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(r)) => Some(r.clone()),
-            Some(_) => return Err(ApiError(Error::invalid("reason must be a string").with_field("reason"))),
+            Some(_) => {
+                return Err(ApiError(
+                    Error::invalid("reason must be a string").with_field("reason"),
+                ))
+            }
         }
     };
     let record = app.cancel(&task_id, reason).await?;
@@ -341,28 +441,52 @@ async fn cancel_task(State(app): State<AppState>, Path(task_id): Path<String>, R
 /// Connected agents.
 #[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
 async fn list_agents(State(app): State<AppState>) -> Json<AgentList> {
-    Json(AgentList { agents: app.agents() })
+    Json(AgentList {
+        agents: app.agents(),
+    })
 }
 
 /// The dead-letter queue: tasks whose attempts are exhausted.
 #[utoipa::path(get, path = "/api/v1/dlq",
     params(("task_type" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
-async fn list_dlq(State(app): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<TaskList>, ApiError> {
+async fn list_dlq(
+    State(app): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
     let q = query(q)?;
     if q.status.is_some() {
-        return Err(ApiError(Error::invalid("the dead-letter queue has no status filter").with_field("status")));
+        return Err(ApiError(
+            Error::invalid("the dead-letter queue has no status filter").with_field("status"),
+        ));
     }
     let limit = parse_num(q.limit.as_deref(), "limit")?;
-    let page = app.list(Some("dead_lettered"), q.task_type.as_deref(), limit, q.cursor).await?;
+    let page = app
+        .list(
+            Some("dead_lettered"),
+            q.task_type.as_deref(),
+            limit,
+            q.cursor,
+        )
+        .await?;
     let now = now_ms();
-    Ok(Json(TaskList { tasks: page.tasks.iter().map(|r| task_view(r, now, false)).collect(), next_cursor: page.next_cursor }))
+    Ok(Json(TaskList {
+        tasks: page
+            .tasks
+            .iter()
+            .map(|r| task_view(r, now, false))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Send a dead-lettered task back to its queue with a fresh attempt budget.
 #[utoipa::path(post, path = "/api/v1/dlq/{task_id}/reprocess", params(("task_id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, description = "not dead-lettered", body = ErrorBody)))]
-async fn reprocess_dlq(State(app): State<AppState>, Path(task_id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+async fn reprocess_dlq(
+    State(app): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     let record = app.reprocess(&task_id).await?;
     Ok(Json(task_view(&record, now_ms(), false)))
 }
@@ -371,15 +495,40 @@ async fn reprocess_dlq(State(app): State<AppState>, Path(task_id): Path<String>)
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Object), (status = 503, body = Object)))]
 async fn health(State(app): State<AppState>) -> Response {
     let doc = app.health().await;
-    let status = if doc["healthy"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if doc["healthy"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(doc)).into_response()
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Baton", description = "Durable orchestrator for AI-agent workloads"),
-    paths(submit_task, submit_batch, get_task, list_tasks, cancel_task, list_agents, list_dlq, reprocess_dlq, health),
-    components(schemas(ErrorBody, TaskView, TaskList, AgentList, BatchResponse, SubmitTaskRequest, BatchRequest))
+    info(
+        title = "Baton",
+        description = "Durable orchestrator for AI-agent workloads"
+    ),
+    paths(
+        submit_task,
+        submit_batch,
+        get_task,
+        list_tasks,
+        cancel_task,
+        list_agents,
+        list_dlq,
+        reprocess_dlq,
+        health
+    ),
+    components(schemas(
+        ErrorBody,
+        TaskView,
+        TaskList,
+        AgentList,
+        BatchResponse,
+        SubmitTaskRequest,
+        BatchRequest
+    ))
 )]
 pub struct ApiDoc;
 
@@ -392,7 +541,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError(Error::invalid("method not allowed on this endpoint; see /openapi.json"))
+    ApiError(Error::invalid(
+        "method not allowed on this endpoint; see /openapi.json",
+    ))
 }
 
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {

@@ -9,7 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub fn rfc3339(ms: Millis) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 /// One attempt of a task on an agent.
@@ -103,7 +104,12 @@ pub struct TaskView {
 fn ends_attempt(kind: EventKind) -> bool {
     matches!(
         kind,
-        EventKind::Succeeded | EventKind::AttemptFailed | EventKind::Failed | EventKind::DeadLettered | EventKind::Cancelled | EventKind::DeadlineExceeded
+        EventKind::Succeeded
+            | EventKind::AttemptFailed
+            | EventKind::Failed
+            | EventKind::DeadLettered
+            | EventKind::Cancelled
+            | EventKind::DeadlineExceeded
     )
 }
 
@@ -113,7 +119,11 @@ pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
     for ev in events {
         if ev.kind == EventKind::Started {
             out.push(AgentExecution {
-                agent_id: ev.agent_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+                agent_id: ev
+                    .agent_id
+                    .as_ref()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
                 attempt: ev.attempt,
                 status: "running".into(),
                 started_at: rfc3339(ev.at_ms),
@@ -124,7 +134,11 @@ pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
                 finished_ms: None,
             });
         } else if ends_attempt(ev.kind) && ev.from == Some(Status::Running) {
-            if let Some(ex) = out.iter_mut().rev().find(|e| e.attempt == ev.attempt && e.finished_ms.is_none()) {
+            if let Some(ex) = out
+                .iter_mut()
+                .rev()
+                .find(|e| e.attempt == ev.attempt && e.finished_ms.is_none())
+            {
                 ex.finished_ms = Some(ev.at_ms);
                 ex.finished_at = Some(rfc3339(ev.at_ms));
                 ex.duration_ms = Some(ev.at_ms.saturating_sub(ex.started_ms));
@@ -136,7 +150,13 @@ pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
                         .as_deref()
                         .and_then(|m| m.split(':').next())
                         .filter(|k| !k.is_empty())
-                        .map(|k| if k == "retryable" || k == "permanent" { "failed".to_string() } else { k.to_string() })
+                        .map(|k| {
+                            if k == "retryable" || k == "permanent" {
+                                "failed".to_string()
+                            } else {
+                                k.to_string()
+                            }
+                        })
                         .unwrap_or_else(|| "failed".into()),
                 };
                 if ev.kind != EventKind::Succeeded {
@@ -164,7 +184,10 @@ pub fn metrics(record: &TaskRecord, now: Millis) -> TaskMetrics {
 fn event_view(ev: &TaskEvent) -> EventView {
     EventView {
         at: rfc3339(ev.at_ms),
-        kind: serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        kind: serde_json::to_value(ev.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         from: ev.from.map(|s| s.to_string()),
         to: ev.to.to_string(),
         attempt: ev.attempt,
@@ -181,7 +204,9 @@ pub fn task_view(record: &TaskRecord, now: Millis, include_inputs: bool) -> Task
         task_type: spec.task_type.clone(),
         status: s.status.to_string(),
         priority: spec.priority.to_string(),
-        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()),
+        execution_mode: spec
+            .execution_mode
+            .map(|m| format!("{m:?}").to_ascii_lowercase()),
         attempt: s.attempt,
         max_attempts: spec.retry.max_attempts,
         timeout_ms: spec.timeout_ms,
@@ -190,7 +215,11 @@ pub fn task_view(record: &TaskRecord, now: Millis, include_inputs: bool) -> Task
         inputs: include_inputs.then(|| spec.inputs.iter().map(|p| p.to_json_value()).collect()),
         agent_executions: executions(&s.events),
         output: s.output.clone(),
-        error: s.error.as_ref().map(|e| ErrorView { kind: e.kind.clone(), message: e.message.clone(), attempt: e.attempt }),
+        error: s.error.as_ref().map(|e| ErrorView {
+            kind: e.kind.clone(),
+            message: e.message.clone(),
+            attempt: e.attempt,
+        }),
         metrics: metrics(record, now),
         events: s.events.iter().map(event_view).collect(),
         created_at: rfc3339(s.created_at_ms),
@@ -223,7 +252,11 @@ pub fn task_proto(record: &TaskRecord, now: Millis, include_inputs: bool) -> v1:
         timeout_ms: spec.timeout_ms,
         metadata_json: serde_json::Value::Object(spec.metadata.clone()).to_string(),
         output_json: s.output.as_ref().map(|o| o.to_string()).unwrap_or_default(),
-        error: s.error.as_ref().map(|e| v1::TaskError { kind: e.kind.clone(), message: e.message.clone(), attempt: e.attempt }),
+        error: s.error.as_ref().map(|e| v1::TaskError {
+            kind: e.kind.clone(),
+            message: e.message.clone(),
+            attempt: e.attempt,
+        }),
         agent_executions: executions(&s.events)
             .into_iter()
             .map(|e| v1::AgentExecution {
@@ -236,7 +269,11 @@ pub fn task_proto(record: &TaskRecord, now: Millis, include_inputs: bool) -> v1:
                 error: e.error.unwrap_or_default(),
             })
             .collect(),
-        metrics: Some(v1::TaskMetrics { total_duration_ms: m.total_duration_ms, retry_count: m.retry_count, agents_used: m.agents_used }),
+        metrics: Some(v1::TaskMetrics {
+            total_duration_ms: m.total_duration_ms,
+            retry_count: m.retry_count,
+            agents_used: m.agents_used,
+        }),
         events: s
             .events
             .iter()
@@ -256,8 +293,15 @@ pub fn task_proto(record: &TaskRecord, now: Millis, include_inputs: bool) -> v1:
         created_at_ms: s.created_at_ms,
         updated_at_ms: s.updated_at_ms,
         finished_at_ms: s.finished_at_ms.unwrap_or(0),
-        execution_mode: spec.execution_mode.map(|m| format!("{m:?}").to_ascii_lowercase()).unwrap_or_default(),
+        execution_mode: spec
+            .execution_mode
+            .map(|m| format!("{m:?}").to_ascii_lowercase())
+            .unwrap_or_default(),
         deadline_ms: spec.deadline_ms.unwrap_or(0),
-        inputs: if include_inputs { spec.inputs.iter().map(input_to_proto).collect() } else { Vec::new() },
+        inputs: if include_inputs {
+            spec.inputs.iter().map(input_to_proto).collect()
+        } else {
+            Vec::new()
+        },
     }
 }

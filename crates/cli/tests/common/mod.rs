@@ -41,7 +41,15 @@ impl Server {
     /// Starts `baton serve` on the given addresses (use 127.0.0.1:0 for any port).
     pub fn start_on(data_dir: &Path, http_addr: &str, grpc_addr: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BATON)
-            .args(["serve", "--http-addr", http_addr, "--grpc-addr", grpc_addr, "--log-level", "info"])
+            .args([
+                "serve",
+                "--http-addr",
+                http_addr,
+                "--grpc-addr",
+                grpc_addr,
+                "--log-level",
+                "info",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -53,7 +61,9 @@ impl Server {
             .spawn()
             .expect("start baton serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -61,7 +71,13 @@ impl Server {
                 .to_string()
         };
         let (http_addr, grpc_addr) = (field("http"), field("grpc"));
-        Server { child, http: format!("http://{http_addr}"), grpc: format!("http://{grpc_addr}"), http_addr, grpc_addr }
+        Server {
+            child,
+            http: format!("http://{http_addr}"),
+            grpc: format!("http://{grpc_addr}"),
+            http_addr,
+            grpc_addr,
+        }
     }
 
     pub fn start(data_dir: &Path) -> Server {
@@ -89,8 +105,21 @@ pub struct AgentProc(pub Child);
 impl AgentProc {
     pub fn start(grpc: &str, types: &str, concurrency: usize, id: &str) -> AgentProc {
         let child = Command::new(BATON)
-            .args(["agent", "--type", types, "--orchestrator", grpc, "--agent-id", id])
-            .args(["--concurrency", &concurrency.to_string(), "--log-level", "info"])
+            .args([
+                "agent",
+                "--type",
+                types,
+                "--orchestrator",
+                grpc,
+                "--agent-id",
+                id,
+            ])
+            .args([
+                "--concurrency",
+                &concurrency.to_string(),
+                "--log-level",
+                "info",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -109,7 +138,9 @@ impl AgentProc {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 impl Drop for AgentProc {
@@ -131,7 +162,13 @@ pub struct Resp {
 
 impl Api {
     pub fn new(base: &str) -> Api {
-        Api { base: base.to_string(), http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap() }
+        Api {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
     }
 
     pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Resp {
@@ -143,8 +180,13 @@ impl Api {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Resp { status, body, headers }
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -152,12 +194,22 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        self.raw(reqwest::Method::POST, path, Some(serde_json::to_vec(body).unwrap())).await
+        self.raw(
+            reqwest::Method::POST,
+            path,
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await
     }
 
     pub async fn submit(&self, task: Value) -> Value {
         let r = self.post("/api/v1/tasks", &task).await;
-        assert!(r.status == 201 || r.status == 200, "submit failed: {} {}", r.status, r.body);
+        assert!(
+            r.status == 201 || r.status == 200,
+            "submit failed: {} {}",
+            r.status,
+            r.body
+        );
         r.body
     }
 
@@ -166,24 +218,44 @@ impl Api {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "task {task_id} did not finish within {within:?}");
-            let r = self.get(&format!("/api/v1/tasks/{task_id}?wait_ms={}", left.as_millis().min(20_000))).await;
+            assert!(
+                !left.is_zero(),
+                "task {task_id} did not finish within {within:?}"
+            );
+            let r = self
+                .get(&format!(
+                    "/api/v1/tasks/{task_id}?wait_ms={}",
+                    left.as_millis().min(20_000)
+                ))
+                .await;
             assert_eq!(r.status, 200, "{}", r.body);
-            if matches!(r.body["status"].as_str(), Some("completed" | "failed" | "cancelled" | "dead_lettered")) {
+            if matches!(
+                r.body["status"].as_str(),
+                Some("completed" | "failed" | "cancelled" | "dead_lettered")
+            ) {
                 return r.body;
             }
         }
     }
 
     /// Polls until `check` holds for the task.
-    pub async fn wait_for(&self, task_id: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        task_id: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let r = self.get(&format!("/api/v1/tasks/{task_id}")).await;
             if r.status == 200 && check(&r.body) {
                 return r.body;
             }
-            assert!(Instant::now() < deadline, "task {task_id} never reached the expected state: {}", r.body);
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} never reached the expected state: {}",
+                r.body
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -191,7 +263,12 @@ impl Api {
     pub async fn wait_agents(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(resp) = self.http.get(format!("{}/api/v1/agents", self.base)).send().await {
+            if let Ok(resp) = self
+                .http
+                .get(format!("{}/api/v1/agents", self.base))
+                .send()
+                .await
+            {
                 if let Ok(v) = resp.json::<Value>().await {
                     if v["agents"].as_array().map_or(0, |a| a.len()) >= n {
                         return;

@@ -1,0 +1,168 @@
+//! The `baton` client commands against a real server: readable output for people,
+//! JSON for scripts, exit codes, and errors in words.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+fn baton(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BATON)
+        .args(args)
+        .env("BATON_SERVER", &server.http)
+        .output()
+        .expect("run baton");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn submit_wait_list_get_dlq_and_agents_from_the_cli() {
+    let dir = TempDir::new("cli");
+    let server = Server::start(&dir.0);
+    let _agent = AgentProc::start(&server.grpc, "echo,fail", 4, "cli-agent");
+    Api::new(&server.http).wait_agents(1).await;
+
+    let (ok, out, err) = baton(
+        &server,
+        &[
+            "submit",
+            "--type",
+            "echo",
+            "--task-id",
+            "c1",
+            "--input",
+            "text:hello",
+            "--wait",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["output"]["inputs"][0]["data"], "hello");
+
+    let (ok, out, _) = baton(&server, &["get", "c1"]);
+    assert!(ok);
+    assert!(out.contains("status     completed"), "{out}");
+    assert!(out.contains("cli-agent"), "{out}");
+
+    let (ok, out, _) = baton(
+        &server,
+        &["submit", "--type", "echo", "--count", "25", "--wait"],
+    );
+    assert!(ok);
+    assert!(
+        out.contains("25 tasks finished: 25 completed, 0 did not"),
+        "{out}"
+    );
+
+    let (ok, out, _) = baton(&server, &["list", "--json", "--limit", "1000"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 26);
+    let (ok, out, _) = baton(&server, &["list", "--status", "completed", "--limit", "5"]);
+    assert!(ok);
+    assert!(
+        out.contains("TASK ID") && out.contains("more: --cursor"),
+        "{out}"
+    );
+
+    // A task that ends in the dead-letter queue makes `submit --wait` fail.
+    let (ok, _, err) = baton(
+        &server,
+        &[
+            "submit",
+            "--type",
+            "fail",
+            "--task-id",
+            "d1",
+            "--max-attempts",
+            "1",
+            "--wait",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("did not complete"), "{err}");
+    let (ok, out, _) = baton(&server, &["dlq", "list", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tasks"][0]["task_id"], "d1");
+    let (ok, out, _) = baton(&server, &["dlq", "reprocess", "d1"]);
+    assert!(ok);
+    assert!(out.contains("task d1 is queued again"), "{out}");
+
+    let (ok, out, _) = baton(&server, &["agents"]);
+    assert!(ok);
+    assert!(
+        out.contains("cli-agent") && out.contains("echo,fail"),
+        "{out}"
+    );
+
+    // Errors are said in words, with a non-zero exit.
+    let (ok, _, err) = baton(&server, &["submit", "--type", "echo", "--priority", "99"]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid_argument") && err.contains("priority"),
+        "{err}"
+    );
+    let (ok, _, err) = baton(&server, &["get", "missing"]);
+    assert!(!ok);
+    assert!(err.contains("not_found"), "{err}");
+    let (ok, _, err) = baton(&server, &["list", "--status", "bogus"]);
+    assert!(!ok);
+    assert!(err.contains("unknown status"), "{err}");
+}
+
+#[test]
+fn serve_refuses_bad_configuration_with_a_clear_message() {
+    let out = Command::new(BATON)
+        .args(["serve", "--max-workers", "0"])
+        .env_remove("MAX_WORKERS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_workers"), "{err}");
+    let out = Command::new(BATON)
+        .args(["serve"])
+        .env("GRPC_PORT", "not-a-port")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GRPC_PORT"));
+    let out = Command::new(BATON)
+        .args(["agent", "--type", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent type"));
+}
+
+#[test]
+fn two_servers_cannot_share_a_data_directory() {
+    let dir = TempDir::new("lock");
+    let _first = Server::start(&dir.0);
+    let out = Command::new(BATON)
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
