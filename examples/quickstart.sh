@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== building baton (release)"
 cargo build --release -p baton-cli --quiet
-BATON=./target/release/baton
+BATON="${CARGO_TARGET_DIR:-target}/release/baton"
 
 DATA=$(mktemp -d)
 LOG=$DATA/server.log
