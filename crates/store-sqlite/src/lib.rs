@@ -61,10 +61,7 @@
 /// prefers `tasks_by_status`, which scans every running or queued task.
 macro_rules! select_records {
     ($tail:literal) => {
-        concat!(
-            "SELECT seq, (SELECT spec FROM task_specs WHERE task_specs.seq = tasks.seq), state, lease_deadline FROM tasks ",
-            $tail
-        )
+        concat!("SELECT seq, spec, state, lease_deadline FROM tasks ", $tail)
     };
 }
 

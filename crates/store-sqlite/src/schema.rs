@@ -31,36 +31,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_retry_ready    ON tasks (ready_at)                     WHERE status = 2;
     CREATE INDEX tasks_by_status      ON tasks (status, seq);
     CREATE INDEX tasks_by_type        ON tasks (task_type, seq);",
-    // 2: the immutable spec moves to its own table, written once at submit, so that a
-    // transition rewrites only the small state row; columns nothing selects on
-    // (attempt, created_at, updated_at: all inside `state`) go. Running attempts
-    // keep one index, by owner, which also answers lease expiry (see the crate docs).
-    "ALTER TABLE tasks RENAME TO tasks_v1;
-    CREATE TABLE task_specs (
-        seq  INTEGER PRIMARY KEY,
-        spec TEXT    NOT NULL
-    );
-    CREATE TABLE tasks (
-        seq            INTEGER PRIMARY KEY,
-        id             TEXT    NOT NULL UNIQUE,
-        task_type      TEXT    NOT NULL,
-        status         INTEGER NOT NULL,
-        priority       INTEGER NOT NULL,
-        ready_at       INTEGER,
-        lease_owner    TEXT,
-        lease_deadline INTEGER,
-        state          TEXT    NOT NULL
-    );
-    INSERT INTO task_specs (seq, spec) SELECT seq, spec FROM tasks_v1 ORDER BY seq;
-    INSERT INTO tasks (seq, id, task_type, status, priority, ready_at, lease_owner, lease_deadline, state)
-        SELECT seq, id, task_type, status, priority, ready_at, lease_owner, lease_deadline, state
-        FROM tasks_v1 ORDER BY seq;
-    DROP TABLE tasks_v1;
-    CREATE INDEX tasks_queued         ON tasks (task_type, priority DESC, seq)  WHERE status = 0;
-    CREATE INDEX tasks_running_owner  ON tasks (lease_owner, lease_deadline)    WHERE status = 1;
-    CREATE INDEX tasks_retry_ready    ON tasks (ready_at)                       WHERE status = 2;
-    CREATE INDEX tasks_by_status      ON tasks (status, seq);
-    CREATE INDEX tasks_by_type        ON tasks (task_type, seq);",
 ];
 
 /// The schema version this build writes.

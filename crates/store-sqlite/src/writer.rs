@@ -119,29 +119,28 @@ pub(crate) struct Session<'c> {
 /// task does not pin its size in memory for good.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
-const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, state)
-    VALUES (?1, ?2, ?3, ?4, ?5)
+const INSERT: &str =
+    "INSERT INTO tasks (id, task_type, status, priority, attempt, ready_at, lease_owner,
+        lease_deadline, created_at, updated_at, spec, state)
+    VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, NULL, ?5, ?5, ?6, ?7)
     ON CONFLICT (id) DO NOTHING";
-const INSERT_SPEC: &str = "INSERT INTO task_specs (seq, spec) VALUES (?1, ?2)";
 
 pub(crate) const BY_ID: &str = select_records!("WHERE id = ?1");
 /// Queued tasks of one type in claim order.
 pub(crate) const PICK: &str =
     select_records!("INDEXED BY tasks_queued WHERE status = 0 AND task_type = ?1 ORDER BY priority DESC, seq LIMIT ?2");
 pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = ?2 WHERE status = 1 AND lease_owner = ?1";
-/// Scans the running tasks' owner index, which carries the deadline: running tasks
-/// are bounded by the server's workers, and one index fewer is maintained per claim
-/// and per result.
 pub(crate) const OVERDUE: &str =
-    select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_deadline < ?1");
+    select_records!("INDEXED BY tasks_running_lease WHERE status = 1 AND lease_deadline < ?1");
 pub(crate) const HELD: &str =
     select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_owner = ?1");
 pub(crate) const DUE: &str = select_records!(
     "INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at"
 );
 
-const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, ready_at = ?3, lease_owner = ?4,
-        lease_deadline = ?5, state = ?6
+const WRITE_BACK: &str =
+    "UPDATE tasks SET status = ?2, attempt = ?3, ready_at = ?4, lease_owner = ?5,
+        lease_deadline = ?6, updated_at = ?7, state = ?8
     WHERE seq = ?1";
 
 impl Session<'_> {
@@ -170,9 +169,11 @@ impl Session<'_> {
         stmt.execute(params![
             seq,
             state.status.code(),
+            state.attempt,
             opt_millis(state.ready_at_ms),
             state.lease_owner.as_deref(),
             opt_millis(state.lease_deadline_ms),
+            millis(state.updated_at_ms),
             json,
         ])
         .map_err(sql_error)?;
@@ -190,11 +191,6 @@ impl Session<'_> {
         match apply(&loaded.state, command, ctx) {
             Ok(transition) => {
                 self.write_back(loaded.seq, &transition.state)?;
-                self.delta.moved(
-                    &loaded.spec.task_type,
-                    loaded.state.status,
-                    transition.state.status,
-                );
                 Ok(Ok(transition))
             }
             Err(refusal) => Ok(Err(refusal)),
@@ -207,27 +203,23 @@ impl Session<'_> {
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>> {
         let mut out = Vec::with_capacity(tasks.len());
-        let mut insert = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
-        let mut insert_spec = self.conn.prepare_cached(INSERT_SPEC).map_err(sql_error)?;
+        let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
         for spec in tasks {
             let state = TaskState::new_queued(now);
+            let spec_json = encode_json(&mut self.spec_buf, &spec)?;
             let state_json = encode_json(&mut self.state_buf, &state)?;
-            let inserted = insert
+            let inserted = stmt
                 .execute(params![
                     spec.task_id.as_str(),
                     spec.task_type,
                     state.status.code(),
                     spec.priority.rank(),
+                    millis(now),
+                    spec_json,
                     state_json,
                 ])
                 .map_err(sql_error)?;
             if inserted == 1 {
-                let seq = self.conn.last_insert_rowid();
-                let spec_json = encode_json(&mut self.spec_buf, &spec)?;
-                insert_spec
-                    .execute(params![seq, spec_json])
-                    .map_err(sql_error)?;
-                self.delta.added(&spec.task_type, state.status);
                 out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
                 continue;
             }
