@@ -511,3 +511,71 @@ async fn bad_input_gets_one_error_shape_and_changes_nothing() {
         1
     );
 }
+
+#[tokio::test]
+async fn silent_agent_loses_its_lease_and_its_late_result_is_refused() {
+    let dir = TempDir::new("silent");
+    let env = [
+        ("BATON_HEARTBEAT_INTERVAL_MS", "200"),
+        ("BATON_AGENT_TIMEOUT_MS", "1000"),
+        ("BATON_LEASE_MS", "1000"),
+    ];
+    let server = Server::start_with_env(&dir.0, "127.0.0.1:0", "127.0.0.1:0", &[], &env);
+    let api = Api::new(&server.http);
+    let frozen = AgentProc::start(&server.grpc, "sleep", 1, "frozen");
+    api.wait_agents(1).await;
+    api.submit(
+        json!({"task_id": "held", "task_type": "sleep", "metadata": {"sleep_ms": 1500},
+                      "retry": {"max_attempts": 3, "backoff_base_ms": 10, "jitter": 0}}),
+    )
+    .await;
+    api.wait_for("held", LONG, |t| t["status"] == "running")
+        .await;
+    // The agent stops answering (its connection stays open): no more heartbeats.
+    frozen.signal("STOP");
+    let _rescuer = AgentProc::start(&server.grpc, "sleep", 1, "rescuer");
+    let t = api.wait_done("held", LONG).await;
+    frozen.signal("CONT");
+    assert_eq!(t["status"], "completed", "{t}");
+    let execs = t["agent_executions"].as_array().unwrap();
+    assert_eq!(execs[0]["agent_id"], "frozen");
+    assert_eq!(execs[0]["status"], "agent_lost");
+    assert_eq!(execs.last().unwrap()["agent_id"], "rescuer");
+    // The frozen agent wakes up and reports its stale attempt: nothing changes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = api.get("/api/v1/tasks/held").await.body;
+    assert_eq!(
+        after["events"], t["events"],
+        "a stale result changed the task"
+    );
+}
+
+#[tokio::test]
+async fn agent_drains_on_sigterm_and_finishes_what_it_holds() {
+    let dir = TempDir::new("drain");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let mut agent = AgentProc::start(&server.grpc, "sleep", 2, "drainer");
+    api.wait_agents(1).await;
+    api.submit(json!({"task_id": "inflight", "task_type": "sleep", "metadata": {"sleep_ms": 800}}))
+        .await;
+    api.wait_for("inflight", LONG, |t| t["status"] == "running")
+        .await;
+    agent.signal("TERM");
+    // Submitted during the drain: must not go to the draining agent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.submit(json!({"task_id": "later", "task_type": "sleep", "metadata": {"sleep_ms": 1}}))
+        .await;
+    let t = api.wait_done("inflight", LONG).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(
+        t["attempt"], 1,
+        "finished by the draining agent, not retried"
+    );
+    let status = tokio::task::spawn_blocking(move || agent.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "agent exit status {status:?}");
+    let later = api.get("/api/v1/tasks/later").await.body;
+    assert_eq!(later["status"], "queued", "{later}");
+}

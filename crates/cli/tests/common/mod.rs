@@ -40,7 +40,18 @@ pub struct Server {
 impl Server {
     /// Starts `baton serve` on the given addresses (use 127.0.0.1:0 for any port).
     pub fn start_on(data_dir: &Path, http_addr: &str, grpc_addr: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(data_dir, http_addr, grpc_addr, extra, &[])
+    }
+
+    pub fn start_with_env(
+        data_dir: &Path,
+        http_addr: &str,
+        grpc_addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(BATON)
+            .envs(env.iter().copied())
             .args([
                 "serve",
                 "--http-addr",
@@ -132,15 +143,13 @@ impl AgentProc {
         let _ = self.0.wait();
     }
 
-    pub fn terminate(&mut self) {
-        unsafe_sigterm(self.0.id());
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
     }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }
 
 impl Drop for AgentProc {
