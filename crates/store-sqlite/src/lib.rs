@@ -7,9 +7,10 @@
 //! - `LOCK`: held with an exclusive file lock while a store has the directory open,
 //!   so that two servers never share one data directory.
 //!
-//! # Schema (version 1, tracked in `PRAGMA user_version`)
+//! # Schema (version 2, tracked in `PRAGMA user_version`)
 //!
-//! One table, `tasks`, one row per task:
+//! Two tables. `tasks` holds one small row per task, the only row a transition
+//! rewrites; `task_specs` holds the spec, written once at submit and only read after:
 //!
 //! | column           | type    | meaning                                                        |
 //! |------------------|---------|----------------------------------------------------------------|
@@ -18,28 +19,34 @@
 //! | `task_type`      | TEXT    |                                                                |
 //! | `status`         | INTEGER | `Status::code()`: 0 queued, 1 running, 2 retry_wait, 3 completed, 4 failed, 5 cancelled, 6 dead_lettered |
 //! | `priority`       | INTEGER | `Priority::rank()`: 0 background … 4 critical                  |
-//! | `attempt`        | INTEGER | current attempt (fencing token)                                |
 //! | `ready_at`       | INTEGER | end of the retry wait, ms (retry_wait only)                    |
 //! | `lease_owner`    | TEXT    | who holds the running attempt (running only)                   |
 //! | `lease_deadline` | INTEGER | lease end, ms (running only); **authoritative** over the copy in `state`, because extending leases rewrites only this column |
-//! | `created_at`     | INTEGER | ms                                                             |
-//! | `updated_at`     | INTEGER | ms of the last transition                                      |
-//! | `spec`           | TEXT    | JSON of the `TaskSpec`, never changed after insert             |
 //! | `state`          | TEXT    | JSON of the `TaskState`, events included                       |
 //!
-//! The columns other than `spec` and `state` are copies of fields of `state`,
-//! written in the same statement, so that SQL can select and order on them.
+//! `task_specs (seq INTEGER PRIMARY KEY, spec TEXT)`: JSON of the `TaskSpec`, same
+//! `seq` as its task. The columns of `tasks` other than `state` are copies of fields
+//! of the state or spec, written in the same statement, so that SQL can select and
+//! order on them.
 //!
 //! Indexes, each for one query:
 //!
-//! - `tasks_queued (task_type, priority DESC, seq) WHERE status = 0`: claims, queued
-//!   counts, and the distinct queued types (one seek per type);
-//! - `tasks_running_lease (lease_deadline) WHERE status = 1`: lease expiry;
-//! - `tasks_running_owner (lease_owner) WHERE status = 1`: extending and releasing
-//!   the leases of one owner;
+//! - `tasks_queued (task_type, priority DESC, seq) WHERE status = 0`: claims, and the
+//!   queued counts at open;
+//! - `tasks_running_owner (lease_owner, lease_deadline) WHERE status = 1`: extending
+//!   and releasing the leases of one owner, and lease expiry (a scan of this index,
+//!   which carries the deadline: running tasks are bounded by the server's workers,
+//!   and one index fewer is maintained by every claim and result);
 //! - `tasks_retry_ready (ready_at) WHERE status = 2`: `next_wake` and `promote_due`;
 //! - `tasks_by_status (status, seq)` and `tasks_by_type (task_type, seq)`: listing,
-//!   newest first.
+//!   newest first, and the counts at open.
+//!
+//! # Counts
+//!
+//! The store is exclusive, so `counts` and `queued_types` are answered from exact
+//! counters in memory (the `tally` module), counted once at open and then kept by the
+//! writer thread, which applies each batch's changes after its commit and before
+//! answering its callers.
 //!
 //! # Concurrency
 //!
@@ -61,13 +68,17 @@
 /// prefers `tasks_by_status`, which scans every running or queued task.
 macro_rules! select_records {
     ($tail:literal) => {
-        concat!("SELECT seq, spec, state, lease_deadline FROM tasks ", $tail)
+        concat!(
+            "SELECT seq, (SELECT spec FROM task_specs WHERE task_specs.seq = tasks.seq), state, lease_deadline FROM tasks ",
+            $tail
+        )
     };
 }
 
 mod codec;
 mod reader;
 mod schema;
+mod tally;
 mod writer;
 
 pub use reader::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
@@ -85,7 +96,8 @@ use rusqlite::{Connection, OpenFlags};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tally::Tally;
 use tokio::sync::{mpsc, oneshot};
 use writer::{Op, Pending, Session};
 
@@ -111,7 +123,8 @@ pub struct Options {
     pub max_batch: usize,
     /// Read-only connections for `get`, `list`, `counts` and the like.
     pub readers: usize,
-    /// Page cache of each connection, in KiB.
+    /// Page cache of each connection, in KiB. Bigger is not better for the writer:
+    /// SQLite walks the cache's hash table at the end of every transaction.
     pub cache_size_kib: u32,
 }
 
@@ -121,7 +134,7 @@ impl Default for Options {
             synchronous: Synchronous::Full,
             max_batch: 4096,
             readers: 2,
-            cache_size_kib: 32 * 1024,
+            cache_size_kib: 8 * 1024,
         }
     }
 }
@@ -149,6 +162,7 @@ pub struct SqliteStore {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<Readers>,
     counters: Arc<writer::Counters>,
+    tally: Arc<Mutex<Tally>>,
     /// Held for the lock; released when the store is dropped.
     _lock: File,
     /// Declared last: removed only after everything above is closed.
@@ -206,6 +220,7 @@ impl SqliteStore {
         let db_path = dir.join(DB_FILE);
         let mut conn = Connection::open(&db_path).map_err(codec::sql_error)?;
         schema::configure_writer(&mut conn, &options)?;
+        let tally = Arc::new(Mutex::new(Tally::load(&conn)?));
         let mut readers = Vec::with_capacity(options.readers);
         for _ in 0..options.readers {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -220,9 +235,10 @@ impl SqliteStore {
         let max_batch = options.max_batch;
         let counters = Arc::new(writer::Counters::default());
         let writer_counters = Arc::clone(&counters);
+        let writer_tally = Arc::clone(&tally);
         let writer = std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch, writer_counters))
+            .spawn(move || writer::run(conn, rx, max_batch, writer_counters, writer_tally))
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start the sqlite writer thread: {e}"))
             })?;
@@ -234,6 +250,7 @@ impl SqliteStore {
             writer: Some(writer),
             readers: Arc::new(Readers::new(readers)),
             counters,
+            tally,
             _lock: lock,
             temp: None,
         })
@@ -296,6 +313,12 @@ impl SqliteStore {
         let ops = self.ops.as_ref().ok_or_else(stopped)?;
         ops.send(op).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl SqliteStore {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -385,11 +408,11 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<Counts> {
-        self.readers.run(reader::counts).await
+        Ok(self.tally().counts())
     }
 
     async fn queued_types(&self) -> Result<Vec<String>> {
-        self.readers.run(reader::queued_types).await
+        Ok(self.tally().queued_types())
     }
 
     fn exclusive(&self) -> bool {
@@ -451,15 +474,12 @@ mod tests {
         let conn = Connection::open(store.dir().join(DB_FILE)).expect("raw connection");
         let cases = [
             (writer::PICK, "tasks_queued"),
-            (writer::OVERDUE, "tasks_running_lease"),
+            (writer::OVERDUE, "tasks_running_owner"),
             (writer::HELD, "tasks_running_owner"),
             (writer::EXTEND, "tasks_running_owner"),
             (writer::DUE, "tasks_retry_ready"),
             (writer::BY_ID, "sqlite_autoindex_tasks_1"),
             (reader::NEXT_WAKE, "tasks_retry_ready"),
-            (reader::QUEUED_TYPES, "tasks_queued"),
-            (reader::COUNT_QUEUED_BY_TYPE, "tasks_queued"),
-            (reader::COUNT_BY_STATUS, "tasks_by_status"),
             (reader::LIST_BY_STATUS, "tasks_by_status"),
             (reader::LIST_BY_TYPE, "tasks_by_type"),
             (reader::LIST_ALL, "INTEGER PRIMARY KEY"),

@@ -5,7 +5,7 @@
 
 use crate::codec::{decode_cursor, decode_record, encode_cursor, sql_error};
 use baton_core::{Millis, Status, TaskId};
-use baton_store::{Counts, Error, ListFilter, Page, Result, TaskRecord};
+use baton_store::{Error, ListFilter, Page, Result, TaskRecord};
 use rusqlite::{params, Connection};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
@@ -22,18 +22,6 @@ pub(crate) const LIST_BY_TYPE: &str =
     select_records!("WHERE task_type = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
 pub(crate) const LIST_BY_BOTH: &str =
     select_records!("WHERE status = ?3 AND task_type = ?4 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
-pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
-pub(crate) const COUNT_QUEUED_BY_TYPE: &str =
-    "SELECT task_type, COUNT(*) FROM tasks INDEXED BY tasks_queued WHERE status = 0 GROUP BY task_type";
-/// Distinct queued task types by skipping through the queued index: one index seek
-/// per type, however many tasks are queued.
-pub(crate) const QUEUED_TYPES: &str = "WITH RECURSIVE types(t) AS (
-        SELECT MIN(task_type) FROM tasks INDEXED BY tasks_queued WHERE status = 0
-        UNION ALL
-        SELECT (SELECT MIN(task_type) FROM tasks INDEXED BY tasks_queued WHERE status = 0 AND task_type > types.t)
-        FROM types WHERE types.t IS NOT NULL
-    )
-    SELECT t FROM types WHERE t IS NOT NULL";
 pub(crate) const NEXT_WAKE: &str =
     "SELECT MIN(ready_at) FROM tasks INDEXED BY tasks_retry_ready WHERE status = 2";
 
@@ -153,43 +141,6 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
         None
     };
     Ok(Page { tasks, next_cursor })
-}
-
-pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
-    let mut counts = Counts::default();
-    let mut stmt = conn.prepare_cached(COUNT_BY_STATUS).map_err(sql_error)?;
-    let mut rows = stmt.query([]).map_err(sql_error)?;
-    while let Some(row) = rows.next().map_err(sql_error)? {
-        let code: i64 = row.get(0).map_err(sql_error)?;
-        let n: i64 = row.get(1).map_err(sql_error)?;
-        let status = u8::try_from(code)
-            .ok()
-            .and_then(Status::from_code)
-            .ok_or_else(|| {
-                Error::Corrupt(format!("unknown status code {code} in the tasks table"))
-            })?;
-        counts
-            .by_status
-            .insert(status.as_str().to_string(), n as u64);
-    }
-    let mut stmt = conn
-        .prepare_cached(COUNT_QUEUED_BY_TYPE)
-        .map_err(sql_error)?;
-    let mut rows = stmt.query([]).map_err(sql_error)?;
-    while let Some(row) = rows.next().map_err(sql_error)? {
-        let task_type: String = row.get(0).map_err(sql_error)?;
-        let n: i64 = row.get(1).map_err(sql_error)?;
-        counts.queued_by_type.insert(task_type, n as u64);
-    }
-    Ok(counts)
-}
-
-pub(crate) fn queued_types(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(QUEUED_TYPES).map_err(sql_error)?;
-    let types = stmt.query_map([], |row| row.get(0)).map_err(sql_error)?;
-    types
-        .collect::<rusqlite::Result<Vec<String>>>()
-        .map_err(sql_error)
 }
 
 pub(crate) fn next_wake(conn: &Connection) -> Result<Option<Millis>> {

@@ -8,6 +8,7 @@
 //! itself fails, every operation of the batch gets the error.
 
 use crate::codec::{copy_error, decode_record, encode_json, millis, opt_millis, sql_error, Loaded};
+use crate::tally::{Delta, Tally};
 use baton_core::lifecycle::{
     apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition,
 };
@@ -19,7 +20,7 @@ use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// One queued write: its size (for batching) and the work.
@@ -113,34 +114,37 @@ pub(crate) struct Session<'c> {
     jitter: Jitter,
     spec_buf: Vec<u8>,
     state_buf: Vec<u8>,
+    /// Count changes of the operation running now.
+    delta: Delta,
 }
 
 /// Encoding buffers above this size are released after a batch, so that one huge
 /// task does not pin its size in memory for good.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
-const INSERT: &str =
-    "INSERT INTO tasks (id, task_type, status, priority, attempt, ready_at, lease_owner,
-        lease_deadline, created_at, updated_at, spec, state)
-    VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, NULL, ?5, ?5, ?6, ?7)
+const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, state)
+    VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (id) DO NOTHING";
+const INSERT_SPEC: &str = "INSERT INTO task_specs (seq, spec) VALUES (?1, ?2)";
 
 pub(crate) const BY_ID: &str = select_records!("WHERE id = ?1");
 /// Queued tasks of one type in claim order.
 pub(crate) const PICK: &str =
     select_records!("INDEXED BY tasks_queued WHERE status = 0 AND task_type = ?1 ORDER BY priority DESC, seq LIMIT ?2");
 pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = ?2 WHERE status = 1 AND lease_owner = ?1";
+/// Scans the running tasks' owner index, which carries the deadline: running tasks
+/// are bounded by the server's workers, and one index fewer is maintained per claim
+/// and per result.
 pub(crate) const OVERDUE: &str =
-    select_records!("INDEXED BY tasks_running_lease WHERE status = 1 AND lease_deadline < ?1");
+    select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_deadline < ?1");
 pub(crate) const HELD: &str =
     select_records!("INDEXED BY tasks_running_owner WHERE status = 1 AND lease_owner = ?1");
 pub(crate) const DUE: &str = select_records!(
     "INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at"
 );
 
-const WRITE_BACK: &str =
-    "UPDATE tasks SET status = ?2, attempt = ?3, ready_at = ?4, lease_owner = ?5,
-        lease_deadline = ?6, updated_at = ?7, state = ?8
+const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, ready_at = ?3, lease_owner = ?4,
+        lease_deadline = ?5, state = ?6
     WHERE seq = ?1";
 
 impl Session<'_> {
@@ -169,11 +173,9 @@ impl Session<'_> {
         stmt.execute(params![
             seq,
             state.status.code(),
-            state.attempt,
             opt_millis(state.ready_at_ms),
             state.lease_owner.as_deref(),
             opt_millis(state.lease_deadline_ms),
-            millis(state.updated_at_ms),
             json,
         ])
         .map_err(sql_error)?;
@@ -191,6 +193,11 @@ impl Session<'_> {
         match apply(&loaded.state, command, ctx) {
             Ok(transition) => {
                 self.write_back(loaded.seq, &transition.state)?;
+                self.delta.moved(
+                    &loaded.spec.task_type,
+                    loaded.state.status,
+                    transition.state.status,
+                );
                 Ok(Ok(transition))
             }
             Err(refusal) => Ok(Err(refusal)),
@@ -203,23 +210,27 @@ impl Session<'_> {
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>> {
         let mut out = Vec::with_capacity(tasks.len());
-        let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
+        let mut insert = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
+        let mut insert_spec = self.conn.prepare_cached(INSERT_SPEC).map_err(sql_error)?;
         for spec in tasks {
             let state = TaskState::new_queued(now);
-            let spec_json = encode_json(&mut self.spec_buf, &spec)?;
             let state_json = encode_json(&mut self.state_buf, &state)?;
-            let inserted = stmt
+            let inserted = insert
                 .execute(params![
                     spec.task_id.as_str(),
                     spec.task_type,
                     state.status.code(),
                     spec.priority.rank(),
-                    millis(now),
-                    spec_json,
                     state_json,
                 ])
                 .map_err(sql_error)?;
             if inserted == 1 {
+                let seq = self.conn.last_insert_rowid();
+                let spec_json = encode_json(&mut self.spec_buf, &spec)?;
+                insert_spec
+                    .execute(params![seq, spec_json])
+                    .map_err(sql_error)?;
+                self.delta.added(&spec.task_type, state.status);
                 out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
                 continue;
             }
@@ -384,14 +395,17 @@ pub(crate) fn run(
     mut ops: mpsc::Receiver<Op>,
     max_batch: usize,
     counters: Arc<Counters>,
+    tally: Arc<Mutex<Tally>>,
 ) {
     let mut session = Session {
         conn: &conn,
         jitter: Jitter::seeded(),
         spec_buf: Vec::new(),
         state_buf: Vec::new(),
+        delta: Delta::default(),
     };
     let mut batch: Vec<Op> = Vec::new();
+    let mut batch_delta = Delta::default();
     while let Some(first) = ops.blocking_recv() {
         let mut weight = first.weight;
         batch.push(first);
@@ -404,7 +418,7 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(&mut session, &mut batch);
+        let outcome = run_batch(&mut session, &mut batch, &mut batch_delta);
         for buf in [&mut session.spec_buf, &mut session.state_buf] {
             if buf.capacity() > KEEP_BUFFER_BYTES {
                 *buf = Vec::new();
@@ -420,11 +434,17 @@ pub(crate) fn run(
         }
         let commit = outcome.as_ref().map(|_| ());
         if commit.is_ok() {
+            // Before any caller hears of the commit, so that its next read sees it.
+            tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&batch_delta);
             counters.transactions.fetch_add(1, Ordering::Relaxed);
             counters
                 .operations
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
+        batch_delta.clear();
         for op in batch.drain(..) {
             op.job.finish(commit);
         }
@@ -432,21 +452,29 @@ pub(crate) fn run(
     tracing::debug!("sqlite writer stopped");
 }
 
-fn run_batch(session: &mut Session<'_>, batch: &mut [Op]) -> Result<()> {
+/// Runs a batch in one transaction; `delta` collects the count changes of the
+/// operations that succeeded (meaningful only if this returns `Ok`).
+fn run_batch(session: &mut Session<'_>, batch: &mut [Op], delta: &mut Delta) -> Result<()> {
     let conn = session.conn;
+    session.delta.clear();
     exec(conn, "BEGIN IMMEDIATE")?;
     if let [only] = batch {
         // Alone in its transaction, an operation needs no savepoint of its own:
         // if it fails, the whole transaction is rolled back.
         return if only.job.run(session) {
+            delta.absorb(&mut session.delta);
             exec(conn, "COMMIT")
         } else {
+            session.delta.clear();
             exec(conn, "ROLLBACK")
         };
     }
     for op in batch.iter_mut() {
         exec(conn, "SAVEPOINT op")?;
-        if !op.job.run(session) {
+        if op.job.run(session) {
+            delta.absorb(&mut session.delta);
+        } else {
+            session.delta.clear();
             exec(conn, "ROLLBACK TO op")?;
         }
         exec(conn, "RELEASE op")?;

@@ -196,3 +196,74 @@ async fn operations_queued_behind_a_commit_share_the_next_transaction() {
         "{SUBMITS} submits took {transactions} transactions: no group commit"
     );
 }
+
+/// A data directory written by schema version 1 (spec and state in one row) opens
+/// with its tasks intact, and they go on through their lifecycle.
+#[tokio::test]
+async fn a_version_1_database_is_migrated() {
+    let dir = std::env::temp_dir().join(format!(
+        "baton-store-sqlite-v1-{}-{}",
+        std::process::id(),
+        T0
+    ));
+    drop(std::fs::remove_dir_all(&dir));
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let path = dir.join(DB_FILE);
+    let store = {
+        let conn = Connection::open(&path).expect("v1 database");
+        conn.execute_batch(
+            "CREATE TABLE tasks (
+                seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task_type TEXT NOT NULL,
+                status INTEGER NOT NULL, priority INTEGER NOT NULL, attempt INTEGER NOT NULL,
+                ready_at INTEGER, lease_owner TEXT, lease_deadline INTEGER,
+                created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+                spec TEXT NOT NULL, state TEXT NOT NULL);
+            CREATE INDEX tasks_queued ON tasks (task_type, priority DESC, seq) WHERE status = 0;
+            CREATE INDEX tasks_running_lease ON tasks (lease_deadline) WHERE status = 1;
+            CREATE INDEX tasks_running_owner ON tasks (lease_owner) WHERE status = 1;
+            CREATE INDEX tasks_retry_ready ON tasks (ready_at) WHERE status = 2;
+            CREATE INDEX tasks_by_status ON tasks (status, seq);
+            CREATE INDEX tasks_by_type ON tasks (task_type, seq);
+            PRAGMA user_version = 1;",
+        )
+        .expect("v1 schema");
+        for name in ["old1", "old2"] {
+            let spec = spec(name, "echo");
+            let state = baton_core::lifecycle::TaskState::new_queued(T0);
+            conn.execute(
+                "INSERT INTO tasks (id, task_type, status, priority, attempt, created_at,
+                    updated_at, spec, state)
+                VALUES (?1, 'echo', 0, ?2, 0, ?3, ?3, ?4, ?5)",
+                rusqlite::params![
+                    name,
+                    spec.priority.rank(),
+                    T0 as i64,
+                    serde_json::to_string(&spec).expect("spec json"),
+                    serde_json::to_string(&state).expect("state json"),
+                ],
+            )
+            .expect("v1 row");
+        }
+        drop(conn);
+        SqliteStore::open(&dir, Options::default()).expect("open a v1 database")
+    };
+
+    let version: i64 = raw(&store)
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, SCHEMA_VERSION as i64);
+    let old = store
+        .get(&TaskId::from_trusted("old1"))
+        .await
+        .expect("get")
+        .expect("the v1 task is still there");
+    assert_eq!(old.spec, spec("old1", "echo"));
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.by_status.get("queued"), Some(&2));
+    assert_eq!(counts.queued_by_type.get("echo"), Some(&2));
+    let claimed = store.claim(claim_request("echo", 10)).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].spec, spec("old1", "echo"));
+    drop(store);
+    drop(std::fs::remove_dir_all(&dir));
+}

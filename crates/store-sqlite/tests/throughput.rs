@@ -62,6 +62,53 @@ fn rate(n: usize, since: Instant) -> String {
     format!("{:>8.0} tasks/s ({secs:.2} s)", n as f64 / secs)
 }
 
+/// CPU seconds (user + system) of the threads whose name starts with `prefix`, or
+/// of the whole process for `None`; from `/proc`, so Linux only (0 elsewhere).
+/// Less noisy than wall time on a shared machine.
+fn cpu_seconds(prefix: Option<&str>) -> f64 {
+    fn ticks(stat_path: &std::path::Path) -> u64 {
+        let Ok(stat) = std::fs::read_to_string(stat_path) else {
+            return 0;
+        };
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return 0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    }
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let Some(prefix) = prefix else {
+        return ticks(std::path::Path::new("/proc/self/stat")) as f64 / TICKS_PER_SECOND;
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            total += ticks(&task.path().join("stat"));
+        }
+    }
+    total as f64 / TICKS_PER_SECOND
+}
+
+/// Writer-thread and whole-process CPU per task since `(writer, process)`.
+fn cpu(n: usize, since: (f64, f64)) -> String {
+    let (writer, process) = (cpu_seconds(Some("baton-sqlite")), cpu_seconds(None));
+    format!(
+        "writer {:.1} us/task, process {:.1} us/task",
+        (writer - since.0) * 1e6 / n as f64,
+        (process - since.1) * 1e6 / n as f64
+    )
+}
+
+fn cpu_now() -> (f64, f64) {
+    (cpu_seconds(Some("baton-sqlite")), cpu_seconds(None))
+}
+
 /// Phases one after another, one caller: submit all, claim all, complete all.
 async fn phases(synchronous: Synchronous) {
     let store = SqliteStore::open_temp_with(Options {
@@ -73,12 +120,14 @@ async fn phases(synchronous: Synchronous) {
     let start = Instant::now();
 
     let t = Instant::now();
+    let c = cpu_now();
     for chunk in all.chunks(SUBMIT_BATCH) {
         store.submit(chunk.to_vec(), T0).await.expect("submit");
     }
-    let submit_rate = rate(TASKS, t);
+    let submit_rate = format!("{}, {}", rate(TASKS, t), cpu(TASKS, c));
 
     let t = Instant::now();
+    let c = cpu_now();
     let mut claimed = Vec::with_capacity(TASKS);
     loop {
         let batch = store.claim(request(0, T0 + 1)).await.expect("claim");
@@ -88,9 +137,10 @@ async fn phases(synchronous: Synchronous) {
         claimed.extend(batch);
     }
     assert_eq!(claimed.len(), TASKS);
-    let claim_rate = rate(TASKS, t);
+    let claim_rate = format!("{}, {}", rate(TASKS, t), cpu(TASKS, c));
 
     let t = Instant::now();
+    let c = cpu_now();
     let mut done = 0;
     let mut claimed = claimed.into_iter();
     loop {
@@ -101,7 +151,7 @@ async fn phases(synchronous: Synchronous) {
         done += complete(&store, batch, T0 + 2).await;
     }
     assert_eq!(done, TASKS);
-    let complete_rate = rate(TASKS, t);
+    let complete_rate = format!("{}, {}", rate(TASKS, t), cpu(TASKS, c));
 
     println!("sequential, synchronous={synchronous:?}");
     println!("  submit   (batches of {SUBMIT_BATCH}): {submit_rate}");
@@ -124,6 +174,7 @@ async fn pipelined(synchronous: Synchronous, workers: usize) {
         .expect("open"),
     );
     let start = Instant::now();
+    let c = cpu_now();
 
     let submitters: Vec<_> = (0..2)
         .map(|k| {
@@ -168,9 +219,72 @@ async fn pipelined(synchronous: Synchronous, workers: usize) {
     );
     let stats = store.write_stats();
     println!(
-        "pipelined, synchronous={synchronous:?}, 2 submitters, {workers} claim+complete workers: {} \
+        "pipelined, synchronous={synchronous:?}, 2 submitters, {workers} claim+complete workers: {}, {} \
          ({} store calls in {} transactions)",
         rate(TASKS, start),
+        cpu(TASKS, c),
+        stats.operations,
+        stats.transactions
+    );
+}
+
+/// Like a busy server: many small calls at once. Each of `workers` claims up to
+/// `claim_max` tasks, then reports each result in a call of its own (as agents send
+/// a results frame per finished task), so the writer commits many small operations.
+async fn chatty(synchronous: Synchronous, workers: usize, claim_max: usize) {
+    let store = Arc::new(
+        SqliteStore::open_temp_with(Options {
+            synchronous,
+            ..Options::default()
+        })
+        .expect("open"),
+    );
+    let tasks = TASKS / 2;
+    let start = Instant::now();
+    let c = cpu_now();
+    let submitter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let all: Vec<TaskSpec> = (0..tasks).map(task).collect();
+            for chunk in all.chunks(SUBMIT_BATCH) {
+                store.submit(chunk.to_vec(), T0).await.expect("submit");
+            }
+        })
+    };
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runners: Vec<_> = (0..workers)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
+                while done.load(Ordering::Relaxed) < tasks {
+                    let mut req = request(w, T0 + 1);
+                    req.max = claim_max;
+                    let claimed = store.claim(req).await.expect("claim");
+                    if claimed.is_empty() {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    let each = claimed
+                        .into_iter()
+                        .map(|c| complete(&store, vec![c], T0 + 2));
+                    let n: usize = futures::future::join_all(each).await.into_iter().sum();
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    submitter.await.expect("submitter");
+    for r in runners {
+        r.await.expect("runner");
+    }
+    let stats = store.write_stats();
+    println!(
+        "chatty, synchronous={synchronous:?}, {workers} workers claiming {claim_max} and reporting one by one: {}, {} \
+         ({} store calls in {} transactions)",
+        rate(tasks, start),
+        cpu(tasks, c),
         stats.operations,
         stats.transactions
     );
@@ -182,5 +296,6 @@ async fn throughput() {
     for synchronous in [Synchronous::Full, Synchronous::Normal] {
         phases(synchronous).await;
         pipelined(synchronous, 4).await;
+        chatty(synchronous, 16, 16).await;
     }
 }
