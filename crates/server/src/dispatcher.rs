@@ -84,6 +84,15 @@ struct State {
     next_wake: Option<Millis>,
 }
 
+/// Results taken from one frame, waiting to be made durable.
+pub struct PendingResults {
+    acks: Vec<v1::ResultAck>,
+    updates: Vec<Update>,
+    /// Where each update's ack sits in `acks`.
+    positions: Vec<usize>,
+    tx: Outbound,
+}
+
 /// What an agent is, as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AgentInfo {
@@ -416,19 +425,21 @@ impl Dispatcher {
         });
     }
 
-    /// Records results sent by an agent and acknowledges them once durable.
-    /// A result is refused unless this session holds that attempt.
-    pub async fn results(&self, session_id: &str, results: Vec<v1::Result>) {
-        let now = now_ms();
+    /// Takes results sent by an agent: frees their slots at once and prepares the
+    /// store updates. A result is refused unless this session holds that attempt.
+    /// [`Dispatcher::record_results`] makes them durable and acknowledges them.
+    pub fn accept_results(
+        &self,
+        session_id: &str,
+        results: Vec<v1::Result>,
+    ) -> Option<PendingResults> {
         let mut acks = Vec::with_capacity(results.len());
         let mut updates = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
         let tx = {
             let mut st = self.lock();
             let st = &mut *st;
-            let Some(s) = st.sessions.get_mut(session_id) else {
-                return;
-            };
+            let s = st.sessions.get_mut(session_id)?;
             let mut freed = 0;
             for r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
@@ -496,27 +507,52 @@ impl Dispatcher {
             s.tx.clone()
         };
         self.wake.notify_one();
+        Some(PendingResults {
+            acks,
+            updates,
+            positions,
+            tx,
+        })
+    }
+
+    /// Records accepted results in one store call, however many frames they came
+    /// in, and sends each frame's acknowledgements once they are durable.
+    pub async fn record_results(&self, session_id: &str, mut batch: Vec<PendingResults>) {
+        let updates: Vec<Update> = batch
+            .iter()
+            .flat_map(|p| p.updates.iter().cloned())
+            .collect();
+        let now = now_ms();
         if !updates.is_empty() {
             match self.store.update(updates.clone(), now).await {
                 Ok(outcomes) => {
-                    for ((u, o), pos) in updates.iter().zip(outcomes).zip(positions) {
-                        match o {
-                            UpdateOutcome::Applied { record, effects } => self.handle_effects(
-                                &u.task_id,
-                                &record.spec.task_type,
-                                &effects,
-                                now,
-                            ),
-                            UpdateOutcome::Refused(r) => {
-                                let e: baton_core::Error = r.into();
-                                acks[pos].accepted = false;
-                                acks[pos].error_code = e.code.as_str().into();
-                                acks[pos].message = e.message;
-                            }
-                            UpdateOutcome::NotFound => {
-                                acks[pos].accepted = false;
-                                acks[pos].error_code = "not_found".into();
-                                acks[pos].message = "no such task".into();
+                    let mut outcomes = outcomes.into_iter();
+                    for pending in &mut batch {
+                        for (u, pos) in pending
+                            .updates
+                            .iter()
+                            .zip(pending.positions.iter().copied())
+                        {
+                            let Some(o) = outcomes.next() else { break };
+                            let acks = &mut pending.acks;
+                            match o {
+                                UpdateOutcome::Applied { record, effects } => self.handle_effects(
+                                    &u.task_id,
+                                    &record.spec.task_type,
+                                    &effects,
+                                    now,
+                                ),
+                                UpdateOutcome::Refused(r) => {
+                                    let e: baton_core::Error = r.into();
+                                    acks[pos].accepted = false;
+                                    acks[pos].error_code = e.code.as_str().into();
+                                    acks[pos].message = e.message;
+                                }
+                                UpdateOutcome::NotFound => {
+                                    acks[pos].accepted = false;
+                                    acks[pos].error_code = "not_found".into();
+                                    acks[pos].message = "no such task".into();
+                                }
                             }
                         }
                     }
@@ -528,9 +564,13 @@ impl Dispatcher {
                 }
             }
         }
-        let _ = tx.send(Ok(v1::ServerMessage {
-            msg: Some(v1::server_message::Msg::Acks(v1::ResultAcks { acks })),
-        }));
+        for pending in batch {
+            let _ = pending.tx.send(Ok(v1::ServerMessage {
+                msg: Some(v1::server_message::Msg::Acks(v1::ResultAcks {
+                    acks: pending.acks,
+                })),
+            }));
+        }
     }
 
     /// The connected agents.

@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::clock::now_ms;
+use crate::dispatcher::PendingResults;
 use crate::view::task_proto;
 use baton_core::{AgentId, Error, InputKind, InputPart};
 use baton_proto::v1;
@@ -384,11 +385,33 @@ impl v1::agent_service_server::AgentService for AgentApi {
         }));
         dispatcher.register(session_id.clone(), &reg, agent_id.clone(), tx.clone());
         tracing::info!(%agent_id, session_id, task_types = ?reg.task_types, max_concurrent = reg.max_concurrent, "agent connected");
+        // Results are recorded by their own task, so that reading the stream (and
+        // freeing slots) never waits for a commit, and frames that arrive during
+        // one commit go to the store together in the next.
+        let (results_tx, mut results_rx) = tokio::sync::mpsc::unbounded_channel::<PendingResults>();
+        let recorder = {
+            let dispatcher = dispatcher.clone();
+            let session_id = session_id.clone();
+            tokio::spawn(async move {
+                while let Some(first) = results_rx.recv().await {
+                    let mut batch = vec![first];
+                    while let Ok(more) = results_rx.try_recv() {
+                        batch.push(more);
+                    }
+                    dispatcher.record_results(&session_id, batch).await;
+                }
+            })
+        };
         tokio::spawn(async move {
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
-                        Some(Msg::Results(r)) => dispatcher.results(&session_id, r.results).await,
+                        Some(Msg::Results(r)) => {
+                            if let Some(pending) = dispatcher.accept_results(&session_id, r.results)
+                            {
+                                let _ = results_tx.send(pending);
+                            }
+                        }
                         Some(Msg::Heartbeat(hb)) => dispatcher.heartbeat(&session_id, &hb),
                         Some(Msg::Drain(_)) => {
                             tracing::info!(%agent_id, session_id, "agent draining");
@@ -404,6 +427,9 @@ impl v1::agent_service_server::AgentService for AgentApi {
                     Err(e) => break format!("stream error: {}", e.message()),
                 }
             };
+            // Results already taken are recorded before the session's attempts are released.
+            drop(results_tx);
+            let _ = recorder.await;
             dispatcher.disconnect(&session_id, &reason).await;
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
