@@ -303,37 +303,51 @@ fn wall_ms() -> f64 {
 
 async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result<()> {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let wall_start = wall_ms();
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let scheduled = start + interval * i as u32;
-        tokio::time::sleep_until(scheduled).await;
-        let client = client.clone();
-        let tag = tag.to_string();
-        let scheduled_wall = wall_start + (interval * i as u32).as_secs_f64() * 1000.0;
-        handles.push(tokio::spawn(async move {
-            let id = format!("{tag}-{i}");
-            client.post("/api/v1/tasks", &noop(i, &tag)).await?;
-            loop {
-                let v = client
-                    .get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id)))
-                    .await?;
-                let status = v["status"].as_str().unwrap_or("");
-                if status == "completed" {
-                    let complete = scheduled.elapsed();
-                    let started = v["agent_executions"][0]["started_at"]
-                        .as_str()
-                        .and_then(parse_rfc3339_ms);
-                    let to_start = started.map(|s| (s - scheduled_wall).max(0.0));
-                    return Ok::<_, anyhow::Error>((complete, to_start));
-                }
-                if matches!(status, "failed" | "dead_lettered" | "cancelled") {
-                    bail!("task {id} ended {status}");
-                }
+    // Paced from a plain thread: tokio's timer rounds sleeps up to whole
+    // milliseconds, which would add up to 1 ms of the bench's own lateness.
+    let runtime = tokio::runtime::Handle::current();
+    let client2 = client.clone();
+    let tag2 = tag.to_string();
+    let pacer = std::thread::spawn(move || {
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let scheduled = start + interval * i as u32;
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
             }
-        }));
-    }
+            let client = client2.clone();
+            let tag = tag2.clone();
+            let scheduled_wall = wall_start + (interval * i as u32).as_secs_f64() * 1000.0;
+            handles.push(runtime.spawn(async move {
+                let id = format!("{tag}-{i}");
+                client.post("/api/v1/tasks", &noop(i, &tag)).await?;
+                loop {
+                    let v = client
+                        .get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id)))
+                        .await?;
+                    let status = v["status"].as_str().unwrap_or("");
+                    if status == "completed" {
+                        let complete = scheduled.elapsed();
+                        let started = v["agent_executions"][0]["started_at"]
+                            .as_str()
+                            .and_then(parse_rfc3339_ms);
+                        let to_start = started.map(|s| (s - scheduled_wall).max(0.0));
+                        return Ok::<_, anyhow::Error>((complete, to_start));
+                    }
+                    if matches!(status, "failed" | "dead_lettered" | "cancelled") {
+                        bail!("task {id} ended {status}");
+                    }
+                }
+            }));
+        }
+        handles
+    });
+    let handles = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow!("pacer thread panicked"))?;
     let mut complete = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut to_start = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for h in handles {

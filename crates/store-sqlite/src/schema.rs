@@ -65,7 +65,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 4_000;
+/// WAL file size kept after a reset.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -99,10 +100,13 @@ pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Resu
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(sql_error)?;
     common(conn, options).map_err(sql_error)?;
-    // A bigger WAL between checkpoints (16 MiB of 4 KiB pages instead of 4 MiB):
-    // hot pages rewritten by many commits are copied to the database once per
-    // checkpoint, and checkpoints stall the writer less often.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+    // The writer never checkpoints: a checkpoint copies the WAL into the database
+    // and fsyncs it, which would stall every commit queued behind it (the latency
+    // tail). The checkpointer thread does it with its own connection instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sql_error)?;
+    // After a checkpoint resets the WAL, trim the file back to this size.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
         .map_err(sql_error)?;
     migrate(conn)
 }
