@@ -397,7 +397,13 @@ impl Dispatcher {
             return;
         }
         self.wake.notify_one();
-        let updates: Vec<Update> = to_fail
+        let this = self.clone();
+        tokio::spawn(async move { this.fail_in_store(to_fail, failure).await });
+    }
+
+    /// Fails attempts in the store (fenced by attempt) and carries out the effects.
+    async fn fail_in_store(&self, attempts: Vec<(TaskId, u32)>, failure: Failure) {
+        let updates: Vec<Update> = attempts
             .into_iter()
             .map(|(task_id, attempt)| Update {
                 task_id,
@@ -407,22 +413,24 @@ impl Dispatcher {
                 },
             })
             .collect();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let now = now_ms();
-            match this.store.update(updates.clone(), now).await {
-                Ok(outcomes) => {
-                    for (u, o) in updates.iter().zip(outcomes) {
-                        if let UpdateOutcome::Applied { record, effects } = o {
-                            this.handle_effects(&u.task_id, &record.spec.task_type, &effects, now);
-                        }
+        let now = now_ms();
+        match self.store.update(updates, now).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    if let UpdateOutcome::Applied { record, effects } = o {
+                        self.handle_effects(
+                            &record.spec.task_id,
+                            &record.spec.task_type,
+                            &effects,
+                            now,
+                        );
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
-                }
             }
-        });
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
+            }
+        }
     }
 
     /// Takes results sent by an agent: frees their slots at once and prepares the
@@ -740,28 +748,7 @@ impl Dispatcher {
                     FailureKind::AgentLost,
                     "the agent left before the task reached it",
                 );
-                let updates = orphans
-                    .into_iter()
-                    .map(|(task_id, attempt)| Update {
-                        task_id,
-                        command: Command::Fail {
-                            attempt,
-                            failure: failure.clone(),
-                        },
-                    })
-                    .collect();
-                if let Ok(outcomes) = self.store.update(updates, now_ms()).await {
-                    for o in outcomes {
-                        if let UpdateOutcome::Applied { record, effects } = o {
-                            self.handle_effects(
-                                &record.spec.task_id,
-                                &record.spec.task_type,
-                                &effects,
-                                now_ms(),
-                            );
-                        }
-                    }
-                }
+                self.fail_in_store(orphans, failure).await;
             }
             if store_failed {
                 tokio::time::sleep(Duration::from_millis(200)).await;

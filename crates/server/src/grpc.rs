@@ -108,6 +108,18 @@ fn spec_from_proto(
     Ok(spec)
 }
 
+fn list_proto(page: baton_store::Page) -> v1::ListTasksResponse {
+    let now = now_ms();
+    v1::ListTasksResponse {
+        tasks: page
+            .tasks
+            .iter()
+            .map(|t| task_proto(t, now, false))
+            .collect(),
+        next_cursor: page.next_cursor.unwrap_or_default(),
+    }
+}
+
 fn submitted(s: crate::app::Submitted) -> v1::SubmitTaskResponse {
     v1::SubmitTaskResponse {
         task: Some(task_proto(&s.record, now_ms(), false)),
@@ -206,15 +218,7 @@ impl v1::baton_server::Baton for ClientApi {
             .list(Some(&r.status), Some(&r.task_type), limit, Some(r.cursor))
             .await
             .map_err(status)?;
-        let now = now_ms();
-        Ok(Response::new(v1::ListTasksResponse {
-            tasks: page
-                .tasks
-                .iter()
-                .map(|t| task_proto(t, now, false))
-                .collect(),
-            next_cursor: page.next_cursor.unwrap_or_default(),
-        }))
+        Ok(Response::new(list_proto(page)))
     }
 
     async fn cancel_task(
@@ -270,15 +274,7 @@ impl v1::baton_server::Baton for ClientApi {
             )
             .await
             .map_err(status)?;
-        let now = now_ms();
-        Ok(Response::new(v1::ListTasksResponse {
-            tasks: page
-                .tasks
-                .iter()
-                .map(|t| task_proto(t, now, false))
-                .collect(),
-            next_cursor: page.next_cursor.unwrap_or_default(),
-        }))
+        Ok(Response::new(list_proto(page)))
     }
 
     async fn reprocess_dead_letter(

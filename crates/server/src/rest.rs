@@ -198,6 +198,20 @@ struct TaskList {
     next_cursor: Option<String>,
 }
 
+impl From<baton_store::Page> for TaskList {
+    fn from(page: baton_store::Page) -> Self {
+        let now = now_ms();
+        TaskList {
+            tasks: page
+                .tasks
+                .iter()
+                .map(|r| task_view(r, now, false))
+                .collect(),
+            next_cursor: page.next_cursor,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 struct AgentList {
     agents: Vec<AgentInfo>,
@@ -399,15 +413,7 @@ async fn list_tasks(
     let page = app
         .list(q.status.as_deref(), q.task_type.as_deref(), limit, q.cursor)
         .await?;
-    let now = now_ms();
-    Ok(Json(TaskList {
-        tasks: page
-            .tasks
-            .iter()
-            .map(|r| task_view(r, now, false))
-            .collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(TaskList::from(page)))
 }
 
 /// Cancel a task that has not finished. A running attempt is stopped on its agent.
@@ -469,15 +475,7 @@ async fn list_dlq(
             q.cursor,
         )
         .await?;
-    let now = now_ms();
-    Ok(Json(TaskList {
-        tasks: page
-            .tasks
-            .iter()
-            .map(|r| task_view(r, now, false))
-            .collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(TaskList::from(page)))
 }
 
 /// Send a dead-lettered task back to its queue with a fresh attempt budget.
