@@ -155,7 +155,7 @@ impl App {
         match outcome.into_iter().next() {
             Some(UpdateOutcome::Applied { record, effects }) => {
                 self.dispatcher
-                    .handle_effects(&id, &record.spec.task_type, &effects, now);
+                    .handle_effects(&id, &record.spec.task_type, &effects);
                 Ok(record)
             }
             Some(UpdateOutcome::Refused(r)) => Err(r.into()),

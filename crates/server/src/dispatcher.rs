@@ -12,7 +12,7 @@ use baton_store::{ClaimRequest, Store, Update, UpdateOutcome};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Most tasks handed to one agent in one claim.
 const MAX_CLAIM: usize = 512;
@@ -25,15 +25,6 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub agent_timeout_ms: u64,
-}
-
-/// A task reached a new status; sent to watchers.
-#[derive(Debug, Clone)]
-pub struct TaskUpdate {
-    pub task_id: TaskId,
-    pub task_type: String,
-    pub status: Status,
-    pub at_ms: Millis,
 }
 
 struct InFlight {
@@ -116,7 +107,6 @@ pub struct Dispatcher {
     state: Mutex<State>,
     wake: Notify,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
-    updates: broadcast::Sender<TaskUpdate>,
 }
 
 struct PlannedClaim {
@@ -129,14 +119,12 @@ struct PlannedClaim {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, opts: Options) -> Arc<Self> {
-        let (updates, _) = broadcast::channel(65_536);
         Arc::new(Self {
             store,
             opts,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
-            updates,
         })
     }
 
@@ -159,10 +147,6 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<TaskUpdate> {
-        self.updates.subscribe()
-    }
-
     /// Resolves when the task finishes or on timeout; the caller re-reads the store.
     pub fn waiter(&self, task_id: &TaskId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
@@ -173,13 +157,8 @@ impl Dispatcher {
         rx
     }
 
-    fn finished(&self, task_id: &TaskId, task_type: &str, status: Status, now: Millis) {
-        let _ = self.updates.send(TaskUpdate {
-            task_id: task_id.clone(),
-            task_type: task_type.to_string(),
-            status,
-            at_ms: now,
-        });
+    /// Wakes the requests waiting for this task to finish.
+    fn finished(&self, task_id: &TaskId) {
         let list = self
             .waiters
             .lock()
@@ -191,16 +170,10 @@ impl Dispatcher {
     }
 
     /// Carries out the effects of applied commands.
-    pub fn handle_effects(
-        &self,
-        task_id: &TaskId,
-        task_type: &str,
-        effects: &[Effect],
-        now: Millis,
-    ) {
+    pub fn handle_effects(&self, task_id: &TaskId, task_type: &str, effects: &[Effect]) {
         for effect in effects {
             match effect {
-                Effect::Finished(status) => self.finished(task_id, task_type, *status, now),
+                Effect::Finished(_) => self.finished(task_id),
                 Effect::WakeAt(at) => {
                     let mut st = self.lock();
                     st.next_wake = Some(st.next_wake.map_or(*at, |w| w.min(*at)));
@@ -343,11 +316,11 @@ impl Dispatcher {
             return;
         }
         self.refresh_wake().await;
-        let now = now_ms();
+
         for id in ids {
             if let Ok(Some(rec)) = self.store.get(&id).await {
                 if rec.state.status.is_terminal() {
-                    self.finished(&id, &rec.spec.task_type, rec.state.status, now);
+                    self.finished(&id);
                 }
             }
         }
@@ -418,12 +391,7 @@ impl Dispatcher {
             Ok(outcomes) => {
                 for o in outcomes {
                     if let UpdateOutcome::Applied { record, effects } = o {
-                        self.handle_effects(
-                            &record.spec.task_id,
-                            &record.spec.task_type,
-                            &effects,
-                            now,
-                        );
+                        self.handle_effects(&record.spec.task_id, &record.spec.task_type, &effects);
                     }
                 }
             }
@@ -548,7 +516,6 @@ impl Dispatcher {
                                     &u.task_id,
                                     &record.spec.task_type,
                                     &effects,
-                                    now,
                                 ),
                                 UpdateOutcome::Refused(r) => {
                                     let e: baton_core::Error = r.into();
