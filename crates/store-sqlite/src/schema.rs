@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.
+/// WAL pages after which the writer checkpoints (16 MiB of 4 KiB pages).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 4_000;
 /// WAL file size kept after a reset.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
@@ -100,10 +102,14 @@ pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Resu
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(sql_error)?;
     common(conn, options).map_err(sql_error)?;
-    // The writer never checkpoints: a checkpoint copies the WAL into the database
-    // and fsyncs it, which would stall every commit queued behind it (the latency
-    // tail). The checkpointer thread does it with its own connection instead.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
+    // The checkpointer thread copies the WAL into the database in the background,
+    // so that commits rarely wait for a checkpoint (the latency tail). The writer
+    // still checkpoints once the WAL passes this size: between its transactions
+    // the checkpoint can finish (the background one never catches up with a busy
+    // writer), and only a finished checkpoint lets the next transaction restart
+    // the WAL from its beginning instead of growing it forever. By then the
+    // background thread has copied most frames, so this one is short.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(sql_error)?;
     // After a checkpoint resets the WAL, trim the file back to this size.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
