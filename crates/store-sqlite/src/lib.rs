@@ -75,7 +75,6 @@ macro_rules! select_records {
     };
 }
 
-mod checkpoint;
 mod codec;
 mod reader;
 mod schema;
@@ -165,7 +164,6 @@ pub struct SqliteStore {
     counters: Arc<writer::Counters>,
     tally: Arc<Mutex<Tally>>,
     /// Held for the lock; released when the store is dropped.
-    checkpointer: Option<checkpoint::Checkpointer>,
     _lock: File,
     /// Declared last: removed only after everything above is closed.
     temp: Option<TempDir>,
@@ -244,7 +242,6 @@ impl SqliteStore {
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start the sqlite writer thread: {e}"))
             })?;
-        let checkpointer = checkpoint::Checkpointer::start(&db_path, &options)?;
         tracing::info!(dir = %dir.display(), synchronous = ?options.synchronous, "sqlite store open");
         Ok(SqliteStore {
             dir: dir.to_path_buf(),
@@ -254,7 +251,6 @@ impl SqliteStore {
             readers: Arc::new(Readers::new(readers)),
             counters,
             tally,
-            checkpointer: Some(checkpointer),
             _lock: lock,
             temp: None,
         })
@@ -338,9 +334,6 @@ impl Drop for SqliteStore {
             if writer.join().is_err() {
                 tracing::error!(dir = %self.dir.display(), "sqlite writer thread panicked");
             }
-        }
-        if let Some(c) = self.checkpointer.take() {
-            c.stop();
         }
     }
 }
