@@ -226,14 +226,7 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     }
     if !a.wait {
         if a.c.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&if submitted.len() == 1 {
-                    submitted[0].clone()
-                } else {
-                    Value::Array(submitted)
-                })?
-            );
+            print_json_one_or_many(submitted)?;
         } else if submitted.len() == 1 {
             print_task(&submitted[0]);
         } else {
@@ -274,14 +267,7 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if a.c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&if finished.len() == 1 {
-                finished[0].clone()
-            } else {
-                Value::Array(finished)
-            })?
-        );
+        print_json_one_or_many(finished)?;
     } else if finished.len() == 1 {
         print_task(&finished[0]);
     } else {
@@ -295,6 +281,17 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     if failures > 0 {
         bail!("{failures} task(s) did not complete");
     }
+    Ok(())
+}
+
+/// One task as an object, several as an array.
+fn print_json_one_or_many(mut items: Vec<Value>) -> Result<()> {
+    let v = if items.len() == 1 {
+        items.remove(0)
+    } else {
+        Value::Array(items)
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
