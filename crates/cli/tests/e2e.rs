@@ -532,3 +532,33 @@ async fn agent_drains_on_sigterm_and_finishes_what_it_holds() {
     let later = api.get("/api/v1/tasks/later").await.body;
     assert_eq!(later["status"], "queued", "{later}");
 }
+
+#[tokio::test]
+async fn an_agent_serving_several_types_takes_them_in_turns() {
+    let dir = TempDir::new("fair");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agent = AgentProc::start(&server.grpc, "sleep,echo", 1, "both");
+    api.wait_agents(1).await;
+    let flood: Vec<Value> = (0..100)
+        .map(|i| json!({"task_id": format!("s{i}"), "task_type": "sleep", "metadata": {"sleep_ms": 10}}))
+        .collect();
+    assert_eq!(
+        api.post("/api/v1/tasks/batch", &json!({"tasks": flood}))
+            .await
+            .status,
+        200
+    );
+    api.submit(json!({"task_id": "urgent-echo", "task_type": "echo"}))
+        .await;
+    assert_eq!(
+        api.wait_done("urgent-echo", LONG).await["status"],
+        "completed"
+    );
+    let h = api.get("/health").await.body;
+    let sleeps_done = h["stats"]["tasks"]["completed"].as_u64().unwrap() - 1;
+    assert!(
+        sleeps_done < 20,
+        "the echo task waited behind {sleeps_done} sleep tasks"
+    );
+}

@@ -41,6 +41,8 @@ struct Session {
     max_concurrent: usize,
     in_flight: HashMap<TaskId, InFlight>,
     reserved: usize,
+    /// Where the next claim starts looking among `task_types` (round-robin).
+    next_type: usize,
     draining: bool,
     tx: Outbound,
     connected_at: Millis,
@@ -229,6 +231,7 @@ impl Dispatcher {
             max_concurrent: reg.max_concurrent as usize,
             in_flight: HashMap::new(),
             reserved: 0,
+            next_type: 0,
             draining: false,
             tx,
             connected_at: now,
@@ -603,18 +606,30 @@ impl Dispatcher {
             if budget == 0 {
                 break;
             }
-            // A session serving several types with work: the type it serves with the
-            // oldest pending generation goes first, round-robin by turns across rounds.
-            let Some(task_type) = s.task_types.iter().find(|t| st.has_work.contains_key(*t)) else {
+            // A session serving several types with work takes them in turns, so a
+            // flood of one type does not starve the others.
+            let k = s.task_types.len();
+            let Some(offset) = (0..k).find(|i| {
+                st.has_work
+                    .contains_key(&s.task_types[(s.next_type + i) % k])
+            }) else {
                 continue;
             };
+            let index = (s.next_type + offset) % k;
             let n = s.free().min(budget).min(MAX_CLAIM);
             budget -= n;
-            picks.push((id.clone(), s.agent_id.clone(), task_type.clone(), n));
+            picks.push((
+                id.clone(),
+                s.agent_id.clone(),
+                s.task_types[index].clone(),
+                n,
+                index,
+            ));
         }
-        for (session_id, agent_id, task_type, n) in picks {
+        for (session_id, agent_id, task_type, n, index) in picks {
             if let Some(s) = st.sessions.get_mut(&session_id) {
                 s.reserved += n;
+                s.next_type = index + 1;
             }
             st.running += n;
             let generation = st.has_work.get(&task_type).copied().unwrap_or(0);
