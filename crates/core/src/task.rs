@@ -64,6 +64,7 @@ pub const SUBMIT_FIELDS: &[&str] = &[
     "task_id",
     "task_type",
     "inputs",
+    "payload",
     "priority",
     "timeout_ms",
     "metadata",
@@ -209,6 +210,14 @@ impl TaskSpec {
             }
             Some(_) => p.push(f("inputs"), "must be an array of {type, data} objects"),
         }
+        // Seed 001 submits a `payload`: it becomes a json input named "payload".
+        match obj.get("payload") {
+            None | Some(Value::Null) => {}
+            Some(v) => inputs.push(InputPart {
+                name: Some("payload".into()),
+                ..InputPart::json(v.clone())
+            }),
+        }
         let total: usize = inputs.iter().map(InputPart::approx_size).sum();
         if total > limits.max_task_bytes {
             p.push(
@@ -350,6 +359,19 @@ mod tests {
         assert_eq!(t.inputs.len(), 2);
         assert_eq!(t.execution_mode, Some(ExecutionMode::Sequential));
         assert_eq!(t.timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn seed_001_payload_becomes_a_json_input() {
+        let t = parse(json!({"task_type": "backend_development", "payload": {"service": "payment-api"}, "priority": "HIGH"}))
+            .unwrap();
+        assert_eq!(t.priority, Priority::High);
+        assert_eq!(t.inputs.len(), 1);
+        assert_eq!(t.inputs[0].name.as_deref(), Some("payload"));
+        assert_eq!(
+            t.inputs[0].data,
+            crate::input::PartData::Json(json!({"service": "payment-api"}))
+        );
     }
 
     #[test]

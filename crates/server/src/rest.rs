@@ -139,6 +139,9 @@ struct SubmitTaskRequest {
     /// Typed parts: `{"type": "text"|"image"|"video"|"json"|"binary", "data": ..., "mime_type"?, "name"?}`; binary kinds carry base64.
     #[schema(value_type = Option<Vec<Object>>)]
     inputs: Option<Vec<serde_json::Value>>,
+    /// Seed 001's payload: any JSON, added as a json input named "payload".
+    #[schema(value_type = Option<Object>)]
+    payload: Option<serde_json::Value>,
     /// sequential, parallel or hybrid
     execution_mode: Option<String>,
     /// 1..=10 (seed 000) or critical, high, normal, low, background. Default normal (5).
