@@ -82,6 +82,18 @@ async fn grpc_submit_and_get_match_rest_and_carry_raw_bytes() {
     assert_eq!(got.agent_executions.len(), 1);
     let h = c.health(v1::HealthRequest {}).await.unwrap().into_inner();
     assert!(h.healthy);
+    let agents = c
+        .list_agents(v1::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].agent_id, "echo-g");
+    assert!(
+        agents[0].connected_at_ms > 0 && agents[0].last_heartbeat_ms >= agents[0].connected_at_ms
+    );
+    assert_eq!(agents[0].completed, 1);
 }
 
 #[tokio::test]
@@ -140,6 +152,26 @@ async fn grpc_errors_match_rest_errors() {
         baton_proto::from_status(&conflict).code.as_str(),
         "conflict"
     );
+
+    // In a batch, a conflict is reported on its item and the others are stored.
+    let mut clash = task("echo");
+    clash.task_id = "same".into();
+    clash.metadata_json = r#"{"third": true}"#.into();
+    let mut fresh = task("echo");
+    fresh.task_id = "fresh".into();
+    let batch = c
+        .submit_tasks(v1::SubmitTasksRequest {
+            tasks: vec![clash, fresh],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        batch.results[0].error.as_ref().map(|e| e.code.as_str()),
+        Some("conflict")
+    );
+    assert!(batch.results[0].task.is_none());
+    assert!(batch.results[1].created && batch.results[1].error.is_none());
 }
 
 async fn channel(server: &Server) -> tonic::transport::Channel {

@@ -101,6 +101,10 @@ pub struct AgentInfo {
     pub last_heartbeat: String,
     pub completed: u64,
     pub failed: u64,
+    #[serde(skip)]
+    pub connected_at_ms: Millis,
+    #[serde(skip)]
+    pub last_heartbeat_ms: Millis,
 }
 
 pub struct Dispatcher {
@@ -570,6 +574,8 @@ impl Dispatcher {
                 last_heartbeat: crate::view::rfc3339(s.last_heartbeat),
                 completed: s.completed,
                 failed: s.failed,
+                connected_at_ms: s.connected_at,
+                last_heartbeat_ms: s.last_heartbeat,
             })
             .collect();
         out.sort_by(|a, b| {

@@ -124,6 +124,7 @@ fn submitted(s: crate::app::Submitted) -> v1::SubmitTaskResponse {
     v1::SubmitTaskResponse {
         task: Some(task_proto(&s.record, now_ms(), false)),
         created: s.created,
+        error: None,
     }
 }
 
@@ -180,18 +181,21 @@ impl v1::baton_server::Baton for ClientApi {
             ));
         }
         let results = self.app.submit(specs).await.map_err(status)?;
-        // A conflicting id fails the whole call over gRPC only if every task conflicts;
-        // otherwise conflicting items come back without a task.
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(s) => out.push(submitted(s)),
-                Err(_) => out.push(v1::SubmitTaskResponse {
+        // As over REST: a conflicting id is reported on its own item.
+        let out = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(s) => submitted(s),
+                Err(e) => v1::SubmitTaskResponse {
                     task: None,
                     created: false,
-                }),
-            }
-        }
+                    error: Some(v1::ErrorReply {
+                        code: e.code.as_str().into(),
+                        message: e.message,
+                    }),
+                },
+            })
+            .collect();
         Ok(Response::new(v1::SubmitTasksResponse { results: out }))
     }
 
@@ -249,8 +253,8 @@ impl v1::baton_server::Baton for ClientApi {
                 max_concurrent: a.max_concurrent as u32,
                 in_flight: a.in_flight as u32,
                 labels: a.labels.into_iter().collect(),
-                connected_at_ms: 0,
-                last_heartbeat_ms: 0,
+                connected_at_ms: a.connected_at_ms,
+                last_heartbeat_ms: a.last_heartbeat_ms,
                 completed: a.completed,
                 failed: a.failed,
             })
