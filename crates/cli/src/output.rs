@@ -44,12 +44,16 @@ pub struct SubmitArgs {
     /// 1..=10 or critical, high, normal, low, background.
     #[arg(long, short)]
     priority: Option<String>,
+    /// Per-attempt timeout [server default: 30000].
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Attempts in all, the first included [server default: 3].
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Delay before the first retry, doubling after each [server default: 1000].
     #[arg(long)]
     backoff_base_ms: Option<u64>,
+    /// Task id [default: generated]; the same id with the same content is accepted once.
     #[arg(long)]
     task_id: Option<String>,
     /// sequential, parallel or hybrid.
@@ -372,6 +376,7 @@ pub fn print_task(v: &Value) {
 pub struct GetArgs {
     #[command(flatten)]
     c: ClientArgs,
+    /// The task to show.
     task_id: String,
     /// Wait up to this many seconds for the task to finish.
     #[arg(long, default_value_t = 0)]
@@ -397,12 +402,16 @@ pub async fn get(a: GetArgs) -> Result<()> {
 pub struct ListArgs {
     #[command(flatten)]
     c: ClientArgs,
+    /// queued, running, retry_wait, completed, failed, cancelled or dead_lettered.
     #[arg(long)]
     status: Option<String>,
+    /// Only tasks of this type.
     #[arg(long = "type")]
     task_type: Option<String>,
+    /// Tasks per page (1..=1000).
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Where the previous page ended (printed after a full page).
     #[arg(long)]
     cursor: Option<String>,
 }
