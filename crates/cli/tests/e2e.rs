@@ -562,3 +562,45 @@ async fn an_agent_serving_several_types_takes_them_in_turns() {
         "the echo task waited behind {sleeps_done} sleep tasks"
     );
 }
+
+#[tokio::test]
+async fn server_stops_cleanly_on_sigterm_and_keeps_its_tasks() {
+    let dir = TempDir::new("sigterm");
+    let mut server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agent = AgentProc::start(&server.grpc, "sleep", 1, "s1");
+    api.wait_agents(1).await;
+    api.submit(json!({"task_id": "kept", "task_type": "sleep", "metadata": {"sleep_ms": 60000}}))
+        .await;
+    api.wait_for("kept", LONG, |t| t["status"] == "running")
+        .await;
+    let pid = server.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "server still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    // The accepted task is still there after a restart, and runs again.
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let t = api.get("/api/v1/tasks/kept").await.body;
+    assert!(
+        matches!(
+            t["status"].as_str(),
+            Some("queued" | "retry_wait" | "running")
+        ),
+        "{t}"
+    );
+}

@@ -586,6 +586,14 @@ impl Dispatcher {
         out
     }
 
+    /// Ends every agent stream (graceful shutdown): agents reconnect elsewhere or
+    /// when this server is back, and the gRPC server need not wait for them.
+    pub fn close_sessions(&self) {
+        for s in self.lock().sessions.values() {
+            let _ = s.tx.send(Err(tonic::Status::unavailable("the orchestrator is shutting down")));
+        }
+    }
+
     pub fn agent_count(&self) -> usize {
         self.lock().sessions.len()
     }

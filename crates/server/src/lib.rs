@@ -146,6 +146,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    dispatcher.close_sessions();
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     let _ = tokio::time::timeout(grace, async {
         let _ = http.await;
