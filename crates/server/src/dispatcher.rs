@@ -590,7 +590,9 @@ impl Dispatcher {
     /// when this server is back, and the gRPC server need not wait for them.
     pub fn close_sessions(&self) {
         for s in self.lock().sessions.values() {
-            let _ = s.tx.send(Err(tonic::Status::unavailable("the orchestrator is shutting down")));
+            let _ = s.tx.send(Err(tonic::Status::unavailable(
+                "the orchestrator is shutting down",
+            )));
         }
     }
 
