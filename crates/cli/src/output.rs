@@ -405,6 +405,13 @@ pub struct ListArgs {
     /// queued, running, retry_wait, completed, failed, cancelled or dead_lettered.
     #[arg(long)]
     status: Option<String>,
+    #[command(flatten)]
+    page: PageArgs,
+}
+
+/// Filters and paging shared by `list` and `dlq list`.
+#[derive(Args, Clone)]
+pub struct PageArgs {
     /// Only tasks of this type.
     #[arg(long = "type")]
     task_type: Option<String>,
@@ -414,6 +421,22 @@ pub struct ListArgs {
     /// Where the previous page ended (printed after a full page).
     #[arg(long)]
     cursor: Option<String>,
+}
+
+impl PageArgs {
+    fn query(&self, status: Option<&str>) -> String {
+        let mut q = format!("limit={}", self.limit);
+        if let Some(v) = status {
+            q.push_str(&format!("&status={}", enc(v)));
+        }
+        if let Some(v) = &self.task_type {
+            q.push_str(&format!("&task_type={}", enc(v)));
+        }
+        if let Some(v) = &self.cursor {
+            q.push_str(&format!("&cursor={}", enc(v)));
+        }
+        q
+    }
 }
 
 fn print_list(v: &Value, json: bool) -> Result<()> {
@@ -456,34 +479,9 @@ fn print_list(v: &Value, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn list_query(
-    status: Option<&str>,
-    task_type: Option<&str>,
-    limit: usize,
-    cursor: Option<&str>,
-) -> String {
-    let mut q = format!("limit={limit}");
-    if let Some(v) = status {
-        q.push_str(&format!("&status={}", enc(v)));
-    }
-    if let Some(v) = task_type {
-        q.push_str(&format!("&task_type={}", enc(v)));
-    }
-    if let Some(v) = cursor {
-        q.push_str(&format!("&cursor={}", enc(v)));
-    }
-    q
-}
-
 pub async fn list(a: ListArgs) -> Result<()> {
-    let client = a.c.client()?;
-    let q = list_query(
-        a.status.as_deref(),
-        a.task_type.as_deref(),
-        a.limit,
-        a.cursor.as_deref(),
-    );
-    let v = client.get(&format!("/api/v1/tasks?{q}")).await?;
+    let q = a.page.query(a.status.as_deref());
+    let v = a.c.client()?.get(&format!("/api/v1/tasks?{q}")).await?;
     print_list(&v, a.c.json)
 }
 
@@ -520,12 +518,8 @@ pub enum DlqCmd {
     List {
         #[command(flatten)]
         c: ClientArgs,
-        #[arg(long = "type")]
-        task_type: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Send a dead-lettered task back to its queue with a fresh attempt budget.
     Reprocess {
@@ -537,14 +531,11 @@ pub enum DlqCmd {
 
 pub async fn dlq(cmd: DlqCmd) -> Result<()> {
     match cmd {
-        DlqCmd::List {
-            c,
-            task_type,
-            limit,
-            cursor,
-        } => {
-            let q = list_query(None, task_type.as_deref(), limit, cursor.as_deref());
-            let v = c.client()?.get(&format!("/api/v1/dlq?{q}")).await?;
+        DlqCmd::List { c, page } => {
+            let v = c
+                .client()?
+                .get(&format!("/api/v1/dlq?{}", page.query(None)))
+                .await?;
             print_list(&v, c.json)
         }
         DlqCmd::Reprocess { c, task_id } => {
