@@ -10,6 +10,8 @@
 //!                      running ── fail (permanent | deadline) ──▶ failed
 //!                      running ── fail (no attempts left)     ──▶ dead_lettered ── reprocess ──▶ queued
 //!  queued | running | retry_wait ── cancel ──▶ cancelled
+//!  waiting ── release ──▶ queued       (a task submitted with dependencies)
+//!  waiting ── cancel  ──▶ cancelled    (a dependency failed, or a client cancelled)
 //! ```
 //!
 //! Attempt numbers only grow: each claim starts attempt `n + 1`, and a result must
@@ -30,10 +32,13 @@ pub enum Status {
     Failed,
     Cancelled,
     DeadLettered,
+    /// Submitted with dependencies that have not all completed yet: never claimed.
+    /// Last, so that the storage codes of the others stay as they were.
+    Waiting,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Queued,
         Status::Running,
         Status::RetryWait,
@@ -41,6 +46,7 @@ impl Status {
         Status::Failed,
         Status::Cancelled,
         Status::DeadLettered,
+        Status::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,13 +58,14 @@ impl Status {
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
             Status::DeadLettered => "dead_lettered",
+            Status::Waiting => "waiting",
         }
     }
 
     pub fn parse(raw: &str) -> Result<Self, crate::Error> {
         Status::ALL.into_iter().find(|s| s.as_str() == raw).ok_or_else(|| {
             crate::Error::invalid(format!(
-                "unknown status {raw:?}: use one of queued, running, retry_wait, completed, failed, cancelled, dead_lettered"
+                "unknown status {raw:?}: use one of waiting, queued, running, retry_wait, completed, failed, cancelled, dead_lettered"
             ))
             .with_field("status")
         })
@@ -145,6 +152,8 @@ pub enum EventKind {
     DeadLettered,
     Reprocessed,
     DeadlineExceeded,
+    /// Every dependency completed: the task joined the queue.
+    Released,
 }
 
 /// One recorded transition: when, which attempt, which agent, from and to which status.
@@ -217,6 +226,8 @@ pub enum Command {
     },
     /// Send a dead-lettered task back to the queue with a fresh attempt budget.
     Reprocess,
+    /// A waiting task's dependencies all completed: queue it.
+    Release,
 }
 
 impl Command {
@@ -228,6 +239,7 @@ impl Command {
             Command::Promote => "promote",
             Command::Cancel { .. } => "cancel",
             Command::Reprocess => "reprocess",
+            Command::Release => "release",
         }
     }
 }
@@ -324,6 +336,16 @@ impl TaskState {
                 message: None,
             }],
         }
+    }
+
+    /// The state of a task just accepted: waiting when it has dependencies, else queued.
+    pub fn new_for(spec: &TaskSpec, now: Millis) -> Self {
+        let mut state = Self::new_queued(now);
+        if !spec.dependencies.is_empty() {
+            state.status = Status::Waiting;
+            state.events[0].to = Status::Waiting;
+        }
+        state
     }
 
     /// Attempts counted against the retry budget.
@@ -531,6 +553,14 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             event(&mut next, EventKind::Reprocessed, None, None);
             effects.push(Effect::Ready);
         }
+        Command::Release => {
+            if from != Status::Waiting {
+                return Err(illegal());
+            }
+            next.status = Status::Queued;
+            event(&mut next, EventKind::Released, None, None);
+            effects.push(Effect::Ready);
+        }
     }
     Ok(Transition {
         state: next,
@@ -554,6 +584,8 @@ pub fn allowed(from: Status, to: Status) -> bool {
             | (RetryWait, Queued)
             | (RetryWait, Cancelled)
             | (DeadLettered, Queued)
+            | (Waiting, Queued)
+            | (Waiting, Cancelled)
     )
 }
 
@@ -738,15 +770,20 @@ mod tests {
             Just(Command::Promote),
             Just(Command::Cancel { reason: None }),
             Just(Command::Reprocess),
+            Just(Command::Release),
         ]
     }
 
     proptest! {
         #[test]
         fn only_allowed_transitions_happen(cmds in proptest::collection::vec(arb_command(), 0..60),
-                                           max_attempts in 1u32..5, deadline in proptest::option::of(0u64..200)) {
+                                           max_attempts in 1u32..5, deadline in proptest::option::of(0u64..200),
+                                           waiting in any::<bool>()) {
             let policy = RetryPolicy { max_attempts, backoff_base_ms: 1, ..Default::default() };
             let mut s = TaskState::new_queued(0);
+            if waiting {
+                s.status = Status::Waiting;
+            }
             let mut completions = 0;
             for (i, cmd) in cmds.into_iter().enumerate() {
                 let c = Ctx { now: i as u64 + 1, retry: &policy, deadline_ms: deadline, jitter_sample: 0.5 };

@@ -36,6 +36,8 @@ impl Default for Limits {
 }
 
 pub const MAX_TASK_TYPE_LEN: usize = 128;
+/// Most dependencies one task may list.
+pub const MAX_DEPENDENCIES: usize = 1_000;
 
 /// A task as submitted. Never changes after it is accepted; idempotent
 /// resubmission compares it field by field.
@@ -56,6 +58,13 @@ pub struct TaskSpec {
     pub deadline_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_mode: Option<ExecutionMode>,
+    /// Tasks that must complete before this one is queued (seed 001). A task with
+    /// dependencies starts `waiting`; if one of them ends any other way, it is cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<TaskId>,
+    /// The workflow run this task is a step of; set by the server, never by clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// Fields a submission may carry. Anything else is refused, so that a typo such as
@@ -71,6 +80,7 @@ pub const SUBMIT_FIELDS: &[&str] = &[
     "retry",
     "deadline",
     "execution_mode",
+    "dependencies",
 ];
 
 pub fn validate_task_type(raw: &str) -> Result<(), String> {
@@ -322,6 +332,35 @@ impl TaskSpec {
                 }
             },
         };
+        let mut dependencies: Vec<TaskId> = Vec::new();
+        match obj.get("dependencies") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let field = f(&format!("dependencies[{i}]"));
+                    match item.as_str().map(TaskId::parse) {
+                        Some(Ok(id)) if task_id.as_ref() == Some(&id) => {
+                            p.push(field, "a task cannot depend on itself")
+                        }
+                        Some(Ok(id)) if dependencies.contains(&id) => {
+                            p.push(field, format!("{id} is listed twice"))
+                        }
+                        Some(Ok(id)) => dependencies.push(id),
+                        Some(Err(e)) => {
+                            p.push(field, e.message.trim_start_matches("task_id ").to_string())
+                        }
+                        None => p.push(field, "must be a task id (a string)"),
+                    }
+                }
+                if dependencies.len() > MAX_DEPENDENCIES {
+                    p.push(
+                        f("dependencies"),
+                        format!("lists more than {MAX_DEPENDENCIES} tasks"),
+                    );
+                }
+            }
+            Some(_) => p.push(f("dependencies"), "must be an array of task ids"),
+        }
         p.into_result(|| TaskSpec {
             task_id: task_id.expect("checked"),
             task_type: task_type.expect("checked"),
@@ -332,6 +371,8 @@ impl TaskSpec {
             retry,
             deadline_ms,
             execution_mode,
+            dependencies,
+            run_id: None,
         })
     }
 }

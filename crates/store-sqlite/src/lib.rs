@@ -77,6 +77,7 @@ macro_rules! select_records {
 
 mod codec;
 mod reader;
+mod runs;
 mod schema;
 mod tally;
 mod writer;
@@ -88,8 +89,9 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Result, Store, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, FlowOutcome, FlowRecord, ListFilter, Page, Result,
+    RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord,
+    Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -421,6 +423,57 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<()> {
         self.readers.run(reader::ping).await
+    }
+
+    async fn put_flow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        definition: serde_json::Value,
+        now: Millis,
+    ) -> Result<FlowOutcome> {
+        let name = name.to_string();
+        self.write(1, move |s| s.put_flow(&name, version, definition, now))
+            .await
+    }
+
+    async fn get_flow(&self, name: &str, version: Option<u32>) -> Result<Option<FlowRecord>> {
+        let name = name.to_string();
+        self.readers
+            .run(move |conn| runs::get_flow(conn, &name, version))
+            .await
+    }
+
+    async fn list_flows(&self) -> Result<Vec<FlowRecord>> {
+        self.readers.run(runs::list_flows).await
+    }
+
+    async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let weight = writes.iter().map(|w| 1 + w.tasks.len()).sum();
+        self.write(weight, move |s| s.write_runs(writes, now)).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let run_id = run_id.to_string();
+        self.readers
+            .run(move |conn| runs::get_run(conn, &run_id))
+            .await
+    }
+
+    async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
+        if let Some(cursor) = &filter.cursor {
+            codec::decode_cursor(cursor)?;
+        }
+        self.readers
+            .run(move |conn| runs::list_runs(conn, &filter))
+            .await
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunRecord>> {
+        self.readers.run(runs::active_runs).await
     }
 }
 

@@ -62,6 +62,28 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_retry_ready    ON tasks (ready_at)                       WHERE status = 2;
     CREATE INDEX tasks_by_status      ON tasks (status, seq);
     CREATE INDEX tasks_by_type        ON tasks (task_type, seq);",
+    // 3: the flow registry and workflow runs (the run document is the engine's JSON).
+    "CREATE TABLE flows (
+        name       TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        definition TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE runs (
+        seq        INTEGER PRIMARY KEY,
+        run_id     TEXT    NOT NULL UNIQUE,
+        flow_name  TEXT,
+        status     TEXT    NOT NULL,
+        active     INTEGER NOT NULL,
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        body       TEXT    NOT NULL
+    );
+    CREATE INDEX runs_active    ON runs (seq) WHERE active = 1;
+    CREATE INDEX runs_by_status ON runs (status, seq);
+    CREATE INDEX runs_by_flow   ON runs (flow_name, seq);",
 ];
 
 /// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.

@@ -14,7 +14,8 @@ use baton_core::lifecycle::{
 };
 use baton_core::{Millis, Status, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Error, Result, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    ClaimRequest, Claimed, Error, FlowOutcome, Result, RunWrite, RunWriteOutcome, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
@@ -213,7 +214,7 @@ impl Session<'_> {
         let mut insert = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
         let mut insert_spec = self.conn.prepare_cached(INSERT_SPEC).map_err(sql_error)?;
         for spec in tasks {
-            let state = TaskState::new_queued(now);
+            let state = TaskState::new_for(&spec, now);
             let state_json = encode_json(&mut self.state_buf, &state)?;
             let inserted = insert
                 .execute(params![
@@ -247,6 +248,33 @@ impl Session<'_> {
             } else {
                 SubmitOutcome::Conflict(record)
             });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_flow(
+        &mut self,
+        name: &str,
+        version: Option<u32>,
+        definition: serde_json::Value,
+        now: Millis,
+    ) -> Result<FlowOutcome> {
+        crate::runs::put_flow(self.conn, name, version, definition, now)
+    }
+
+    /// Each write checks its run's revision first; only a write that passes submits
+    /// its tasks, all inside the batch's transaction.
+    pub(crate) fn write_runs(
+        &mut self,
+        writes: Vec<RunWrite>,
+        now: Millis,
+    ) -> Result<Vec<RunWriteOutcome>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for write in writes {
+            match crate::runs::check_and_write(self.conn, &write.record, write.expected_revision)? {
+                Ok(()) => out.push(RunWriteOutcome::Written(self.submit(write.tasks, now)?)),
+                Err(current) => out.push(RunWriteOutcome::Conflict(current)),
+            }
         }
         Ok(out)
     }

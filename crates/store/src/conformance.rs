@@ -35,8 +35,8 @@
 //!   `queued_types` lists each type once.
 
 use crate::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Store, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, FlowOutcome, ListFilter, RunFilter, RunPage, RunRecord,
+    RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -86,6 +86,14 @@ macro_rules! store_conformance_tests {
             queued_types_lists_types_with_queued_work,
             events_one_per_transition_as_lifecycle_decides,
             ping_answers,
+            waiting_tasks_are_not_claimed_until_released,
+            waiting_tasks_can_be_cancelled_and_listed,
+            flows_get_versions_and_are_immutable,
+            flows_list_every_version,
+            runs_create_once_then_compare_and_set,
+            runs_write_submits_tasks_atomically,
+            runs_list_filters_and_paginates,
+            runs_active_lists_unfinished_oldest_first,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,6 +165,8 @@ pub fn spec(id: &str, task_type: &str) -> TaskSpec {
         retry: policy(3),
         deadline_ms: None,
         execution_mode: None,
+        dependencies: Vec::new(),
+        run_id: None,
     }
 }
 
@@ -1720,11 +1730,30 @@ where
             .expect("extend"),
         1
     );
+    store
+        .put_flow("kept", None, json!({"steps": []}), T0)
+        .await
+        .expect("put_flow");
+    let run = run_record("kept-run", "running", true, 3, T0);
+    store
+        .write_runs(vec![write(run.clone(), None, vec![])], T0)
+        .await
+        .expect("write_runs");
     let before = snapshot(&store, &names).await;
 
     let store = reopen(store).await;
     let after = snapshot(&store, &names).await;
     assert_eq!(after, before, "everything survives a reopen");
+    assert_eq!(store.get_run("kept-run").await.unwrap(), Some(run));
+    assert_eq!(store.active_runs().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .get_flow("kept", None)
+            .await
+            .unwrap()
+            .map(|f| f.version),
+        Some(1)
+    );
 
     assert_eq!(
         submit(&store, vec![spec("p5", "echo"), spec("p7", "echo")], T0 + 3).await,
@@ -1758,4 +1787,371 @@ where
         before,
         "writes after a reopen survive the next one"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Waiting tasks (dependencies)
+// ---------------------------------------------------------------------------
+
+pub async fn waiting_tasks_are_not_claimed_until_released(store: &dyn Store) {
+    submit(store, vec![spec("parent", "t")], 1).await;
+    let child = spec_with("child", "t", |s| s.dependencies = ids(&["parent"]));
+    let out = submit(store, vec![child.clone()], 2).await;
+    match &out[0] {
+        SubmitOutcome::Created(r) => assert_eq!(r.state.status, Status::Waiting),
+        other => panic!("expected Created, got {other:?}"),
+    }
+    assert_eq!(get(store, "child").await.spec, child, "dependencies stored");
+    assert_eq!(
+        claimed_ids(&claim(store, "t", 10, 3).await),
+        ids(&["parent"])
+    );
+    assert!(
+        claim(store, "t", 10, 4).await.is_empty(),
+        "waiting is never claimed"
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.by_status.get("waiting"), Some(&1));
+    assert_eq!(counts.queued_by_type.get("t"), None);
+
+    let (record, effects) = applied(update_one(store, "child", Command::Release, 5).await);
+    assert_eq!(record.state.status, Status::Queued);
+    assert_eq!(effects, vec![Effect::Ready]);
+    assert!(matches!(
+        update_one(store, "child", Command::Release, 6).await,
+        UpdateOutcome::Refused(Refusal::Illegal { .. })
+    ));
+    assert_eq!(store.queued_types().await.unwrap(), vec!["t".to_string()]);
+    assert_eq!(
+        claimed_ids(&claim(store, "t", 10, 7).await),
+        ids(&["child"])
+    );
+}
+
+pub async fn waiting_tasks_can_be_cancelled_and_listed(store: &dyn Store) {
+    let w = |i: &str| spec_with(i, "t", |s| s.dependencies = ids(&["nowhere"]));
+    submit(store, vec![w("w1"), w("w2"), spec("q", "t")], 1).await;
+    let page = store
+        .list(ListFilter {
+            status: Some(Status::Waiting),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = page.tasks.iter().map(|t| t.spec.task_id.clone()).collect();
+    assert_eq!(listed, ids(&["w2", "w1"]));
+    let (record, effects) = applied(
+        update_one(
+            store,
+            "w1",
+            Command::Cancel {
+                reason: Some("dependency nowhere failed".into()),
+            },
+            2,
+        )
+        .await,
+    );
+    assert_eq!(record.state.status, Status::Cancelled);
+    assert_eq!(effects, vec![Effect::Finished(Status::Cancelled)]);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.by_status.get("waiting"), Some(&1));
+    assert_eq!(counts.by_status.get("cancelled"), Some(&1));
+}
+
+// ---------------------------------------------------------------------------
+// Flow registry
+// ---------------------------------------------------------------------------
+
+pub async fn flows_get_versions_and_are_immutable(store: &dyn Store) {
+    let d1 = json!({"steps": [{"id": "a", "task_type": "t"}]});
+    let d2 = json!({"steps": [{"id": "b", "task_type": "t"}]});
+    assert!(store.get_flow("f", None).await.unwrap().is_none());
+    let FlowOutcome::Created(v1) = store.put_flow("f", None, d1.clone(), 10).await.unwrap() else {
+        panic!("first version is created")
+    };
+    assert_eq!(
+        (v1.name.as_str(), v1.version, v1.created_at_ms),
+        ("f", 1, 10)
+    );
+    assert_eq!(v1.definition, d1);
+    // The same definition again without a version: nothing new.
+    match store.put_flow("f", None, d1.clone(), 11).await.unwrap() {
+        FlowOutcome::Existing(r) => assert_eq!(r.version, 1),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    match store.put_flow("f", None, d2.clone(), 12).await.unwrap() {
+        FlowOutcome::Created(r) => assert_eq!(r.version, 2),
+        other => panic!("expected Created v2, got {other:?}"),
+    }
+    // An explicit version that exists with another definition is refused.
+    match store.put_flow("f", Some(1), d2.clone(), 13).await.unwrap() {
+        FlowOutcome::Conflict(r) => assert_eq!(r.definition, d1),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    match store.put_flow("f", Some(1), d1.clone(), 13).await.unwrap() {
+        FlowOutcome::Existing(r) => assert_eq!(r.version, 1),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    match store.put_flow("f", Some(7), d1.clone(), 14).await.unwrap() {
+        FlowOutcome::Created(r) => assert_eq!(r.version, 7),
+        other => panic!("expected Created v7, got {other:?}"),
+    }
+    assert_eq!(store.get_flow("f", None).await.unwrap().unwrap().version, 7);
+    assert_eq!(
+        store
+            .get_flow("f", Some(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .definition,
+        d2
+    );
+    assert!(store.get_flow("f", Some(3)).await.unwrap().is_none());
+    assert!(store.get_flow("g", None).await.unwrap().is_none());
+}
+
+pub async fn flows_list_every_version(store: &dyn Store) {
+    assert!(store.list_flows().await.unwrap().is_empty());
+    store.put_flow("b", None, json!({"n": 1}), 1).await.unwrap();
+    store.put_flow("a", None, json!({"n": 2}), 2).await.unwrap();
+    store.put_flow("b", None, json!({"n": 3}), 3).await.unwrap();
+    let listed: Vec<(String, u32)> = store
+        .list_flows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.name, f.version))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("a".into(), 1), ("b".into(), 1), ("b".into(), 2)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------
+
+pub fn run_record(
+    run_id: &str,
+    status: &str,
+    active: bool,
+    revision: u64,
+    now: Millis,
+) -> RunRecord {
+    RunRecord {
+        run_id: run_id.into(),
+        flow_name: Some("flow".into()),
+        status: status.into(),
+        active,
+        revision,
+        created_at_ms: now,
+        updated_at_ms: now,
+        body: json!({"steps": {"a": {"status": status}}, "n": revision}),
+    }
+}
+
+fn write(record: RunRecord, expected: Option<u64>, tasks: Vec<TaskSpec>) -> RunWrite {
+    RunWrite {
+        record,
+        expected_revision: expected,
+        tasks,
+    }
+}
+
+pub async fn runs_create_once_then_compare_and_set(store: &dyn Store) {
+    assert!(store.get_run("r1").await.unwrap().is_none());
+    let r1 = run_record("r1", "running", true, 1, 10);
+    let out = store
+        .write_runs(vec![write(r1.clone(), None, vec![])], 10)
+        .await
+        .unwrap();
+    assert_eq!(out, vec![RunWriteOutcome::Written(vec![])]);
+    assert_eq!(store.get_run("r1").await.unwrap().unwrap(), r1);
+
+    // Creating it again conflicts and shows what is stored.
+    let again = run_record("r1", "other", true, 1, 11);
+    let out = store
+        .write_runs(vec![write(again, None, vec![])], 11)
+        .await
+        .unwrap();
+    assert_eq!(out, vec![RunWriteOutcome::Conflict(Some(r1.clone()))]);
+
+    // A write naming a stale revision conflicts; the right one applies.
+    let mut r2 = run_record("r1", "completed", false, 2, 10);
+    r2.updated_at_ms = 20;
+    let out = store
+        .write_runs(
+            vec![
+                write(r2.clone(), Some(5), vec![]),
+                write(r2.clone(), Some(1), vec![]),
+            ],
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0], RunWriteOutcome::Conflict(Some(r1.clone())));
+    assert_eq!(out[1], RunWriteOutcome::Written(vec![]));
+    assert_eq!(store.get_run("r1").await.unwrap().unwrap(), r2);
+
+    // Updating a run that does not exist conflicts with nothing stored.
+    let ghost = run_record("ghost", "running", true, 2, 10);
+    let out = store
+        .write_runs(vec![write(ghost, Some(1), vec![])], 21)
+        .await
+        .unwrap();
+    assert_eq!(out, vec![RunWriteOutcome::Conflict(None)]);
+}
+
+pub async fn runs_write_submits_tasks_atomically(store: &dyn Store) {
+    let step = |i: &str| spec_with(i, "t", |s| s.run_id = Some("r".into()));
+    submit(store, vec![step("r/b")], 1).await;
+    let out = store
+        .write_runs(
+            vec![write(
+                run_record("r", "running", true, 1, 2),
+                None,
+                vec![step("r/a"), step("r/b")],
+            )],
+            2,
+        )
+        .await
+        .unwrap();
+    match &out[0] {
+        RunWriteOutcome::Written(tasks) => {
+            assert!(matches!(tasks[0], SubmitOutcome::Created(_)));
+            assert!(matches!(tasks[1], SubmitOutcome::Existing(_)));
+        }
+        other => panic!("expected Written, got {other:?}"),
+    }
+    assert_eq!(get(store, "r/a").await.spec.run_id.as_deref(), Some("r"));
+    assert_eq!(store.queued_types().await.unwrap(), vec!["t".to_string()]);
+    // A conflicting write submits nothing.
+    let out = store
+        .write_runs(
+            vec![write(
+                run_record("r", "running", true, 3, 2),
+                Some(2),
+                vec![step("r/c")],
+            )],
+            3,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out[0], RunWriteOutcome::Conflict(Some(_))));
+    assert!(store.get(&id("r/c")).await.unwrap().is_none());
+    assert_eq!(
+        store.counts().await.unwrap().by_status.get("queued"),
+        Some(&2)
+    );
+}
+
+pub async fn runs_list_filters_and_paginates(store: &dyn Store) {
+    let mut writes = Vec::new();
+    for i in 0..5u64 {
+        let mut r = run_record(
+            &format!("run-{i}"),
+            if i % 2 == 0 { "running" } else { "failed" },
+            i % 2 == 0,
+            1,
+            100 + i,
+        );
+        if i == 4 {
+            r.flow_name = None;
+        }
+        writes.push(write(r, None, vec![]));
+    }
+    store.write_runs(writes, 100).await.unwrap();
+    let names = |p: &RunPage| p.runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+
+    let all = store
+        .list_runs(RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&all),
+        vec!["run-4", "run-3", "run-2", "run-1", "run-0"]
+    );
+    assert_eq!(all.next_cursor, None);
+
+    let running = store
+        .list_runs(RunFilter {
+            status: Some("running".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(&running), vec!["run-4", "run-2", "run-0"]);
+    let by_flow = store
+        .list_runs(RunFilter {
+            flow_name: Some("flow".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(&by_flow), vec!["run-3", "run-2", "run-1", "run-0"]);
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_runs(RunFilter {
+                limit: 2,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.runs.len() <= 2);
+        seen.extend(names(&page));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["run-4", "run-3", "run-2", "run-1", "run-0"]);
+    let bad = store
+        .list_runs(RunFilter {
+            limit: 2,
+            cursor: Some("not a cursor".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(Error::InvalidCursor)), "{bad:?}");
+}
+
+pub async fn runs_active_lists_unfinished_oldest_first(store: &dyn Store) {
+    let writes = vec![
+        write(run_record("a", "running", true, 1, 1), None, vec![]),
+        write(run_record("b", "completed", false, 1, 2), None, vec![]),
+        write(run_record("c", "paused", true, 1, 3), None, vec![]),
+    ];
+    store.write_runs(writes, 3).await.unwrap();
+    let active: Vec<_> = store
+        .active_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(active, vec!["a", "c"]);
+    let done = run_record("a", "completed", false, 2, 1);
+    store
+        .write_runs(vec![write(done, Some(1), vec![])], 4)
+        .await
+        .unwrap();
+    let active: Vec<_> = store
+        .active_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(active, vec!["c"]);
 }

@@ -130,6 +130,81 @@ pub struct Counts {
     pub queued_by_type: std::collections::BTreeMap<String, u64>,
 }
 
+/// One version of a registered flow definition (seed 003's flow registry). Versions
+/// are immutable once stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub name: String,
+    pub version: u32,
+    /// The definition document as registered (the workflow engine parses it).
+    pub definition: serde_json::Value,
+    pub created_at_ms: Millis,
+}
+
+/// Outcome of registering a flow definition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowOutcome {
+    /// Stored as a new version.
+    Created(FlowRecord),
+    /// That version (or, with no version asked, the latest one) already holds the
+    /// same definition: nothing changed.
+    Existing(FlowRecord),
+    /// The version asked for exists with another definition: nothing changed.
+    Conflict(FlowRecord),
+}
+
+/// A workflow run as stored. The store keeps the engine's document (`body`) opaque;
+/// the other fields are copies the store can filter and order on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    /// Name of the registered flow it was started from, if any.
+    pub flow_name: Option<String>,
+    pub status: String,
+    /// Not finished: the engine still has work to do for it (listed by `active_runs`).
+    pub active: bool,
+    /// Bumped by every write; writes name the revision they replace (compare-and-set).
+    pub revision: u64,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    pub body: serde_json::Value,
+}
+
+/// Writes one run, and submits the tasks it starts, in one transaction.
+#[derive(Debug, Clone)]
+pub struct RunWrite {
+    pub record: RunRecord,
+    /// `None`: the run must not exist yet. `Some(r)`: the stored revision must be `r`;
+    /// `record.revision` must be greater.
+    pub expected_revision: Option<u64>,
+    /// Submitted exactly as by [`Store::submit`], in the same transaction.
+    pub tasks: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunWriteOutcome {
+    /// The run was written; the outcome of each task, in order.
+    Written(Vec<SubmitOutcome>),
+    /// The expected revision did not match (or the run already existed): nothing was
+    /// written, and no task submitted. The stored run, if there is one.
+    Conflict(Option<RunRecord>),
+}
+
+/// Filters for listing runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub flow_name: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub next_cursor: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores new tasks as queued, durably, before returning. Idempotent per task id.
@@ -181,4 +256,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers right now (readiness).
     async fn ping(&self) -> Result<()>;
+
+    /// Registers a flow definition under `name`: as `version` when given, else as the
+    /// latest version plus one (or 1) unless the latest holds the same definition.
+    async fn put_flow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        definition: serde_json::Value,
+        now: Millis,
+    ) -> Result<FlowOutcome>;
+
+    /// One version of a flow, or its latest version when `version` is `None`.
+    async fn get_flow(&self, name: &str, version: Option<u32>) -> Result<Option<FlowRecord>>;
+
+    /// Every version of every flow, by name then version.
+    async fn list_flows(&self) -> Result<Vec<FlowRecord>>;
+
+    /// Writes runs (see [`RunWrite`]), each atomically with its tasks; outcomes in order.
+    async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>>;
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
+
+    async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;
+
+    /// Every run with `active` set, oldest first (what the engine resumes after a restart).
+    async fn active_runs(&self) -> Result<Vec<RunRecord>>;
 }
