@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod priority;
 pub mod retry;
 pub mod task;
+pub mod workflow;
 
 pub use error::{Error, ErrorCode};
 pub use id::{AgentId, TaskId};
