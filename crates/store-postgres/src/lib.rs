@@ -237,12 +237,23 @@ macro_rules! transaction {
             let result: Res<_> = async {
                 let mut client = $store.client().await?;
                 let owned = client.transaction().await?;
-                let value = {
+                let value: Res<_> = async {
                     let $tx = &owned;
-                    $body
-                };
-                owned.commit().await?;
-                Ok(value)
+                    Ok($body)
+                }
+                .await;
+                match value {
+                    Ok(value) => {
+                        owned.commit().await?;
+                        Ok(value)
+                    }
+                    Err(fault) => {
+                        // Rolled back now rather than when the connection is next
+                        // used: locks go at once.
+                        let _ = owned.rollback().await;
+                        Err(fault)
+                    }
+                }
             }
             .await;
             match result {
@@ -286,6 +297,10 @@ impl PgStore {
             .parse::<tokio_postgres::Config>()
             .map_err(|e| Error::Unavailable(format!("invalid postgres url: {}", describe(&e))))?;
         let name = temp::unique_name();
+        // Its connections carry the schema's name, so that dropping the schema can
+        // end any of them left behind.
+        let mut config = config;
+        config.application_name(&name);
         let options = Options {
             schema: name.clone(),
             ..options

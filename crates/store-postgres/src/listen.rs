@@ -25,7 +25,13 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    pub(crate) fn spawn(config: tokio_postgres::Config, runtime: &tokio::runtime::Handle) -> Self {
+    pub(crate) fn spawn(
+        mut config: tokio_postgres::Config,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        // Told apart from the pool's connections in `pg_stat_activity`.
+        let name = config.get_application_name().unwrap_or("baton").to_string();
+        config.application_name(format!("{name} listener"));
         let (sender, _) = broadcast::channel(CAPACITY);
         let (stop, stopped) = oneshot::channel();
         runtime.spawn(run(config, sender.clone(), stopped));

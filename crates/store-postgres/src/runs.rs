@@ -50,7 +50,7 @@ const INSERT_RUN: &str = "INSERT INTO runs
 /// then finds the revision changed and updates nothing.
 const UPDATE_RUN: &str = "UPDATE runs SET flow_name = $2, status = $3, active = $4,
         revision = $5, created_at = $6, updated_at = $7, body = $8
-    WHERE run_id = $1 AND revision = $9 AND $5 > $9";
+    WHERE run_id = $1 AND revision = $9";
 const RUN_BY_ID: &str = select_runs!("WHERE run_id = $1");
 const ACTIVE_RUNS: &str = select_runs!("WHERE active ORDER BY seq");
 
@@ -107,9 +107,6 @@ pub(crate) async fn put_flow(
         })
     };
     if let Some(version) = version {
-        if version == 0 {
-            return Err(Error::Other("flow versions start at 1".into()).into());
-        }
         if insert_flow(tx, name, version, &encoded, now).await? {
             return Ok(created(version));
         }
@@ -174,8 +171,8 @@ async fn run(client: &impl GenericClient, run_id: &str) -> Res<Option<RunRecord>
     Ok(row.as_ref().map(decode_run).transpose()?.map(|(_, r)| r))
 }
 
-/// Writes the run row of one write; whether it was written. An update that names
-/// the stored revision but does not raise it is a caller's bug, not a conflict.
+/// Writes the run row of one write (compare-and-set on the revision, as the SQLite
+/// store does); whether it was written.
 async fn write_run(tx: &Tx<'_>, write: &RunWrite) -> Res<bool> {
     let r = &write.record;
     let body = JsonParam::encode(&r.body)?;
@@ -231,15 +228,6 @@ pub(crate) async fn write_runs(
     for write in writes {
         if !write_run(tx, write).await? {
             let stored = run(tx, &write.record.run_id).await?;
-            if let (Some(stored), Some(expected)) = (&stored, write.expected_revision) {
-                if stored.revision == expected {
-                    return Err(Error::Other(format!(
-                        "run {}: a write must raise the revision (stored {expected}, writing {})",
-                        stored.run_id, write.record.revision
-                    ))
-                    .into());
-                }
-            }
             out.push(RunWriteOutcome::Conflict(stored));
             continue;
         }

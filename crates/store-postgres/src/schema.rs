@@ -33,7 +33,7 @@ const MIGRATIONS: &[(&str, &str)] = &[(
 
     CREATE TABLE flows (
         name       TEXT   NOT NULL,
-        version    BIGINT NOT NULL CHECK (version > 0),
+        version    BIGINT NOT NULL,
         definition JSONB  NOT NULL,
         created_at BIGINT NOT NULL,
         PRIMARY KEY (name, version)
@@ -78,72 +78,90 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Err
 async fn migrate_inner(client: &mut Client, schema: &str) -> Res<()> {
     loop {
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('baton_schema_migrations'), hashtext($1))",
+        let applied = step(&tx, schema).await;
+        match applied {
+            Ok(done) => {
+                tx.commit().await?;
+                if done {
+                    return Ok(());
+                }
+            }
+            Err(fault) => {
+                // At once, not whenever the connection is next used: the advisory
+                // lock must not outlive this attempt.
+                let _ = tx.rollback().await;
+                return Err(fault);
+            }
+        }
+    }
+}
+
+/// Applies the next missing migration, if any; whether the schema is up to date.
+async fn step(tx: &tokio_postgres::Transaction<'_>, schema: &str) -> Res<bool> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('baton_schema_migrations'), hashtext($1))",
+        &[&schema],
+    )
+    .await?;
+    // Checked first: `CREATE ... IF NOT EXISTS` still needs the privilege to create.
+    let exists = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
             &[&schema],
         )
         .await?;
-        // Checked first: `CREATE ... IF NOT EXISTS` still needs the privilege to create.
-        let exists = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-                &[&schema],
-            )
+    if !exists.try_get::<_, bool>(0)? {
+        tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
             .await?;
-        if !exists.try_get::<_, bool>(0)? {
-            tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
-                .await?;
-        }
-        tx.batch_execute(&format!("SET LOCAL search_path TO \"{schema}\""))
-            .await?;
-        let table = tx
-            .query_one(
-                "SELECT to_regclass('baton_schema_migrations') IS NOT NULL",
-                &[],
-            )
-            .await?;
-        if !table.try_get::<_, bool>(0)? {
-            tx.batch_execute(
-                "CREATE TABLE baton_schema_migrations (
+    }
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{schema}\""))
+        .await?;
+    let table = tx
+        .query_one(
+            "SELECT to_regclass('baton_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if !table.try_get::<_, bool>(0)? {
+        tx.batch_execute(
+            "CREATE TABLE baton_schema_migrations (
                     version     INTEGER     PRIMARY KEY,
                     description TEXT        NOT NULL,
                     applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
                 )",
-            )
-            .await?;
-        }
-        let row = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM baton_schema_migrations",
-                &[],
-            )
-            .await?;
-        let version: i32 = row.try_get(0)?;
-        let version = u32::try_from(version)
-            .map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::Unavailable(format!(
+        )
+        .await?;
+    }
+    let row = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM baton_schema_migrations",
+            &[],
+        )
+        .await?;
+    let version: i32 = row.try_get(0)?;
+    let version = u32::try_from(version)
+        .map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Unavailable(format!(
                 "schema {schema} is at version {version}, newer than this build supports ({SCHEMA_VERSION}); upgrade baton"
             ))
             .into());
-        }
-        let Some((description, sql)) = MIGRATIONS.get(version as usize) else {
-            tx.commit().await?;
-            return Ok(());
-        };
-        // The migration's statements name no schema: they land in `schema`, the
-        // search_path of this transaction (and of every connection of the store).
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO baton_schema_migrations (version, description) VALUES ($1, $2)",
-            &[&(version as i32 + 1), description],
-        )
-        .await?;
-        tx.commit().await?;
-        tracing::info!(
-            schema,
-            schema_version = version + 1,
-            "postgres store migrated"
-        );
     }
+    let Some((description, sql)) = MIGRATIONS.get(version as usize) else {
+        return Ok(true);
+    };
+    // The migration's statements name no schema: they land in `schema`, the
+    // search_path of this transaction (and of every connection of the store).
+    tx.batch_execute(sql).await?;
+    tx.execute(
+        "INSERT INTO baton_schema_migrations (version, description) VALUES ($1, $2)",
+        &[&(version as i32 + 1), description],
+    )
+    .await?;
+    tracing::info!(
+        schema,
+        schema_version = version + 1,
+        "postgres store migrated"
+    );
+    Ok(false)
 }

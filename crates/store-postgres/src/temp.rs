@@ -120,13 +120,28 @@ impl Drop for TempSchema {
 async fn drop_schema(config: tokio_postgres::Config, name: &str) -> Result<(), String> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
     let driver = tokio::spawn(connection);
-    // A session that still holds a lock in the schema must not hang us forever.
+    // The store's own connections are closing, but their tasks may not get to run
+    // while we hold up the drop: one left inside a transaction would hold locks in
+    // the schema. They carry its name.
     let result = client
-        .batch_execute(&format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-        ))
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name IN ($1, $1 || ' listener') AND pid <> pg_backend_pid()",
+            &[&name],
+        )
         .await
-        .map_err(|e| describe(&e));
+        .map(drop);
+    let result = match result {
+        Ok(()) => {
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                ))
+                .await
+        }
+        Err(e) => Err(e),
+    }
+    .map_err(|e| describe(&e));
     drop(client);
     let _ = driver.await;
     result
