@@ -616,6 +616,54 @@ pub(crate) async fn queued_types(client: &impl GenericClient) -> Res<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Options, PgStore};
+
+    /// Each hot query can be answered from the index made for it; with sequential
+    /// scans priced out, the plan shows which index the planner would take.
+    #[tokio::test]
+    async fn queries_use_their_indexes() {
+        let url = std::env::var("BATON_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let store = PgStore::connect_temp(&url, Options::default())
+            .await
+            .expect("connect to postgres (see BATON_TEST_POSTGRES_URL)");
+        let mut client = store.client().await.expect("client");
+        let tx = client.transaction().await.expect("transaction");
+        tx.batch_execute("SET LOCAL enable_seqscan = off")
+            .await
+            .expect("set");
+        let (t, n, ids) = ("echo", 10i64, vec!["a", "b"]);
+        let list_all = from_tasks!("WHERE t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
+        let list_by_type =
+            from_tasks!("WHERE t.task_type = $3 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
+        let cases: Vec<(&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>, &str)> = vec![
+            (PICK, vec![&t, &n], "tasks_queued"),
+            (QUEUED_TYPES, vec![], "tasks_queued"),
+            (COUNT_QUEUED, vec![], "tasks_queued"),
+            (EXTEND, vec![&t, &n], "tasks_running_owner"),
+            (HELD, vec![&t], "tasks_running_owner"),
+            (OVERDUE, vec![&n], "tasks_running_owner"),
+            (DUE, vec![&n], "tasks_retry_ready"),
+            (NEXT_WAKE, vec![], "tasks_retry_ready"),
+            (LOCK_BY_IDS, vec![&ids], "tasks_id_key"),
+            (BY_ID, vec![&t], "tasks_id_key"),
+            (list_all, vec![&n, &n], "tasks_pkey"),
+            (list_by_type, vec![&n, &n, &t], "tasks_by_type"),
+        ];
+        let mut wrong = Vec::new();
+        for (sql, params, index) in cases {
+            let rows = tx
+                .query(&format!("EXPLAIN {sql}"), &params)
+                .await
+                .unwrap_or_else(|e| panic!("explain {sql}: {e:?}"));
+            let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let plan = plan.join("\n");
+            if !plan.contains(index) || plan.contains("Seq Scan on tasks") {
+                wrong.push(format!("expected {index} in the plan of {sql}:\n{plan}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
 
     #[test]
     fn jitter_samples_are_in_the_unit_interval() {
