@@ -22,6 +22,7 @@ pub struct App {
     pub limits: Limits,
     pub max_batch_tasks: usize,
     pub started: Instant,
+    pub engine: Arc<crate::workflows::Engine>,
 }
 
 /// A submission's outcome as the APIs report it.
@@ -69,7 +70,9 @@ impl App {
             })
             .collect::<Vec<_>>();
         for o in out.iter().flatten() {
-            if o.created && !types.contains(&o.record.spec.task_type.as_str()) {
+            if o.created && o.record.state.status == Status::Waiting {
+                self.engine.watch_dependencies(&o.record).await;
+            } else if o.created && !types.contains(&o.record.spec.task_type.as_str()) {
                 types.push(&o.record.spec.task_type);
             }
         }
@@ -154,8 +157,7 @@ impl App {
             .await?;
         match outcome.into_iter().next() {
             Some(UpdateOutcome::Applied { record, effects }) => {
-                self.dispatcher
-                    .handle_effects(&id, &record.spec.task_type, &effects);
+                self.dispatcher.handle_effects(&record, &effects);
                 Ok(record)
             }
             Some(UpdateOutcome::Refused(r)) => Err(r.into()),

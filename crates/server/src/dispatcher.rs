@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 use baton_core::lifecycle::{Command, Effect, Failure, FailureKind};
 use baton_core::{AgentId, Millis, Status, TaskId};
 use baton_proto::v1;
-use baton_store::{ClaimRequest, Store, Update, UpdateOutcome};
+use baton_store::{ClaimRequest, Store, TaskRecord, Update, UpdateOutcome};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,6 +113,7 @@ pub struct Dispatcher {
     state: Mutex<State>,
     wake: Notify,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    finish_hook: std::sync::OnceLock<Box<dyn Fn(&TaskRecord) + Send + Sync>>,
 }
 
 struct PlannedClaim {
@@ -131,6 +132,7 @@ impl Dispatcher {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
+            finish_hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -175,11 +177,24 @@ impl Dispatcher {
         }
     }
 
+    /// Calls `hook` with every task that reaches a terminal status (the workflow
+    /// engine and dependency tracking listen here). Set once, at start.
+    pub fn set_finish_hook(&self, hook: Box<dyn Fn(&TaskRecord) + Send + Sync>) {
+        let _ = self.finish_hook.set(hook);
+    }
+
     /// Carries out the effects of applied commands.
-    pub fn handle_effects(&self, task_id: &TaskId, task_type: &str, effects: &[Effect]) {
+    pub fn handle_effects(&self, record: &TaskRecord, effects: &[Effect]) {
+        let task_id = &record.spec.task_id;
+        let task_type = record.spec.task_type.as_str();
         for effect in effects {
             match effect {
-                Effect::Finished(_) => self.finished(task_id),
+                Effect::Finished(_) => {
+                    self.finished(task_id);
+                    if let Some(hook) = self.finish_hook.get() {
+                        hook(record);
+                    }
+                }
                 Effect::WakeAt(at) => {
                     let mut st = self.lock();
                     st.next_wake = Some(st.next_wake.map_or(*at, |w| w.min(*at)));
@@ -398,7 +413,7 @@ impl Dispatcher {
             Ok(outcomes) => {
                 for o in outcomes {
                     if let UpdateOutcome::Applied { record, effects } = o {
-                        self.handle_effects(&record.spec.task_id, &record.spec.task_type, &effects);
+                        self.handle_effects(&record, &effects);
                     }
                 }
             }
@@ -511,7 +526,7 @@ impl Dispatcher {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     for pending in &mut batch {
-                        for (u, pos) in pending
+                        for (_u, pos) in pending
                             .updates
                             .iter()
                             .zip(pending.positions.iter().copied())
@@ -519,11 +534,9 @@ impl Dispatcher {
                             let Some(o) = outcomes.next() else { break };
                             let acks = &mut pending.acks;
                             match o {
-                                UpdateOutcome::Applied { record, effects } => self.handle_effects(
-                                    &u.task_id,
-                                    &record.spec.task_type,
-                                    &effects,
-                                ),
+                                UpdateOutcome::Applied { record, effects } => {
+                                    self.handle_effects(&record, &effects)
+                                }
                                 UpdateOutcome::Refused(r) => {
                                     let e: baton_core::Error = r.into();
                                     acks[pos].accepted = false;

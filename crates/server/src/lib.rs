@@ -8,7 +8,9 @@ pub mod config;
 pub mod dispatcher;
 pub mod grpc;
 pub mod rest;
+mod rest_runs;
 pub mod view;
+pub mod workflows;
 
 use anyhow::Context;
 use baton_proto::v1;
@@ -97,17 +99,24 @@ pub async fn run(
         .recover(store.exclusive())
         .await
         .context("cannot recover state from the store")?;
+    let engine = workflows::Engine::new(store.clone(), dispatcher.clone(), cfg.limits());
+    engine
+        .recover()
+        .await
+        .context("cannot resume workflow runs from the store")?;
     let app = Arc::new(app::App {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         limits: cfg.limits(),
         max_batch_tasks: cfg.max_batch_tasks,
         started: Instant::now(),
+        engine: engine.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dispatch_loop = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
     let maintenance = tokio::spawn(dispatcher.clone().maintain(stop_rx.clone()));
+    let run_maintenance = tokio::spawn(engine.clone().maintain(stop_rx.clone()));
 
     let (http_addr, grpc_addr) = listeners.addrs()?;
     let router = rest::router(app.clone(), cfg.max_body_bytes);
@@ -155,5 +164,6 @@ pub async fn run(
     .await;
     dispatch_loop.abort();
     maintenance.abort();
+    run_maintenance.abort();
     Ok(())
 }

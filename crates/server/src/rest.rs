@@ -234,7 +234,10 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-fn parse_num<T: std::str::FromStr>(raw: Option<&str>, field: &str) -> Result<Option<T>, ApiError> {
+pub(crate) fn parse_num<T: std::str::FromStr>(
+    raw: Option<&str>,
+    field: &str,
+) -> Result<Option<T>, ApiError> {
     match raw.filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|_| {
@@ -248,7 +251,7 @@ fn parse_num<T: std::str::FromStr>(raw: Option<&str>, field: &str) -> Result<Opt
     }
 }
 
-fn parse_bool(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
+pub(crate) fn parse_bool(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
     match raw {
         None | Some("") | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),
@@ -260,7 +263,7 @@ fn parse_bool(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
 }
 
 /// Query strings with Baton's error shape when they do not parse.
-fn query<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn query<T: serde::de::DeserializeOwned + Default>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(v)| v).map_err(|e| {
@@ -556,6 +559,7 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/dlq", get(list_dlq))
         .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))
+        .merge(crate::rest_runs::routes())
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)

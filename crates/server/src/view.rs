@@ -305,3 +305,96 @@ pub fn task_proto(record: &TaskRecord, now: Millis, include_inputs: bool) -> v1:
         },
     }
 }
+
+/// A workflow run as the APIs show it: progress, critical path, per-step status,
+/// attempts, agents, timings and (on request) outputs, plus the event log. A step
+/// whose tasks wait for an agent type (or resources) no connected agent offers says so.
+pub fn run_view(
+    run: &baton_core::workflow::Run,
+    outputs: &std::collections::HashMap<String, serde_json::Value>,
+    agents: &[crate::dispatcher::AgentInfo],
+    include_outputs: bool,
+) -> serde_json::Value {
+    use baton_core::workflow::StepStatus;
+    use serde_json::json;
+    let (done, total) = run.progress();
+    let steps: Vec<serde_json::Value> = run
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let def = &run.def.steps[i];
+            let agents_used: Vec<&str> = s
+                .tasks
+                .iter()
+                .filter_map(|t| t.agent_id.as_deref())
+                .collect();
+            let attempts: u32 = s.tasks.iter().map(|t| t.attempts).sum();
+            let mut v = json!({
+                "id": s.id,
+                "task_type": def.task_type,
+                "status": s.status,
+                "dependencies": run.def.parents[i].iter().map(|&k| run.steps[k].id.clone()).collect::<Vec<_>>(),
+                "attempts": attempts,
+                "agents": agents_used,
+                "tasks": s.tasks,
+                "started_at": s.started_at_ms.map(rfc3339),
+                "finished_at": s.finished_at_ms.map(rfc3339),
+                "duration_ms": match (s.started_at_ms, s.finished_at_ms) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                    _ => None,
+                },
+                "error": s.error,
+                "on_critical_path": run.critical_path.contains(&s.id),
+            });
+            if let Some(c) = &s.compensation {
+                v["compensation"] = json!(c);
+            }
+            if def.pivot {
+                v["pivot"] = json!(true);
+            }
+            if s.status == StepStatus::Running {
+                let servable = agents.iter().any(|a| {
+                    a.task_types.contains(&def.task_type) && def.resources.satisfied_by(&a.labels)
+                });
+                if !servable {
+                    v["waiting_for"] = json!(format!(
+                        "no connected agent serves task type {}{}",
+                        def.task_type,
+                        if def.resources.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" with resources {}", serde_json::to_string(&def.resources).unwrap_or_default())
+                        }
+                    ));
+                }
+            }
+            if include_outputs {
+                v["output"] = run.step_output(i, outputs).unwrap_or(serde_json::Value::Null);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "run_id": run.run_id,
+        "flow": run.flow,
+        "status": run.status,
+        "input": run.input,
+        "on_failure": run.on_failure,
+        "saga": run.def.saga,
+        "generation": run.generation,
+        "progress": {
+            "steps_done": done,
+            "steps_total": total,
+            "percent": if total == 0 { 100.0 } else { (done as f64 * 1000.0 / total as f64).round() / 10.0 },
+        },
+        "critical_path": run.critical_path,
+        "steps": steps,
+        "events": run.events,
+        "events_dropped": run.events_dropped,
+        "created_at": rfc3339(run.created_at_ms),
+        "updated_at": rfc3339(run.updated_at_ms),
+        "finished_at": run.finished_at_ms.map(rfc3339),
+        "error": run.error,
+    })
+}

@@ -236,7 +236,7 @@ pub struct TaskOutcome {
 }
 
 /// Outputs of finished tasks, by task id.
-pub trait Outputs {
+pub trait Outputs: Sync {
     fn output(&self, task_id: &str) -> Option<Value>;
 }
 

@@ -1,0 +1,703 @@
+//! The IO shell around `baton_core::workflow`: keeps active runs in memory, feeds
+//! them the tasks that finish, stores each run together with the tasks it starts
+//! (one store transaction, compare-and-set on the run's revision), and resumes
+//! every active run after a restart. Also releases or cancels tasks submitted with
+//! `dependencies` (seed 001) when their parents finish.
+
+use crate::clock::now_ms;
+use crate::dispatcher::Dispatcher;
+use baton_core::lifecycle::Command;
+use baton_core::task::Limits;
+use baton_core::workflow::deps::{self, Decision};
+use baton_core::workflow::engine::{self, Env, FlowRef, RunEvent, TaskOutcome};
+use baton_core::workflow::{FlowDef, Run, RunCommand};
+use baton_core::{Error, ErrorCode, Priority, Status, TaskId};
+use baton_store::{
+    FlowOutcome, FlowRecord, ListFilter, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome,
+    Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// A run in memory: the state machine, its stored revision, and the outputs of its
+/// completed tasks (read from the tasks, never stored in the run).
+struct Slot {
+    run: Run,
+    revision: u64,
+    outputs: HashMap<String, Value>,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    dispatcher: Arc<Dispatcher>,
+    limits: Limits,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    finished_tx: mpsc::UnboundedSender<TaskRecord>,
+    /// Live run events for server-sent events: (run id, event, run status).
+    events: broadcast::Sender<(String, RunEvent, String)>,
+    /// parent task id -> waiting children.
+    dependents: Mutex<HashMap<TaskId, Vec<TaskId>>>,
+}
+
+fn body(run: &Run) -> Value {
+    json!({"run": run.to_value(), "definition": run.def.to_value()})
+}
+
+fn record_of(run: &Run, revision: u64) -> RunRecord {
+    RunRecord {
+        run_id: run.run_id.clone(),
+        flow_name: run.flow.as_ref().map(|f| f.name.clone()),
+        status: run.status.as_str().into(),
+        active: run.status.is_active(),
+        revision,
+        created_at_ms: run.created_at_ms,
+        updated_at_ms: run.updated_at_ms,
+        body: body(run),
+    }
+}
+
+fn load_run(record: &RunRecord) -> Result<Run, Error> {
+    let def = FlowDef::reload(&record.body["definition"])?;
+    Run::load(&record.body["run"], def)
+}
+
+/// What a client asks for when it starts a run.
+pub struct StartRequest {
+    pub run_id: Option<String>,
+    pub flow: Option<(String, Option<u32>)>,
+    pub definition: Option<Value>,
+    pub input: Value,
+    pub priority: Priority,
+    pub on_failure: Option<baton_core::workflow::def::OnFailure>,
+    pub execution_mode: Option<baton_core::ExecutionMode>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, limits: Limits) -> Arc<Engine> {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        let engine = Arc::new(Engine {
+            store,
+            dispatcher: dispatcher.clone(),
+            limits,
+            slots: Mutex::new(HashMap::new()),
+            finished_tx,
+            events,
+            dependents: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&engine);
+        dispatcher.set_finish_hook(Box::new(move |record: &TaskRecord| {
+            if let Some(engine) = weak.upgrade() {
+                engine.task_finished(record);
+            }
+        }));
+        tokio::spawn(Arc::clone(&engine).feed(finished_rx));
+        engine
+    }
+
+    fn task_finished(&self, record: &TaskRecord) {
+        let watched = record.spec.run_id.is_some()
+            || self
+                .dependents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&record.spec.task_id);
+        if watched {
+            let _ = self.finished_tx.send(record.clone());
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, RunEvent, String)> {
+        self.events.subscribe()
+    }
+
+    /// Delivers finished tasks to their runs and dependents, in batches per run.
+    async fn feed(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<TaskRecord>) {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 4096).await > 0 {
+            let mut by_run: HashMap<String, Vec<TaskRecord>> = HashMap::new();
+            let mut parents = Vec::new();
+            for record in batch.drain(..) {
+                parents.push(record.spec.task_id.clone());
+                if let Some(run_id) = record.spec.run_id.clone() {
+                    by_run.entry(run_id).or_default().push(record);
+                }
+            }
+            for (run_id, records) in by_run {
+                if let Err(e) = self.deliver(&run_id, records).await {
+                    tracing::warn!(run_id = %run_id, error = %e, "could not advance run");
+                }
+            }
+            self.parents_finished(parents).await;
+        }
+    }
+
+    async fn deliver(&self, run_id: &str, records: Vec<TaskRecord>) -> Result<(), Error> {
+        let Some(slot) = self.slot(run_id).await? else {
+            return Ok(());
+        };
+        let mut slot = slot.lock().await;
+        let mut outcomes: Vec<TaskOutcome> = Vec::new();
+        for r in records {
+            if !slot.run.owns(r.spec.task_id.as_str()) {
+                continue;
+            }
+            if let Some(out) = &r.state.output {
+                slot.outputs
+                    .insert(r.spec.task_id.as_str().to_string(), out.clone());
+            }
+            outcomes.push(outcome_of(&r));
+        }
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let cmds = outcomes.into_iter().map(RunCommand::TaskFinished).collect();
+        self.apply_locked(&mut slot, cmds).await.map(|_| ())
+    }
+
+    /// The in-memory slot of a run, loading it from the store if needed.
+    async fn slot(&self, run_id: &str) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Error> {
+        let cached = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some(record) = self.store.get_run(run_id).await? else {
+            return Ok(None);
+        };
+        let run = load_run(&record)?;
+        let outputs = self.load_outputs(&run).await?;
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            run,
+            revision: record.revision,
+            outputs,
+        }));
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(
+            slots.entry(run_id.to_string()).or_insert(slot).clone(),
+        ))
+    }
+
+    async fn load_outputs(&self, run: &Run) -> Result<HashMap<String, Value>, Error> {
+        let mut outputs = HashMap::new();
+        for id in run.completed_tasks() {
+            if let Some(r) = self.store.get(&TaskId::from_trusted(id.clone())).await? {
+                if let Some(out) = r.state.output {
+                    outputs.insert(id, out);
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Applies commands, stores the run with the tasks it starts, cancels what it
+    /// stops, and feeds back tasks that were already finished (cache hits).
+    async fn apply_locked(&self, slot: &mut Slot, cmds: Vec<RunCommand>) -> Result<Run, Error> {
+        let now = now_ms();
+        let before_events = slot.run.events.len();
+        let mut pending: Vec<RunCommand> = cmds;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let mut submit = Vec::new();
+            let mut cancel = Vec::new();
+            let snapshot = slot.run.clone();
+            for cmd in pending.drain(..) {
+                let env = Env {
+                    now,
+                    outputs: &slot.outputs,
+                    default_timeout_ms: self.limits.default_timeout_ms,
+                    default_retry: &self.limits.default_retry,
+                };
+                let acts = engine::apply(&mut slot.run, cmd, &env).map_err(Error::from)?;
+                submit.extend(acts.submit);
+                cancel.extend(acts.cancel);
+            }
+            let types: Vec<String> = submit.iter().map(|t| t.task_type.clone()).collect();
+            let write = RunWrite {
+                record: record_of(&slot.run, slot.revision + 1),
+                expected_revision: Some(slot.revision),
+                tasks: submit,
+            };
+            let outcome = self.store.write_runs(vec![write], now).await;
+            let written = match outcome {
+                Ok(mut o) => o.pop(),
+                Err(e) => {
+                    slot.run = snapshot;
+                    return Err(e.into());
+                }
+            };
+            match written {
+                Some(RunWriteOutcome::Written(tasks)) => {
+                    slot.revision += 1;
+                    self.dispatcher
+                        .work_arrived(types.iter().map(String::as_str));
+                    // Tasks that already existed and finished (a cached step, or a
+                    // resubmission after a crash) are fed back at once.
+                    for t in tasks {
+                        if let SubmitOutcome::Existing(r) = t {
+                            if r.state.status.is_terminal() {
+                                if let Some(out) = &r.state.output {
+                                    slot.outputs
+                                        .insert(r.spec.task_id.as_str().to_string(), out.clone());
+                                }
+                                pending.push(RunCommand::TaskFinished(outcome_of(&r)));
+                            }
+                        }
+                    }
+                }
+                Some(RunWriteOutcome::Conflict(current)) => {
+                    // Another writer moved the run: reload it and let the caller retry.
+                    slot.run = snapshot;
+                    if let Some(rec) = current {
+                        slot.run = load_run(&rec)?;
+                        slot.revision = rec.revision;
+                    }
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "the run changed concurrently; try again",
+                    ));
+                }
+                None => return Err(Error::internal("the store answered no outcome")),
+            }
+            self.cancel_tasks(cancel).await;
+            if pending.is_empty() || rounds > 64 {
+                break;
+            }
+        }
+        let status = slot.run.status.as_str().to_string();
+        for e in &slot.run.events[before_events.min(slot.run.events.len())..] {
+            let _ = self
+                .events
+                .send((slot.run.run_id.clone(), e.clone(), status.clone()));
+        }
+        if !slot.run.status.is_active() {
+            self.slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&slot.run.run_id);
+        }
+        Ok(slot.run.clone())
+    }
+
+    async fn cancel_tasks(&self, ids: Vec<TaskId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let updates = ids
+            .into_iter()
+            .map(|task_id| Update {
+                task_id,
+                command: Command::Cancel {
+                    reason: Some("cancelled by its workflow run".into()),
+                },
+            })
+            .collect();
+        match self.store.update(updates, now_ms()).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    if let UpdateOutcome::Applied { record, effects } = o {
+                        self.dispatcher.handle_effects(&record, &effects);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not cancel the tasks of a run"),
+        }
+    }
+
+    /// Registers a flow definition (validated first).
+    pub async fn register_flow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        definition: Value,
+    ) -> Result<(FlowRecord, bool), Error> {
+        baton_core::task::validate_task_type(name)
+            .map_err(|m| Error::invalid(format!("flow name {m}")).with_field("name"))?;
+        FlowDef::parse(&definition)?;
+        match self
+            .store
+            .put_flow(name, version, definition, now_ms())
+            .await?
+        {
+            FlowOutcome::Created(f) => Ok((f, true)),
+            FlowOutcome::Existing(f) => Ok((f, false)),
+            FlowOutcome::Conflict(f) => Err(Error::conflict(format!(
+                "flow {} version {} already exists with another definition; register a new version",
+                f.name, f.version
+            ))),
+        }
+    }
+
+    pub async fn get_flow(&self, name: &str, version: Option<u32>) -> Result<FlowRecord, Error> {
+        self.store
+            .get_flow(name, version)
+            .await?
+            .ok_or_else(|| match version {
+                Some(v) => Error::not_found(format!("flow {name} has no version {v}")),
+                None => Error::not_found(format!("flow {name} is not registered")),
+            })
+    }
+
+    pub async fn list_flows(&self) -> Result<Vec<FlowRecord>, Error> {
+        Ok(self.store.list_flows().await?)
+    }
+
+    /// Whether a flow of this name is registered (seed 000: a task type that is a flow).
+    pub async fn is_flow(&self, name: &str) -> bool {
+        matches!(self.store.get_flow(name, None).await, Ok(Some(_)))
+    }
+
+    /// Starts a run. Idempotent by run id: the same id returns the existing run.
+    pub async fn start(&self, req: StartRequest) -> Result<(Run, bool), Error> {
+        let (mut def, flow) = match (&req.flow, &req.definition) {
+            (Some((name, version)), None) => {
+                let f = self.get_flow(name, *version).await?;
+                (
+                    FlowDef::parse(&f.definition)?,
+                    Some(FlowRef {
+                        name: f.name,
+                        version: f.version,
+                    }),
+                )
+            }
+            (None, Some(d)) => (FlowDef::parse(d)?, None),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid("give either flow or definition, not both"))
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "give a registered flow name (flow) or an inline definition",
+                )
+                .with_field("flow"))
+            }
+        };
+        if let Some(mode) = req.execution_mode {
+            if mode != def.execution_mode {
+                let mut v = def.to_value();
+                v["execution_mode"] = json!(mode);
+                strip_derived(&mut v);
+                def = FlowDef::parse(&v)?;
+            }
+        }
+        if let Some(f) = req.on_failure {
+            def.on_failure = f;
+        }
+        let run_id = match req.run_id {
+            Some(id) => TaskId::parse(id.clone()).map_err(|_| Error::invalid("run_id may not be empty, longer than 256 bytes, or contain whitespace or '/'").with_field("run_id"))?.into_string(),
+            None => TaskId::generate().into_string(),
+        };
+        if run_id.contains(':') {
+            return Err(Error::invalid("run_id may not contain ':'").with_field("run_id"));
+        }
+        let now = now_ms();
+        let mut run = Run::new(run_id.clone(), def, flow, req.input, req.priority, now);
+        let env_outputs = HashMap::new();
+        let env = Env {
+            now,
+            outputs: &env_outputs,
+            default_timeout_ms: self.limits.default_timeout_ms,
+            default_retry: &self.limits.default_retry,
+        };
+        let acts = engine::apply(&mut run, RunCommand::Start, &env).map_err(Error::from)?;
+        let types: Vec<String> = acts.submit.iter().map(|t| t.task_type.clone()).collect();
+        let write = RunWrite {
+            record: record_of(&run, 1),
+            expected_revision: None,
+            tasks: acts.submit,
+        };
+        match self.store.write_runs(vec![write], now).await?.pop() {
+            Some(RunWriteOutcome::Written(tasks)) => {
+                self.dispatcher
+                    .work_arrived(types.iter().map(String::as_str));
+                let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+                    run: run.clone(),
+                    revision: 1,
+                    outputs: HashMap::new(),
+                }));
+                if run.status.is_active() {
+                    self.slots
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(run_id.clone(), slot.clone());
+                }
+                for e in &run.events {
+                    let _ =
+                        self.events
+                            .send((run_id.clone(), e.clone(), run.status.as_str().into()));
+                }
+                // Cache hits: tasks that already finished reach the run like any other.
+                for t in tasks {
+                    if let SubmitOutcome::Existing(r) = t {
+                        if r.state.status.is_terminal() {
+                            let _ = self.finished_tx.send(r);
+                        }
+                    }
+                }
+                Ok((run, true))
+            }
+            Some(RunWriteOutcome::Conflict(Some(existing))) => Ok((load_run(&existing)?, false)),
+            _ => Err(Error::internal("the store did not store the run")),
+        }
+    }
+
+    pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {
+        let cached = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        if let Some(slot) = cached {
+            let s = slot.lock().await;
+            return Ok((s.run.clone(), s.outputs.clone()));
+        }
+        let record = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
+        let run = load_run(&record)?;
+        let outputs = self.load_outputs(&run).await?;
+        Ok((run, outputs))
+    }
+
+    pub async fn list(&self, filter: RunFilter) -> Result<RunPage, Error> {
+        Ok(self.store.list_runs(filter).await?)
+    }
+
+    /// Pause, resume, cancel or retry.
+    pub async fn command(&self, run_id: &str, cmd: RunCommand) -> Result<Run, Error> {
+        for _ in 0..3 {
+            let slot = match self.slot(run_id).await? {
+                Some(s) => s,
+                None => return Err(Error::not_found(format!("run {run_id} not found"))),
+            };
+            let mut s = slot.lock().await;
+            if !s.run.status.is_active() && !matches!(cmd, RunCommand::Retry) {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("the run is {}", s.run.status.as_str()),
+                ));
+            }
+            let retrying = matches!(cmd, RunCommand::Retry);
+            match self.apply_locked(&mut s, vec![cmd.clone()]).await {
+                Ok(run) => {
+                    if retrying && run.status.is_active() {
+                        self.slots
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(run_id.to_string(), slot.clone());
+                    }
+                    return Ok(run);
+                }
+                Err(e) if e.code == ErrorCode::Unavailable => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::unavailable("the run kept changing; try again"))
+    }
+
+    /// After a restart: load every active run, and catch up with tasks that finished
+    /// while nobody listened. Also picks up waiting tasks with dependencies.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), Error> {
+        let active = self.store.active_runs().await?;
+        let n = active.len();
+        for record in active {
+            let run_id = record.run_id.clone();
+            if let Err(e) = self.reconcile(&run_id).await {
+                tracing::warn!(run_id = %run_id, error = %e, "could not resume run");
+            }
+        }
+        if n > 0 {
+            tracing::info!(runs = n, "resumed active workflow runs");
+        }
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .list(ListFilter {
+                    status: Some(Status::Waiting),
+                    limit: 1000,
+                    cursor,
+                    ..Default::default()
+                })
+                .await?;
+            for r in &page.tasks {
+                self.watch_dependencies(r).await;
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds a run every task that finished without it hearing.
+    async fn reconcile(&self, run_id: &str) -> Result<(), Error> {
+        let Some(slot) = self.slot(run_id).await? else {
+            return Ok(());
+        };
+        let open = slot.lock().await.run.open_tasks();
+        let mut done = Vec::new();
+        for id in open {
+            if let Some(r) = self.store.get(&TaskId::from_trusted(id)).await? {
+                if r.state.status.is_terminal() {
+                    done.push(r);
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.deliver(run_id, done).await?;
+        }
+        Ok(())
+    }
+
+    /// Periodically reconciles active runs (tasks that ended through lease expiry or
+    /// recovery never pass through a result) until `stop`.
+    pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => return,
+            }
+            let ids: Vec<String> = self
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for id in ids {
+                if let Err(e) = self.reconcile(&id).await {
+                    tracing::debug!(run_id = %id, error = %e, "reconcile failed");
+                }
+            }
+        }
+    }
+
+    /// Seed 001: a task stored as waiting is released or cancelled once its parents end.
+    pub async fn watch_dependencies(&self, record: &TaskRecord) {
+        if record.state.status != Status::Waiting {
+            return;
+        }
+        {
+            let mut deps = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &record.spec.dependencies {
+                let list = deps.entry(p.clone()).or_default();
+                if !list.contains(&record.spec.task_id) {
+                    list.push(record.spec.task_id.clone());
+                }
+            }
+        }
+        self.decide_waiting(vec![record.spec.clone()]).await;
+    }
+
+    async fn parents_finished(&self, parents: Vec<TaskId>) {
+        let children: Vec<TaskId> = {
+            let mut deps = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashSet::new();
+            parents
+                .iter()
+                .flat_map(|p| deps.remove(p).unwrap_or_default())
+                .filter(|c| seen.insert(c.clone()))
+                .collect()
+        };
+        let mut specs = Vec::new();
+        for c in children {
+            if let Ok(Some(r)) = self.store.get(&c).await {
+                if r.state.status == Status::Waiting {
+                    specs.push(r.spec);
+                }
+            }
+        }
+        self.decide_waiting(specs).await;
+    }
+
+    async fn decide_waiting(&self, specs: Vec<baton_core::TaskSpec>) {
+        let mut updates = Vec::new();
+        for spec in specs {
+            let mut statuses = Vec::new();
+            for p in &spec.dependencies {
+                let st = self
+                    .store
+                    .get(p)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.state.status);
+                statuses.push((p.clone(), st));
+            }
+            let command = match deps::decide(&statuses) {
+                Decision::Wait => continue,
+                Decision::Release => Command::Release,
+                Decision::Cancel(reason) => Command::Cancel {
+                    reason: Some(reason),
+                },
+            };
+            updates.push(Update {
+                task_id: spec.task_id.clone(),
+                command,
+            });
+        }
+        if updates.is_empty() {
+            return;
+        }
+        match self.store.update(updates, now_ms()).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    if let UpdateOutcome::Applied { record, effects } = o {
+                        self.dispatcher.handle_effects(&record, &effects);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not release waiting tasks"),
+        }
+    }
+}
+
+fn outcome_of(r: &TaskRecord) -> TaskOutcome {
+    let duration_ms = r
+        .state
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind == baton_core::lifecycle::EventKind::Started)
+        .and_then(|s| r.state.finished_at_ms.map(|f| f.saturating_sub(s.at_ms)));
+    TaskOutcome {
+        task_id: r.spec.task_id.as_str().to_string(),
+        status: r.state.status,
+        error: r
+            .state
+            .error
+            .as_ref()
+            .map(|e| format!("{}: {}", e.kind, e.message)),
+        attempts: r.state.attempt,
+        agent_id: r
+            .state
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| e.agent_id.as_ref().map(|a| a.as_str().to_string())),
+        duration_ms,
+    }
+}
+
+/// Drops the derived, engine-written fields so a normalised definition parses again.
+fn strip_derived(v: &mut Value) {
+    if let Some(steps) = v.get_mut("steps").and_then(Value::as_array_mut) {
+        for s in steps {
+            if let Some(m) = s.get_mut("map").and_then(Value::as_object_mut) {
+                m.remove("path");
+            }
+        }
+    }
+}
