@@ -250,31 +250,28 @@ pub(crate) async fn list_runs(client: &impl GenericClient, filter: &RunFilter) -
     let fetch = limit as i64 + 1;
     let status = filter.status.as_deref();
     let flow_name = filter.flow_name.as_deref();
+    // Planned for these parameters, as `tasks::list` does.
     let rows = match (status, flow_name) {
         (None, None) => {
             const SQL: &str = select_runs!("WHERE seq < $1 ORDER BY seq DESC LIMIT $2");
-            let stmt = client.prepare_cached(SQL).await?;
-            client.query(&stmt, &[&before, &fetch]).await?
+            client.query(SQL, &[&before, &fetch]).await?
         }
         (Some(status), None) => {
             const SQL: &str =
                 select_runs!("WHERE status = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2");
-            let stmt = client.prepare_cached(SQL).await?;
-            client.query(&stmt, &[&before, &fetch, &status]).await?
+            client.query(SQL, &[&before, &fetch, &status]).await?
         }
         (None, Some(flow_name)) => {
             const SQL: &str =
                 select_runs!("WHERE flow_name = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2");
-            let stmt = client.prepare_cached(SQL).await?;
-            client.query(&stmt, &[&before, &fetch, &flow_name]).await?
+            client.query(SQL, &[&before, &fetch, &flow_name]).await?
         }
         (Some(status), Some(flow_name)) => {
             const SQL: &str = select_runs!(
                 "WHERE status = $3 AND flow_name = $4 AND seq < $1 ORDER BY seq DESC LIMIT $2"
             );
-            let stmt = client.prepare_cached(SQL).await?;
             client
-                .query(&stmt, &[&before, &fetch, &status, &flow_name])
+                .query(SQL, &[&before, &fetch, &status, &flow_name])
                 .await?
         }
     };

@@ -28,11 +28,14 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// Largest page handed out, whatever the filter asks for.
 pub const MAX_LIST_LIMIT: usize = 1_000;
 
-/// `SELECT` of every query that loads tasks, decoded by `codec::decode_task`.
+/// `SELECT` of every query that loads tasks, decoded by `codec::decode_task`. The
+/// spec comes from a subquery rather than a join: one primary-key probe per row
+/// returned, whatever the planner estimates (a join may be planned as a scan of
+/// every spec), and a missing spec shows as corruption instead of hiding its task.
 macro_rules! from_tasks {
     ($tail:literal) => {
         concat!(
-            "SELECT t.seq, t.state, t.lease_deadline, s.spec FROM tasks t JOIN task_specs s ON s.seq = t.seq ",
+            "SELECT t.seq, t.state, t.lease_deadline, (SELECT s.spec FROM task_specs s WHERE s.seq = t.seq) FROM tasks t ",
             $tail
         )
     };
@@ -64,28 +67,31 @@ pub(crate) const BY_ID: &str = from_tasks!("WHERE t.id = $1");
 const BY_IDS: &str = from_tasks!("WHERE t.id = ANY($1)");
 /// Locks in `seq` order, as every waiting lock in this crate does, so that two
 /// transactions never wait for each other in a cycle.
-const LOCK_BY_IDS: &str = from_tasks!("WHERE t.id = ANY($1) ORDER BY t.seq FOR UPDATE OF t");
+const LOCK_BY_IDS: &str = from_tasks!("WHERE t.id = ANY($1) ORDER BY t.seq FOR UPDATE");
 /// Queued tasks of one type in claim order, skipping those another transaction is
 /// claiming right now: two replicas never claim the same attempt, and never wait
 /// for each other.
 pub(crate) const PICK: &str = from_tasks!(
-    "WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED"
+    "WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
 );
-/// One statement per owner; rows are locked in `seq` order first (see `LOCK_BY_IDS`).
-/// Only `lease_deadline` changes, a column no index holds, so the new row versions
-/// can be HOT updates (no index maintenance).
-pub(crate) const EXTEND: &str = "UPDATE tasks SET lease_deadline = $2
-    WHERE seq IN (SELECT seq FROM tasks WHERE status = 1 AND lease_owner = $1 ORDER BY seq FOR UPDATE)";
+/// The owner's running tasks, locked in `seq` order (see `LOCK_BY_IDS`) before
+/// [`EXTEND`] moves their deadline. (An `UPDATE … WHERE lease_owner = $1` alone
+/// would lock in index order and could deadlock with `update`.)
+pub(crate) const HELD_SEQS: &str =
+    "SELECT seq FROM tasks WHERE status = 1 AND lease_owner = $1 ORDER BY seq FOR UPDATE";
+/// One statement per owner. Only `lease_deadline` changes, a column no index
+/// holds, so the new row versions can be HOT updates (no index maintenance).
+pub(crate) const EXTEND: &str = "UPDATE tasks SET lease_deadline = $2 WHERE seq = ANY($1)";
 /// Scans the running tasks' owner index (running tasks are bounded by the
 /// replicas' workers). Sweeps skip rows another transaction holds: that one is
 /// changing the task, and the next sweep sees the result.
 pub(crate) const OVERDUE: &str = from_tasks!(
-    "WHERE t.status = 1 AND t.lease_deadline < $1 ORDER BY t.seq FOR UPDATE OF t SKIP LOCKED"
+    "WHERE t.status = 1 AND t.lease_deadline < $1 ORDER BY t.seq FOR UPDATE SKIP LOCKED"
 );
 pub(crate) const HELD: &str =
-    from_tasks!("WHERE t.status = 1 AND t.lease_owner = $1 ORDER BY t.seq FOR UPDATE OF t");
+    from_tasks!("WHERE t.status = 1 AND t.lease_owner = $1 ORDER BY t.seq FOR UPDATE");
 pub(crate) const DUE: &str = from_tasks!(
-    "WHERE t.status = 2 AND t.ready_at <= $1 ORDER BY t.ready_at, t.seq FOR UPDATE OF t SKIP LOCKED"
+    "WHERE t.status = 2 AND t.ready_at <= $1 ORDER BY t.ready_at, t.seq FOR UPDATE SKIP LOCKED"
 );
 const WRITE_BACK: &str = "UPDATE tasks AS t SET status = u.status, ready_at = u.ready_at,
         lease_owner = u.lease_owner, lease_deadline = u.lease_deadline, state = u.state
@@ -95,9 +101,11 @@ const WRITE_BACK: &str = "UPDATE tasks AS t SET status = u.status, ready_at = u.
 const NOTIFY: &str = "SELECT pg_notify($1, task_type) FROM UNNEST($2::text[]) AS task_type";
 
 pub(crate) const NEXT_WAKE: &str = "SELECT MIN(ready_at) FROM tasks WHERE status = 2";
-pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
-pub(crate) const COUNT_QUEUED: &str =
-    "SELECT task_type, COUNT(*) FROM tasks WHERE status = 0 GROUP BY task_type";
+/// Counts by status (`task_type` NULL), then queued counts by type: one statement,
+/// so one snapshot, and the two agree.
+pub(crate) const COUNTS: &str = "SELECT status, NULL::text, COUNT(*) FROM tasks GROUP BY status
+    UNION ALL
+    SELECT 0::int2, task_type, COUNT(*) FROM tasks WHERE status = 0 GROUP BY task_type";
 /// Distinct types of queued tasks by skipping through `tasks_queued` (one index
 /// probe per type, however long the queues).
 pub(crate) const QUEUED_TYPES: &str = "WITH RECURSIVE types (task_type) AS (
@@ -174,13 +182,23 @@ impl Work {
     }
 }
 
-async fn load(
-    client: &impl GenericClient,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Res<Vec<Loaded>> {
+type Params<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+async fn load(client: &impl GenericClient, sql: &str, params: &Params<'_>) -> Res<Vec<Loaded>> {
     let stmt = client.prepare_cached(sql).await?;
     let rows = client.query(&stmt, params).await?;
+    rows.iter().map(decode_task).collect()
+}
+
+/// Like [`load`], but planned for these very parameters (a statement of its own,
+/// not the connection's cached one): listing filters on values as skewed as task
+/// statuses, where a generic plan walks the whole table for a rare one.
+async fn load_planned_for(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> Res<Vec<Loaded>> {
+    let rows = client.query(sql, params).await?;
     rows.iter().map(decode_task).collect()
 }
 
@@ -438,9 +456,19 @@ pub(crate) async fn extend_leases(
     lease_owner: &str,
     lease_deadline_ms: Millis,
 ) -> Res<u64> {
-    let stmt = tx.prepare_cached(EXTEND).await?;
+    let held = tx.prepare_cached(HELD_SEQS).await?;
+    let seqs: Vec<i64> = tx
+        .query(&held, &[&lease_owner])
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    let extend = tx.prepare_cached(EXTEND).await?;
     Ok(tx
-        .execute(&stmt, &[&lease_owner, &millis(lease_deadline_ms)])
+        .execute(&extend, &[&seqs, &millis(lease_deadline_ms)])
         .await?)
 }
 
@@ -533,23 +561,23 @@ pub(crate) async fn list(client: &impl GenericClient, filter: &ListFilter) -> Re
     let tasks = match (status, task_type) {
         (None, None) => {
             const SQL: &str = from_tasks!("WHERE t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
-            load(client, SQL, &[&before, &fetch]).await?
+            load_planned_for(client, SQL, &[&before, &fetch]).await?
         }
         (Some(status), None) => {
             const SQL: &str =
                 from_tasks!("WHERE t.status = $3 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
-            load(client, SQL, &[&before, &fetch, &status]).await?
+            load_planned_for(client, SQL, &[&before, &fetch, &status]).await?
         }
         (None, Some(task_type)) => {
             const SQL: &str =
                 from_tasks!("WHERE t.task_type = $3 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
-            load(client, SQL, &[&before, &fetch, &task_type]).await?
+            load_planned_for(client, SQL, &[&before, &fetch, &task_type]).await?
         }
         (Some(status), Some(task_type)) => {
             const SQL: &str = from_tasks!(
                 "WHERE t.status = $3 AND t.task_type = $4 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2"
             );
-            load(client, SQL, &[&before, &fetch, &status, &task_type]).await?
+            load_planned_for(client, SQL, &[&before, &fetch, &status, &task_type]).await?
         }
     };
     let more = tasks.len() > limit;
@@ -582,24 +610,21 @@ fn count(raw: i64) -> Res<u64> {
 }
 
 pub(crate) async fn counts(client: &impl GenericClient) -> Res<Counts> {
-    let by_status = client.prepare_cached(COUNT_BY_STATUS).await?;
-    let queued = client.prepare_cached(COUNT_QUEUED).await?;
-    // Both in one round trip: tokio-postgres pipelines concurrent queries.
-    let (by_status, queued) =
-        tokio::join!(client.query(&by_status, &[]), client.query(&queued, &[]));
+    let stmt = client.prepare_cached(COUNTS).await?;
     let mut counts = Counts::default();
-    for row in by_status? {
-        let status = read_status(row.try_get(0)?)?;
-        let n = count(row.try_get(1)?)?;
-        if n > 0 {
-            counts.by_status.insert(status.as_str().to_string(), n);
+    for row in client.query(&stmt, &[]).await? {
+        let n = count(row.try_get(2)?)?;
+        if n == 0 {
+            continue;
         }
-    }
-    for row in queued? {
-        let task_type: String = row.try_get(0)?;
-        let n = count(row.try_get(1)?)?;
-        if n > 0 {
-            counts.queued_by_type.insert(task_type, n);
+        match row.try_get::<_, Option<String>>(1)? {
+            None => {
+                let status = read_status(row.try_get(0)?)?;
+                counts.by_status.insert(status.as_str().to_string(), n);
+            }
+            Some(task_type) => {
+                counts.queued_by_type.insert(task_type, n);
+            }
         }
     }
     Ok(counts)
@@ -632,15 +657,16 @@ mod tests {
         tx.batch_execute("SET LOCAL enable_seqscan = off")
             .await
             .expect("set");
-        let (t, n, ids) = ("echo", 10i64, vec!["a", "b"]);
+        let (t, n, ids, seqs) = ("echo", 10i64, vec!["a", "b"], vec![1i64, 2]);
         let list_all = from_tasks!("WHERE t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
         let list_by_type =
             from_tasks!("WHERE t.task_type = $3 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
         let cases: Vec<(&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>, &str)> = vec![
             (PICK, vec![&t, &n], "tasks_queued"),
             (QUEUED_TYPES, vec![], "tasks_queued"),
-            (COUNT_QUEUED, vec![], "tasks_queued"),
-            (EXTEND, vec![&t, &n], "tasks_running_owner"),
+            (COUNTS, vec![], "tasks_queued"),
+            (HELD_SEQS, vec![&t], "tasks_running_owner"),
+            (EXTEND, vec![&seqs, &n], "tasks_pkey"),
             (HELD, vec![&t], "tasks_running_owner"),
             (OVERDUE, vec![&n], "tasks_running_owner"),
             (DUE, vec![&n], "tasks_retry_ready"),
