@@ -135,14 +135,16 @@ pub const MAX_TX_TRIES: u32 = 5;
 /// Connection settings of the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The PostgreSQL schema holding Baton's tables; created if missing. Lowercase
-    /// ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes.
+    /// The PostgreSQL schema holding Baton's tables (default `baton`); created if
+    /// missing. Lowercase ASCII letters, digits and `_`, not starting with a digit
+    /// or `pg_`, at most 63 bytes.
     pub schema: String,
-    /// Most connections the pool opens (the work listener has one more of its own).
+    /// Most connections the pool opens (default 16); the work listener has one more
+    /// of its own.
     pub max_connections: usize,
-    /// Bound on opening one connection, when the URL sets none.
+    /// Bound on opening one connection when the URL sets none (default 5 s).
     pub connect_timeout: Duration,
-    /// Bound on waiting for a free pooled connection.
+    /// Bound on waiting for a free pooled connection (default 30 s).
     pub wait_timeout: Duration,
 }
 
@@ -430,15 +432,19 @@ impl PgStore {
     /// Task types that got queued work, for a server that wants to learn of new
     /// work without polling: each commit that queues tasks (by any replica) sends
     /// their types on [`WORK_CHANNEL`], and the store's listener broadcasts them to
-    /// every receiver. The listener starts with the first call and runs on its own
-    /// connection until the store is dropped, reconnecting with backoff; every time
-    /// it starts listening it also sends every type that has queued tasks, so
-    /// nothing queued before the call or while the listener reconnected is missed.
+    /// every receiver.
     ///
-    /// A type may arrive more than once, or with its tasks already claimed by
-    /// someone else: it means "look", not "there is work for you". A receiver that
-    /// falls more than 1,024 types behind gets `RecvError::Lagged` and should then
-    /// look at every type ([`Store::queued_types`]).
+    /// The listener starts with the first call and runs on a connection of its own
+    /// until the store is dropped, reconnecting with backoff (100 ms doubling to
+    /// 5 s). Each time it starts listening it also sends every type that has
+    /// queued tasks, so work queued before the first call, or while it was
+    /// reconnecting, is not missed. A receiver only sees what is sent after it
+    /// subscribed: a later subscriber should look at [`Store::queued_types`] once.
+    ///
+    /// A type means "look", not "there is work for you": it may come more than
+    /// once, its tasks may already be claimed, and the channel is shared by every
+    /// schema of the database. A receiver that falls more than 1,024 types behind
+    /// gets `RecvError::Lagged` and should then look at every type.
     pub fn subscribe_work(&self) -> broadcast::Receiver<String> {
         let mut listener = self.listener.lock().unwrap_or_else(|p| p.into_inner());
         listener
