@@ -687,3 +687,61 @@ async fn a_corrupt_row_fails_only_its_own_operation() {
         Status::Running
     );
 }
+
+#[tokio::test]
+async fn abandoned_temporary_schemas_are_swept() {
+    let raw = raw().await;
+    let abandoned = format!("{TEMP_SCHEMA_PREFIX}1000000000_{}_0_0", std::process::id());
+    raw.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{abandoned}\""))
+        .await
+        .unwrap();
+    let _store = temp_store().await;
+    let left = raw
+        .query(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&abandoned],
+        )
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{abandoned} was not swept");
+}
+
+/// Connections cut under the store (a database restart, a proxy dropping them):
+/// calls fail as `Unavailable` at worst, and the pool replaces the connections.
+#[tokio::test]
+async fn the_store_recovers_when_its_connections_are_cut() {
+    let store = temp_store().await;
+    store
+        .submit(vec![spec("before", "echo")], T0)
+        .await
+        .expect("submit");
+    let raw = raw().await;
+    let cut = raw
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&store.schema()],
+        )
+        .await
+        .expect("terminate");
+    assert!(!cut.is_empty(), "the store had connections to cut");
+    let mut answered = false;
+    for _ in 0..5 {
+        match store.ping().await {
+            Ok(()) => {
+                answered = true;
+                break;
+            }
+            Err(Error::Unavailable(_)) => {}
+            Err(other) => panic!("a cut connection is not {other:?}"),
+        }
+    }
+    assert!(answered, "the store did not reconnect");
+    store
+        .submit(vec![spec("after", "echo")], T0)
+        .await
+        .expect("submit after reconnecting");
+    assert_eq!(
+        store.counts().await.unwrap().by_status.get("queued"),
+        Some(&2)
+    );
+}
