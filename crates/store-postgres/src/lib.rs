@@ -159,9 +159,11 @@ impl Default for Options {
     }
 }
 
+/// A schema name we can put in SQL text unquoted-safe and that PostgreSQL keeps
+/// as is (no case folding, no truncation, not a system schema).
 pub(crate) fn valid_schema_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    let first_ok = chars
+    let first_ok = name
+        .chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     first_ok

@@ -1,5 +1,5 @@
-//! Task operations. Writes run inside a transaction the caller opened (see
-//! `PgStore::transaction`); each loads rows under a row lock, asks
+//! Task operations. Writes run inside a transaction the caller opened (the
+//! `transaction!` macro of the crate root); each loads rows under a row lock, asks
 //! `baton_core::lifecycle::apply` what to do, and writes every changed row back in
 //! one multi-row statement. Reads take a plain connection.
 
