@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run: throughput, throughput.seq, latency, queued-memory.
+    /// Scenarios to run: throughput, throughput.seq, latency, queued-memory, and the
+    /// workflow ones: chains (3-step chains), fanout (10 parallel steps + 1 fan-in),
+    /// wide (one run of 10,000 parallel steps).
     #[arg(
         long,
         value_delimiter = ',',
@@ -51,6 +53,9 @@ pub struct BenchArgs {
     /// Concurrent HTTP requests in the one-request-per-task scenario.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Runs in the chains scenario (fanout uses a quarter of it).
+    #[arg(long, default_value_t = 4_000)]
+    runs: usize,
     /// Offered rate of the latency scenario, tasks/s.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
@@ -285,6 +290,47 @@ async fn throughput_seq(
     eprintln!(
         "{}",
         json!({"scenario": "throughput.seq", "tasks": n, "connections": connections, "submit_s": submitted.as_secs_f64(), "total_s": secs})
+    );
+    Ok(())
+}
+
+/// Starts `n` runs of `def`, one request each with `connections` in flight, and
+/// waits until all their tasks completed.
+#[allow(clippy::too_many_arguments)]
+async fn runs(
+    client: &Arc<Client>,
+    def: &Value,
+    steps: usize,
+    n: usize,
+    connections: usize,
+    tag: &str,
+    scenario: &str,
+    unit: &str,
+) -> Result<()> {
+    let base = count(client, "completed").await?;
+    let start = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = client.clone();
+        let permit = sem.clone().acquire_owned().await?;
+        let body = json!({"run_id": format!("{tag}-{i}"), "definition": def});
+        handles.push(tokio::spawn(async move {
+            let r = client.post("/api/v1/runs", &body).await;
+            drop(permit);
+            r
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let submitted = start.elapsed();
+    let done = wait_completed(client, base + (n * steps) as u64, Duration::from_secs(600)).await?;
+    let secs = done.duration_since(start).as_secs_f64();
+    line(scenario, n as f64 / secs, unit);
+    eprintln!(
+        "{}",
+        json!({"scenario": scenario, "runs": n, "steps_per_run": steps, "submit_s": submitted.as_secs_f64(), "total_s": secs})
     );
     Ok(())
 }
@@ -528,6 +574,66 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     .await?
                 }
                 "queued-memory" => {}
+                "chains" => {
+                    let def = json!({"execution_mode": "sequential", "steps": [
+                        {"id": "a", "task_type": "echo"},
+                        {"id": "b", "task_type": "echo"},
+                        {"id": "c", "task_type": "echo"}
+                    ]});
+                    runs(
+                        &client,
+                        &def,
+                        3,
+                        args.runs,
+                        args.connections,
+                        &format!("ch-{run_id}"),
+                        "chains",
+                        "chains/s",
+                    )
+                    .await?
+                }
+                "fanout" => {
+                    let mut steps: Vec<Value> = (0..10)
+                        .map(|k| json!({"id": format!("p{k}"), "task_type": "echo"}))
+                        .collect();
+                    steps.push(json!({"id": "join", "task_type": "echo",
+                        "dependencies": (0..10).map(|k| format!("p{k}")).collect::<Vec<_>>()}));
+                    let def = json!({"steps": steps});
+                    runs(
+                        &client,
+                        &def,
+                        11,
+                        args.runs / 4,
+                        args.connections,
+                        &format!("fo-{run_id}"),
+                        "fanout",
+                        "runs/s",
+                    )
+                    .await?
+                }
+                "wide" => {
+                    let steps: Vec<Value> = (0..10_000)
+                        .map(|k| json!({"id": format!("w{k}"), "task_type": "echo"}))
+                        .collect();
+                    let def = json!({"steps": steps});
+                    let pid = server.proc.as_ref().map(|p| p.child.id());
+                    let start = Instant::now();
+                    runs(
+                        &client,
+                        &def,
+                        10_000,
+                        1,
+                        1,
+                        &format!("wd-{run_id}"),
+                        "wide",
+                        "runs/s",
+                    )
+                    .await?;
+                    line("wide.time", start.elapsed().as_secs_f64(), "s");
+                    if let Some((_, hwm)) = pid.and_then(rss_kib) {
+                        line("wide.server_peak_rss", hwm as f64 / 1024.0, "MiB");
+                    }
+                }
                 other => bail!("unknown scenario {other:?}"),
             }
         }

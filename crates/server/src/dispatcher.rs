@@ -107,13 +107,16 @@ pub struct AgentInfo {
     pub last_heartbeat_ms: Millis,
 }
 
+/// Called with every task that reaches a terminal status.
+pub type FinishHook = Box<dyn Fn(&TaskRecord) + Send + Sync>;
+
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     opts: Options,
     state: Mutex<State>,
     wake: Notify,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
-    finish_hook: std::sync::OnceLock<Box<dyn Fn(&TaskRecord) + Send + Sync>>,
+    finish_hook: std::sync::OnceLock<FinishHook>,
 }
 
 struct PlannedClaim {
@@ -179,7 +182,7 @@ impl Dispatcher {
 
     /// Calls `hook` with every task that reaches a terminal status (the workflow
     /// engine and dependency tracking listen here). Set once, at start.
-    pub fn set_finish_hook(&self, hook: Box<dyn Fn(&TaskRecord) + Send + Sync>) {
+    pub fn set_finish_hook(&self, hook: FinishHook) {
         let _ = self.finish_hook.set(hook);
     }
 

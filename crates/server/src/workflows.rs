@@ -126,11 +126,15 @@ impl Engine {
                     by_run.entry(run_id).or_default().push(record);
                 }
             }
-            for (run_id, records) in by_run {
-                if let Err(e) = self.deliver(&run_id, records).await {
+            // Runs advance concurrently, so that their writes share group commits;
+            // each run's own events stay in order (one batch at a time, its slot locked).
+            let this = &self;
+            let deliveries = by_run.into_iter().map(|(run_id, records)| async move {
+                if let Err(e) = this.deliver(&run_id, records).await {
                     tracing::warn!(run_id = %run_id, error = %e, "could not advance run");
                 }
-            }
+            });
+            futures::future::join_all(deliveries).await;
             self.parents_finished(parents).await;
         }
     }
