@@ -70,6 +70,34 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Reads a request body that must not be empty, with Baton's error shape for a body
+/// too large, unreadable or empty (`expected` says what to send).
+pub(crate) async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    expected: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(Error::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than the configured limit (max_body_bytes)",
+            ))
+        } else {
+            ApiError(Error::invalid(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            )))
+        }
+    })?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError(Error::invalid(format!(
+            "request body is empty: send {expected}"
+        ))));
+    }
+    Ok(bytes)
+}
+
 /// A JSON request body with Baton's error shape for every way it can be wrong.
 pub struct JsonBody(pub serde_json::Value);
 
@@ -77,24 +105,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(Error::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body is larger than the configured limit (max_body_bytes)",
-                ))
-            } else {
-                ApiError(Error::invalid(format!(
-                    "could not read the request body: {}",
-                    e.body_text()
-                )))
-            }
-        })?;
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(ApiError(Error::invalid(
-                "request body is empty: send a JSON object",
-            )));
-        }
+        let bytes = read_body(req, state, "a JSON object").await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError(Error::invalid(format!("malformed json: {e}"))))

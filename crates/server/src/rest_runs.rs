@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_core::workflow::def::OnFailure;
 use baton_core::workflow::RunCommand;
-use baton_core::{Error, ErrorCode, ExecutionMode, Priority};
+use baton_core::{Error, ExecutionMode, Priority};
 use baton_store::RunFilter;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -33,24 +33,7 @@ impl<S: Send + Sync> FromRequest<S> for DocBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.contains("yaml"));
-        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(Error::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body is larger than the configured limit (max_body_bytes)",
-                ))
-            } else {
-                ApiError(Error::invalid(format!(
-                    "could not read the request body: {}",
-                    e.body_text()
-                )))
-            }
-        })?;
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(ApiError(Error::invalid(
-                "request body is empty: send a JSON (or YAML) object",
-            )));
-        }
+        let bytes = crate::rest::read_body(req, state, "a JSON (or YAML) object").await?;
         if yaml {
             serde_norway::from_slice::<Value>(&bytes)
                 .map(DocBody)

@@ -304,6 +304,13 @@ impl Engine {
                 },
             })
             .collect();
+        self.apply_updates(updates, "cancel the tasks of a run")
+            .await;
+    }
+
+    /// Applies task commands and carries out their effects; a store error is logged
+    /// (the periodic reconcile and the next start try again).
+    async fn apply_updates(&self, updates: Vec<Update>, what: &str) {
         match self.store.update(updates, now_ms()).await {
             Ok(outcomes) => {
                 for o in outcomes {
@@ -312,7 +319,7 @@ impl Engine {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not cancel the tasks of a run"),
+            Err(e) => tracing::warn!(error = %e, "could not {what}"),
         }
     }
 
@@ -655,16 +662,7 @@ impl Engine {
         if updates.is_empty() {
             return;
         }
-        match self.store.update(updates, now_ms()).await {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    if let UpdateOutcome::Applied { record, effects } = o {
-                        self.dispatcher.handle_effects(&record, &effects);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not release waiting tasks"),
-        }
+        self.apply_updates(updates, "release waiting tasks").await;
     }
 }
 
