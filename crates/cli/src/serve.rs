@@ -14,6 +14,9 @@ pub struct ServeArgs {
     /// Data directory of the embedded store [default: ./baton-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Shared store URL (postgres://user@host:port/db) instead of the embedded store; also BATON_STORE.
+    #[arg(long)]
+    store: Option<String>,
     /// REST listen address [default: 0.0.0.0:8080].
     #[arg(long)]
     http_addr: Option<String>,
@@ -39,6 +42,9 @@ impl ServeArgs {
         let mut m = serde_json::Map::new();
         if let Some(v) = &self.data_dir {
             m.insert("data_dir".into(), v.display().to_string().into());
+        }
+        if let Some(v) = &self.store {
+            m.insert("store".into(), v.clone().into());
         }
         if let Some(v) = &self.http_addr {
             m.insert("http_addr".into(), v.clone().into());
@@ -107,7 +113,7 @@ async fn shutdown_signal() {
 /// Binds, prints the addresses (tests and scripts read this line), and serves.
 async fn start(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result<()> {
     init_logging(&cfg.log_level, cfg.log_format);
-    let store = baton_server::open_embedded_store(&cfg)?;
+    let store = baton_server::open_store(&cfg).await?;
     let listeners = baton_server::Listeners::bind(&cfg).await?;
     let (http, grpc) = listeners.addrs()?;
     println!(

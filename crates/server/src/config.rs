@@ -31,6 +31,9 @@ pub enum Durability {
 pub struct Config {
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
+    /// A shared store instead of the embedded one: `postgres://user@host:port/db`
+    /// (several replicas may share it). Also `BATON_STORE`.
+    pub store: Option<String>,
     /// REST API listen address.
     pub http_addr: SocketAddr,
     /// gRPC listen address (client API and agent streams).
@@ -64,6 +67,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./baton-data"),
+            store: None,
             http_addr: "0.0.0.0:8080".parse().expect("valid"),
             grpc_addr: "0.0.0.0:50051".parse().expect("valid"),
             log_level: "info".into(),

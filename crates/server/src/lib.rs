@@ -45,6 +45,23 @@ impl Listeners {
     }
 }
 
+/// Opens the store `cfg` names: PostgreSQL for a `postgres://` URL in `store`, else
+/// the embedded store in `data_dir`.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match cfg.store.as_deref().map(str::trim) {
+        None | Some("") => open_embedded_store(cfg),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = baton_store_postgres::PgStore::connect(url, Default::default())
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            Ok(Arc::new(store))
+        }
+        Some(other) => anyhow::bail!(
+            "unsupported store {other:?}: use postgres://user@host:port/database, or leave it unset for the embedded store"
+        ),
+    }
+}
+
 /// Opens the embedded store configured by `cfg`.
 pub fn open_embedded_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let options = baton_store_sqlite::Options {
@@ -114,6 +131,19 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Work queued by other replicas wakes this one without polling.
+    let notifications = store.work_notifications().map(|mut rx| {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(task_type) => dispatcher.work_arrived([task_type.as_str()]),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    });
     let dispatch_loop = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
     let maintenance = tokio::spawn(dispatcher.clone().maintain(stop_rx.clone()));
     let run_maintenance = tokio::spawn(engine.clone().maintain(stop_rx.clone()));
@@ -165,5 +195,8 @@ pub async fn run(
     dispatch_loop.abort();
     maintenance.abort();
     run_maintenance.abort();
+    if let Some(n) = notifications {
+        n.abort();
+    }
     Ok(())
 }

@@ -566,6 +566,10 @@ impl Store for PgStore {
         false
     }
 
+    fn work_notifications(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.subscribe_work())
+    }
+
     async fn ping(&self) -> Result<()> {
         let client = self.client().await.map_err(Fault::into_store)?;
         client

@@ -257,6 +257,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the backend answers right now (readiness).
     async fn ping(&self) -> Result<()>;
 
+    /// Task types that got queued work from any process sharing this store (another
+    /// replica's submission), for backends that can tell. A server uses it to wake
+    /// without polling; `None` when the store is used by one process only.
+    fn work_notifications(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+
     /// Registers a flow definition under `name`: as `version` when given, else as the
     /// latest version plus one (or 1) unless the latest holds the same definition.
     async fn put_flow(
