@@ -247,11 +247,6 @@ async fn start_run(
         }
     };
     let (run, created) = app.engine.start(req).await?;
-    let (run, outputs) = app
-        .engine
-        .get(&run.run_id)
-        .await
-        .unwrap_or((run, Default::default()));
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -259,7 +254,12 @@ async fn start_run(
     };
     Ok((
         status,
-        Json(run_view(&run, &outputs, &app.dispatcher.agents(), false)),
+        Json(run_view(
+            &run,
+            &Default::default(),
+            &app.dispatcher.agents(),
+            false,
+        )),
     )
         .into_response())
 }
@@ -367,14 +367,10 @@ async fn list_runs(
 
 async fn run_command(app: &App, run_id: &str, cmd: RunCommand) -> Result<Json<Value>, ApiError> {
     let run = app.engine.command(run_id, cmd).await?;
-    let (run, outputs) = app
-        .engine
-        .get(&run.run_id)
-        .await
-        .unwrap_or((run, Default::default()));
+    // These answers leave outputs out (GET the run with include_outputs for them).
     Ok(Json(run_view(
         &run,
-        &outputs,
+        &Default::default(),
         &app.dispatcher.agents(),
         false,
     )))

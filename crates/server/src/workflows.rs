@@ -394,7 +394,6 @@ impl Engine {
             if mode != def.execution_mode {
                 let mut v = def.to_value();
                 v["execution_mode"] = json!(mode);
-                strip_derived(&mut v);
                 def = FlowDef::parse(&v)?;
             }
         }
@@ -690,16 +689,5 @@ fn outcome_of(r: &TaskRecord) -> TaskOutcome {
             .rev()
             .find_map(|e| e.agent_id.as_ref().map(|a| a.as_str().to_string())),
         duration_ms,
-    }
-}
-
-/// Drops the derived, engine-written fields so a normalised definition parses again.
-fn strip_derived(v: &mut Value) {
-    if let Some(steps) = v.get_mut("steps").and_then(Value::as_array_mut) {
-        for s in steps {
-            if let Some(m) = s.get_mut("map").and_then(Value::as_object_mut) {
-                m.remove("path");
-            }
-        }
     }
 }

@@ -95,15 +95,21 @@ pub(crate) fn get(conn: &Connection, task_id: &TaskId) -> Result<Option<TaskReco
     }
 }
 
-pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
-    let before = match &filter.cursor {
+/// Where a page starts (rows with a smaller `seq`) and how many rows it holds.
+pub(crate) fn page_bounds(cursor: Option<&str>, limit: usize) -> Result<(i64, usize)> {
+    let before = match cursor {
         Some(cursor) => decode_cursor(cursor)?,
         None => i64::MAX,
     };
-    let limit = match filter.limit {
+    let limit = match limit {
         0 => DEFAULT_LIST_LIMIT,
         n => n.min(MAX_LIST_LIMIT),
     };
+    Ok((before, limit))
+}
+
+pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
+    let (before, limit) = page_bounds(filter.cursor.as_deref(), filter.limit)?;
     // One more than asked tells whether another page exists.
     let fetch = limit as i64 + 1;
     let status = filter.status.map(Status::code);

@@ -2,8 +2,7 @@
 //! run id, with the engine's run document kept as JSON text. Writes run on the
 //! writer thread (see `writer::Session::write_runs`); reads on the reader pool.
 
-use crate::codec::{decode_cursor, encode_cursor, millis, sql_error};
-use crate::reader::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+use crate::codec::{encode_cursor, millis, sql_error};
 use baton_core::Millis;
 use baton_store::{Error, FlowOutcome, FlowRecord, Result, RunFilter, RunPage, RunRecord};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -199,14 +198,7 @@ pub(crate) fn check_and_write(
 }
 
 pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage> {
-    let before = match &filter.cursor {
-        Some(cursor) => decode_cursor(cursor)?,
-        None => i64::MAX,
-    };
-    let limit = match filter.limit {
-        0 => DEFAULT_LIST_LIMIT,
-        n => n.min(MAX_LIST_LIMIT),
-    };
+    let (before, limit) = crate::reader::page_bounds(filter.cursor.as_deref(), filter.limit)?;
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE seq < ?1
            AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR flow_name = ?4)

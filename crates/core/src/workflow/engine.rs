@@ -614,9 +614,6 @@ pub fn apply(run: &mut Run, command: RunCommand, env: &Env<'_>) -> Result<Action
                     run.status.as_str()
                 )));
             }
-            if run.pivot_passed || run.steps.iter().any(|s| s.compensation.is_some()) {
-                // Compensated steps were undone: they must run again too.
-            }
             run.generation += 1;
             let compensated: Vec<usize> = (0..run.steps.len())
                 .filter(|&i| {
@@ -627,6 +624,7 @@ pub fn apply(run: &mut Run, command: RunCommand, env: &Env<'_>) -> Result<Action
                 })
                 .collect();
             for (i, s) in run.steps.iter_mut().enumerate() {
+                // Compensated steps were undone: they run again too.
                 let undone = compensated.contains(&i);
                 if matches!(s.status, StepStatus::Failed | StepStatus::Cancelled) || undone {
                     s.status = StepStatus::Pending;
