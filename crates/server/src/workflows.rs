@@ -19,7 +19,7 @@ use baton_store::{
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// A run in memory: the state machine, its stored revision, and the outputs of its
@@ -28,7 +28,12 @@ struct Slot {
     run: Run,
     revision: u64,
     outputs: HashMap<String, Value>,
+    /// When the run last moved; only runs quiet for a while are reconciled.
+    advanced: Instant,
 }
+
+/// How often active runs are reconciled, and how long a run must have been quiet.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -182,6 +187,7 @@ impl Engine {
             run,
             revision: record.revision,
             outputs,
+            advanced: Instant::now(),
         }));
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Some(
@@ -241,6 +247,7 @@ impl Engine {
             match written {
                 Some(RunWriteOutcome::Written(tasks)) => {
                     slot.revision += 1;
+                    slot.advanced = Instant::now();
                     self.dispatcher
                         .work_arrived(types.iter().map(String::as_str));
                     // Tasks that already existed and finished (a cached step, or a
@@ -431,6 +438,7 @@ impl Engine {
                     run: run.clone(),
                     revision: 1,
                     outputs: HashMap::new(),
+                    advanced: Instant::now(),
                 }));
                 if run.status.is_active() {
                     self.slots
@@ -522,7 +530,7 @@ impl Engine {
         let n = active.len();
         for record in active {
             let run_id = record.run_id.clone();
-            if let Err(e) = self.reconcile(&run_id).await {
+            if let Err(e) = self.reconcile(&run_id, Duration::ZERO).await {
                 tracing::warn!(run_id = %run_id, error = %e, "could not resume run");
             }
         }
@@ -552,11 +560,19 @@ impl Engine {
     }
 
     /// Feeds a run every task that finished without it hearing.
-    async fn reconcile(&self, run_id: &str) -> Result<(), Error> {
+    /// Only a run that has not moved for `quiet` is checked: one whose tasks keep
+    /// finishing hears of them anyway.
+    async fn reconcile(&self, run_id: &str, quiet: Duration) -> Result<(), Error> {
         let Some(slot) = self.slot(run_id).await? else {
             return Ok(());
         };
-        let open = slot.lock().await.run.open_tasks();
+        let open = {
+            let s = slot.lock().await;
+            if s.advanced.elapsed() < quiet {
+                return Ok(());
+            }
+            s.run.open_tasks()
+        };
         let mut done = Vec::new();
         for id in open {
             if let Some(r) = self.store.get(&TaskId::from_trusted(id)).await? {
@@ -576,7 +592,7 @@ impl Engine {
     pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
                 _ = stop.changed() => return,
             }
             let ids: Vec<String> = self
@@ -587,7 +603,7 @@ impl Engine {
                 .cloned()
                 .collect();
             for id in ids {
-                if let Err(e) = self.reconcile(&id).await {
+                if let Err(e) = self.reconcile(&id, RECONCILE_EVERY).await {
                     tracing::debug!(run_id = %id, error = %e, "reconcile failed");
                 }
             }
