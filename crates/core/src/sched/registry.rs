@@ -1,0 +1,717 @@
+//! The agent registry of seed 004: what each agent declared when it registered,
+//! its last heartbeat, a health score, liveness, and discovery queries.
+//!
+//! # Health score
+//!
+//! `health = freshness × (1 − error_rate) × latency_factor`, each factor in 0..=1:
+//!
+//! - `freshness` is 1 while the last heartbeat is at most one heartbeat interval
+//!   old, then falls linearly to 0 at the deregistration timeout;
+//! - `error_rate` is the one the agent reported, clamped to 0..=1;
+//! - `latency_factor` is 1 up to `latency_target_ms` (default 1 s) and
+//!   `latency_target_ms / response_time_ms` above it (2 s gives 0.5).
+//!
+//! A product, so that any one bad signal is enough to keep an agent out of
+//! routing: a silent agent with a perfect error rate is not healthy.
+//!
+//! # Liveness
+//!
+//! With seed 004's defaults (heartbeat every 30 s, deregistration after 300 s): an
+//! agent is [`Liveness::Alive`] up to 30 s after its last heartbeat (or its
+//! registration), [`Liveness::Late`] after that, and [`Liveness::Expired`] from
+//! 300 s on, when [`Registry::sweep`] removes it.
+
+use super::routing::AgentView;
+use crate::{AgentId, Error, Millis};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Registry settings; defaults are seed 004's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// How often agents are expected to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which an agent is deregistered.
+    pub deregister_after_ms: u64,
+    /// Response time up to which latency does not lower the health score.
+    pub latency_target_ms: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 30_000,
+            deregister_after_ms: 300_000,
+            latency_target_ms: 1_000.0,
+        }
+    }
+}
+
+impl Options {
+    /// Refuses zero intervals, a deregistration timeout not longer than the
+    /// heartbeat interval, and a latency target that is not a positive number.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(Error::invalid("heartbeat_interval_ms must be above 0")
+                .with_field("heartbeat_interval_ms"));
+        }
+        if self.deregister_after_ms <= self.heartbeat_interval_ms {
+            return Err(Error::invalid(
+                "deregister_after_ms must be longer than heartbeat_interval_ms",
+            )
+            .with_field("deregister_after_ms"));
+        }
+        if !(self.latency_target_ms.is_finite() && self.latency_target_ms > 0.0) {
+            return Err(
+                Error::invalid("latency_target_ms must be a positive number")
+                    .with_field("latency_target_ms"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What an agent declares when it registers (seed 004's `AgentDescriptor`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Descriptor {
+    pub agent_id: AgentId,
+    pub agent_type: String,
+    pub version: semver::Version,
+    /// What it can do; for Baton agents, the task types it serves.
+    pub capabilities: BTreeSet<String>,
+    pub service_types: BTreeSet<String>,
+    pub endpoint: String,
+    pub tags: BTreeSet<String>,
+    /// Region or zone, matched by discovery's location preference.
+    pub location: Option<String>,
+    /// Seed 001's `cost_factor`: price per hour of work, in the budget's unit.
+    pub cost_factor: f64,
+    /// Relative share for the weighted strategies.
+    pub weight: f64,
+    pub max_concurrency: u32,
+}
+
+impl Descriptor {
+    /// A descriptor with seed-like defaults (cost factor 1, weight 1, no tags, no
+    /// location); the caller fills in what the agent declared.
+    pub fn new(
+        agent_id: AgentId,
+        agent_type: impl Into<String>,
+        version: semver::Version,
+        max_concurrency: u32,
+    ) -> Self {
+        Self {
+            agent_id,
+            agent_type: agent_type.into(),
+            version,
+            capabilities: BTreeSet::new(),
+            service_types: BTreeSet::new(),
+            endpoint: String::new(),
+            tags: BTreeSet::new(),
+            location: None,
+            cost_factor: 1.0,
+            weight: 1.0,
+            max_concurrency,
+        }
+    }
+
+    /// Refuses an empty type, a negative or non-finite cost factor or weight, and
+    /// a zero concurrency limit.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.agent_type.trim().is_empty() {
+            return Err(Error::invalid("agent_type must not be empty").with_field("agent_type"));
+        }
+        if !(self.cost_factor.is_finite() && self.cost_factor >= 0.0) {
+            return Err(Error::invalid("cost_factor must be a number of at least 0")
+                .with_field("cost_factor"));
+        }
+        if !(self.weight.is_finite() && self.weight >= 0.0) {
+            return Err(
+                Error::invalid("weight must be a number of at least 0").with_field("weight")
+            );
+        }
+        if self.max_concurrency == 0 {
+            return Err(
+                Error::invalid("max_concurrency must be at least 1").with_field("max_concurrency")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses an agent version such as `2.1.0`.
+pub fn parse_version(raw: &str) -> Result<semver::Version, Error> {
+    semver::Version::parse(raw.trim()).map_err(|e| {
+        Error::invalid(format!("version {raw:?} is not a semantic version: {e}"))
+            .with_field("version")
+    })
+}
+
+/// Parses a version constraint such as `>=1.2, <2` or `^2.1`.
+pub fn parse_version_req(raw: &str) -> Result<semver::VersionReq, Error> {
+    semver::VersionReq::parse(raw.trim()).map_err(|e| {
+        Error::invalid(format!("version constraint {raw:?} does not parse: {e}"))
+            .with_field("version")
+    })
+}
+
+/// The load an agent reports in each heartbeat (seed 004's fields).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeartbeatLoad {
+    /// 0..=1.
+    pub cpu_usage: f64,
+    /// Share of recent tasks that failed, 0..=1.
+    pub error_rate: f64,
+    pub response_time_ms: f64,
+}
+
+/// How recently an agent was heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Liveness {
+    /// Heard from within one heartbeat interval.
+    Alive,
+    /// Missed at least one heartbeat, not yet deregistered.
+    Late,
+    /// Silent for the deregistration timeout: to be removed.
+    Expired,
+}
+
+/// One registered agent: its descriptor and what is known of it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub descriptor: Descriptor,
+    pub registered_at_ms: Millis,
+    pub last_heartbeat_ms: Millis,
+    pub load: HeartbeatLoad,
+    /// Tasks assigned and not yet finished.
+    pub in_flight: u32,
+    /// Average task duration, as the server measures it (0 while unknown).
+    pub avg_task_ms: f64,
+}
+
+impl Agent {
+    /// Liveness at `now` under `opts`.
+    pub fn liveness(&self, opts: &Options, now: Millis) -> Liveness {
+        let age = now.saturating_sub(self.last_heartbeat_ms);
+        if age >= opts.deregister_after_ms {
+            Liveness::Expired
+        } else if age > opts.heartbeat_interval_ms {
+            Liveness::Late
+        } else {
+            Liveness::Alive
+        }
+    }
+
+    /// The health score at `now` (see the module documentation for the formula).
+    pub fn health(&self, opts: &Options, now: Millis) -> f64 {
+        health_score(now.saturating_sub(self.last_heartbeat_ms), &self.load, opts)
+    }
+
+    /// The snapshot routing reads. `routable` starts true; the breakers and the
+    /// server (draining sessions) clear it.
+    pub fn view(&self, opts: &Options, now: Millis) -> AgentView {
+        let d = &self.descriptor;
+        AgentView {
+            agent_id: d.agent_id.clone(),
+            agent_type: d.agent_type.clone(),
+            capabilities: d.capabilities.iter().cloned().collect(),
+            tags: d.tags.iter().cloned().collect(),
+            location: d.location.clone(),
+            in_flight: self.in_flight,
+            max_concurrency: d.max_concurrency,
+            weight: d.weight,
+            cost_factor: d.cost_factor,
+            avg_task_ms: self.avg_task_ms,
+            health: self.health(opts, now),
+            routable: true,
+        }
+    }
+}
+
+/// `freshness × (1 − error_rate) × latency_factor`, in 0..=1.
+pub fn health_score(heartbeat_age_ms: u64, load: &HeartbeatLoad, opts: &Options) -> f64 {
+    let freshness = if heartbeat_age_ms <= opts.heartbeat_interval_ms {
+        1.0
+    } else if heartbeat_age_ms >= opts.deregister_after_ms {
+        0.0
+    } else {
+        let span = (opts.deregister_after_ms - opts.heartbeat_interval_ms) as f64;
+        1.0 - (heartbeat_age_ms - opts.heartbeat_interval_ms) as f64 / span
+    };
+    let error_rate = if load.error_rate.is_finite() {
+        load.error_rate.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let rt = load.response_time_ms;
+    let latency = if !rt.is_finite() {
+        0.0
+    } else if rt <= opts.latency_target_ms {
+        1.0
+    } else {
+        opts.latency_target_ms / rt
+    };
+    (freshness * (1.0 - error_rate) * latency).clamp(0.0, 1.0)
+}
+
+/// A discovery query (seed 004's `discover`).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// The agent must have every one of these.
+    pub capabilities: Vec<String>,
+    pub min_health: f64,
+    pub version: Option<semver::VersionReq>,
+    /// Agents in this location come first.
+    pub location: Option<String>,
+    pub agent_type: Option<String>,
+    /// Every one of these tags.
+    pub tags: Vec<String>,
+    /// At most this many results (0 = all).
+    pub limit: usize,
+}
+
+/// One discovery result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub agent_id: AgentId,
+    pub health: f64,
+    pub same_location: bool,
+    pub load: f64,
+}
+
+/// Every registered agent, indexed by capability. Pure: the server calls it with
+/// the current time and owns it behind its own lock.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    opts: Options,
+    agents: BTreeMap<AgentId, Agent>,
+    by_capability: HashMap<String, BTreeSet<AgentId>>,
+}
+
+impl Registry {
+    pub fn new(opts: Options) -> Result<Self, Error> {
+        opts.validate()?;
+        Ok(Self {
+            opts,
+            ..Default::default()
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    pub fn get(&self, id: &AgentId) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    /// Every agent, by id.
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+
+    /// Registers an agent, or replaces the descriptor of one that registers again
+    /// (a reconnect), keeping its in-flight count. An invalid descriptor changes
+    /// nothing.
+    pub fn register(&mut self, descriptor: Descriptor, now: Millis) -> Result<(), Error> {
+        descriptor.validate()?;
+        let id = descriptor.agent_id.clone();
+        let in_flight = match self.agents.remove(&id) {
+            Some(old) => {
+                self.unindex(&old);
+                old.in_flight
+            }
+            None => 0,
+        };
+        for cap in &descriptor.capabilities {
+            self.by_capability
+                .entry(cap.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.agents.insert(
+            id,
+            Agent {
+                descriptor,
+                registered_at_ms: now,
+                last_heartbeat_ms: now,
+                load: HeartbeatLoad::default(),
+                in_flight,
+                avg_task_ms: 0.0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a heartbeat; unknown agents are `not_found` (they must register).
+    pub fn heartbeat(
+        &mut self,
+        id: &AgentId,
+        load: HeartbeatLoad,
+        now: Millis,
+    ) -> Result<(), Error> {
+        let agent = self
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("agent {id} is not registered")))?;
+        agent.load = load;
+        agent.last_heartbeat_ms = agent.last_heartbeat_ms.max(now);
+        Ok(())
+    }
+
+    /// Sets the number of tasks the agent is running (the server's count).
+    pub fn set_in_flight(&mut self, id: &AgentId, in_flight: u32) {
+        if let Some(agent) = self.agents.get_mut(id) {
+            agent.in_flight = in_flight;
+        }
+    }
+
+    /// Folds one finished task's duration into the agent's average (an
+    /// exponential moving average giving the new sample a fifth of the weight).
+    pub fn record_duration(&mut self, id: &AgentId, duration_ms: u64) {
+        if let Some(agent) = self.agents.get_mut(id) {
+            let sample = duration_ms as f64;
+            agent.avg_task_ms = if agent.avg_task_ms <= 0.0 {
+                sample
+            } else {
+                agent.avg_task_ms * 0.8 + sample * 0.2
+            };
+        }
+    }
+
+    pub fn deregister(&mut self, id: &AgentId) -> Option<Agent> {
+        let agent = self.agents.remove(id)?;
+        self.unindex(&agent);
+        Some(agent)
+    }
+
+    /// Removes every expired agent and returns them, so the caller can re-queue
+    /// their work and drop their breakers.
+    pub fn sweep(&mut self, now: Millis) -> Vec<Agent> {
+        let expired: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| a.liveness(&self.opts, now) == Liveness::Expired)
+            .map(|a| a.descriptor.agent_id.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| self.deregister(id))
+            .collect()
+    }
+
+    /// Routing snapshots of every agent, sorted by id.
+    pub fn views(&self, now: Millis) -> Vec<AgentView> {
+        self.agents
+            .values()
+            .map(|a| a.view(&self.opts, now))
+            .collect()
+    }
+
+    /// Agents matching `query`, best first: same location first (when a location
+    /// is preferred), then higher health, then lower load, then id.
+    pub fn discover(&self, query: &Query, now: Millis) -> Vec<Candidate> {
+        // Start from the smallest capability set, then check the rest.
+        let pool: Box<dyn Iterator<Item = &Agent>> = if query.capabilities.is_empty() {
+            Box::new(self.agents.values())
+        } else {
+            let mut sets = Vec::with_capacity(query.capabilities.len());
+            for cap in &query.capabilities {
+                match self.by_capability.get(cap) {
+                    Some(set) => sets.push(set),
+                    None => return Vec::new(),
+                }
+            }
+            let Some(smallest) = sets.iter().min_by_key(|s| s.len()).copied() else {
+                return Vec::new();
+            };
+            Box::new(smallest.iter().filter_map(|id| self.agents.get(id)))
+        };
+        let mut out: Vec<Candidate> = pool
+            .filter(|a| {
+                let d = &a.descriptor;
+                query
+                    .capabilities
+                    .iter()
+                    .all(|c| d.capabilities.contains(c))
+                    && query.tags.iter().all(|t| d.tags.contains(t))
+                    && query.agent_type.as_ref().is_none_or(|t| &d.agent_type == t)
+                    && query.version.as_ref().is_none_or(|r| r.matches(&d.version))
+            })
+            .filter_map(|a| {
+                let health = a.health(&self.opts, now);
+                (health >= query.min_health).then(|| Candidate {
+                    agent_id: a.descriptor.agent_id.clone(),
+                    health,
+                    same_location: query.location.is_some()
+                        && a.descriptor.location == query.location,
+                    load: a.in_flight as f64 / a.descriptor.max_concurrency.max(1) as f64,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.same_location
+                .cmp(&a.same_location)
+                .then(b.health.total_cmp(&a.health))
+                .then(a.load.total_cmp(&b.load))
+                .then(a.agent_id.cmp(&b.agent_id))
+        });
+        if query.limit > 0 {
+            out.truncate(query.limit);
+        }
+        out
+    }
+
+    fn unindex(&mut self, agent: &Agent) {
+        for cap in &agent.descriptor.capabilities {
+            if let Some(set) = self.by_capability.get_mut(cap) {
+                set.remove(&agent.descriptor.agent_id);
+                if set.is_empty() {
+                    self.by_capability.remove(cap);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(s: &str) -> AgentId {
+        AgentId::parse(s).unwrap()
+    }
+
+    fn desc(name: &str, version: &str, caps: &[&str], location: Option<&str>) -> Descriptor {
+        let mut d = Descriptor::new(id(name), "calc", parse_version(version).unwrap(), 4);
+        d.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        d.location = location.map(str::to_string);
+        d
+    }
+
+    #[test]
+    fn health_formula_values() {
+        let o = Options::default();
+        let good = HeartbeatLoad {
+            cpu_usage: 0.45,
+            error_rate: 0.01,
+            response_time_ms: 234.0,
+        };
+        assert!((health_score(0, &good, &o) - 0.99).abs() < 1e-12);
+        assert!((health_score(30_000, &good, &o) - 0.99).abs() < 1e-12);
+        // Halfway between 30 s and 300 s: freshness 0.5.
+        assert!((health_score(165_000, &good, &o) - 0.495).abs() < 1e-12);
+        assert_eq!(health_score(300_000, &good, &o), 0.0);
+        let slow = HeartbeatLoad {
+            response_time_ms: 2_000.0,
+            ..Default::default()
+        };
+        assert!((health_score(0, &slow, &o) - 0.5).abs() < 1e-12);
+        let broken = HeartbeatLoad {
+            error_rate: 7.0,
+            ..Default::default()
+        };
+        assert_eq!(health_score(0, &broken, &o), 0.0);
+        let nan = HeartbeatLoad {
+            error_rate: f64::NAN,
+            ..Default::default()
+        };
+        assert_eq!(health_score(0, &nan, &o), 0.0);
+    }
+
+    proptest! {
+        #[test]
+        fn health_is_a_score_and_never_rises_with_age(
+            age in 0u64..1_000_000, later in 0u64..1_000_000,
+            err in -1.0f64..2.0, rt in 0.0f64..100_000.0,
+        ) {
+            let o = Options::default();
+            let load = HeartbeatLoad { cpu_usage: 0.5, error_rate: err, response_time_ms: rt };
+            let h = health_score(age, &load, &o);
+            prop_assert!((0.0..=1.0).contains(&h));
+            prop_assert!(health_score(age + later, &load, &o) <= h);
+        }
+    }
+
+    #[test]
+    fn liveness_follows_seed_defaults_and_sweep_removes_expired() {
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(desc("a", "1.0.0", &["x"], None), 0).unwrap();
+        r.register(desc("b", "1.0.0", &["x"], None), 0).unwrap();
+        r.heartbeat(&id("b"), HeartbeatLoad::default(), 200_000)
+            .unwrap();
+        let a = r.get(&id("a")).unwrap();
+        assert_eq!(a.liveness(r.options(), 30_000), Liveness::Alive);
+        assert_eq!(a.liveness(r.options(), 30_001), Liveness::Late);
+        assert_eq!(a.liveness(r.options(), 299_999), Liveness::Late);
+        assert_eq!(a.liveness(r.options(), 300_000), Liveness::Expired);
+        assert!(r.sweep(299_999).is_empty());
+        let gone = r.sweep(300_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].descriptor.agent_id, id("a"));
+        assert_eq!(r.len(), 1);
+        // The capability index forgot it too.
+        let q = Query {
+            capabilities: vec!["x".into()],
+            ..Default::default()
+        };
+        let found: Vec<AgentId> = r
+            .discover(&q, 200_000)
+            .into_iter()
+            .map(|c| c.agent_id)
+            .collect();
+        assert_eq!(found, vec![id("b")]);
+        assert_eq!(
+            r.heartbeat(&id("a"), HeartbeatLoad::default(), 1)
+                .unwrap_err()
+                .code,
+            crate::ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn options_and_descriptors_are_validated() {
+        assert!(Options {
+            deregister_after_ms: 30_000,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Registry::new(Options {
+            heartbeat_interval_ms: 0,
+            ..Default::default()
+        })
+        .is_err());
+        let mut r = Registry::new(Options::default()).unwrap();
+        for bad in [
+            Descriptor {
+                weight: -1.0,
+                ..desc("a", "1.0.0", &[], None)
+            },
+            Descriptor {
+                cost_factor: f64::NAN,
+                ..desc("a", "1.0.0", &[], None)
+            },
+            Descriptor {
+                max_concurrency: 0,
+                ..desc("a", "1.0.0", &[], None)
+            },
+            Descriptor {
+                agent_type: " ".into(),
+                ..desc("a", "1.0.0", &[], None)
+            },
+        ] {
+            let e = r.register(bad, 0).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+        }
+        assert!(r.is_empty(), "a refused registration changes nothing");
+        assert!(parse_version("2.1").is_err());
+        let e = parse_version_req(">=1.2 <<2").unwrap_err();
+        assert!(e
+            .message
+            .starts_with("version constraint \">=1.2 <<2\" does not parse"));
+    }
+
+    #[test]
+    fn reregistering_replaces_the_descriptor_and_keeps_in_flight() {
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(desc("a", "1.0.0", &["x"], None), 0).unwrap();
+        r.set_in_flight(&id("a"), 3);
+        r.register(desc("a", "1.1.0", &["y"], None), 10).unwrap();
+        let a = r.get(&id("a")).unwrap();
+        assert_eq!(a.in_flight, 3);
+        assert_eq!(a.descriptor.version, parse_version("1.1.0").unwrap());
+        let q = |c: &str| Query {
+            capabilities: vec![c.into()],
+            ..Default::default()
+        };
+        assert!(r.discover(&q("x"), 10).is_empty());
+        assert_eq!(r.discover(&q("y"), 10).len(), 1);
+    }
+
+    #[test]
+    fn discovery_filters_and_orders() {
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(
+            desc("a-old", "1.1.0", &["calc", "scope3"], Some("us-east-1")),
+            0,
+        )
+        .unwrap();
+        r.register(
+            desc("b-east", "1.5.0", &["calc", "scope3"], Some("us-east-1")),
+            0,
+        )
+        .unwrap();
+        r.register(
+            desc("c-west", "1.9.9", &["calc", "scope3"], Some("eu-west-1")),
+            0,
+        )
+        .unwrap();
+        r.register(
+            desc("d-v2", "2.0.0", &["calc", "scope3"], Some("us-east-1")),
+            0,
+        )
+        .unwrap();
+        r.register(desc("e-partial", "1.5.0", &["calc"], Some("us-east-1")), 0)
+            .unwrap();
+        r.register(
+            desc("f-sick", "1.5.0", &["calc", "scope3"], Some("us-east-1")),
+            0,
+        )
+        .unwrap();
+        r.register(
+            desc("g-busy", "1.6.0", &["calc", "scope3"], Some("eu-west-1")),
+            0,
+        )
+        .unwrap();
+        r.heartbeat(
+            &id("f-sick"),
+            HeartbeatLoad {
+                error_rate: 0.5,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        r.set_in_flight(&id("g-busy"), 2);
+        let q = Query {
+            capabilities: vec!["calc".into(), "scope3".into()],
+            min_health: 0.8,
+            version: Some(parse_version_req(">=1.2, <2").unwrap()),
+            location: Some("us-east-1".into()),
+            ..Default::default()
+        };
+        let found: Vec<String> = r
+            .discover(&q, 1_000)
+            .into_iter()
+            .map(|c| c.agent_id.to_string())
+            .collect();
+        // Same location first; then equal health, so lower load, then id.
+        assert_eq!(found, vec!["b-east", "c-west", "g-busy"]);
+        let limited = r.discover(
+            &Query {
+                limit: 1,
+                ..q.clone()
+            },
+            1_000,
+        );
+        assert_eq!(limited.len(), 1);
+        assert!(r
+            .discover(
+                &Query {
+                    capabilities: vec!["nothing".into()],
+                    ..Default::default()
+                },
+                0
+            )
+            .is_empty());
+    }
+}

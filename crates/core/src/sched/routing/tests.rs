@@ -1,0 +1,532 @@
+use super::Strategy;
+use super::*;
+use crate::sched::breaker::{Breakers, Options as BreakerOptions, Outcome};
+use crate::sched::Hints;
+use crate::Priority;
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).unwrap()
+}
+
+fn agent(name: &str, in_flight: u32, max: u32) -> AgentView {
+    AgentView {
+        agent_id: id(name),
+        agent_type: "llm".into(),
+        capabilities: vec!["summarize".into()],
+        tags: vec![],
+        location: None,
+        in_flight,
+        max_concurrency: max,
+        weight: 1.0,
+        cost_factor: 1.0,
+        avg_task_ms: 1_000.0,
+        health: 1.0,
+        routable: true,
+    }
+}
+
+fn empty() -> &'static Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Map::new)
+}
+
+fn task() -> TaskFacts<'static> {
+    TaskFacts {
+        task_type: "summarize",
+        priority: Priority::Normal,
+        metadata: empty(),
+        hints: Hints::default(),
+    }
+}
+
+fn keyed(key: &str) -> TaskFacts<'static> {
+    let mut t = task();
+    t.hints.routing_key = Some(key.into());
+    t
+}
+
+fn names(snap: &Snapshot, picks: &[usize]) -> Vec<String> {
+    picks
+        .iter()
+        .map(|&i| snap[i].agent_id.to_string())
+        .collect()
+}
+
+#[test]
+fn strategy_names_round_trip_and_unknown_is_a_clear_error() {
+    for s in Strategy::ALL {
+        assert_eq!(Strategy::parse(s.as_str()).unwrap(), s);
+        assert_eq!(s.to_string().parse::<Strategy>().unwrap(), s);
+        assert_eq!(
+            serde_json::to_value(s).unwrap(),
+            json!(s.as_str()),
+            "serde uses the same names"
+        );
+    }
+    assert_eq!(
+        Strategy::parse("Least-Loaded").unwrap(),
+        Strategy::LeastLoaded
+    );
+    assert_eq!(Strategy::default(), Strategy::LeastLoaded);
+    let e = Strategy::parse("fastest").unwrap_err();
+    assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+    assert_eq!(
+        e.message,
+        "unknown routing strategy \"fastest\": use one of least_loaded, round_robin, \
+         weighted_capacity, weighted_random, cost_based, consistent_hash, affinity, \
+         content_based, failover, broadcast"
+    );
+    assert_eq!(e.details["field"], "routing_strategy");
+}
+
+#[test]
+fn snapshot_sorts_dedups_and_finds() {
+    let mut b = agent("b", 0, 1);
+    b.capabilities = vec!["z".into(), "a".into()];
+    let snap = Snapshot::new(vec![b, agent("a", 0, 1), agent("b", 5, 9)]);
+    assert_eq!(names(&snap, &[0, 1]), ["a", "b"]);
+    assert_eq!(snap.len(), 2);
+    assert_eq!(snap[1].capabilities, ["a", "z"]);
+    assert_eq!(snap.position(&id("b")), Some(1));
+    assert_eq!(snap.position(&id("c")), None);
+}
+
+#[test]
+fn eligibility() {
+    let t = task();
+    assert!(agent("a", 0, 1).eligible(&t));
+    assert!(!agent("a", 1, 1).eligible(&t), "full");
+    assert!(!agent("a", 0, 0).eligible(&t), "no slots at all");
+    assert!(!AgentView {
+        routable: false,
+        ..agent("a", 0, 1)
+    }
+    .eligible(&t));
+    assert!(!AgentView {
+        health: 0.49,
+        ..agent("a", 0, 1)
+    }
+    .eligible(&t));
+    assert!(AgentView {
+        health: 0.5,
+        ..agent("a", 0, 1)
+    }
+    .eligible(&t));
+    assert!(!AgentView {
+        capabilities: vec!["other".into()],
+        ..agent("a", 0, 1)
+    }
+    .eligible(&t));
+}
+
+#[test]
+fn least_loaded_prefers_lower_ratio_then_more_free_slots_then_id() {
+    let snap = Snapshot::new(vec![
+        agent("a", 2, 4), // 0.5
+        agent("b", 1, 4), // 0.25, 3 free
+        agent("c", 2, 8), // 0.25, 6 free
+        agent("d", 0, 0), // never
+    ]);
+    assert_eq!(least_loaded(&snap, &task()), Some(2));
+    let tie = Snapshot::new(vec![agent("y", 1, 2), agent("x", 1, 2)]);
+    assert_eq!(names(&tie, &[least_loaded(&tie, &task()).unwrap()]), ["x"]);
+    assert_eq!(least_loaded(&Snapshot::default(), &task()), None);
+}
+
+#[test]
+fn round_robin_cycles_in_id_order_and_skips_ineligible() {
+    let mut snap = Snapshot::new(vec![agent("c", 0, 9), agent("a", 0, 9), agent("b", 0, 9)]);
+    let mut cursor = 0;
+    let picks: Vec<usize> = (0..6)
+        .map(|_| round_robin(&snap, &task(), &mut cursor).unwrap())
+        .collect();
+    assert_eq!(names(&snap, &picks), ["a", "b", "c", "a", "b", "c"]);
+    for a in snap.agents_mut() {
+        if a.agent_id == id("b") {
+            a.in_flight = 9;
+        }
+    }
+    let picks: Vec<usize> = (0..4)
+        .map(|_| round_robin(&snap, &task(), &mut cursor).unwrap())
+        .collect();
+    assert_eq!(names(&snap, &picks), ["a", "c", "a", "c"]);
+}
+
+#[test]
+fn weighted_capacity_converges_to_shares() {
+    // Shares weight × max: 1×100, 2×100, 1×300 = 100 : 200 : 300.
+    let mut views = vec![agent("a", 0, 100), agent("b", 0, 100), agent("c", 0, 300)];
+    views[1].weight = 2.0;
+    views.push(AgentView {
+        weight: 0.0,
+        ..agent("z", 0, 100)
+    });
+    let mut snap = Snapshot::new(views);
+    let mut counts = [0u32; 4];
+    for _ in 0..300 {
+        let i = weighted_capacity(&snap, &task()).unwrap();
+        counts[i] += 1;
+        let mut all: Vec<AgentView> = snap.into_inner();
+        all[i].in_flight += 1;
+        snap = Snapshot::new(all);
+    }
+    assert_eq!(counts, [50, 100, 150, 0]);
+}
+
+#[test]
+fn weighted_random_follows_the_sample_and_converges() {
+    let mut views = vec![agent("a", 0, 9), agent("b", 0, 9), agent("c", 0, 9)];
+    views[1].weight = 3.0;
+    views[2].in_flight = 9; // full: never
+    let snap = Snapshot::new(views);
+    // Cumulative weights of the eligible: a [0, 1), b [1, 4) over a total of 4.
+    assert_eq!(weighted_random(&snap, &task(), 0.0), Some(0));
+    assert_eq!(weighted_random(&snap, &task(), 0.2499), Some(0));
+    assert_eq!(weighted_random(&snap, &task(), 0.25), Some(1));
+    assert_eq!(weighted_random(&snap, &task(), 0.999_999), Some(1));
+    assert_eq!(weighted_random(&snap, &task(), 1.0), Some(1));
+    let mut rng = StdRng::seed_from_u64(7);
+    let n = 40_000;
+    let mut counts = [0u32; 3];
+    for _ in 0..n {
+        counts[weighted_random(&snap, &task(), rng.random::<f64>()).unwrap()] += 1;
+    }
+    assert_eq!(counts[2], 0);
+    let share_b = f64::from(counts[1]) / f64::from(n);
+    assert!((share_b - 0.75).abs() < 0.01, "b got {share_b}");
+    let zero = Snapshot::new(vec![AgentView {
+        weight: 0.0,
+        ..agent("a", 0, 1)
+    }]);
+    assert_eq!(weighted_random(&zero, &task(), 0.5), None);
+}
+
+#[test]
+fn cost_score_is_seed_001s_formula() {
+    // cost_factor 2, average 1800 s, complexity 1.5, 1 of 4 active:
+    // 2 × (1800 × 1.5 / 3600) × (1 + 0.25) = 2 × 0.75 × 1.25 = 1.875
+    let a = AgentView {
+        cost_factor: 2.0,
+        avg_task_ms: 1_800_000.0,
+        ..agent("a", 1, 4)
+    };
+    assert!((cost_score(&a, 1.5) - 1.875).abs() < 1e-12);
+    // Unknown average: one second.
+    let b = AgentView {
+        avg_task_ms: 0.0,
+        ..agent("b", 0, 4)
+    };
+    assert!((cost_score(&b, 1.0) - 1.0 / 3600.0).abs() < 1e-15);
+}
+
+#[test]
+fn cost_based_picks_the_cheapest_including_the_utilisation_penalty() {
+    let snap = Snapshot::new(vec![
+        AgentView {
+            cost_factor: 3.0,
+            ..agent("pricey", 0, 4)
+        },
+        AgentView {
+            cost_factor: 1.0,
+            ..agent("cheap-busy", 3, 4)
+        }, // 1 × 1.75
+        AgentView {
+            cost_factor: 1.5,
+            ..agent("mid-idle", 0, 4)
+        }, // 1.5 × 1
+        AgentView {
+            cost_factor: 0.1,
+            ..agent("cheapest-full", 4, 4)
+        },
+    ]);
+    assert_eq!(
+        names(&snap, &[cost_based(&snap, &task()).unwrap()]),
+        ["mid-idle"]
+    );
+}
+
+#[test]
+fn consistent_hash_is_stable_and_falls_through_clockwise() {
+    let views: Vec<AgentView> = (0..5).map(|i| agent(&format!("a{i}"), 0, 9)).collect();
+    let mut snap = Snapshot::new(views);
+    let ring = HashRing::with_members(64, snap.iter().map(|a| &a.agent_id));
+    let t = keyed("customer-42");
+    let first = consistent_hash(&snap, &t, &ring).unwrap();
+    assert_eq!(snap[first].agent_id, *ring.owner("customer-42").unwrap());
+    for _ in 0..10 {
+        assert_eq!(consistent_hash(&snap, &t, &ring), Some(first));
+    }
+    // The owner fills up: the next agent clockwise, the same one every time.
+    let owner = snap[first].agent_id.clone();
+    for a in snap.agents_mut() {
+        if a.agent_id == owner {
+            a.in_flight = 9;
+        }
+    }
+    let next = ring
+        .walk("customer-42")
+        .find(|a| **a != owner)
+        .unwrap()
+        .clone();
+    let second = consistent_hash(&snap, &t, &ring).unwrap();
+    assert_eq!(snap[second].agent_id, next);
+    // No key: least-loaded.
+    assert!(consistent_hash(&snap, &task(), &ring).is_some());
+    // Agents not on the ring are never chosen.
+    let off_ring = Snapshot::new(vec![agent("stranger", 0, 9)]);
+    assert_eq!(consistent_hash(&off_ring, &t, &ring), None);
+}
+
+#[test]
+fn affinity_sticks_until_the_agent_cannot_take_work() {
+    let mut snap = Snapshot::new(vec![agent("a", 0, 9), agent("b", 1, 9), agent("c", 2, 9)]);
+    let mut map = AffinityMap::default();
+    let t = keyed("session-1");
+    assert_eq!(affinity(&snap, &t, &mut map, 0), Some(0));
+    // a becomes the busiest, but the key stays with it.
+    for a in snap.agents_mut() {
+        if a.agent_id == id("a") {
+            a.in_flight = 8;
+        }
+    }
+    assert_eq!(affinity(&snap, &t, &mut map, 1), Some(0));
+    // a's breaker opens: the key moves to the least loaded (b) and sticks there.
+    for a in snap.agents_mut() {
+        if a.agent_id == id("a") {
+            a.routable = false;
+        }
+    }
+    assert_eq!(affinity(&snap, &t, &mut map, 2), Some(1));
+    for a in snap.agents_mut() {
+        a.routable = true;
+    }
+    assert_eq!(affinity(&snap, &t, &mut map, 3), Some(1));
+    assert_eq!(map.get("session-1", 3), Some(&id("b")));
+    // Without a key nothing is remembered.
+    affinity(&snap, &task(), &mut map, 4);
+    assert_eq!(map.len(), 1);
+}
+
+#[test]
+fn content_based_rules_choose_the_target() {
+    let meta: &'static Map<String, Value> = Box::leak(Box::new(
+        json!({"tenant": "acme", "modality": "image"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    ));
+    let t = TaskFacts {
+        metadata: meta,
+        ..task()
+    };
+    let snap = Snapshot::new(vec![
+        AgentView {
+            agent_type: "vision".into(),
+            ..agent("v1", 3, 4)
+        },
+        AgentView {
+            agent_type: "vision".into(),
+            ..agent("v2", 1, 4)
+        },
+        AgentView {
+            tags: vec!["gold".into()],
+            ..agent("g1", 0, 4)
+        },
+        agent("plain", 0, 4),
+    ]);
+    let rules = parse_rules(&[
+        "metadata.modality == image => type:vision",
+        "metadata.tenant == acme => tag:gold",
+    ])
+    .unwrap();
+    assert_eq!(
+        names(&snap, &[content_based(&snap, &t, &rules).unwrap()]),
+        ["v2"]
+    );
+    // First matching rule wins even if a later one would match too.
+    assert_eq!(
+        names(&snap, &[content_based(&snap, &t, &rules[1..]).unwrap()]),
+        ["g1"]
+    );
+    // A matched rule with no eligible target is not widened.
+    let gpu = parse_rules(&["metadata.tenant == acme => type:gpu"]).unwrap();
+    assert_eq!(content_based(&snap, &t, &gpu), None);
+    // No rule matches: least-loaded over all (g1 and plain both idle, g1 first).
+    let other = parse_rules(&["metadata.tenant == other => type:gpu"]).unwrap();
+    assert_eq!(
+        names(&snap, &[content_based(&snap, &t, &other).unwrap()]),
+        ["g1"]
+    );
+}
+
+#[test]
+fn failover_takes_the_first_eligible_preference() {
+    let snap = Snapshot::new(vec![
+        agent("primary", 4, 4),
+        AgentView {
+            health: 0.1,
+            ..agent("secondary", 0, 4)
+        },
+        agent("tertiary", 0, 4),
+        agent("other", 0, 4),
+    ]);
+    let pref = [
+        id("missing"),
+        id("primary"),
+        id("secondary"),
+        id("tertiary"),
+    ];
+    assert_eq!(
+        names(&snap, &[failover(&snap, &task(), &pref).unwrap()]),
+        ["tertiary"]
+    );
+    assert_eq!(failover(&snap, &task(), &pref[..3]), None);
+    // The task's own list wins over the router's.
+    let mut router = Router {
+        failover: vec![id("other")],
+        ..Default::default()
+    };
+    assert_eq!(
+        names(
+            &snap,
+            &router.route(Strategy::Failover, &snap, &task(), 0.0, 0)
+        ),
+        ["other"]
+    );
+    let mut t = task();
+    t.hints.preferred_agents = vec![id("tertiary")];
+    assert_eq!(
+        names(&snap, &router.route(Strategy::Failover, &snap, &t, 0.0, 0)),
+        ["tertiary"]
+    );
+}
+
+#[test]
+fn broadcast_reaches_every_eligible_agent() {
+    let snap = Snapshot::new(vec![
+        agent("a", 0, 1),
+        agent("b", 1, 1),
+        AgentView {
+            routable: false,
+            ..agent("c", 0, 1)
+        },
+        agent("d", 0, 1),
+    ]);
+    assert_eq!(names(&snap, &broadcast(&snap, &task())), ["a", "d"]);
+}
+
+#[test]
+fn open_breakers_take_agents_out_of_routing() {
+    let mut breakers = Breakers::new(BreakerOptions::default()).unwrap();
+    for _ in 0..5 {
+        breakers.record(&id("a"), Outcome::Failure, 0);
+    }
+    let mut snap = Snapshot::new(vec![agent("a", 0, 9), agent("b", 5, 9)]);
+    breakers.exclude_open(&mut snap, 1_000);
+    let mut router = Router::default();
+    for s in Strategy::ALL {
+        let picks = router.route(s, &snap, &task(), 0.0, 0);
+        assert!(!names(&snap, &picks).contains(&"a".to_string()), "{s}");
+    }
+    // After 60 s the breaker half-opens and a may take a probe again.
+    let mut later = Snapshot::new(vec![agent("a", 0, 9), agent("b", 5, 9)]);
+    breakers.exclude_open(&mut later, 60_000);
+    assert_eq!(least_loaded(&later, &task()), Some(0));
+}
+
+fn arb_view() -> impl proptest::strategy::Strategy<Value = AgentView> {
+    (
+        0usize..30,
+        0u32..6,
+        0u32..5,
+        0.0f64..1.0,
+        any::<bool>(),
+        0u8..4,
+        0.0f64..3.0,
+        0u8..3,
+    )
+        .prop_map(
+            |(n, in_flight, max, health, routable, caps, weight, ty)| AgentView {
+                agent_id: id(&format!("agent-{n}")),
+                agent_type: ["llm", "vision", "tool"][ty as usize].into(),
+                capabilities: match caps {
+                    0 => vec![],
+                    1 => vec!["other".into()],
+                    _ => vec!["summarize".into()],
+                },
+                tags: if ty == 0 { vec!["gold".into()] } else { vec![] },
+                location: None,
+                in_flight,
+                max_concurrency: max,
+                weight,
+                cost_factor: weight,
+                avg_task_ms: 500.0,
+                health,
+                routable,
+            },
+        )
+}
+
+proptest! {
+    /// No strategy ever picks an unhealthy, breaker-open, full or non-serving
+    /// agent, and the strategies that can always pick do when any agent is eligible.
+    #[test]
+    fn strategies_only_pick_eligible_agents(
+        views in proptest::collection::vec(arb_view(), 0..20),
+        sample in 0.0f64..1.0,
+        key in proptest::option::of("[a-z]{1,6}"),
+        cursor in any::<u64>(),
+    ) {
+        let snap = Snapshot::new(views);
+        let mut t = task();
+        t.hints.routing_key = key;
+        t.hints.preferred_agents = snap.iter().rev().map(|a| a.agent_id.clone()).collect();
+        let mut router = Router {
+            cursor,
+            ring: HashRing::with_members(16, snap.iter().map(|a| &a.agent_id)),
+            rules: parse_rules(&["priority == normal => tag:gold"]).unwrap(),
+            ..Default::default()
+        };
+        let any_eligible = snap.iter().any(|a| a.eligible(&t));
+        for s in Strategy::ALL {
+            let picks = router.route(s, &snap, &t, sample, 0);
+            for &i in &picks {
+                prop_assert!(snap[i].eligible(&t), "{} picked {:?}", s, snap[i]);
+            }
+            match s {
+                Strategy::Broadcast => {
+                    prop_assert_eq!(picks.len(), snap.iter().filter(|a| a.eligible(&t)).count());
+                }
+                Strategy::WeightedCapacity | Strategy::WeightedRandom | Strategy::ContentBased => {
+                    prop_assert!(picks.len() <= 1);
+                }
+                _ => prop_assert_eq!(picks.len(), usize::from(any_eligible), "{}", s),
+            }
+        }
+    }
+
+    /// Removing one agent from the snapshot only moves the keys it held.
+    #[test]
+    fn consistent_hash_moves_only_the_leavers_keys(
+        n in 2usize..15, gone in 0usize..15,
+        keys in proptest::collection::vec("[a-z0-9]{1,10}", 1..100),
+    ) {
+        let views: Vec<AgentView> = (0..n).map(|i| agent(&format!("a{i}"), 0, 9)).collect();
+        let before = Snapshot::new(views.clone());
+        let gone_id = views[gone % n].agent_id.clone();
+        let after = Snapshot::new(views.into_iter().filter(|a| a.agent_id != gone_id).collect());
+        let ring = HashRing::with_members(32, before.iter().map(|a| &a.agent_id));
+        for key in keys {
+            let t = keyed(&key);
+            let was = before[consistent_hash(&before, &t, &ring).unwrap()].agent_id.clone();
+            let now = after[consistent_hash(&after, &t, &ring).unwrap()].agent_id.clone();
+            if was != gone_id {
+                prop_assert_eq!(was, now);
+            }
+        }
+    }
+}
