@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn priority_first_then_earliest_deadline_then_submission() {
-        let mut tasks = vec![
+        let mut tasks = [
             ("normal-no-deadline", Priority::Normal, None, 0),
             ("high-late", Priority::High, Some(9_000), 1),
             ("normal-soon", Priority::Normal, Some(1_000), 2),
