@@ -7,6 +7,7 @@ pub mod input;
 pub mod lifecycle;
 pub mod priority;
 pub mod retry;
+#[warn(missing_docs)]
 pub mod sched;
 pub mod task;
 pub mod workflow;

@@ -30,6 +30,7 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Refuses a zero threshold or zero probes.
     pub fn validate(&self) -> Result<(), Error> {
         if self.failure_threshold == 0 {
             return Err(
@@ -51,20 +52,36 @@ impl Options {
 /// half-open; [`Breaker::phase`] reports that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    Closed { consecutive_failures: u32 },
-    Open { until_ms: Millis },
-    HalfOpen { probes_in_flight: u32 },
+    /// Tasks flow.
+    Closed {
+        /// Failures since the last success.
+        consecutive_failures: u32,
+    },
+    /// No tasks until `until_ms`.
+    Open {
+        /// When probes may start.
+        until_ms: Millis,
+    },
+    /// A probe went out; its result closes or reopens the breaker.
+    HalfOpen {
+        /// Probes sent and not yet finished.
+        probes_in_flight: u32,
+    },
 }
 
 /// The state names shown over the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
+    /// Tasks flow; failures are counted.
     Closed,
+    /// No tasks until the open period ends.
     Open,
+    /// The open period ended: probes may go through.
     HalfOpen,
 }
 
 impl Phase {
+    /// `closed`, `open` or `half_open`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Closed => "closed",
@@ -77,6 +94,7 @@ impl Phase {
 /// How a task attempt on the agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// The attempt succeeded.
     Success,
     /// The agent failed (error, timeout, lost): counts.
     Failure,
@@ -116,6 +134,7 @@ impl Default for Breaker {
 }
 
 impl Breaker {
+    /// The stored state.
     pub fn state(&self) -> State {
         self.state
     }
@@ -216,6 +235,7 @@ pub struct Breakers {
 }
 
 impl Breakers {
+    /// Every agent closed; refuses invalid options.
     pub fn new(opts: Options) -> Result<Self, Error> {
         opts.validate()?;
         Ok(Self {
@@ -224,20 +244,24 @@ impl Breakers {
         })
     }
 
+    /// The options every breaker uses.
     pub fn options(&self) -> &Options {
         &self.opts
     }
 
+    /// One agent's breaker (closed if it has none).
     pub fn get(&self, id: &AgentId) -> Breaker {
         self.by_agent.get(id).copied().unwrap_or_default()
     }
 
+    /// May a task be sent to `id` at `now`?
     pub fn allows(&self, id: &AgentId, now: Millis) -> bool {
         self.by_agent
             .get(id)
             .is_none_or(|b| b.allows(&self.opts, now))
     }
 
+    /// The phase of `id`'s breaker at `now`.
     pub fn phase(&self, id: &AgentId, now: Millis) -> Phase {
         self.get(id).phase(now)
     }

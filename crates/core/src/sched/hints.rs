@@ -38,13 +38,21 @@ pub const MAX_PREFERRED_AGENTS: usize = 64;
 /// The scheduling hints of one task, parsed from its metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hints {
+    /// `routing_strategy`: overrides the task type's strategy.
     pub strategy: Option<Strategy>,
+    /// `routing_key`: for consistent hashing and affinity.
     pub routing_key: Option<String>,
+    /// `preferred_agents`: the failover order.
     pub preferred_agents: Vec<AgentId>,
+    /// `estimated_complexity`: multiplies the average task time in the cost score.
     pub estimated_complexity: f64,
+    /// `min_health`: agents below this health score are not chosen.
     pub min_health: f64,
+    /// `concurrency_key`: tasks sharing it are limited in how many run at once.
     pub concurrency_key: Option<String>,
+    /// `rate_limit_key`: the token bucket the task draws from.
     pub rate_limit_key: Option<String>,
+    /// `cost_budget`: the most this task may cost.
     pub cost_budget: Option<f64>,
 }
 
@@ -168,9 +176,13 @@ impl Hints {
 /// What routing reads about one task: its type, priority, metadata and hints.
 #[derive(Debug, Clone)]
 pub struct TaskFacts<'a> {
+    /// The task type.
     pub task_type: &'a str,
+    /// The task's priority level.
     pub priority: Priority,
+    /// The task's metadata, for content rules.
     pub metadata: &'a Map<String, Value>,
+    /// The parsed scheduling hints.
     pub hints: Hints,
 }
 

@@ -73,13 +73,19 @@ impl Options {
 /// What an agent declares when it registers (seed 004's `AgentDescriptor`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Descriptor {
+    /// Unique id; registering again with it replaces the descriptor.
     pub agent_id: AgentId,
+    /// The agent's kind (hourly budgets and content rules use it).
     pub agent_type: String,
+    /// Matched by discovery's version constraint.
     pub version: semver::Version,
     /// What it can do; for Baton agents, the task types it serves.
     pub capabilities: BTreeSet<String>,
+    /// Seed 004's service types (computation, ...).
     pub service_types: BTreeSet<String>,
+    /// Where the agent listens, if it is reached directly.
     pub endpoint: String,
+    /// Free-form labels (content rules and discovery match them).
     pub tags: BTreeSet<String>,
     /// Region or zone, matched by discovery's location preference.
     pub location: Option<String>,
@@ -87,6 +93,7 @@ pub struct Descriptor {
     pub cost_factor: f64,
     /// Relative share for the weighted strategies.
     pub weight: f64,
+    /// Most tasks it runs at once.
     pub max_concurrency: u32,
 }
 
@@ -161,6 +168,7 @@ pub struct HeartbeatLoad {
     pub cpu_usage: f64,
     /// Share of recent tasks that failed, 0..=1.
     pub error_rate: f64,
+    /// Recent average response time.
     pub response_time_ms: f64,
 }
 
@@ -178,9 +186,13 @@ pub enum Liveness {
 /// One registered agent: its descriptor and what is known of it now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Agent {
+    /// What it declared.
     pub descriptor: Descriptor,
+    /// When it (last) registered.
     pub registered_at_ms: Millis,
+    /// Last heartbeat, or the registration time before the first one.
     pub last_heartbeat_ms: Millis,
+    /// What its last heartbeat reported.
     pub load: HeartbeatLoad,
     /// Tasks assigned and not yet finished.
     pub in_flight: u32,
@@ -258,10 +270,13 @@ pub fn health_score(heartbeat_age_ms: u64, load: &HeartbeatLoad, opts: &Options)
 pub struct Query {
     /// The agent must have every one of these.
     pub capabilities: Vec<String>,
+    /// Lowest health score accepted.
     pub min_health: f64,
+    /// A semver constraint such as `>=1.2, <2`.
     pub version: Option<semver::VersionReq>,
     /// Agents in this location come first.
     pub location: Option<String>,
+    /// Only agents of this type.
     pub agent_type: Option<String>,
     /// Every one of these tags.
     pub tags: Vec<String>,
@@ -272,9 +287,13 @@ pub struct Query {
 /// One discovery result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
+    /// The agent.
     pub agent_id: AgentId,
+    /// Its health score now.
     pub health: f64,
+    /// True if it is in the preferred location.
     pub same_location: bool,
+    /// In flight over its concurrency limit.
     pub load: f64,
 }
 
@@ -288,6 +307,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry; refuses invalid options.
     pub fn new(opts: Options) -> Result<Self, Error> {
         opts.validate()?;
         Ok(Self {
@@ -296,18 +316,22 @@ impl Registry {
         })
     }
 
+    /// Its settings.
     pub fn options(&self) -> &Options {
         &self.opts
     }
 
+    /// Registered agents.
     pub fn len(&self) -> usize {
         self.agents.len()
     }
 
+    /// True if no agent is registered.
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }
 
+    /// One agent, if registered.
     pub fn get(&self, id: &AgentId) -> Option<&Agent> {
         self.agents.get(id)
     }
@@ -386,6 +410,7 @@ impl Registry {
         }
     }
 
+    /// Removes an agent (a clean disconnect); returns it if it was registered.
     pub fn deregister(&mut self, id: &AgentId) -> Option<Agent> {
         let agent = self.agents.remove(id)?;
         self.unindex(&agent);

@@ -36,6 +36,7 @@ pub struct HourlyBudgets {
 }
 
 impl HourlyBudgets {
+    /// No limits, nothing spent.
     pub fn new() -> Self {
         Self::default()
     }
@@ -53,6 +54,7 @@ impl HourlyBudgets {
         Ok(())
     }
 
+    /// The hourly limit of `agent_type`, if it has one.
     pub fn limit(&self, agent_type: &str) -> Option<f64> {
         self.limits.get(agent_type).copied()
     }

@@ -38,6 +38,7 @@ impl<T> KeyedQueue<T> {
         Ok(())
     }
 
+    /// The limit of `key`.
     pub fn limit(&self, key: &str) -> u32 {
         self.limits.get(key).copied().unwrap_or(self.default_limit)
     }
@@ -47,6 +48,7 @@ impl<T> KeyedQueue<T> {
         self.items.values().map(VecDeque::len).sum()
     }
 
+    /// True if nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.turn.is_empty()
     }

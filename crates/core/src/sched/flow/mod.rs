@@ -28,6 +28,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason as the API shows it in `details.reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Overloaded => "overloaded",
@@ -42,8 +43,11 @@ impl Reason {
 /// when waiting will not help, such as a task whose estimate exceeds its budget).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
+    /// Why.
     pub reason: Reason,
+    /// What people read.
     pub message: String,
+    /// When a retry may succeed; `None` when waiting will not help.
     pub retry_after_ms: Option<u64>,
 }
 
@@ -76,6 +80,7 @@ pub struct QueueKey {
 }
 
 impl QueueKey {
+    /// The key of a task; `seq` is its submission order (any increasing number).
     pub fn new(priority: Priority, deadline_ms: Option<Millis>, seq: u64) -> Self {
         Self {
             priority: Reverse(priority),
@@ -119,6 +124,7 @@ pub struct ShedPolicy {
     /// The retry hint at the threshold; it grows to `max_retry_after_ms` as the
     /// load approaches double the capacity.
     pub retry_after_ms: u64,
+    /// The longest retry hint.
     pub max_retry_after_ms: u64,
 }
 
@@ -194,8 +200,11 @@ impl ShedPolicy {
 /// A running task, as preemption sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunningTask {
+    /// The task.
     pub task_id: TaskId,
+    /// Its priority.
     pub priority: Priority,
+    /// When the current attempt started.
     pub started_at_ms: Millis,
 }
 
@@ -203,6 +212,7 @@ pub struct RunningTask {
 /// critical), and only tasks strictly below their own priority are preempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreemptPolicy {
+    /// The lowest priority that may preempt.
     pub min_priority: Priority,
 }
 

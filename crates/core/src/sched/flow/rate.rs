@@ -8,7 +8,9 @@ use std::collections::HashMap;
 /// `rate` tokens per second refill a bucket holding at most `burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
+    /// Tokens added per second.
     pub rate: f64,
+    /// Most tokens held, so the largest burst.
     pub burst: u32,
 }
 
@@ -37,6 +39,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket with `limit`.
     pub fn new(limit: RateLimit, now: Millis) -> Self {
         Self {
             limit,
@@ -97,6 +100,7 @@ pub struct RateLimiter {
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 impl RateLimiter {
+    /// Every key limited to `default`, at most `max_keys` buckets in memory.
     pub fn new(default: RateLimit, max_keys: usize) -> Result<Self, Error> {
         default.validate()?;
         if max_keys == 0 {
@@ -119,10 +123,12 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Buckets in memory.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
 
+    /// True if no bucket is in memory.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }

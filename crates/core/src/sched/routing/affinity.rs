@@ -46,10 +46,12 @@ impl AffinityMap {
         }
     }
 
+    /// Keys remembered (expired ones included until evicted).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True if no key is remembered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -28,16 +28,23 @@ use std::str::FromStr;
 /// What routing knows about one agent at the moment of a decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
+    /// The agent.
     pub agent_id: AgentId,
+    /// Its type (content rules match it).
     pub agent_type: String,
     /// Sorted ([`Snapshot::new`] sorts them).
     pub capabilities: Vec<String>,
     /// Sorted ([`Snapshot::new`] sorts them).
     pub tags: Vec<String>,
+    /// Its location.
     pub location: Option<String>,
+    /// Tasks assigned and not finished.
     pub in_flight: u32,
+    /// Most tasks it runs at once.
     pub max_concurrency: u32,
+    /// Relative share for the weighted strategies (0 = none).
     pub weight: f64,
+    /// Seed 001's price per hour of work.
     pub cost_factor: f64,
     /// Average task duration; 0 while unknown.
     pub avg_task_ms: f64,
@@ -48,6 +55,7 @@ pub struct AgentView {
 }
 
 impl AgentView {
+    /// Slots left.
     pub fn free_slots(&self) -> u32 {
         self.max_concurrency.saturating_sub(self.in_flight)
     }
@@ -97,6 +105,7 @@ impl Snapshot {
         Self { agents }
     }
 
+    /// The agents, by id.
     pub fn agents(&self) -> &[AgentView] {
         &self.agents
     }
@@ -106,10 +115,12 @@ impl Snapshot {
         self.agents.iter_mut()
     }
 
+    /// Where the agent with `id` is, if present.
     pub fn position(&self, id: &AgentId) -> Option<usize> {
         self.agents.binary_search_by(|a| a.agent_id.cmp(id)).ok()
     }
 
+    /// The agents, by id, to rebuild a snapshot after changing them.
     pub fn into_inner(self) -> Vec<AgentView> {
         self.agents
     }
@@ -127,19 +138,30 @@ impl std::ops::Deref for Snapshot {
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     #[default]
+    /// Lowest in-flight / limit ratio (the default).
     LeastLoaded,
+    /// Each eligible agent in turn, in id order.
     RoundRobin,
+    /// In proportion to weight × max concurrency, deterministically.
     WeightedCapacity,
+    /// At random in proportion to weight.
     WeightedRandom,
+    /// Lowest seed 001 cost score.
     CostBased,
+    /// Owner of the task's routing key on a hash ring.
     ConsistentHash,
+    /// The agent that last served the task's routing key.
     Affinity,
+    /// Target chosen by the first matching content rule.
     ContentBased,
+    /// First eligible agent of an ordered preference list.
     Failover,
+    /// Every eligible agent.
     Broadcast,
 }
 
 impl Strategy {
+    /// Every strategy, the default first.
     pub const ALL: [Strategy; 10] = [
         Strategy::LeastLoaded,
         Strategy::RoundRobin,
@@ -153,6 +175,7 @@ impl Strategy {
         Strategy::Broadcast,
     ];
 
+    /// The strategy's name, as `routing_strategy` takes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::LeastLoaded => "least_loaded",
@@ -388,17 +411,21 @@ pub struct Router {
     /// Consistent-hash ring; keep it in step with registrations
     /// ([`Router::on_register`], [`Router::on_deregister`]).
     pub ring: HashRing,
+    /// Sticky keys for `affinity`.
     pub affinity: AffinityMap,
+    /// Rules for `content_based`, in order.
     pub rules: Vec<Rule>,
     /// Failover order when the task names none (`preferred_agents`).
     pub failover: Vec<AgentId>,
 }
 
 impl Router {
+    /// Adds a newly registered agent to the ring.
     pub fn on_register(&mut self, id: &AgentId) {
         self.ring.add(id);
     }
 
+    /// Takes a departed agent off the ring and out of the affinity map.
     pub fn on_deregister(&mut self, id: &AgentId) {
         self.ring.remove(id);
         self.affinity.forget_agent(id);

@@ -58,14 +58,17 @@ impl HashRing {
         ring
     }
 
+    /// Members.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    /// True if the ring has no member.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
+    /// True if `id` is a member.
     pub fn contains(&self, id: &AgentId) -> bool {
         self.members.binary_search(id).is_ok()
     }

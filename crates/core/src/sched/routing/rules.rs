@@ -20,21 +20,27 @@ use crate::Error;
 /// How a condition tests the field's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// The value is this.
     Eq(String),
     /// Also true when the field is missing.
     Ne(String),
+    /// The value is one of these.
     In(Vec<String>),
+    /// The field has a value.
     Exists,
 }
 
 /// A test of one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
+    /// `task_type`, `priority` or `metadata.<key>...`.
     pub field: String,
+    /// The test.
     pub op: Op,
 }
 
 impl Condition {
+    /// Does the task's field pass the test?
     pub fn matches(&self, facts: &TaskFacts) -> bool {
         let value = facts.field(&self.field);
         match (&self.op, value) {
@@ -51,11 +57,14 @@ impl Condition {
 /// Which agents a matching rule sends the task to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// Agents of this type.
     AgentType(String),
+    /// Agents with this tag.
     Tag(String),
 }
 
 impl Target {
+    /// Is this agent one of the target's?
     pub fn admits(&self, agent: &AgentView) -> bool {
         match self {
             Target::AgentType(t) => &agent.agent_type == t,
@@ -67,11 +76,14 @@ impl Target {
 /// All conditions must hold (none: always).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// All must hold; none means always.
     pub conditions: Vec<Condition>,
+    /// Where a matching task goes.
     pub target: Target,
 }
 
 impl Rule {
+    /// Do all conditions hold for the task?
     pub fn matches(&self, facts: &TaskFacts) -> bool {
         self.conditions.iter().all(|c| c.matches(facts))
     }
