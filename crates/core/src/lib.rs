@@ -1,5 +1,6 @@
-//! Baton's pure core: the task model, its lifecycle state machine, retry math and
-//! the error codes shared by every API. Nothing here does IO or knows about tokio.
+//! Baton's pure core: the task model, its lifecycle state machine, retry math,
+//! the scheduling decisions (`sched`) and the error codes shared by every API.
+//! Nothing here does IO or knows about tokio.
 
 pub mod error;
 pub mod id;

@@ -55,6 +55,31 @@ pub struct AgentView {
 }
 
 impl AgentView {
+    /// A view with neutral defaults (weight 1, cost factor 1, health 1, no tags,
+    /// no location, routable), for a caller that knows only what a connected
+    /// session declared: its id, the task types it serves and its slots.
+    pub fn new(
+        agent_id: AgentId,
+        capabilities: Vec<String>,
+        in_flight: u32,
+        max_concurrency: u32,
+    ) -> Self {
+        Self {
+            agent_id,
+            agent_type: String::new(),
+            capabilities,
+            tags: Vec::new(),
+            location: None,
+            in_flight,
+            max_concurrency,
+            weight: 1.0,
+            cost_factor: 1.0,
+            avg_task_ms: 0.0,
+            health: 1.0,
+            routable: true,
+        }
+    }
+
     /// Slots left.
     pub fn free_slots(&self) -> u32 {
         self.max_concurrency.saturating_sub(self.in_flight)

@@ -14,18 +14,9 @@ fn id(s: &str) -> AgentId {
 
 fn agent(name: &str, in_flight: u32, max: u32) -> AgentView {
     AgentView {
-        agent_id: id(name),
         agent_type: "llm".into(),
-        capabilities: vec!["summarize".into()],
-        tags: vec![],
-        location: None,
-        in_flight,
-        max_concurrency: max,
-        weight: 1.0,
-        cost_factor: 1.0,
         avg_task_ms: 1_000.0,
-        health: 1.0,
-        routable: true,
+        ..AgentView::new(id(name), vec!["summarize".into()], in_flight, max)
     }
 }
 
@@ -505,6 +496,41 @@ proptest! {
                     prop_assert!(picks.len() <= 1);
                 }
                 _ => prop_assert_eq!(picks.len(), usize::from(any_eligible), "{}", s),
+            }
+        }
+    }
+
+    /// Weighted by capacity: after many decisions (nothing finishing) each agent
+    /// holds its share of the work to within one task per agent.
+    #[test]
+    fn weighted_capacity_follows_random_shares(
+        weights in proptest::collection::vec(0u32..5, 1..8),
+        picks in 1usize..400,
+    ) {
+        let views: Vec<AgentView> = weights.iter().enumerate()
+            .map(|(i, w)| AgentView { weight: f64::from(*w), ..agent(&format!("a{i}"), 0, 1_000) })
+            .collect();
+        let mut snap = Snapshot::new(views);
+        let total: f64 = snap.iter().map(|a| a.weight).sum();
+        for _ in 0..picks {
+            match weighted_capacity(&snap, &task()) {
+                Some(i) => {
+                    let mut all = snap.into_inner();
+                    all[i].in_flight += 1;
+                    snap = Snapshot::new(all);
+                }
+                None => {
+                    prop_assert_eq!(total, 0.0);
+                    return Ok(());
+                }
+            }
+        }
+        let n = snap.len() as f64;
+        for a in snap.iter() {
+            let quota = picks as f64 * a.weight / total;
+            prop_assert!((f64::from(a.in_flight) - quota).abs() <= n, "{} has {} for a quota of {}", a.agent_id, a.in_flight, quota);
+            if a.weight == 0.0 {
+                prop_assert_eq!(a.in_flight, 0);
             }
         }
     }
