@@ -17,6 +17,9 @@ pub struct ServeArgs {
     /// Shared store URL (postgres://user@host:port/db) instead of the embedded store; also BATON_STORE.
     #[arg(long)]
     store: Option<String>,
+    /// PostgreSQL schema of the shared store [default: baton]; also BATON_STORE_SCHEMA.
+    #[arg(long)]
+    store_schema: Option<String>,
     /// REST listen address [default: 0.0.0.0:8080].
     #[arg(long)]
     http_addr: Option<String>,
@@ -45,6 +48,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.store {
             m.insert("store".into(), v.clone().into());
+        }
+        if let Some(v) = &self.store_schema {
+            m.insert("store_schema".into(), v.clone().into());
         }
         if let Some(v) = &self.http_addr {
             m.insert("http_addr".into(), v.clone().into());

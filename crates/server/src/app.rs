@@ -231,6 +231,10 @@ impl App {
                 Err(e) => serde_json::json!({"reachable": false, "error": e.to_string()}),
             },
         );
+        stats.insert(
+            "replica".into(),
+            serde_json::to_value(self.dispatcher.leader().status(now_ms())).unwrap_or_default(),
+        );
         serde_json::json!({
             "healthy": healthy,
             "version": VERSION,

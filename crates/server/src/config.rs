@@ -34,6 +34,12 @@ pub struct Config {
     /// A shared store instead of the embedded one: `postgres://user@host:port/db`
     /// (several replicas may share it). Also `BATON_STORE`.
     pub store: Option<String>,
+    /// The PostgreSQL schema Baton's tables live in, so that several Baton clusters
+    /// (or test runs) can share one database. Also `BATON_STORE_SCHEMA`.
+    pub store_schema: String,
+    /// How long `serve` keeps retrying (with backoff) a shared store it cannot reach
+    /// at start before giving up.
+    pub store_wait_ms: u64,
     /// REST API listen address.
     pub http_addr: SocketAddr,
     /// gRPC listen address (client API and agent streams).
@@ -58,6 +64,9 @@ pub struct Config {
     pub agent_timeout_ms: u64,
     /// Length of an attempt's lease; the orchestrator extends it while the agent lives.
     pub lease_ms: u64,
+    /// How long a replica holds the singleton duties (lease sweeping, retry
+    /// promotion) without renewing; another replica takes over once it lapses.
+    pub leader_lease_ms: u64,
     pub durability: Durability,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
@@ -68,6 +77,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./baton-data"),
             store: None,
+            store_schema: "baton".into(),
+            store_wait_ms: 60_000,
             http_addr: "0.0.0.0:8080".parse().expect("valid"),
             grpc_addr: "0.0.0.0:50051".parse().expect("valid"),
             log_level: "info".into(),
@@ -83,6 +94,7 @@ impl Default for Config {
             heartbeat_interval_ms: 2_000,
             agent_timeout_ms: 10_000,
             lease_ms: 10_000,
+            leader_lease_ms: 5_000,
             durability: Durability::Full,
             shutdown_grace_ms: 5_000,
         }
@@ -157,6 +169,25 @@ impl Config {
         }
         if self.lease_ms < 2 * self.heartbeat_interval_ms {
             problems.push("lease_ms must be at least twice heartbeat_interval_ms".into());
+        }
+        if self.leader_lease_ms < 300 {
+            problems.push("leader_lease_ms must be at least 300".into());
+        }
+        let schema = &self.store_schema;
+        if schema.is_empty()
+            || schema.len() > 63
+            || schema.starts_with(|c: char| c.is_ascii_digit())
+            || schema.starts_with("pg_")
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            problems.push(format!(
+                "store_schema {schema:?} must be 1 to 63 lowercase letters, digits or underscores, not starting with a digit or pg_"
+            ));
+        }
+        if self.store_wait_ms == 0 {
+            problems.push("store_wait_ms must be greater than 0".into());
         }
         if tracing_level_ok(&self.log_level).is_err() {
             problems.push(format!(

@@ -25,6 +25,10 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub agent_timeout_ms: u64,
+    /// This replica's name in the leadership election (unique per process).
+    pub replica_id: String,
+    /// How long the singleton duties' role lasts without renewal.
+    pub leader_lease_ms: u64,
 }
 
 struct InFlight {
@@ -117,6 +121,7 @@ pub struct Dispatcher {
     wake: Notify,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
     finish_hook: std::sync::OnceLock<FinishHook>,
+    leader: crate::leader::Leader,
 }
 
 struct PlannedClaim {
@@ -129,7 +134,13 @@ struct PlannedClaim {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, opts: Options) -> Arc<Self> {
+        let leader = crate::leader::Leader::new(
+            store.clone(),
+            opts.replica_id.clone(),
+            opts.leader_lease_ms,
+        );
         Arc::new(Self {
+            leader,
             store,
             opts,
             state: Mutex::new(State::default()),
@@ -145,6 +156,11 @@ impl Dispatcher {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// This replica's part in the election for the singleton duties.
+    pub fn leader(&self) -> &crate::leader::Leader {
+        &self.leader
     }
 
     /// Marks task types as having queued work and wakes the dispatch loop.
@@ -777,10 +793,19 @@ impl Dispatcher {
         let mut last_extend = 0;
         let mut last_expire = 0;
         let mut last_wake_refresh = 0;
+        let mut last_ask = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.leader.resign().await;
+                    return;
+                }
+            }
+            let now = now_ms();
+            if now.saturating_sub(last_ask) >= self.leader.renew_every_ms() {
+                last_ask = now;
+                self.leader.ask(now).await;
             }
             let now = now_ms();
             // Timeouts and silent agents.
@@ -823,42 +848,53 @@ impl Dispatcher {
             // Keep the leases of live sessions ahead of expiry.
             if now.saturating_sub(last_extend) >= self.opts.lease_ms / 4 {
                 last_extend = now;
+                // Every session of this replica in one store call.
                 let ids: Vec<String> = self.lock().sessions.keys().cloned().collect();
-                let deadline = now + self.opts.lease_ms;
-                let store = &self.store;
-                let extends = ids.iter().map(|id| store.extend_leases(id, deadline));
-                for r in futures::future::join_all(extends).await {
-                    if let Err(e) = r {
+                if !ids.is_empty() {
+                    let deadline = now + self.opts.lease_ms;
+                    if let Err(e) = self.store.extend_leases(&ids, deadline).await {
                         tracing::warn!(error = %e, "could not extend leases");
                     }
                 }
             }
-            // Attempts whose holder vanished without a goodbye (e.g. a crashed replica).
-            if now.saturating_sub(last_expire) >= 1_000 {
+            // Attempts whose holder vanished without a goodbye (e.g. a crashed
+            // replica): the leader's duty.
+            let fence = self.leader.fence(now);
+            if let Some(fence) = fence
+                .as_ref()
+                .filter(|_| now.saturating_sub(last_expire) >= 1_000)
+            {
                 last_expire = now;
-                match self.store.expire_leases(now).await {
+                match self.store.expire_leases(now, fence).await {
                     Ok(ids) if !ids.is_empty() => {
                         tracing::info!(count = ids.len(), "leases expired; attempts re-queued");
                         self.after_release(ids).await;
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not expire leases"),
+                    Err(e) => {
+                        self.leader.refused(&e);
+                        tracing::warn!(error = %e, "could not expire leases");
+                    }
                 }
             }
             if now.saturating_sub(last_wake_refresh) >= 1_000 {
                 last_wake_refresh = now;
                 self.refresh_wake().await;
             }
+            // Due retries: the leader's duty too (its promotion wakes the others).
             let due = self.lock().next_wake.is_some_and(|w| w <= now);
-            if due {
+            if let Some(fence) = fence.filter(|_| due) {
                 self.lock().next_wake = None;
-                match self.store.promote_due(now).await {
+                match self.store.promote_due(now, &fence).await {
                     Ok(types) => {
                         if !types.is_empty() {
                             self.work_arrived(types.iter().map(String::as_str));
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not promote retries"),
+                    Err(e) => {
+                        self.leader.refused(&e);
+                        tracing::warn!(error = %e, "could not promote retries");
+                    }
                 }
                 self.refresh_wake().await;
             }

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatcher;
 pub mod grpc;
+pub mod leader;
 pub mod rest;
 mod rest_runs;
 pub mod view;
@@ -46,20 +47,59 @@ impl Listeners {
 }
 
 /// Opens the store `cfg` names: PostgreSQL for a `postgres://` URL in `store`, else
-/// the embedded store in `data_dir`.
+/// the embedded store in `data_dir`. A shared store that cannot be reached is tried
+/// again with backoff for `store_wait_ms` (it may be starting too), saying why each
+/// time; a URL that does not parse is refused at once.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match cfg.store.as_deref().map(str::trim) {
         None | Some("") => open_embedded_store(cfg),
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = baton_store_postgres::PgStore::connect(url, Default::default())
-                .await
-                .context("cannot open the PostgreSQL store")?;
-            Ok(Arc::new(store))
+            let options = baton_store_postgres::Options {
+                schema: cfg.store_schema.clone(),
+                ..Default::default()
+            };
+            let give_up = Instant::now() + Duration::from_millis(cfg.store_wait_ms);
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match baton_store_postgres::PgStore::connect(url, options.clone()).await {
+                    Ok(store) => return Ok(Arc::new(store)),
+                    Err(baton_store::Error::Unavailable(why))
+                        if !why.starts_with("invalid postgres url")
+                            && Instant::now() + delay < give_up =>
+                    {
+                        tracing::warn!(
+                            retry_in_ms = delay.as_millis() as u64,
+                            "cannot open the PostgreSQL store yet: {why}"
+                        );
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context("cannot open the PostgreSQL store"))
+                    }
+                }
+            }
         }
         Some(other) => anyhow::bail!(
             "unsupported store {other:?}: use postgres://user@host:port/database, or leave it unset for the embedded store"
         ),
     }
+}
+
+/// A name for this process in the leadership election: the embedded store has one
+/// process, which keeps its name across restarts (so a restarted server leads at
+/// once); on a shared store, the host name (a Kubernetes pod's name) and a random
+/// suffix.
+fn replica_id(store: &dyn Store) -> String {
+    if store.exclusive() {
+        return "embedded".into();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "baton".into());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}", &suffix[suffix.len() - 8..])
 }
 
 /// Opens the embedded store configured by `cfg`.
@@ -110,6 +150,8 @@ pub async fn run(
             lease_ms: cfg.lease_ms,
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             agent_timeout_ms: cfg.agent_timeout_ms,
+            replica_id: replica_id(store.as_ref()),
+            leader_lease_ms: cfg.leader_lease_ms,
         },
     );
     dispatcher

@@ -218,8 +218,9 @@ impl Loaded {
 }
 
 /// Decodes the columns of `tasks::from_tasks!` (seq, state, lease_deadline, spec).
-/// The `lease_deadline` column is authoritative over the copy inside `state`:
-/// extending leases rewrites only the column.
+/// The third column, the later of the task's `lease_deadline` and its owner's
+/// extended deadline, is authoritative over the copy inside `state`: extending
+/// leases rewrites neither.
 pub(crate) fn decode_task(row: &Row) -> Res<Loaded> {
     let seq: i64 = column(row, 0, "task row")?;
     let what = |field: &str| format!("task row {seq}: {field}");

@@ -32,7 +32,7 @@
 //! | `priority`       | `SMALLINT` | `Priority::rank()`: 0 background … 4 critical               |
 //! | `ready_at`       | `BIGINT`   | end of the retry wait, ms (retry_wait only)                 |
 //! | `lease_owner`    | `TEXT`     | who holds the running attempt (running only)                |
-//! | `lease_deadline` | `BIGINT`   | lease end, ms (running only); **authoritative** over the copy in `state`, because extending leases rewrites only this column |
+//! | `lease_deadline` | `BIGINT`   | lease end set by the claim, ms (running only); the lease really ends at the later of this and the owner's row in `lease_owners`, which is what reads report |
 //! | `state`          | `JSON`     | the `TaskState`, events included: the task's execution history (seed 003's `task_execution_history`: status, attempts, output, error, times) |
 //!
 //! `task_specs (seq BIGINT PRIMARY KEY, spec JSON)`: the `TaskSpec` (its `run_id`
@@ -54,6 +54,18 @@
 //! on `revision`. (`JSONB` refuses the `\u0000` escape: such a document is refused
 //! with `Error::Other`.)
 //!
+//! `lease_owners (owner TEXT PRIMARY KEY, deadline BIGINT)`: one row per lease
+//! owner (an agent session on some replica). A replica extends all its sessions'
+//! leases with one upsert on these rows; no task row is written by a heartbeat.
+//! Rows a minute past their deadline are deleted by the expiry sweep, and an
+//! owner's row when it is released.
+//!
+//! `leadership (name TEXT PRIMARY KEY, holder TEXT, epoch BIGINT, expires_at
+//! BIGINT)`: one row, `duties`, for the singleton duties (`expire_leases`,
+//! `promote_due`). `acquire_leadership` locks it `FOR UPDATE` and applies
+//! `baton_store::next_leadership`; a fenced duty first reads it `FOR SHARE` and is
+//! refused unless its fence (holder, epoch, lease running) still matches.
+//!
 //! Times are milliseconds since the epoch as `BIGINT`: the clock is the caller's,
 //! as everywhere in the `Store` contract.
 //!
@@ -61,9 +73,9 @@
 //!
 //! - `tasks_queued (task_type, priority DESC, seq) WHERE status = 0`: claims, queued
 //!   counts, and `queued_types` (a skip scan: one probe per type);
-//! - `tasks_running_owner (lease_owner) WHERE status = 1`: extending and releasing
-//!   one owner's leases, and lease expiry (a scan of this small index; the deadline
-//!   is deliberately in no index, so that extending a lease is a HOT update);
+//! - `tasks_running_owner (lease_owner) WHERE status = 1`: releasing one owner's
+//!   leases, counting what extended owners hold, and lease expiry (a scan of this
+//!   small index, each row checked against its owner's row);
 //! - `tasks_retry_ready (ready_at) WHERE status = 2`: `next_wake` and `promote_due`;
 //! - `tasks_by_status (status, seq)`, `tasks_by_type (task_type, seq)`: listing,
 //!   newest first, and the counts by status;
@@ -79,7 +91,7 @@
 //!   SKIP LOCKED` over `tasks_queued`: concurrent claimers, on any replica, lock
 //!   disjoint rows and never wait for each other; the claim is written before the
 //!   locks are released, so no attempt is handed out twice.
-//! - `update`, `release_owner` and `extend_leases` lock their rows (`FOR UPDATE`, in
+//! - `update` and `release_owner` lock their rows (`FOR UPDATE`, in
 //!   `seq` order, so transactions never wait on each other in a cycle) before the
 //!   lifecycle sees them: the attempt fencing holds across replicas. The sweeps
 //!   (`expire_leases`, `promote_due`) skip rows another transaction holds.
@@ -99,6 +111,7 @@
 //! receivers of a listener on a dedicated connection; see there.
 
 mod codec;
+mod leader;
 mod listen;
 mod runs;
 mod schema;
@@ -113,9 +126,9 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, FlowOutcome, FlowRecord, ListFilter, Page, Result,
-    RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord,
-    Update, UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
+    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use codec::{db_error, describe, Fault, Res};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -497,14 +510,19 @@ impl Store for PgStore {
         })
     }
 
-    async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
+    async fn extend_leases(
+        &self,
+        lease_owners: &[String],
+        lease_deadline_ms: Millis,
+    ) -> Result<u64> {
         transaction!(self, |tx| {
-            tasks::extend_leases(tx, lease_owner, lease_deadline_ms).await?
+            tasks::extend_leases(tx, lease_owners, lease_deadline_ms).await?
         })
     }
 
-    async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>> {
+    async fn expire_leases(&self, now: Millis, fence: &Fence) -> Result<Vec<TaskId>> {
         transaction!(self, |tx| {
+            leader::check(tx, fence, now).await?;
             tasks::expire_leases(tx, now, &self.jitter, &mut Work::default()).await?
         })
     }
@@ -521,8 +539,24 @@ impl Store for PgStore {
         })
     }
 
-    async fn promote_due(&self, now: Millis) -> Result<Vec<String>> {
+    async fn acquire_leadership(
+        &self,
+        candidate: &str,
+        now: Millis,
+        ttl_ms: u64,
+    ) -> Result<Leadership> {
         transaction!(self, |tx| {
+            leader::acquire(tx, candidate, now, ttl_ms).await?
+        })
+    }
+
+    async fn resign_leadership(&self, fence: &Fence) -> Result<()> {
+        transaction!(self, |tx| leader::resign(tx, fence).await?)
+    }
+
+    async fn promote_due(&self, now: Millis, fence: &Fence) -> Result<Vec<String>> {
+        transaction!(self, |tx| {
+            leader::check(tx, fence, now).await?;
             let mut work = Work::default();
             tasks::promote_due(tx, now, &self.jitter, &mut work).await?;
             work.announce(tx).await?;

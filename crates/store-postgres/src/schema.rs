@@ -8,9 +8,10 @@ use tokio_postgres::Client;
 /// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released
 /// migration; append a new one. See the crate docs for what each table and index
 /// is for.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "tasks, task specs, flows and runs",
-    "CREATE TABLE tasks (
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "tasks, task specs, flows and runs",
+        "CREATE TABLE tasks (
         seq            BIGINT   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         id             TEXT     NOT NULL UNIQUE,
         task_type      TEXT     NOT NULL,
@@ -53,7 +54,22 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     CREATE INDEX runs_by_status ON runs (status, seq);
     CREATE INDEX runs_by_flow   ON runs (flow_name, seq);
     CREATE INDEX runs_active    ON runs (seq) WHERE active;",
-)];
+    ),
+    (
+        "lease owners and leadership",
+        "CREATE TABLE lease_owners (
+        owner    TEXT   PRIMARY KEY,
+        deadline BIGINT NOT NULL
+    );
+    CREATE TABLE leadership (
+        name       TEXT   PRIMARY KEY,
+        holder     TEXT   NOT NULL,
+        epoch      BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    INSERT INTO leadership VALUES ('duties', '', 0, 0);",
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -35,7 +35,7 @@ pub const MAX_LIST_LIMIT: usize = 1_000;
 macro_rules! from_tasks {
     ($tail:literal) => {
         concat!(
-            "SELECT t.seq, t.state, t.lease_deadline, (SELECT s.spec FROM task_specs s WHERE s.seq = t.seq) FROM tasks t ",
+            "SELECT t.seq, t.state, GREATEST(t.lease_deadline, (SELECT o.deadline FROM lease_owners o WHERE o.owner = t.lease_owner AND t.status = 1)), (SELECT s.spec FROM task_specs s WHERE s.seq = t.seq) FROM tasks t ",
             $tail
         )
     };
@@ -77,17 +77,26 @@ pub(crate) const PICK: &str = from_tasks!(
 /// The owner's running tasks, locked in `seq` order (see `LOCK_BY_IDS`) before
 /// [`EXTEND`] moves their deadline. (An `UPDATE … WHERE lease_owner = $1` alone
 /// would lock in index order and could deadlock with `update`.)
-pub(crate) const HELD_SEQS: &str =
-    "SELECT seq FROM tasks WHERE status = 1 AND lease_owner = $1 ORDER BY seq FOR UPDATE";
-/// One statement per owner. Only `lease_deadline` changes, a column no index
-/// holds, so the new row versions can be HOT updates (no index maintenance).
-pub(crate) const EXTEND: &str = "UPDATE tasks SET lease_deadline = $2 WHERE seq = ANY($1)";
+/// A replica extends all its sessions' leases in one statement on one row per
+/// session, never on the tasks they hold: no task row is written by a heartbeat.
+/// A running task's lease ends at the later of its own `lease_deadline` (set when
+/// claimed) and its owner's.
+pub(crate) const EXTEND: &str = "INSERT INTO lease_owners (owner, deadline)
+        SELECT o, $2 FROM UNNEST($1::text[]) AS o
+    ON CONFLICT (owner) DO UPDATE SET deadline = GREATEST(lease_owners.deadline, excluded.deadline)";
+pub(crate) const HELD_COUNT: &str =
+    "SELECT count(*) FROM tasks WHERE status = 1 AND lease_owner = ANY($1)";
 /// Scans the running tasks' owner index (running tasks are bounded by the
 /// replicas' workers). Sweeps skip rows another transaction holds: that one is
 /// changing the task, and the next sweep sees the result.
 pub(crate) const OVERDUE: &str = from_tasks!(
-    "WHERE t.status = 1 AND t.lease_deadline < $1 ORDER BY t.seq FOR UPDATE SKIP LOCKED"
+    "WHERE t.status = 1 AND t.lease_deadline < $1
+       AND NOT EXISTS (SELECT 1 FROM lease_owners o WHERE o.owner = t.lease_owner AND o.deadline >= $1)
+     ORDER BY t.seq FOR UPDATE OF t SKIP LOCKED"
 );
+/// Owners whose lease ended a minute ago hold nothing a sweep has not failed.
+const FORGET_OWNERS: &str = "DELETE FROM lease_owners WHERE deadline < $1";
+const FORGET_OWNER: &str = "DELETE FROM lease_owners WHERE owner = $1";
 pub(crate) const HELD: &str =
     from_tasks!("WHERE t.status = 1 AND t.lease_owner = $1 ORDER BY t.seq FOR UPDATE");
 pub(crate) const DUE: &str = from_tasks!(
@@ -453,23 +462,18 @@ pub(crate) async fn update(
 
 pub(crate) async fn extend_leases(
     tx: &Tx<'_>,
-    lease_owner: &str,
+    lease_owners: &[String],
     lease_deadline_ms: Millis,
 ) -> Res<u64> {
-    let held = tx.prepare_cached(HELD_SEQS).await?;
-    let seqs: Vec<i64> = tx
-        .query(&held, &[&lease_owner])
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
-    if seqs.is_empty() {
+    if lease_owners.is_empty() {
         return Ok(0);
     }
     let extend = tx.prepare_cached(EXTEND).await?;
-    Ok(tx
-        .execute(&extend, &[&seqs, &millis(lease_deadline_ms)])
-        .await?)
+    tx.execute(&extend, &[&lease_owners, &millis(lease_deadline_ms)])
+        .await?;
+    let count = tx.prepare_cached(HELD_COUNT).await?;
+    let held: i64 = tx.query_one(&count, &[&lease_owners]).await?.try_get(0)?;
+    Ok(held as u64)
 }
 
 /// Fails the current attempt of each task; returns the ids of those it applied to.
@@ -504,6 +508,9 @@ pub(crate) async fn expire_leases(
     work: &mut Work,
 ) -> Res<Vec<TaskId>> {
     let tasks = load(tx, OVERDUE, &[&millis(now)]).await?;
+    let forget = tx.prepare_cached(FORGET_OWNERS).await?;
+    tx.execute(&forget, &[&millis(now.saturating_sub(60_000))])
+        .await?;
     let failure = Failure::new(
         FailureKind::LeaseExpired,
         "the lease was not extended in time",
@@ -520,6 +527,8 @@ pub(crate) async fn release_owner(
     work: &mut Work,
 ) -> Res<Vec<TaskId>> {
     let tasks = load(tx, HELD, &[&lease_owner]).await?;
+    let forget = tx.prepare_cached(FORGET_OWNER).await?;
+    tx.execute(&forget, &[&lease_owner]).await?;
     fail_running(tx, tasks, failure, now, jitter, work).await
 }
 
@@ -657,7 +666,7 @@ mod tests {
         tx.batch_execute("SET LOCAL enable_seqscan = off")
             .await
             .expect("set");
-        let (t, n, ids, seqs) = ("echo", 10i64, vec!["a", "b"], vec![1i64, 2]);
+        let (t, n, ids, owners) = ("echo", 10i64, vec!["a", "b"], vec!["a".to_string()]);
         let list_all = from_tasks!("WHERE t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
         let list_by_type =
             from_tasks!("WHERE t.task_type = $3 AND t.seq < $1 ORDER BY t.seq DESC LIMIT $2");
@@ -665,8 +674,7 @@ mod tests {
             (PICK, vec![&t, &n], "tasks_queued"),
             (QUEUED_TYPES, vec![], "tasks_queued"),
             (COUNTS, vec![], "tasks_queued"),
-            (HELD_SEQS, vec![&t], "tasks_running_owner"),
-            (EXTEND, vec![&seqs, &n], "tasks_pkey"),
+            (HELD_COUNT, vec![&owners], "tasks_running_owner"),
             (HELD, vec![&t], "tasks_running_owner"),
             (OVERDUE, vec![&n], "tasks_running_owner"),
             (DUE, vec![&n], "tasks_retry_ready"),

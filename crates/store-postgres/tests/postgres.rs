@@ -9,7 +9,9 @@
 use baton_core::lifecycle::{Command, Failure, FailureKind, Refusal};
 use baton_core::{AgentId, InputPart, Status, TaskId};
 use baton_store::conformance::{spec, T0};
-use baton_store::{ClaimRequest, Claimed, Error, Store, SubmitOutcome, Update, UpdateOutcome};
+use baton_store::{
+    ClaimRequest, Claimed, Error, Fence, Store, SubmitOutcome, Update, UpdateOutcome,
+};
 use baton_store_postgres::{Options, PgStore, SCHEMA_VERSION, TEMP_SCHEMA_PREFIX};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -52,6 +54,16 @@ async fn raw() -> tokio_postgres::Client {
         .expect("raw connection");
     tokio::spawn(connection);
     client
+}
+
+/// `name`'s fence for the singleton duties, held for a day from `T0`.
+async fn leader(store: &PgStore, name: &str) -> Fence {
+    store
+        .acquire_leadership(name, T0, 86_400_000)
+        .await
+        .expect("acquire_leadership")
+        .fence_for(name)
+        .expect("the role was free")
 }
 
 fn claim_request(task_type: &str, max: usize, owner: &str, now: u64) -> ClaimRequest {
@@ -216,10 +228,17 @@ async fn a_late_result_is_fenced_off_across_replicas() {
     request.lease_deadline_ms = T0 + 1_000;
     let old = first.claim(request).await.expect("claim").remove(0);
 
-    let expired = second.expire_leases(T0 + 1_001).await.expect("expire");
+    let duties = leader(&second, "second").await;
+    let expired = second
+        .expire_leases(T0 + 1_001, &duties)
+        .await
+        .expect("expire");
     assert_eq!(expired, vec![TaskId::from_trusted("slow")]);
     assert_eq!(
-        second.promote_due(T0 + 60_000).await.expect("promote"),
+        second
+            .promote_due(T0 + 60_000, &duties)
+            .await
+            .expect("promote"),
         vec!["echo"]
     );
     let new = second
@@ -414,7 +433,10 @@ async fn work_notifications_reach_other_replicas_and_survive_a_reconnect() {
         )
         .await
         .expect("fail");
-    store.promote_due(T0 + 60_000).await.expect("promote");
+    store
+        .promote_due(T0 + 60_000, &leader(&store, "me").await)
+        .await
+        .expect("promote");
     expect_work(&mut work, &promoted).await;
 
     // The listener's connection dies: it comes back, and hears of new work.
@@ -743,5 +765,90 @@ async fn the_store_recovers_when_its_connections_are_cut() {
     assert_eq!(
         store.counts().await.unwrap().by_status.get("queued"),
         Some(&2)
+    );
+}
+
+/// Candidates on several replicas asking at the same moment: exactly one gets the
+/// role, and every one of them is told who has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_for_leadership_elect_exactly_one() {
+    let first = temp_store().await;
+    let mut replicas = vec![Arc::new(first)];
+    for _ in 0..3 {
+        let next = replica_of(&replicas[0]).await;
+        replicas.push(Arc::new(next));
+    }
+    for round in 0..20u64 {
+        let now = T0 + round * 10_000;
+        let asks = replicas.iter().enumerate().map(|(i, store)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .acquire_leadership(&format!("r{i}"), now, 5_000)
+                    .await
+                    .expect("acquire")
+            })
+        });
+        let mut answers = Vec::new();
+        for ask in asks.collect::<Vec<_>>() {
+            answers.push(ask.await.expect("join"));
+        }
+        let first = &answers[0];
+        assert!(
+            answers.iter().all(|a| a == first),
+            "round {round}: replicas disagree: {answers:?}"
+        );
+        assert_eq!(first.epoch, round + 1, "one new epoch per lapsed round");
+    }
+}
+
+/// Extending leases writes the owners' rows, never the tasks': a task row keeps
+/// its row version (`xmin`) through any number of heartbeats.
+#[tokio::test]
+async fn heartbeats_do_not_rewrite_task_rows() {
+    let store = temp_store().await;
+    store
+        .submit(vec![spec("held", "echo")], T0)
+        .await
+        .expect("submit");
+    let mut request = claim_request("echo", 1, "session", T0 + 1);
+    request.lease_deadline_ms = T0 + 1_000;
+    store.claim(request).await.expect("claim");
+    let client = raw().await;
+    let sql = format!(
+        "SELECT xmin::text FROM \"{}\".tasks WHERE id = 'held'",
+        store.schema()
+    );
+    let version = || async {
+        let row = client.query_one(&sql, &[]).await.expect("xmin");
+        row.get::<_, String>(0)
+    };
+    let before = version().await;
+    for beat in 1..=5u64 {
+        let held = store
+            .extend_leases(&["session".to_string()], T0 + 1_000 * beat + 1_000)
+            .await
+            .expect("extend");
+        assert_eq!(held, 1);
+    }
+    assert_eq!(version().await, before, "the task row was rewritten");
+    let record = store
+        .get(&TaskId::from_trusted("held"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(record.state.lease_deadline_ms, Some(T0 + 6_000));
+    let duties = leader(&store, "leader").await;
+    assert!(store
+        .expire_leases(T0 + 5_999, &duties)
+        .await
+        .expect("expire")
+        .is_empty());
+    assert_eq!(
+        store
+            .expire_leases(T0 + 6_001, &duties)
+            .await
+            .expect("expire"),
+        vec![TaskId::from_trusted("held")]
     );
 }

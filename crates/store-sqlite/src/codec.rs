@@ -115,6 +115,7 @@ pub(crate) fn copy_error(e: &Error) -> Error {
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::Corrupt(m) => Error::Corrupt(m.clone()),
         Error::InvalidCursor => Error::InvalidCursor,
+        Error::Fenced(m) => Error::Fenced(m.clone()),
         Error::Other(m) => Error::Other(m.clone()),
     }
 }

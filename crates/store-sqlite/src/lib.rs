@@ -89,9 +89,9 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, FlowOutcome, FlowRecord, ListFilter, Page, Result,
-    RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord,
-    Update, UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
+    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -364,14 +364,37 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64> {
-        let lease_owner = lease_owner.to_string();
-        self.write(1, move |s| s.extend_leases(&lease_owner, lease_deadline_ms))
+    async fn extend_leases(
+        &self,
+        lease_owners: &[String],
+        lease_deadline_ms: Millis,
+    ) -> Result<u64> {
+        let lease_owners = lease_owners.to_vec();
+        self.write(1, move |s| {
+            s.extend_leases(&lease_owners, lease_deadline_ms)
+        })
+        .await
+    }
+
+    async fn expire_leases(&self, now: Millis, fence: &Fence) -> Result<Vec<TaskId>> {
+        let fence = fence.clone();
+        self.write(1, move |s| s.expire_leases(now, &fence)).await
+    }
+
+    async fn acquire_leadership(
+        &self,
+        candidate: &str,
+        now: Millis,
+        ttl_ms: u64,
+    ) -> Result<Leadership> {
+        let candidate = candidate.to_string();
+        self.write(1, move |s| s.acquire_leadership(&candidate, now, ttl_ms))
             .await
     }
 
-    async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>> {
-        self.write(1, move |s| s.expire_leases(now)).await
+    async fn resign_leadership(&self, fence: &Fence) -> Result<()> {
+        let fence = fence.clone();
+        self.write(1, move |s| s.resign_leadership(&fence)).await
     }
 
     async fn release_owner(
@@ -385,8 +408,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn promote_due(&self, now: Millis) -> Result<Vec<String>> {
-        self.write(1, move |s| s.promote_due(now)).await
+    async fn promote_due(&self, now: Millis, fence: &Fence) -> Result<Vec<String>> {
+        let fence = fence.clone();
+        self.write(1, move |s| s.promote_due(now, &fence)).await
     }
 
     async fn next_wake(&self) -> Result<Option<Millis>> {

@@ -84,6 +84,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_active    ON runs (seq) WHERE active = 1;
     CREATE INDEX runs_by_status ON runs (status, seq);
     CREATE INDEX runs_by_flow   ON runs (flow_name, seq);",
+    // 4: leadership of the singleton duties (one process holds it; the same
+    // contract as a shared store's).
+    "CREATE TABLE leadership (
+        name       TEXT    PRIMARY KEY,
+        holder     TEXT    NOT NULL,
+        epoch      INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO leadership VALUES ('duties', '', 0, 0);",
 ];
 
 /// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.

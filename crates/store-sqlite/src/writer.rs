@@ -14,8 +14,8 @@ use baton_core::lifecycle::{
 };
 use baton_core::{Millis, Status, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Error, FlowOutcome, Result, RunWrite, RunWriteOutcome, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    next_leadership, ClaimRequest, Claimed, Error, Fence, FlowOutcome, Leadership, Result,
+    RunWrite, RunWriteOutcome, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
@@ -132,7 +132,12 @@ pub(crate) const BY_ID: &str = select_records!("WHERE id = ?1");
 /// Queued tasks of one type in claim order.
 pub(crate) const PICK: &str =
     select_records!("INDEXED BY tasks_queued WHERE status = 0 AND task_type = ?1 ORDER BY priority DESC, seq LIMIT ?2");
-pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = ?2 WHERE status = 1 AND lease_owner = ?1";
+pub(crate) const EXTEND: &str = "UPDATE tasks INDEXED BY tasks_running_owner SET lease_deadline = max(lease_deadline, ?2) WHERE status = 1 AND lease_owner = ?1";
+const LEADERSHIP: &str = "SELECT holder, epoch, expires_at FROM leadership WHERE name = 'duties'";
+const WRITE_LEADERSHIP: &str =
+    "UPDATE leadership SET holder = ?1, epoch = ?2, expires_at = ?3 WHERE name = 'duties'";
+const RESIGN: &str =
+    "UPDATE leadership SET expires_at = 0 WHERE name = 'duties' AND holder = ?1 AND epoch = ?2";
 /// Scans the running tasks' owner index, which carries the deadline: running tasks
 /// are bounded by the server's workers, and one index fewer is maintained per claim
 /// and per result.
@@ -342,14 +347,70 @@ impl Session<'_> {
 
     pub(crate) fn extend_leases(
         &mut self,
-        lease_owner: &str,
+        lease_owners: &[String],
         lease_deadline_ms: Millis,
     ) -> Result<u64> {
         let mut stmt = self.conn.prepare_cached(EXTEND).map_err(sql_error)?;
-        let changed = stmt
-            .execute(params![lease_owner, millis(lease_deadline_ms)])
-            .map_err(sql_error)?;
+        let mut changed = 0;
+        for owner in lease_owners {
+            changed += stmt
+                .execute(params![owner, millis(lease_deadline_ms)])
+                .map_err(sql_error)?;
+        }
         Ok(changed as u64)
+    }
+
+    fn leadership(&self) -> Result<Option<Leadership>> {
+        let mut stmt = self.conn.prepare_cached(LEADERSHIP).map_err(sql_error)?;
+        let (holder, epoch, expires_at): (String, i64, i64) = stmt
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(sql_error)?;
+        // Epoch 0 is the row the migration seeds: nobody has held the role yet.
+        Ok((epoch > 0).then(|| Leadership {
+            holder,
+            epoch: epoch as u64,
+            expires_at_ms: expires_at.max(0) as u64,
+        }))
+    }
+
+    pub(crate) fn acquire_leadership(
+        &mut self,
+        candidate: &str,
+        now: Millis,
+        ttl_ms: u64,
+    ) -> Result<Leadership> {
+        let current = self.leadership()?;
+        let next = next_leadership(current.as_ref(), candidate, now, ttl_ms);
+        if current.as_ref() != Some(&next) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(WRITE_LEADERSHIP)
+                .map_err(sql_error)?;
+            stmt.execute(params![
+                next.holder,
+                next.epoch as i64,
+                millis(next.expires_at_ms)
+            ])
+            .map_err(sql_error)?;
+        }
+        Ok(next)
+    }
+
+    pub(crate) fn resign_leadership(&mut self, fence: &Fence) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(RESIGN).map_err(sql_error)?;
+        stmt.execute(params![fence.holder, fence.epoch as i64])
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
+    /// Refuses a singleton duty unless `fence` holds at `now`.
+    pub(crate) fn check_fence(&self, fence: &Fence, now: Millis) -> Result<()> {
+        let current = self.leadership()?;
+        if fence.admits(current.as_ref(), now) {
+            Ok(())
+        } else {
+            Err(fence.refusal(current.as_ref()))
+        }
     }
 
     /// Fails the current attempt of each task; returns the ids of those it applied to.
@@ -372,7 +433,8 @@ impl Session<'_> {
         Ok(out)
     }
 
-    pub(crate) fn expire_leases(&mut self, now: Millis) -> Result<Vec<TaskId>> {
+    pub(crate) fn expire_leases(&mut self, now: Millis, fence: &Fence) -> Result<Vec<TaskId>> {
+        self.check_fence(fence, now)?;
         let tasks = self.load_many(OVERDUE, params![millis(now)])?;
         let failure = Failure::new(
             FailureKind::LeaseExpired,
@@ -391,7 +453,8 @@ impl Session<'_> {
         self.fail_running(tasks, &failure, now)
     }
 
-    pub(crate) fn promote_due(&mut self, now: Millis) -> Result<Vec<String>> {
+    pub(crate) fn promote_due(&mut self, now: Millis, fence: &Fence) -> Result<Vec<String>> {
+        self.check_fence(fence, now)?;
         let tasks = self.load_many(DUE, params![millis(now)])?;
         let mut types = BTreeSet::new();
         for loaded in tasks {

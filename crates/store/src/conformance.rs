@@ -35,8 +35,9 @@
 //!   `queued_types` lists each type once.
 
 use crate::{
-    ClaimRequest, Claimed, Counts, Error, FlowOutcome, ListFilter, RunFilter, RunPage, RunRecord,
-    RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership, ListFilter, RunFilter,
+    RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update,
+    UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -79,6 +80,9 @@ macro_rules! store_conformance_tests {
             leases_extend_moves_only_the_owners_running_tasks,
             leases_expire_fails_overdue_attempts,
             leases_release_owner_fails_only_that_owner,
+            leases_extend_many_owners_at_once,
+            leadership_goes_to_one_holder_and_passes_on_when_it_lapses,
+            leadership_stale_holders_writes_are_refused,
             list_filters_newest_first,
             list_paginates_with_cursor,
             list_rejects_invalid_cursor,
@@ -285,6 +289,21 @@ fn cancel() -> Command {
     Command::Cancel {
         reason: Some("no longer needed".into()),
     }
+}
+
+/// Long enough for any case's fake clock.
+const DAY_MS: u64 = 86_400_000;
+
+/// The fence of the holder that keeps the singleton duties for a day from [`T0`]
+/// (asking again renews it: same epoch).
+async fn duties(store: &dyn Store) -> Fence {
+    let leadership = store
+        .acquire_leadership("duties", T0, DAY_MS)
+        .await
+        .expect("acquire_leadership");
+    leadership
+        .fence_for("duties")
+        .unwrap_or_else(|| panic!("another holder has the duties: {leadership:?}"))
 }
 
 fn event_kinds(record: &TaskRecord) -> Vec<EventKind> {
@@ -861,13 +880,19 @@ pub async fn update_retryable_failure_waits_then_promotes(store: &dyn Store) {
 
     let before = get(store, "r1").await;
     assert_eq!(
-        store.promote_due(T0 + 1_099).await.expect("promote"),
+        store
+            .promote_due(T0 + 1_099, &duties(store).await)
+            .await
+            .expect("promote"),
         Vec::<String>::new()
     );
     assert_eq!(get(store, "r1").await, before, "nothing is due yet");
 
     assert_eq!(
-        store.promote_due(T0 + 1_100).await.expect("promote"),
+        store
+            .promote_due(T0 + 1_100, &duties(store).await)
+            .await
+            .expect("promote"),
         strings(&["a"])
     );
     let r1 = get(store, "r1").await;
@@ -885,11 +910,17 @@ pub async fn update_retryable_failure_waits_then_promotes(store: &dyn Store) {
         Some(T0 + 1_200)
     );
 
-    let types = store.promote_due(T0 + 10_000).await.expect("promote");
+    let types = store
+        .promote_due(T0 + 10_000, &duties(store).await)
+        .await
+        .expect("promote");
     assert_eq!(sorted_unique(types), strings(&["a", "b"]));
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
     assert_eq!(
-        store.promote_due(T0 + 20_000).await.expect("promote"),
+        store
+            .promote_due(T0 + 20_000, &duties(store).await)
+            .await
+            .expect("promote"),
         Vec::<String>::new()
     );
 
@@ -911,7 +942,10 @@ pub async fn update_exhausted_retries_dead_letter_then_reprocess(store: &dyn Sto
     claim(store, "echo", 1, T0 + 1).await;
     applied(update_one(store, "d", fail(1, FailureKind::Retryable), T0 + 2).await);
     assert_eq!(
-        store.promote_due(T0 + 1_002).await.expect("promote"),
+        store
+            .promote_due(T0 + 1_002, &duties(store).await)
+            .await
+            .expect("promote"),
         strings(&["echo"])
     );
     assert_eq!(claim(store, "echo", 1, T0 + 1_003).await[0].attempt, 2);
@@ -1045,11 +1079,17 @@ pub async fn update_cancel(store: &dyn Store) {
     assert_eq!(claim(store, "echo", 10, T0 + 6).await, vec![]);
     assert_eq!(store.next_wake().await.expect("next_wake"), None);
     assert_eq!(
-        store.promote_due(T0 + 100_000).await.expect("promote"),
+        store
+            .promote_due(T0 + 100_000, &duties(store).await)
+            .await
+            .expect("promote"),
         Vec::<String>::new()
     );
     assert_eq!(
-        store.expire_leases(T0 + 100_000).await.expect("expire"),
+        store
+            .expire_leases(T0 + 100_000, &duties(store).await)
+            .await
+            .expect("expire"),
         Vec::<TaskId>::new()
     );
 }
@@ -1177,12 +1217,15 @@ pub async fn leases_extend_moves_only_the_owners_running_tasks(store: &dyn Store
     let before_a3 = get(store, "a3").await;
 
     assert_eq!(
-        store.extend_leases("A", T0 + 9_000).await.expect("extend"),
+        store
+            .extend_leases(&strings(&["A"]), T0 + 9_000)
+            .await
+            .expect("extend"),
         2
     );
     assert_eq!(
         store
-            .extend_leases("nobody", T0 + 9_000)
+            .extend_leases(&strings(&["nobody"]), T0 + 9_000)
             .await
             .expect("extend"),
         0
@@ -1215,12 +1258,20 @@ pub async fn leases_extend_moves_only_the_owners_running_tasks(store: &dyn Store
 
     // The moved deadline is the one lease expiry looks at.
     assert_eq!(
-        store.expire_leases(T0 + 5_000).await.expect("expire"),
+        store
+            .expire_leases(T0 + 5_000, &duties(store).await)
+            .await
+            .expect("expire"),
         ids(&["b1"])
     );
     assert_eq!(get(store, "a1").await.state.status, Status::Running);
     assert_eq!(
-        id_set(&store.expire_leases(T0 + 9_001).await.expect("expire")),
+        id_set(
+            &store
+                .expire_leases(T0 + 9_001, &duties(store).await)
+                .await
+                .expect("expire")
+        ),
         id_set(&ids(&["a1", "a2"]))
     );
 }
@@ -1251,7 +1302,10 @@ pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
     let e3 = get(store, "e3").await;
     let e5 = get(store, "e5").await;
 
-    let expired = store.expire_leases(T0 + 1_500).await.expect("expire");
+    let expired = store
+        .expire_leases(T0 + 1_500, &duties(store).await)
+        .await
+        .expect("expire");
     assert_eq!(id_set(&expired), id_set(&ids(&["e1", "e4"])));
 
     let e1 = get(store, "e1").await;
@@ -1287,11 +1341,17 @@ pub async fn leases_expire_fails_overdue_attempts(store: &dyn Store) {
     assert_eq!(get(store, "e5").await, e5);
 
     assert_eq!(
-        store.expire_leases(T0 + 1_500).await.expect("expire"),
+        store
+            .expire_leases(T0 + 1_500, &duties(store).await)
+            .await
+            .expect("expire"),
         Vec::<TaskId>::new()
     );
     assert_eq!(
-        store.promote_due(T0 + 2_500).await.expect("promote"),
+        store
+            .promote_due(T0 + 2_500, &duties(store).await)
+            .await
+            .expect("promote"),
         strings(&["echo"])
     );
     assert_eq!(
@@ -1358,6 +1418,168 @@ pub async fn leases_release_owner_fails_only_that_owner(store: &dyn Store) {
 // ---------------------------------------------------------------------------
 // list, counts, queued types
 // ---------------------------------------------------------------------------
+
+pub async fn leases_extend_many_owners_at_once(store: &dyn Store) {
+    let names = ["o1", "o2", "o3", "o4"];
+    submit(store, names.iter().map(|n| spec(n, "echo")).collect(), T0).await;
+    for (owner, now) in [("A", T0 + 1), ("B", T0 + 2), ("C", T0 + 3)] {
+        claim_as(store, "echo", 1, owner, T0 + 1_000, now).await;
+    }
+    claim_as(store, "echo", 1, "A", T0 + 1_000, T0 + 4).await;
+    assert_eq!(
+        store
+            .extend_leases(&strings(&["A", "B", "gone"]), T0 + 5_000)
+            .await
+            .expect("extend"),
+        3,
+        "A holds two attempts, B one, an unknown owner none"
+    );
+    assert_eq!(
+        store.extend_leases(&[], T0 + 5_000).await.expect("extend"),
+        0
+    );
+    // An extension never shortens a lease.
+    store
+        .extend_leases(&strings(&["A"]), T0 + 2_000)
+        .await
+        .expect("extend");
+    assert_eq!(
+        get(store, "o1").await.state.lease_deadline_ms,
+        Some(T0 + 5_000)
+    );
+    assert_eq!(
+        store
+            .expire_leases(T0 + 1_001, &duties(store).await)
+            .await
+            .expect("expire"),
+        ids(&["o3"]),
+        "only C's lease was not extended"
+    );
+    assert_eq!(
+        id_set(
+            &store
+                .expire_leases(T0 + 5_001, &duties(store).await)
+                .await
+                .expect("expire")
+        ),
+        id_set(&ids(&["o1", "o2", "o4"]))
+    );
+}
+
+pub async fn leadership_goes_to_one_holder_and_passes_on_when_it_lapses(store: &dyn Store) {
+    let lead = |holder: &str, epoch: u64, expires_at_ms: Millis| Leadership {
+        holder: holder.into(),
+        epoch,
+        expires_at_ms,
+    };
+    let acquire = |candidate: &'static str, now: Millis| async move {
+        store
+            .acquire_leadership(candidate, now, 1_000)
+            .await
+            .expect("acquire_leadership")
+    };
+    assert_eq!(acquire("A", T0).await, lead("A", 1, T0 + 1_000), "vacant");
+    assert_eq!(
+        acquire("B", T0 + 500).await,
+        lead("A", 1, T0 + 1_000),
+        "held: B gets the current leadership back, unchanged"
+    );
+    assert_eq!(
+        acquire("A", T0 + 600).await,
+        lead("A", 1, T0 + 1_600),
+        "the holder renews without a new epoch"
+    );
+    assert_eq!(acquire("B", T0 + 1_599).await, lead("A", 1, T0 + 1_600));
+    assert_eq!(
+        acquire("B", T0 + 1_600).await,
+        lead("B", 2, T0 + 2_600),
+        "a lapsed role goes to the next candidate with the next epoch"
+    );
+    assert_eq!(acquire("A", T0 + 1_700).await, lead("B", 2, T0 + 2_600));
+    assert_eq!(
+        acquire("B", T0 + 3_000).await,
+        lead("B", 3, T0 + 4_000),
+        "a holder whose own lease lapsed comes back with a new epoch"
+    );
+    let fence = lead("B", 3, T0 + 4_000).fence_for("B").expect("B holds it");
+    store.resign_leadership(&fence).await.expect("resign");
+    assert_eq!(
+        acquire("C", T0 + 3_001).await,
+        lead("C", 4, T0 + 4_001),
+        "a resigned role is free at once"
+    );
+    store
+        .resign_leadership(&fence)
+        .await
+        .expect("resigning a role one no longer holds changes nothing");
+    assert_eq!(acquire("A", T0 + 3_002).await, lead("C", 4, T0 + 4_001));
+}
+
+pub async fn leadership_stale_holders_writes_are_refused(store: &dyn Store) {
+    submit(
+        store,
+        vec![
+            spec_with("r", "echo", |s| s.retry = policy(3)),
+            spec("x", "echo"),
+        ],
+        T0,
+    )
+    .await;
+    claim_as(store, "echo", 1, "lost", T0 + 1_000, T0 + 1).await;
+    applied(update_one(store, "r", fail(1, FailureKind::Retryable), T0 + 2).await);
+    claim_as(store, "echo", 1, "lost", T0 + 1_000, T0 + 3).await;
+    let a = store
+        .acquire_leadership("A", T0, 2_000)
+        .await
+        .expect("acquire");
+    let stale = a.fence_for("A").expect("A leads");
+    let before = (get(store, "r").await, get(store, "x").await);
+
+    // A's lease lapsed: nobody took over yet, but A may no longer act.
+    let lapsed = store.expire_leases(T0 + 2_000, &stale).await;
+    assert!(matches!(lapsed, Err(Error::Fenced(_))), "{lapsed:?}");
+    let b = store
+        .acquire_leadership("B", T0 + 2_500, 2_000)
+        .await
+        .expect("acquire");
+    assert_eq!((b.holder.as_str(), b.epoch), ("B", 2));
+    // A stalled and comes back thinking it is still early: its epoch is gone.
+    let expired = store.expire_leases(T0 + 1_500, &stale).await;
+    assert!(
+        matches!(&expired, Err(Error::Fenced(m)) if m.contains('B')),
+        "{expired:?}"
+    );
+    let promoted = store.promote_due(T0 + 1_500, &stale).await;
+    assert!(matches!(promoted, Err(Error::Fenced(_))), "{promoted:?}");
+    let forged = Fence {
+        holder: "B".into(),
+        epoch: 1,
+    };
+    let forged = store.promote_due(T0 + 2_600, &forged).await;
+    assert!(matches!(forged, Err(Error::Fenced(_))), "{forged:?}");
+    assert_eq!(
+        (get(store, "r").await, get(store, "x").await),
+        before,
+        "a refused duty changes nothing"
+    );
+
+    let fence = b.fence_for("B").expect("B leads");
+    assert_eq!(
+        store
+            .expire_leases(T0 + 2_600, &fence)
+            .await
+            .expect("the leader sweeps"),
+        ids(&["x"])
+    );
+    assert_eq!(
+        store
+            .promote_due(T0 + 2_600, &fence)
+            .await
+            .expect("the leader promotes"),
+        strings(&["echo"])
+    );
+    assert_eq!(get(store, "r").await.state.status, Status::Queued);
+}
 
 pub async fn list_filters_newest_first(store: &dyn Store) {
     submit(
@@ -1630,7 +1852,10 @@ pub async fn events_one_per_transition_as_lifecycle_decides(store: &dyn Store) {
     assert_eq!(get(store, "life").await, record);
 
     expected = step(&expected, Command::Promote, T0 + 1_002);
-    store.promote_due(T0 + 1_002).await.expect("promote");
+    store
+        .promote_due(T0 + 1_002, &duties(store).await)
+        .await
+        .expect("promote");
     assert_eq!(get(store, "life").await.state, expected);
 
     expected = step(&expected, claim_command("o2", T0 + 2_000), T0 + 1_003);
@@ -1725,7 +1950,7 @@ where
     applied(update_one(&store, "p4", cancel(), T0 + 2).await);
     assert_eq!(
         store
-            .extend_leases("keeper", T0 + 5_000)
+            .extend_leases(&strings(&["keeper"]), T0 + 5_000)
             .await
             .expect("extend"),
         1
@@ -1770,12 +1995,18 @@ where
         ids(&["p5", "p6", "p7"])
     );
     assert_eq!(
-        store.expire_leases(T0 + 4_000).await.expect("expire"),
+        store
+            .expire_leases(T0 + 4_000, &duties(&store).await)
+            .await
+            .expect("expire"),
         Vec::<TaskId>::new(),
         "the extended lease"
     );
     assert_eq!(
-        store.expire_leases(T0 + 5_001).await.expect("expire"),
+        store
+            .expire_leases(T0 + 5_001, &duties(&store).await)
+            .await
+            .expect("expire"),
         ids(&["p1"])
     );
     let names = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"];

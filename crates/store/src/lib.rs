@@ -29,6 +29,10 @@ pub enum Error {
     /// A list cursor that this store did not hand out (or that no longer parses).
     #[error("invalid cursor")]
     InvalidCursor,
+    /// A singleton duty's write carried a fence that is no longer the leadership's:
+    /// another replica took over, or the lease ran out. Nothing was written.
+    #[error("fenced off: {0}")]
+    Fenced(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -41,6 +45,7 @@ impl From<Error> for baton_core::Error {
             Error::Unavailable(m) => {
                 baton_core::Error::unavailable(format!("store unavailable: {m}"))
             }
+            Error::Fenced(m) => baton_core::Error::unavailable(format!("fenced off: {m}")),
             Error::InvalidCursor => {
                 baton_core::Error::invalid("invalid cursor").with_field("cursor")
             }
@@ -153,6 +158,91 @@ pub enum FlowOutcome {
     Conflict(FlowRecord),
 }
 
+/// Who holds the singleton duties (sweeping expired leases, promoting due retries)
+/// among the processes sharing a store, until when, and since which epoch. The
+/// epoch grows by one each time the role changes hands or lapses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    pub holder: String,
+    pub epoch: u64,
+    pub expires_at_ms: Millis,
+}
+
+impl Leadership {
+    /// The fence `candidate` writes with, if it holds the role.
+    pub fn fence_for(&self, candidate: &str) -> Option<Fence> {
+        (self.holder == candidate).then(|| Fence {
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+        })
+    }
+}
+
+/// What a singleton duty's write carries. The store refuses it ([`Error::Fenced`])
+/// unless `holder` still holds the role, in the same `epoch`, with its lease
+/// running at the write's `now`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+impl Fence {
+    /// Whether `current` (the stored leadership, if any) admits a write at `now`.
+    pub fn admits(&self, current: Option<&Leadership>, now: Millis) -> bool {
+        current.is_some_and(|l| {
+            l.holder == self.holder && l.epoch == self.epoch && l.expires_at_ms > now
+        })
+    }
+
+    /// The error a refused write returns.
+    pub fn refusal(&self, current: Option<&Leadership>) -> Error {
+        Error::Fenced(match current {
+            Some(l) if l.holder == self.holder && l.epoch == self.epoch => format!(
+                "the leadership of {} (epoch {}) lapsed at {}",
+                self.holder, self.epoch, l.expires_at_ms
+            ),
+            Some(l) => format!(
+                "{} (epoch {}) is no longer the leader: {} holds epoch {}",
+                self.holder, self.epoch, l.holder, l.epoch
+            ),
+            None => format!(
+                "{} (epoch {}) is not the leader: nobody is",
+                self.holder, self.epoch
+            ),
+        })
+    }
+}
+
+/// The leadership after `candidate` asked for it at `now` (the rule every backend
+/// applies, inside the transaction that holds the stored row): a vacant or lapsed
+/// role goes to the candidate with the next epoch; the holder renews its own lease
+/// without a new epoch; anyone else gets the current leadership back unchanged.
+pub fn next_leadership(
+    current: Option<&Leadership>,
+    candidate: &str,
+    now: Millis,
+    ttl_ms: u64,
+) -> Leadership {
+    match current {
+        None => Leadership {
+            holder: candidate.to_string(),
+            epoch: 1,
+            expires_at_ms: now + ttl_ms,
+        },
+        Some(l) if l.expires_at_ms <= now => Leadership {
+            holder: candidate.to_string(),
+            epoch: l.epoch + 1,
+            expires_at_ms: now + ttl_ms,
+        },
+        Some(l) if l.holder == candidate => Leadership {
+            expires_at_ms: l.expires_at_ms.max(now + ttl_ms),
+            ..l.clone()
+        },
+        Some(l) => l.clone(),
+    }
+}
+
 /// A workflow run as stored. The store keeps the engine's document (`body`) opaque;
 /// the other fields are copies the store can filter and order on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,12 +308,18 @@ pub trait Store: Send + Sync + 'static {
     /// durably, each through `baton_core::lifecycle::apply`. Outcomes are in the same order.
     async fn update(&self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>>;
 
-    /// Moves the lease deadline of every running attempt held by `lease_owner`.
-    /// Returns how many attempts it holds.
-    async fn extend_leases(&self, lease_owner: &str, lease_deadline_ms: Millis) -> Result<u64>;
+    /// Moves the lease deadline of every running attempt held by any of
+    /// `lease_owners` to at least `lease_deadline_ms`, in one write (a replica extends
+    /// all its sessions at once). Returns how many attempts they hold.
+    async fn extend_leases(
+        &self,
+        lease_owners: &[String],
+        lease_deadline_ms: Millis,
+    ) -> Result<u64>;
 
-    /// Fails (as `lease_expired`) every running attempt whose lease deadline is before `now`.
-    async fn expire_leases(&self, now: Millis) -> Result<Vec<TaskId>>;
+    /// Fails (as `lease_expired`) every running attempt whose lease deadline is before
+    /// `now`. A singleton duty: refused with [`Error::Fenced`] unless `fence` holds.
+    async fn expire_leases(&self, now: Millis, fence: &Fence) -> Result<Vec<TaskId>>;
 
     /// Fails (with `failure`) every running attempt held by `lease_owner`, e.g. when
     /// its agent disconnected. Returns the tasks affected.
@@ -235,8 +331,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<TaskId>>;
 
     /// Queues again every retry-waiting task whose wait ended by `now`.
-    /// Returns the task types that got work.
-    async fn promote_due(&self, now: Millis) -> Result<Vec<String>>;
+    /// Returns the task types that got work. A singleton duty, fenced like
+    /// [`Store::expire_leases`].
+    async fn promote_due(&self, now: Millis, fence: &Fence) -> Result<Vec<String>>;
+
+    /// Asks for the singleton duties' role for `candidate` at `now`, for `ttl_ms`
+    /// (see [`next_leadership`]); the holder calls it again to renew. Returns the
+    /// leadership as it stands after the call.
+    async fn acquire_leadership(
+        &self,
+        candidate: &str,
+        now: Millis,
+        ttl_ms: u64,
+    ) -> Result<Leadership>;
+
+    /// Gives the role up at once (a clean shutdown), if `fence` still holds it, so
+    /// another process need not wait for the lease to lapse.
+    async fn resign_leadership(&self, fence: &Fence) -> Result<()>;
 
     /// Earliest time a retry wait ends, if any task waits.
     async fn next_wake(&self) -> Result<Option<Millis>>;
