@@ -278,3 +278,99 @@ async fn a_stalled_or_killed_leader_is_replaced_within_its_lease() {
     }
     assert_eq!(leaders, 1, "exactly one of the two survivors leads");
 }
+
+fn pg_ctl(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+/// Brings PostgreSQL back even when the test fails half-way.
+struct StartOnDrop;
+impl Drop for StartOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ])
+            .status();
+    }
+}
+
+/// PostgreSQL stops in the middle of a run and starts again. While it is down,
+/// both replicas say they are unhealthy and refuse submissions with 503 in the
+/// usual error shape; once it is back, every task accepted before completes, and
+/// new submissions are accepted again.
+///
+/// It stops the machine's PostgreSQL, so it cannot run beside other tests: it is
+/// ignored by default and `.ci/run` runs it on its own after the test suite
+/// (`cargo nextest run -p baton-cli --test replicas --run-ignored only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "stops the shared PostgreSQL: run alone"]
+async fn postgres_stopped_and_started_mid_run_loses_nothing() {
+    let _restart = StartOnDrop;
+    let schema = schema().await;
+    let dir = TempDir::new("pg-outage");
+    let servers: Vec<Server> = (0..2).map(|n| replica(&dir, &schema, n)).collect();
+    let apis: Vec<Api> = servers.iter().map(|s| Api::new(&s.http)).collect();
+    let _agents: Vec<AgentProc> = (0..2)
+        .map(|i| AgentProc::start(&endpoints_from(&servers, i), "sleep", 16, &format!("a{i}")))
+        .collect();
+    for api in &apis {
+        api.wait_agents(1).await;
+    }
+    const TOTAL: usize = 3_000;
+    let tasks: Vec<Value> = (0..TOTAL)
+        .map(|i| json!({"task_id": format!("p{i}"), "task_type": "sleep", "metadata": {"sleep_ms": 10}}))
+        .collect();
+    let r = apis[0]
+        .post("/api/v1/tasks/batch", &json!({ "tasks": tasks }))
+        .await;
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    until(&apis[1], Duration::from_secs(60), "progress", |h| {
+        count(h, "completed") >= 300
+    })
+    .await;
+
+    pg_ctl("stop");
+    for api in &apis {
+        until(
+            api,
+            Duration::from_secs(20),
+            "unhealthy while PostgreSQL is down",
+            |h| h["healthy"] == json!(false) && h["stats"]["store"]["reachable"] == json!(false),
+        )
+        .await;
+    }
+    let refused = apis[1].post("/api/v1/tasks", &echo("during-outage")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "unavailable",
+        "{}",
+        refused.body
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    pg_ctl("start");
+    let done = until(
+        &apis[0],
+        Duration::from_secs(90),
+        "every accepted task completed",
+        |h| count(h, "completed") == TOTAL as u64,
+    )
+    .await;
+    for status in ["queued", "running", "retry_wait", "failed", "dead_lettered"] {
+        assert_eq!(count(&done, status), 0, "{status}: {done}");
+    }
+    let after = apis[1].post("/api/v1/tasks", &echo("after-outage")).await;
+    assert!(after.status < 300, "{} {}", after.status, after.body);
+}

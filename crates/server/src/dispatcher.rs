@@ -539,9 +539,24 @@ impl Dispatcher {
             .iter()
             .flat_map(|p| p.updates.iter().cloned())
             .collect();
-        let now = now_ms();
         if !updates.is_empty() {
-            match self.store.update(updates.clone(), now).await {
+            // Results the store could not take are tried again while the agent is
+            // connected (it would resend them only after a reconnect); a result
+            // already recorded by an attempt whose answer was lost is refused as
+            // stale the second time, which the agent treats as done.
+            let mut delay = Duration::from_millis(100);
+            let recorded = loop {
+                match self.store.update(updates.clone(), now_ms()).await {
+                    Ok(outcomes) => break Ok(outcomes),
+                    Err(e) if self.lock().sessions.contains_key(session_id) => {
+                        tracing::warn!(session_id, error = %e, retry_in_ms = delay.as_millis() as u64, "could not record results; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match recorded {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     for pending in &mut batch {
@@ -572,7 +587,8 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
-                    // Not durable: tell the agent nothing so that it sends them again.
+                    // Not durable and the agent is gone: it sends them again when it
+                    // reconnects, here or to another replica.
                     tracing::warn!(session_id, error = %e, "could not record results");
                     return;
                 }
