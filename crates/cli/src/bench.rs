@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 pub struct BenchArgs {
     /// Scenarios to run: throughput, throughput.seq, latency, queued-memory, and the
     /// workflow ones: chains (3-step chains), fanout (10 parallel steps + 1 fan-in),
-    /// wide (one run of 10,000 parallel steps).
+    /// wide (one run of 10,000 parallel steps); failover (with --replicas 2+: one
+    /// replica SIGKILLed mid-run).
     #[arg(
         long,
         value_delimiter = ',',
@@ -68,6 +69,14 @@ pub struct BenchArgs {
     /// Data directory of a server started by the bench [default: a new temporary one].
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Run the servers on this PostgreSQL (postgres://…) instead of the embedded
+    /// store, in a schema of the bench's own, dropped at the end.
+    #[arg(long)]
+    store: Option<String>,
+    /// Servers (replicas) to start on --store; agents and submissions are spread
+    /// across them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 struct Proc {
@@ -98,6 +107,7 @@ fn spawn_server(
     data_dir: &std::path::Path,
     max_workers: usize,
     durability: &str,
+    extra: &[String],
 ) -> Result<(Proc, String, String)> {
     let mut child = Command::new(exe()?)
         .args([
@@ -117,6 +127,7 @@ fn spawn_server(
             "--durability",
             durability,
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -142,9 +153,16 @@ fn spawn_server(
     ))
 }
 
-fn spawn_agents(n: usize, grpc: &str, concurrency: usize) -> Result<Vec<Proc>> {
+/// Starts `n` echo agents; agent `i` knows every endpoint, starting with replica
+/// `i mod replicas`, so that agents are spread and each can fail over.
+fn spawn_agents(n: usize, grpcs: &[String], concurrency: usize) -> Result<Vec<Proc>> {
     (0..n)
         .map(|i| {
+            let grpc = (0..grpcs.len())
+                .map(|k| grpcs[(i + k) % grpcs.len()].as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let grpc = grpc.as_str();
             let child = Command::new(exe()?)
                 .args([
                     "agent",
@@ -173,11 +191,16 @@ fn spawn_agents(n: usize, grpc: &str, concurrency: usize) -> Result<Vec<Proc>> {
         .collect()
 }
 
-async fn wait_agents(client: &Client, n: usize) -> Result<()> {
+/// Waits until `n` agents are connected across the replicas `clients` talk to.
+async fn wait_agents(clients: &[Arc<Client>], n: usize) -> Result<()> {
     let start = Instant::now();
     loop {
-        let v = client.get("/api/v1/agents").await?;
-        if v["agents"].as_array().map_or(0, |a| a.len()) >= n {
+        let mut connected = 0;
+        for client in clients {
+            let v = client.get("/api/v1/agents").await?;
+            connected += v["agents"].as_array().map_or(0, |a| a.len());
+        }
+        if connected >= n {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(30) {
@@ -219,7 +242,9 @@ fn noop(i: usize, tag: &str) -> Value {
     json!({"task_type": "echo", "task_id": format!("{tag}-{i}"), "inputs": [{"type": "json", "data": {"i": i}}]})
 }
 
-async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str) -> Result<()> {
+/// Bulk submission, the batches spread round-robin over `clients` (the replicas).
+async fn throughput_bulk(clients: &[Arc<Client>], n: usize, batch: usize, tag: &str) -> Result<()> {
+    let client = &clients[0];
     let base = count(client, "completed").await?;
     let start = Instant::now();
     let chunks: Vec<Vec<Value>> = (0..n)
@@ -231,8 +256,8 @@ async fn throughput_bulk(client: &Arc<Client>, n: usize, batch: usize, tag: &str
     // A few batches in flight at once, as a real producer would.
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
     let mut handles = Vec::new();
-    for chunk in chunks {
-        let client = client.clone();
+    for (k, chunk) in chunks.into_iter().enumerate() {
+        let client = clients[k % clients.len()].clone();
         let permit = sem.clone().acquire_owned().await?;
         handles.push(tokio::spawn(async move {
             let r = client
@@ -335,6 +360,97 @@ async fn runs(
     Ok(())
 }
 
+/// CPU time PostgreSQL's processes used during a scenario (read from `/proc`: the
+/// database runs on this machine in the benchmarks).
+struct DbCpu {
+    ticks: u64,
+}
+
+fn postgres_cpu_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // pid (comm) state ... utime stime are fields 14 and 15.
+            let (head, rest) = stat.rsplit_once(')')?;
+            if !head.ends_with("(postgres") {
+                return None;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+impl DbCpu {
+    fn start(on: bool) -> Option<Self> {
+        on.then(|| Self {
+            ticks: postgres_cpu_ticks(),
+        })
+    }
+
+    fn report(self, elapsed: Duration, tasks: usize) {
+        // Linux reports CPU time in ticks of 1/100 s (USER_HZ).
+        let cpu_s = postgres_cpu_ticks().saturating_sub(self.ticks) as f64 / 100.0;
+        let secs = elapsed.as_secs_f64();
+        let cores = cpu_s / secs;
+        let per_1k = cores / (tasks as f64 / secs / 1_000.0);
+        line("db_cpu_cores", cores, "cores");
+        line("db_cpu_per_1k_tasks_s", per_1k, "cores");
+    }
+}
+
+/// Submits `n` no-op tasks over the `survivors` and `victim`, SIGKILLs the victim
+/// once a quarter completed, and reports how long after the kill the last task
+/// completed (the victim's agents reconnect elsewhere; its running attempts are
+/// retried once their leases lapse).
+async fn failover(
+    survivors: &[Arc<Client>],
+    victim: &mut Server,
+    n: usize,
+    batch: usize,
+    tag: &str,
+) -> Result<()> {
+    let client = &survivors[0];
+    let victim_client = Arc::new(Client::new(&victim.http)?);
+    let base = count(client, "completed").await?;
+    let mut all: Vec<Arc<Client>> = survivors.to_vec();
+    all.push(victim_client);
+    for (k, chunk) in (0..n)
+        .map(|i| noop(i, tag))
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .enumerate()
+    {
+        all[k % all.len()]
+            .post("/api/v1/tasks/batch", &json!({"tasks": chunk}))
+            .await?;
+    }
+    wait_completed(client, base + n as u64 / 4, Duration::from_secs(300)).await?;
+    let killed = Instant::now();
+    let before = count(client, "completed").await? - base;
+    victim.proc.take(); // SIGKILL
+    let done = wait_completed(client, base + n as u64, Duration::from_secs(300)).await?;
+    line(
+        "failover.all_done_after_kill",
+        done.duration_since(killed).as_secs_f64(),
+        "s",
+    );
+    eprintln!(
+        "{}",
+        json!({"scenario": "failover", "tasks": n, "completed_before_kill": before})
+    );
+    Ok(())
+}
+
 fn parse_rfc3339_ms(s: &str) -> Option<f64> {
     let t = humantime::parse_rfc3339(s).ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64() * 1000.0)
@@ -430,7 +546,7 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<()> {
-    let (proc, http, _grpc) = spawn_server(data_dir, args.max_workers, &args.durability)?;
+    let (proc, http, _grpc) = spawn_server(data_dir, args.max_workers, &args.durability, &[])?;
     let pid = proc.child.id();
     let client = Arc::new(Client::new(&http)?);
     let n = args.queued;
@@ -456,7 +572,7 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
     // SIGKILL, then time how long until the restarted server serves again.
     drop(proc);
     let restart = Instant::now();
-    let (proc2, http2, _) = spawn_server(data_dir, args.max_workers, &args.durability)?;
+    let (proc2, http2, _) = spawn_server(data_dir, args.max_workers, &args.durability, &[])?;
     let client2 = Client::new(&http2)?;
     loop {
         if let Ok(v) = client2.get("/health").await {
@@ -495,6 +611,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
+    if args.replicas == 0 || (args.replicas > 1 && args.store.is_none()) {
+        bail!("--replicas needs --store postgres://… (replicas share one store), and at least 1");
+    }
+    // A schema of the bench's own on the shared store, dropped when it ends.
+    let schema = match &args.store {
+        Some(url) => Some(
+            baton_store_postgres::PgStore::connect_temp(url, Default::default())
+                .await
+                .context("cannot prepare a schema on --store")?,
+        ),
+        None => None,
+    };
+    let store_args: Vec<String> = match (&args.store, &schema) {
+        (Some(url), Some(schema)) => vec![
+            "--store".into(),
+            url.clone(),
+            "--store-schema".into(),
+            schema.schema().to_string(),
+        ],
+        _ => Vec::new(),
+    };
+    let mut replicas: Vec<Server> = Vec::new();
     let mut server = match (&args.server, &args.grpc) {
         (Some(http), Some(grpc)) => Server {
             proc: None,
@@ -505,7 +643,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         (Some(_), None) => bail!("--server needs --grpc (the agents' address)"),
         _ => {
             if args.scenarios.iter().any(|s| s != "queued-memory") {
-                let (p, http, grpc) = spawn_server(&tmp, args.max_workers, &args.durability)?;
+                for r in 1..args.replicas {
+                    let dir = tmp.join(format!("replica-{r}"));
+                    let (p, http, grpc) =
+                        spawn_server(&dir, args.max_workers, &args.durability, &store_args)?;
+                    replicas.push(Server {
+                        proc: Some(p),
+                        http,
+                        grpc,
+                        data_dir: dir,
+                    });
+                }
+                let (p, http, grpc) =
+                    spawn_server(&tmp, args.max_workers, &args.durability, &store_args)?;
                 Server {
                     proc: Some(p),
                     http,
@@ -523,7 +673,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     };
     println!(
-        "# baton {} bench, {} cpus, agents {}x{}, max_workers {}, durability {}",
+        "# baton {} bench, {} cpus, agents {}x{}, max_workers {}, store {}, replicas {}",
         env!("CARGO_PKG_VERSION"),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -531,18 +681,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.agents,
         args.agent_concurrency,
         args.max_workers,
-        args.durability
+        if args.store.is_some() {
+            "postgresql".to_string()
+        } else {
+            format!("embedded (durability {})", args.durability)
+        },
+        args.replicas
     );
     let mut agents = Vec::new();
     if !server.http.is_empty() {
         let client = Arc::new(Client::new(&server.http)?);
-        agents = spawn_agents(args.agents, &server.grpc, args.agent_concurrency)?;
+        let mut clients = vec![client.clone()];
+        for r in &replicas {
+            clients.push(Arc::new(Client::new(&r.http)?));
+        }
+        let grpcs: Vec<String> = std::iter::once(server.grpc.clone())
+            .chain(replicas.iter().map(|r| r.grpc.clone()))
+            .collect();
+        agents = spawn_agents(args.agents, &grpcs, args.agent_concurrency)?;
         if args.agents > 0 {
-            wait_agents(&client, args.agents).await?;
+            wait_agents(&clients, args.agents).await?;
         }
         // Warm-up, not counted.
         throughput_bulk(
-            &client,
+            &clients,
             1_000.min(args.tasks),
             args.batch,
             &format!("warm-{run_id}"),
@@ -552,8 +714,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         for s in &args.scenarios {
             match s.as_str() {
                 "throughput" => {
-                    throughput_bulk(&client, args.tasks, args.batch, &format!("tp-{run_id}"))
-                        .await?
+                    let cpu = DbCpu::start(args.store.is_some());
+                    let start = Instant::now();
+                    throughput_bulk(&clients, args.tasks, args.batch, &format!("tp-{run_id}"))
+                        .await?;
+                    if let Some(cpu) = cpu {
+                        cpu.report(start.elapsed(), args.tasks);
+                    }
+                }
+                "failover" => {
+                    let Some(victim) = replicas.last_mut() else {
+                        bail!("the failover scenario needs --replicas 2 or more");
+                    };
+                    failover(
+                        &clients[..clients.len() - 1],
+                        victim,
+                        args.tasks,
+                        args.batch,
+                        &format!("fo-{run_id}"),
+                    )
+                    .await?
                 }
                 "throughput.seq" => {
                     throughput_seq(
@@ -640,6 +820,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     drop(agents);
     server.proc.take();
+    replicas.clear();
+    drop(schema);
     if args.scenarios.iter().any(|s| s == "queued-memory") {
         let dir = server.data_dir.join("queued");
         queued_memory(&args, &dir).await?;

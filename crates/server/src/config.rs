@@ -93,8 +93,8 @@ impl Default for Config {
             default_backoff_cap_ms: 60_000,
             heartbeat_interval_ms: 2_000,
             agent_timeout_ms: 10_000,
-            lease_ms: 10_000,
-            leader_lease_ms: 5_000,
+            lease_ms: 5_000,
+            leader_lease_ms: 3_000,
             durability: Durability::Full,
             shutdown_grace_ms: 5_000,
         }
