@@ -374,3 +374,56 @@ async fn postgres_stopped_and_started_mid_run_loses_nothing() {
     let after = apis[1].post("/api/v1/tasks", &echo("after-outage")).await;
     assert!(after.status < 300, "{} {}", after.status, after.body);
 }
+
+/// `baton serve` on a store it cannot use: a URL that does not parse is refused at
+/// once; a server that does not answer is tried again with backoff, each failure
+/// said, until `store_wait_ms`, then the command fails with the reason.
+#[test]
+fn an_unusable_store_at_start_is_retried_then_reported() {
+    let dir = TempDir::new("bad-store");
+    let run = |store: &str, wait_ms: &str| {
+        let started = Instant::now();
+        let out = std::process::Command::new(BATON)
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .args(["--store", store])
+            .env("BATON_STORE_WAIT_MS", wait_ms)
+            .env_remove("LOG_LEVEL")
+            .output()
+            .expect("run baton serve");
+        (out, started.elapsed())
+    };
+
+    let (out, took) = run("postgres://postgres@127.0.0.1:notaport/test", "60000");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("invalid postgres url"), "{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "refused at once, took {took:?}"
+    );
+
+    let (out, took) = run("postgres://postgres@127.0.0.1:1/test", "2000");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let retries = stderr
+        .matches("cannot open the PostgreSQL store yet")
+        .count();
+    assert!(retries >= 2, "{retries} retries logged: {stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "names the server: {stderr}");
+    assert!(
+        took >= Duration::from_millis(1_000) && took < Duration::from_secs(15),
+        "gave up after store_wait_ms, took {took:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never served"
+    );
+}
