@@ -1,5 +1,5 @@
 //! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
-//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`) and
+//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
 //! the load generator (`bench`).
 
 mod bench;
@@ -43,6 +43,8 @@ enum Cmd {
     },
     /// Connected agents.
     Agents(output::ClientArgs),
+    /// The SLA view: latency percentiles, throughput and error rate against targets.
+    Sla(output::ClientArgs),
     /// Load generator: end-to-end throughput and latency against a server.
     Bench(bench::BenchArgs),
 }
@@ -64,6 +66,7 @@ fn main() {
             Cmd::Cancel(a) => output::cancel(a).await,
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
             Cmd::Agents(a) => output::agents(a).await,
+            Cmd::Sla(a) => output::sla(a).await,
             Cmd::Bench(a) => bench::run(a).await,
         }
     });

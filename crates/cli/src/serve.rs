@@ -32,9 +32,12 @@ pub struct ServeArgs {
     /// trace, debug, info, warn or error [default: info, or LOG_LEVEL].
     #[arg(long)]
     log_level: Option<String>,
-    /// text or json.
+    /// text or json [default: text, or LOG_FORMAT].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Prometheus metrics listen address, or off [default: 0.0.0.0:8000]; /metrics is also on the REST port.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 impl ServeArgs {
@@ -63,6 +66,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.log_format {
             m.insert("log_format".into(), v.clone().into());
+        }
+        if let Some(v) = &self.metrics_addr {
+            m.insert("metrics_addr".into(), v.clone().into());
         }
         m
     }
@@ -116,8 +122,12 @@ async fn start(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result
     let store = baton_server::open_store(&cfg).await?;
     let listeners = baton_server::Listeners::bind(&cfg).await?;
     let (http, grpc) = listeners.addrs()?;
+    let metrics = match listeners.metrics_addr()? {
+        Some(addr) => addr.to_string(),
+        None => "off".into(),
+    };
     println!(
-        "baton listening http={http} grpc={grpc} data_dir={}",
+        "baton listening http={http} grpc={grpc} metrics={metrics} data_dir={}",
         cfg.data_dir.display()
     );
     if cfg.durability == Durability::Normal {
@@ -208,10 +218,18 @@ pub struct AgentArgs {
     agent_id: Option<String>,
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], ignore_case = true)]
+    log_format: String,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<()> {
-    init_logging(&args.log_level, LogFormat::Text);
+    let format = if args.log_format.eq_ignore_ascii_case("json") {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    init_logging(&args.log_level, format);
     for t in &args.types {
         if !baton_agents::BUILTIN_TYPES.contains(&t.as_str()) {
             anyhow::bail!(
