@@ -485,7 +485,7 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    crate::serve::init_logging("warn", baton_server::config::LogFormat::Text);
+    crate::serve::init_logging("warn", baton_server::config::LogFormat::Text, None);
     let tmp = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
     });

@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod output;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 

@@ -619,11 +619,12 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn start(&mut self, assignment: v1::Assignment) {
+    fn start(&mut self, mut assignment: v1::Assignment) {
         let key = v1::AttemptRef {
             task_id: assignment.task_id.clone(),
             attempt: assignment.attempt,
         };
+        let traceparent = std::mem::take(&mut assignment.traceparent);
         let task = match Task::from_assignment(assignment) {
             Ok(task) => task,
             Err(reason) => {
@@ -634,7 +635,8 @@ impl<'a> Runner<'a> {
             }
         };
         debug!(task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type, "attempt started");
-        let span = info_span!("task", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
+        let span = info_span!("task", otel.name = "agent.attempt", otel.kind = "consumer", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
+        crate::trace_context::adopt(&span, &traceparent);
         let handler = self.handler.clone();
         let done_tx = self.done_tx.clone();
         let done_key = key.clone();

@@ -31,6 +31,8 @@ pub struct Options {
 struct InFlight {
     attempt: u32,
     task_type: Arc<str>,
+    /// The attempt's trace span, when tracing is on; ends when this is dropped.
+    span: Option<crate::telemetry::AttemptSpan>,
     assigned_at: Millis,
     timeout_at: Millis,
 }
@@ -209,6 +211,7 @@ impl Dispatcher {
                 match effect {
                     Effect::Finished(status) => {
                         log_finished(record, *status);
+                        trace_finished(record, *status);
                         finished.push(finished_of(record, *status))
                     }
                     Effect::WakeAt(ready_at) if record.state.status == Status::RetryWait => {
@@ -396,7 +399,10 @@ impl Dispatcher {
         let mut finished = Vec::new();
         for rec in &records {
             match rec.state.status {
-                s if s.is_terminal() => finished.push(finished_of(rec, s)),
+                s if s.is_terminal() => {
+                    trace_finished(rec, s);
+                    finished.push(finished_of(rec, s))
+                }
                 Status::RetryWait | Status::Queued => self.metrics.retries(&rec.spec.task_type, 1),
                 _ => {}
             }
@@ -512,7 +518,9 @@ impl Dispatcher {
                     acks.push(ack(&r.task_id, r.attempt, Some(("stale_attempt", "this agent does not hold that attempt (it timed out, was cancelled, or was re-assigned)"))));
                     continue;
                 }
+                let mut span = None;
                 if let Some(f) = s.in_flight.remove(&task_id) {
+                    span = f.span;
                     let handle = match &timer {
                         Some((t, h)) if *t == f.task_type => h,
                         _ => {
@@ -569,6 +577,12 @@ impl Dispatcher {
                         ),
                     },
                 };
+                if let Some(span) = span {
+                    span.end(match &command {
+                        Command::Fail { failure, .. } => Some(failure.message.as_str()),
+                        _ => None,
+                    });
+                }
                 positions.push(acks.len());
                 acks.push(ack(&r.task_id, r.attempt, None));
                 updates.push(Update { task_id, command });
@@ -830,11 +844,23 @@ impl Dispatcher {
                         .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
+                        let traced = crate::telemetry::start_attempt(
+                            c.spec.task_id.as_str(),
+                            &p.task_type,
+                            c.attempt,
+                            p.agent_id.as_str(),
+                        );
+                        let mut assignment = assignment(&c);
+                        let span = traced.map(|(span, traceparent)| {
+                            assignment.traceparent = traceparent;
+                            span
+                        });
                         s.in_flight.insert(
                             c.spec.task_id.clone(),
                             InFlight {
                                 attempt: c.attempt,
                                 task_type: p.task_type.clone(),
+                                span,
                                 assigned_at: now,
                                 timeout_at: now + c.spec.timeout_ms,
                             },
@@ -848,7 +874,7 @@ impl Dispatcher {
                             attempt = c.attempt,
                             "attempt assigned"
                         );
-                        assignments.push(assignment(&c));
+                        assignments.push(assignment);
                     }
                     st.running += assignments.len();
                     for frame in frames(assignments) {
@@ -1078,6 +1104,19 @@ fn log_finished(record: &TaskRecord, status: Status) {
     }
 }
 
+/// The trace span of a task that ended (when tracing is on).
+fn trace_finished(record: &TaskRecord, status: Status) {
+    if crate::telemetry::enabled() {
+        crate::telemetry::task_ended(
+            record.spec.task_id.as_str(),
+            &record.spec.task_type,
+            record.spec.run_id.as_deref(),
+            status.as_str(),
+            record.state.created_at_ms,
+        );
+    }
+}
+
 /// A terminal task as the metrics take it: latency from submission to its end.
 fn finished_of(record: &TaskRecord, status: Status) -> metrics::Finished<'_> {
     let end = record
@@ -1164,6 +1203,7 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
             .execution_mode
             .map(|m| format!("{m:?}").to_ascii_lowercase())
             .unwrap_or_default(),
+        traceparent: String::new(),
     }
 }
 

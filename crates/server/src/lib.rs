@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod rest;
 mod rest_runs;
 pub mod sla;
+pub mod telemetry;
 pub mod view;
 pub mod workflows;
 

@@ -123,7 +123,18 @@ pub struct AgentProc(pub Child);
 
 impl AgentProc {
     pub fn start(grpc: &str, types: &str, concurrency: usize, id: &str) -> AgentProc {
+        Self::start_with_env(grpc, types, concurrency, id, &[])
+    }
+
+    pub fn start_with_env(
+        grpc: &str,
+        types: &str,
+        concurrency: usize,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let child = Command::new(BATON)
+            .envs(env.iter().copied())
             .args([
                 "agent",
                 "--type",
