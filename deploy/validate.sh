@@ -45,4 +45,20 @@ for path in sorted(glob.glob("grafana/dashboards/*.json")):
         sys.exit(f"{path}: no queries")
     print(f"   {path}: {len(d['panels'])} panels, {len(exprs)} queries")
 PY
+echo "-- Dockerfiles: multi-stage, non-root runtime"
+python3 - <<'PY'
+import glob, sys
+for path in sorted(glob.glob("docker/Dockerfile.*")):
+    lines = [l.strip() for l in open(path) if l.strip() and not l.lstrip().startswith("#")]
+    stages = [i for i, l in enumerate(lines) if l.upper().startswith("FROM ")]
+    if len(stages) < 2:
+        sys.exit(f"{path}: not a multi-stage build")
+    final = lines[stages[-1]:]
+    users = [l.split(None, 1)[1] for l in final if l.upper().startswith("USER ")]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        sys.exit(f"{path}: the runtime stage must run as a non-root USER")
+    if not any("--from=build" in l for l in final if l.upper().startswith("COPY")):
+        sys.exit(f"{path}: the runtime stage must copy the binary from the build stage")
+    print(f"   {path}: {len(stages)} stages, runs as {users[-1]}")
+PY
 echo "deploy/ is valid"
