@@ -448,3 +448,81 @@ async fn json_logs_carry_task_and_agent_ids() {
     assert_eq!(failed["fields"]["agent_id"], "json-log-agent");
     assert_eq!(failed["fields"]["task_type"], "fail");
 }
+
+/// Workflow runs: a finished run is counted by status with its duration, its
+/// tasks count as submitted, and it no longer counts as active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_runs_are_counted_when_they_end() {
+    let dir = TempDir::new("metrics-runs");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agent = AgentProc::start(&server.grpc, "echo,fail", 4, "metrics-runs-agent");
+    api.wait_agents(1).await;
+    let ok = api
+        .post(
+            "/api/v1/runs",
+            &json!({"run_id": "run-ok", "definition": {"steps": [
+                {"id": "a", "task_type": "echo"},
+                {"id": "b", "task_type": "echo", "dependencies": ["a"]}
+            ]}}),
+        )
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let bad = api
+        .post(
+            "/api/v1/runs",
+            &json!({"run_id": "run-bad", "definition": {"steps": [
+                {"id": "a", "task_type": "fail", "metadata": {"permanent": true}}
+            ]}}),
+        )
+        .await;
+    assert_eq!(bad.status, 201, "{}", bad.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let (_, text) = scrape(&server.http).await;
+        let m = parse(&text);
+        let done = |status: &str| {
+            value(
+                &m,
+                "orchestrator_flow_runs_processed_total",
+                &[("status", status)],
+            )
+        };
+        if done("completed").is_some() && done("failed").is_some() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "runs did not end:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let get = |name: &str, labels: &[(&str, &str)]| value(&m, name, labels);
+    assert_eq!(
+        get(
+            "orchestrator_flow_runs_processed_total",
+            &[("status", "completed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            "orchestrator_flow_runs_processed_total",
+            &[("status", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            "orchestrator_run_execution_seconds_count",
+            &[("status", "completed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(get("orchestrator_active_runs", &[]), Some(0.0));
+    assert_eq!(
+        get("tasks_submitted_total", &[("task_type", "echo")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        get("tasks_submitted_total", &[("task_type", "fail")]),
+        Some(1.0)
+    );
+}

@@ -115,9 +115,14 @@ impl Engine {
         }
     }
 
-    /// Runs this replica holds in memory (active ones, and any being finished).
+    /// Active runs this replica holds in memory (a run busy right now counts).
     pub fn active_count(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|slot| slot.try_lock().map_or(true, |s| s.run.status.is_active()))
+            .count()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<(String, RunEvent, String)> {
@@ -447,6 +452,13 @@ impl Engine {
         match self.store.write_runs(vec![write], now).await?.pop() {
             Some(RunWriteOutcome::Written(tasks)) => {
                 count_submitted(&self.dispatcher, &tasks);
+                if !run.status.is_active() {
+                    // Nothing to run: it ended as it started.
+                    let end = run.finished_at_ms.unwrap_or(now);
+                    self.dispatcher
+                        .metrics()
+                        .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
+                }
                 self.dispatcher
                     .work_arrived(types.iter().map(String::as_str));
                 let slot = Arc::new(tokio::sync::Mutex::new(Slot {
