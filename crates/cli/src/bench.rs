@@ -106,6 +106,9 @@ fn spawn_server(
             "127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
+            // Metrics stay on the REST port; 8000 may be taken by another server.
+            "--metrics-addr",
+            "off",
             "--log-level",
             "warn",
         ])
