@@ -3,7 +3,8 @@
 //! (opentelemetry-proto's TraceService). One task gives one trace: the
 //! orchestrator's `task` span, its `task.attempt` child, and the agent's
 //! `agent.attempt` span as the attempt's child, linked through the `traceparent`
-//! the assignment carried.
+//! the assignment carried; the result carries the agent span's context back and
+//! the attempt span links to it.
 
 mod common;
 
@@ -146,6 +147,16 @@ async fn one_task_is_one_trace_across_orchestrator_and_agent() {
     assert!(task.parent_span_id.is_empty(), "the task span is the root");
     assert_eq!(hex(&attempt.parent_span_id), hex(&task.span_id));
     assert_eq!(hex(&agent.parent_span_id), hex(&attempt.span_id));
+    // And back: the result carried the agent span's context, linked from the attempt.
+    assert!(
+        attempt
+            .links
+            .iter()
+            .any(|l| hex(&l.span_id) == hex(&agent.span_id)
+                && hex(&l.trace_id) == hex(&agent.trace_id)),
+        "the attempt span does not link the agent's span: {:?}",
+        attempt.links
+    );
     assert_eq!(attribute(&attempt, "baton.attempt").as_deref(), Some("1"));
     assert_eq!(
         attribute(&attempt, "baton.agent_id").as_deref(),

@@ -336,6 +336,8 @@ struct Runner<'a> {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     running: HashMap<AttemptKey, AbortHandle>,
+    /// The `traceparent` of each traced running attempt's span, sent back with its result.
+    traces: HashMap<AttemptKey, String>,
     /// Assigned beyond `max_concurrent` (only after a reconnect, while attempts from
     /// the previous connection still run); started as slots free.
     queued: VecDeque<v1::Assignment>,
@@ -355,6 +357,7 @@ impl<'a> Runner<'a> {
             done_tx,
             done_rx,
             running: HashMap::new(),
+            traces: HashMap::new(),
             queued: VecDeque::new(),
             outbox: Outbox::default(),
             draining: false,
@@ -636,7 +639,10 @@ impl<'a> Runner<'a> {
         };
         debug!(task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type, "attempt started");
         let span = info_span!("task", otel.name = "agent.attempt", otel.kind = "consumer", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
-        crate::trace_context::adopt(&span, &traceparent);
+        let own_traceparent = crate::trace_context::adopt(&span, &traceparent);
+        if !own_traceparent.is_empty() {
+            self.traces.insert(key.clone(), own_traceparent);
+        }
         let handler = self.handler.clone();
         let done_tx = self.done_tx.clone();
         let done_key = key.clone();
@@ -655,6 +661,7 @@ impl<'a> Runner<'a> {
     }
 
     fn cancel(&mut self, key: AttemptKey) {
+        self.traces.remove(&key);
         if let Some(handle) = self.running.remove(&key) {
             handle.abort();
             info!(task_id = %key.task_id, attempt = key.attempt, "attempt cancelled");
@@ -682,7 +689,10 @@ impl<'a> Runner<'a> {
                 info!(task_id = %key.task_id, attempt = key.attempt, kind = %e.kind(), error = %e.message(), "attempt failed")
             }
         }
-        self.outbox.push(to_result(key, outcome));
+        let traceparent = self.traces.remove(&key).unwrap_or_default();
+        let mut result = to_result(key, outcome);
+        result.traceparent = traceparent;
+        self.outbox.push(result);
         self.start_queued();
     }
 
@@ -767,6 +777,7 @@ fn to_result(key: AttemptKey, outcome: Outcome) -> v1::Result {
         task_id: key.task_id,
         attempt: key.attempt,
         outcome: Some(outcome),
+        traceparent: String::new(),
     }
 }
 

@@ -1,44 +1,51 @@
-//! W3C trace context on assignments: the orchestrator sends the context of its
-//! attempt span (`traceparent`), and the agent's span for the attempt becomes its
-//! child, so one task's spans across both processes form one trace. Without an
-//! OpenTelemetry layer installed in the agent's `tracing` subscriber, setting the
-//! parent does nothing.
+//! W3C trace context on assignments and results: the orchestrator sends the
+//! context of its attempt span (`traceparent`), the agent's span for the attempt
+//! becomes its child, and the result carries the agent span's context back, so
+//! one task's spans across both processes form one trace. Without an
+//! OpenTelemetry layer in the agent's `tracing` subscriber, none of this does
+//! anything.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Parses a W3C `traceparent` (version 00) into a remote span context.
 pub fn parse_traceparent(raw: &str) -> Option<SpanContext> {
-    let mut parts = raw.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
-    }
+    let tp = baton_proto::traceparent::parse(raw)?;
     Some(SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
+        TraceId::from_bytes(tp.trace_id),
+        SpanId::from_bytes(tp.span_id),
+        TraceFlags::new(tp.flags),
         true,
         TraceState::default(),
     ))
 }
 
-/// Makes `span` a child of the orchestrator's attempt span, when the assignment
-/// carries a valid `traceparent`.
-pub(crate) fn adopt(span: &tracing::Span, traceparent: &str) {
+/// Makes `span` a child of the orchestrator's attempt span when the assignment
+/// carries a valid `traceparent`, and returns the `traceparent` of `span` itself
+/// to send back with the result (empty when there is nothing to link).
+pub(crate) fn adopt(span: &tracing::Span, traceparent: &str) -> String {
     if traceparent.is_empty() {
-        return;
+        return String::new();
     }
-    if let Some(parent) = parse_traceparent(traceparent) {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    let Some(parent) = parse_traceparent(traceparent) else {
+        return String::new();
+    };
+    if span
+        .set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+        .is_err()
+    {
+        return String::new();
     }
+    let cx = span.context();
+    let own = cx.span().span_context().clone();
+    if !own.is_valid() {
+        return String::new();
+    }
+    baton_proto::traceparent::format(
+        own.trace_id().to_bytes(),
+        own.span_id().to_bytes(),
+        own.trace_flags().to_u8(),
+    )
 }
 
 #[cfg(test)]
@@ -46,7 +53,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_w3c_and_rejects_garbage() {
+    fn parses_into_a_remote_context() {
         let sc =
             parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
         assert_eq!(
@@ -55,19 +62,19 @@ mod tests {
         );
         assert_eq!(sc.span_id().to_string(), "b7ad6b7169203331");
         assert!(sc.is_sampled() && sc.is_remote());
-        let unsampled =
-            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
-        assert!(!unsampled.is_sampled());
-        for bad in [
-            "",
-            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
-            "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad}");
-        }
+        assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn without_an_opentelemetry_layer_nothing_goes_back() {
+        let span = tracing::info_span!("task");
+        assert_eq!(
+            adopt(
+                &span,
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ),
+            ""
+        );
+        assert_eq!(adopt(&span, ""), "");
     }
 }

@@ -508,7 +508,7 @@ impl Dispatcher {
             let mut freed = 0;
             let now = now_ms();
             let mut timer: Option<(Arc<str>, metrics::HistogramHandle)> = None;
-            for r in results {
+            for mut r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
                 let held = s
                     .in_flight
@@ -577,7 +577,10 @@ impl Dispatcher {
                         ),
                     },
                 };
-                if let Some(span) = span {
+                if let Some(mut span) = span {
+                    if !r.traceparent.is_empty() {
+                        span.link_agent(&std::mem::take(&mut r.traceparent));
+                    }
                     span.end(match &command {
                         Command::Fail { failure, .. } => Some(failure.message.as_str()),
                         _ => None,

@@ -73,11 +73,10 @@ fn at(ms: Millis) -> SystemTime {
 
 /// The W3C `traceparent` of a span context.
 pub fn traceparent(sc: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
+    baton_proto::traceparent::format(
+        sc.trace_id().to_bytes(),
+        sc.span_id().to_bytes(),
+        sc.trace_flags().to_u8(),
     )
 }
 
@@ -85,6 +84,22 @@ pub fn traceparent(sc: &SpanContext) -> String {
 pub struct AttemptSpan(BoxedSpan);
 
 impl AttemptSpan {
+    /// Links the span to the agent's span for the attempt, from the `traceparent`
+    /// the result carried back (ignored when it does not parse).
+    pub fn link_agent(&mut self, traceparent: &str) {
+        if let Some(tp) = baton_proto::traceparent::parse(traceparent) {
+            let agent = SpanContext::new(
+                TraceId::from_bytes(tp.trace_id),
+                SpanId::from_bytes(tp.span_id),
+                TraceFlags::new(tp.flags),
+                true,
+                TraceState::default(),
+            );
+            self.0
+                .add_link(agent, vec![KeyValue::new("baton.link", "agent.attempt")]);
+        }
+    }
+
     /// Records the outcome and ends the span.
     pub fn end(mut self, error: Option<&str>) {
         match error {
