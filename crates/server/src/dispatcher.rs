@@ -501,13 +501,14 @@ impl Dispatcher {
         let mut acks = Vec::with_capacity(results.len());
         let mut updates = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
-        let tx = {
+        let (tx, spans) = {
             let mut st = self.lock();
             let st = &mut *st;
             let s = st.sessions.get_mut(session_id)?;
             let mut freed = 0;
             let now = now_ms();
             let mut timer: Option<(Arc<str>, metrics::HistogramHandle)> = None;
+            let mut spans = Vec::new();
             for mut r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
                 let held = s
@@ -577,22 +578,27 @@ impl Dispatcher {
                         ),
                     },
                 };
-                if let Some(mut span) = span {
-                    if !r.traceparent.is_empty() {
-                        span.link_agent(&std::mem::take(&mut r.traceparent));
-                    }
-                    span.end(match &command {
-                        Command::Fail { failure, .. } => Some(failure.message.as_str()),
+                if let Some(span) = span {
+                    let error = match &command {
+                        Command::Fail { failure, .. } => Some(failure.message.clone()),
                         _ => None,
-                    });
+                    };
+                    spans.push((span, std::mem::take(&mut r.traceparent), error));
                 }
                 positions.push(acks.len());
                 acks.push(ack(&r.task_id, r.attempt, None));
                 updates.push(Update { task_id, command });
             }
             st.running = st.running.saturating_sub(freed);
-            s.tx.clone()
+            (s.tx.clone(), spans)
         };
+        // Ended outside the state lock: exporting is not the dispatcher's hot path.
+        for (mut span, agent_traceparent, error) in spans {
+            if !agent_traceparent.is_empty() {
+                span.link_agent(&agent_traceparent);
+            }
+            span.end(error.as_deref());
+        }
         self.wake.notify_one();
         Some(PendingResults {
             acks,
@@ -813,6 +819,20 @@ impl Dispatcher {
                 })
             });
             let results = futures::future::join_all(claims).await;
+            // Trace spans are started before the state lock is taken, in claim order.
+            let mut traced = std::collections::VecDeque::new();
+            if crate::telemetry::enabled() {
+                for (p, res) in plan.iter().zip(&results) {
+                    for c in res.iter().flatten() {
+                        traced.push_back(crate::telemetry::start_attempt(
+                            c.spec.task_id.as_str(),
+                            &p.task_type,
+                            c.attempt,
+                            p.agent_id.as_str(),
+                        ));
+                    }
+                }
+            }
             let mut orphans = Vec::new();
             let mut store_failed = false;
             {
@@ -836,6 +856,8 @@ impl Dispatcher {
                         st.has_work.remove(&*p.task_type);
                     }
                     let Some(s) = st.sessions.get_mut(&p.session_id) else {
+                        // Their spans end (dropped) as the attempts are given back.
+                        traced.drain(..claimed.len().min(traced.len()));
                         orphans.extend(claimed.into_iter().map(|c| (c.spec.task_id, c.attempt)));
                         continue;
                     };
@@ -847,14 +869,8 @@ impl Dispatcher {
                         .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
-                        let traced = crate::telemetry::start_attempt(
-                            c.spec.task_id.as_str(),
-                            &p.task_type,
-                            c.attempt,
-                            p.agent_id.as_str(),
-                        );
                         let mut assignment = assignment(&c);
-                        let span = traced.map(|(span, traceparent)| {
+                        let span = traced.pop_front().flatten().map(|(span, traceparent)| {
                             assignment.traceparent = traceparent;
                             span
                         });
@@ -1055,6 +1071,10 @@ impl Dispatcher {
 /// One line per task that ends: failures at info (dead-lettering at warn), the
 /// rest at debug, each with the task, run and agent ids.
 fn log_finished(record: &TaskRecord, status: Status) {
+    let quiet = !matches!(status, Status::Failed | Status::DeadLettered);
+    if quiet && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let task_id = record.spec.task_id.as_str();
     let run_id = record.spec.run_id.as_deref();
     // A task that ended no longer holds an agent: name the last one it ran on.
