@@ -209,6 +209,13 @@ async fn a_known_workload_gives_exact_metrics_and_sla() {
     let (_, text2) = scrape(&metrics_port).await;
     let m2 = parse(&text2);
     assert_eq!(value(&m2, "tasks_submitted_total", &echo), Some(5.0));
+    // Probes answer on the metrics port too.
+    for probe in ["/livez", "/readyz"] {
+        let r = reqwest::get(format!("{metrics_port}{probe}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe} on the metrics port");
+    }
     // OpenMetrics for scrapers that ask for it.
     let om = reqwest::Client::new()
         .get(format!("{metrics_port}/metrics"))
