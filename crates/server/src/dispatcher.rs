@@ -206,7 +206,6 @@ impl Dispatcher {
     fn handle_effects_batch(&self, applied: &[(&TaskRecord, &[Effect])]) {
         let mut finished = Vec::new();
         for (record, effects) in applied {
-            self.carry_out(record, effects);
             for effect in effects.iter() {
                 match effect {
                     Effect::Finished(status) => {
@@ -229,7 +228,12 @@ impl Dispatcher {
                 }
             }
         }
+        // Counted before anyone waiting for these tasks is woken, so that a client
+        // that saw a task end sees it in the metrics too.
         self.metrics.tasks_finished(now_ms(), &finished);
+        for (record, effects) in applied {
+            self.carry_out(record, effects);
+        }
     }
 
     fn carry_out(&self, record: &TaskRecord, effects: &[Effect]) {
@@ -390,9 +394,6 @@ impl Dispatcher {
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
             if let Ok(Some(rec)) = self.store.get(&id).await {
-                if rec.state.status.is_terminal() {
-                    self.finished(&id);
-                }
                 records.push(rec);
             }
         }
@@ -407,7 +408,13 @@ impl Dispatcher {
                 _ => {}
             }
         }
+        // Counted before the waiters wake, as in `handle_effects_batch`.
         self.metrics.tasks_finished(now_ms(), &finished);
+        for rec in &records {
+            if rec.state.status.is_terminal() {
+                self.finished(&rec.spec.task_id);
+            }
+        }
     }
 
     async fn refresh_wake(&self) {
