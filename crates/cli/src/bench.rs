@@ -116,6 +116,9 @@ fn spawn_server(
             "127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
+            // Metrics stay on the REST port; 8000 may be taken by another server.
+            "--metrics-addr",
+            "off",
             "--log-level",
             "warn",
         ])
@@ -641,7 +644,7 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    crate::serve::init_logging("warn", baton_server::config::LogFormat::Text);
+    crate::serve::init_logging("warn", baton_server::config::LogFormat::Text, None);
     let tmp = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
     });

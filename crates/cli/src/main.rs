@@ -1,11 +1,12 @@
 //! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
-//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`) and
+//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
 //! the load generator (`bench`).
 
 mod bench;
 mod client;
 mod output;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,8 @@ enum Cmd {
     },
     /// Connected agents.
     Agents(output::ClientArgs),
+    /// The SLA view: latency percentiles, throughput and error rate against targets.
+    Sla(output::ClientArgs),
     /// Load generator: end-to-end throughput and latency against a server.
     Bench(bench::BenchArgs),
 }
@@ -64,6 +67,7 @@ fn main() {
             Cmd::Cancel(a) => output::cancel(a).await,
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
             Cmd::Agents(a) => output::agents(a).await,
+            Cmd::Sla(a) => output::sla(a).await,
             Cmd::Bench(a) => bench::run(a).await,
         }
     });

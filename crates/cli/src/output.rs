@@ -601,3 +601,53 @@ pub async fn agents(c: ClientArgs) -> Result<()> {
     println!("{t}");
     Ok(())
 }
+
+/// `baton sla`: the SLA view (latency percentiles, throughput, error and success
+/// rates over the server's sliding window) against its targets. Exits non-zero
+/// when a target is breached, so scripts can gate on it.
+pub async fn sla(c: ClientArgs) -> Result<()> {
+    let v = c.client()?.get("/api/v1/sla").await?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let values = &v["values"];
+        let num = |x: &Value, digits: usize| match x.as_f64() {
+            Some(f) => format!("{f:.digits$}"),
+            None => "-".into(),
+        };
+        println!(
+            "window {}s: {} finished ({} succeeded, {} errors, {} cancelled), {} tasks/s",
+            num(&v["window_seconds"], 0),
+            s(&values["finished"]),
+            s(&values["succeeded"]),
+            s(&values["errors"]),
+            s(&values["cancelled"]),
+            num(&values["throughput_per_s"], 2),
+        );
+        println!(
+            "latency p50 {} ms, p95 {} ms, p99 {} ms",
+            num(&values["p50_ms"], 0),
+            num(&values["p95_ms"], 0),
+            num(&values["p99_ms"], 0)
+        );
+        let mut t = table(&["CHECK", "VALUE", "TARGET", "STATUS"]);
+        for check in v["checks"].as_array().into_iter().flatten() {
+            let value = match check["value"].as_f64() {
+                Some(f) if check["name"] == "p95_latency_ms" => format!("{f:.0}"),
+                Some(f) => format!("{f:.4}"),
+                None => "-".into(),
+            };
+            t.add_row(vec![
+                s(&check["name"]),
+                value,
+                s(&check["target"]),
+                s(&check["status"]).to_ascii_uppercase(),
+            ]);
+        }
+        println!("{t}");
+    }
+    if v["compliant"] == false {
+        bail!("the SLA is breached");
+    }
+    Ok(())
+}

@@ -35,9 +35,12 @@ pub struct ServeArgs {
     /// trace, debug, info, warn or error [default: info, or LOG_LEVEL].
     #[arg(long)]
     log_level: Option<String>,
-    /// text or json.
+    /// text or json [default: text, or LOG_FORMAT].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Prometheus metrics listen address, or off [default: 0.0.0.0:8000]; /metrics is also on the REST port.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 impl ServeArgs {
@@ -70,6 +73,9 @@ impl ServeArgs {
         if let Some(v) = &self.log_format {
             m.insert("log_format".into(), v.clone().into());
         }
+        if let Some(v) = &self.metrics_addr {
+            m.insert("metrics_addr".into(), v.clone().into());
+        }
         m
     }
 
@@ -83,7 +89,16 @@ impl ServeArgs {
     }
 }
 
-pub fn init_logging(level: &str, format: LogFormat) {
+/// Logs to stderr (text or JSON), and spans to OpenTelemetry when `otel` is given.
+pub fn init_logging(
+    level: &str,
+    format: LogFormat,
+    otel: Option<(&opentelemetry_sdk::trace::SdkTracerProvider, &'static str)>,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = if level.eq_ignore_ascii_case("warning") {
         "warn".to_string()
     } else {
@@ -92,13 +107,21 @@ pub fn init_logging(level: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn,tower=warn"))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let otel_layer = otel.map(|(provider, name)| {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        baton_server::telemetry::enable();
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(name))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel_layer)
+        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -118,12 +141,27 @@ async fn shutdown_signal() {
 
 /// Binds, prints the addresses (tests and scripts read this line), and serves.
 async fn start(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result<()> {
-    init_logging(&cfg.log_level, cfg.log_format);
+    let otel = crate::telemetry::from_env("baton-orchestrator", false)?;
+    init_logging(
+        &cfg.log_level,
+        cfg.log_format,
+        otel.as_ref().map(|p| (p, "baton-orchestrator")),
+    );
+    let result = serve_until_stopped(cfg, with_agents).await;
+    crate::telemetry::shutdown(otel).await;
+    result
+}
+
+async fn serve_until_stopped(cfg: Config, with_agents: Option<(usize, Vec<String>)>) -> Result<()> {
     let store = baton_server::open_store(&cfg).await?;
     let listeners = baton_server::Listeners::bind(&cfg).await?;
     let (http, grpc) = listeners.addrs()?;
+    let metrics = match listeners.metrics_addr()? {
+        Some(addr) => addr.to_string(),
+        None => "off".into(),
+    };
     println!(
-        "baton listening http={http} grpc={grpc} data_dir={}",
+        "baton listening http={http} grpc={grpc} metrics={metrics} data_dir={}",
         cfg.data_dir.display()
     );
     if cfg.durability == Durability::Normal {
@@ -214,10 +252,29 @@ pub struct AgentArgs {
     agent_id: Option<String>,
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], ignore_case = true)]
+    log_format: String,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<()> {
-    init_logging(&args.log_level, LogFormat::Text);
+    let format = if args.log_format.eq_ignore_ascii_case("json") {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    let otel = crate::telemetry::from_env("baton-agent", true)?;
+    init_logging(
+        &args.log_level,
+        format,
+        otel.as_ref().map(|p| (p, "baton-agent")),
+    );
+    let result = agent_until_stopped(args).await;
+    crate::telemetry::shutdown(otel).await;
+    result
+}
+
+async fn agent_until_stopped(args: AgentArgs) -> Result<()> {
     for t in &args.types {
         if !baton_agents::BUILTIN_TYPES.contains(&t.as_str()) {
             anyhow::bail!(

@@ -271,6 +271,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
         outcome: Some(v1::result::Outcome::Success(v1::Success {
             output_json: "{}".into(),
         })),
+        ..Default::default()
     };
     // A result for a held task but a wrong attempt is refused too.
     let stale = v1::Result {
@@ -307,6 +308,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
         outcome: Some(v1::result::Outcome::Success(v1::Success {
             output_json: r#"{"done": 1}"#.into(),
         })),
+        ..Default::default()
     };
     tx.send(v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Results(v1::Results {

@@ -390,6 +390,8 @@ fn an_unusable_store_at_start_is_retried_then_reported() {
                 "127.0.0.1:0",
                 "--grpc-addr",
                 "127.0.0.1:0",
+                "--metrics-addr",
+                "off",
             ])
             .arg("--data-dir")
             .arg(&dir.0)

@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
+pub mod traceparent;
+
 /// The error table: every failure maps to exactly one HTTP status and one gRPC code,
 /// so REST and gRPC clients see the same code and message.
 pub const ERROR_TABLE: &[(ErrorCode, u16, tonic::Code)] = &[

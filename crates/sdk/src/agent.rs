@@ -336,6 +336,8 @@ struct Runner<'a> {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     running: HashMap<AttemptKey, AbortHandle>,
+    /// The `traceparent` of each traced running attempt's span, sent back with its result.
+    traces: HashMap<AttemptKey, String>,
     /// Assigned beyond `max_concurrent` (only after a reconnect, while attempts from
     /// the previous connection still run); started as slots free.
     queued: VecDeque<v1::Assignment>,
@@ -355,6 +357,7 @@ impl<'a> Runner<'a> {
             done_tx,
             done_rx,
             running: HashMap::new(),
+            traces: HashMap::new(),
             queued: VecDeque::new(),
             outbox: Outbox::default(),
             draining: false,
@@ -619,11 +622,12 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn start(&mut self, assignment: v1::Assignment) {
+    fn start(&mut self, mut assignment: v1::Assignment) {
         let key = v1::AttemptRef {
             task_id: assignment.task_id.clone(),
             attempt: assignment.attempt,
         };
+        let traceparent = std::mem::take(&mut assignment.traceparent);
         let task = match Task::from_assignment(assignment) {
             Ok(task) => task,
             Err(reason) => {
@@ -634,7 +638,11 @@ impl<'a> Runner<'a> {
             }
         };
         debug!(task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type, "attempt started");
-        let span = info_span!("task", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
+        let span = info_span!("task", otel.name = "agent.attempt", otel.kind = "consumer", task_id = %key.task_id, attempt = key.attempt, task_type = %task.task_type);
+        let own_traceparent = crate::trace_context::adopt(&span, &traceparent);
+        if !own_traceparent.is_empty() {
+            self.traces.insert(key.clone(), own_traceparent);
+        }
         let handler = self.handler.clone();
         let done_tx = self.done_tx.clone();
         let done_key = key.clone();
@@ -653,6 +661,7 @@ impl<'a> Runner<'a> {
     }
 
     fn cancel(&mut self, key: AttemptKey) {
+        self.traces.remove(&key);
         if let Some(handle) = self.running.remove(&key) {
             handle.abort();
             info!(task_id = %key.task_id, attempt = key.attempt, "attempt cancelled");
@@ -680,7 +689,10 @@ impl<'a> Runner<'a> {
                 info!(task_id = %key.task_id, attempt = key.attempt, kind = %e.kind(), error = %e.message(), "attempt failed")
             }
         }
-        self.outbox.push(to_result(key, outcome));
+        let traceparent = self.traces.remove(&key).unwrap_or_default();
+        let mut result = to_result(key, outcome);
+        result.traceparent = traceparent;
+        self.outbox.push(result);
         self.start_queued();
     }
 
@@ -765,6 +777,7 @@ fn to_result(key: AttemptKey, outcome: Outcome) -> v1::Result {
         task_id: key.task_id,
         attempt: key.attempt,
         outcome: Some(outcome),
+        traceparent: String::new(),
     }
 }
 

@@ -18,6 +18,11 @@
 //! [`HandlerError::retry_after`]) or give up ([`HandlerError::permanent`]); a handler
 //! that panics or runs past the task's timeout is reported as a failure rather than
 //! taking the agent down.
+//!
+//! Each attempt runs inside a `tracing` span named `agent.attempt` for
+//! OpenTelemetry; when the assignment carries the orchestrator's trace context
+//! (W3C `traceparent`), that span is its child ([`trace_context`]). Export is the
+//! binary's choice: install a `tracing-opentelemetry` layer to send spans anywhere.
 
 mod agent;
 mod backoff;
@@ -26,6 +31,7 @@ mod handler;
 mod outbox;
 mod task;
 pub mod testing;
+pub mod trace_context;
 
 pub use agent::{Agent, AgentBuilder};
 pub use error::{Error, FailureKind, HandlerError};

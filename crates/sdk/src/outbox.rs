@@ -148,6 +148,7 @@ mod tests {
             outcome: Some(v1::result::Outcome::Success(v1::Success {
                 output_json: "{}".into(),
             })),
+            ..Default::default()
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
             timeout_ms: 1500,
             deadline_ms: 2000,
             execution_mode: "parallel".into(),
+            traceparent: String::new(),
         }
     }
 

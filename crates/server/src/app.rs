@@ -23,7 +23,15 @@ pub struct App {
     pub max_batch_tasks: usize,
     pub started: Instant,
     pub engine: Arc<crate::workflows::Engine>,
+    pub sla_targets: crate::sla::Targets,
+    /// The last store ping and when it answered, so that probes do not hammer the store.
+    pub readiness: std::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How long a readiness answer is reused.
+const READINESS_CACHE: Duration = Duration::from_secs(1);
+/// Longest a readiness ping may take before the store counts as unreachable.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A submission's outcome as the APIs report it.
 pub struct Submitted {
@@ -69,6 +77,15 @@ impl App {
                 .with_details(serde_json::json!({"task_id": record.spec.task_id}))),
             })
             .collect::<Vec<_>>();
+        let mut created: Vec<(&str, u64)> = Vec::new();
+        for o in out.iter().flatten().filter(|o| o.created) {
+            let t = o.record.spec.task_type.as_str();
+            match created.iter_mut().find(|c| c.0 == t) {
+                Some(c) => c.1 += 1,
+                None => created.push((t, 1)),
+            }
+        }
+        self.dispatcher.metrics().tasks_submitted(created);
         for o in out.iter().flatten() {
             if o.created && o.record.state.status == Status::Waiting {
                 self.engine.watch_dependencies(&o.record).await;
@@ -197,6 +214,64 @@ impl App {
 
     pub fn agents(&self) -> Vec<AgentInfo> {
         self.dispatcher.agents()
+    }
+
+    /// Readiness: the store answers a ping (cached for [`READINESS_CACHE`]).
+    /// `Err` says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        if let Some((at, result)) = &*self.readiness.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < READINESS_CACHE {
+                return result.clone();
+            }
+        }
+        let result = match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "store did not answer a ping within {} ms",
+                PING_TIMEOUT.as_millis()
+            )),
+        };
+        *self.readiness.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), result.clone()));
+        result
+    }
+
+    /// The Prometheus exposition, with the gauges read now.
+    pub async fn metrics_text(&self, openmetrics: bool) -> String {
+        let (counts, by_priority) =
+            tokio::join!(self.store.counts(), self.store.queued_by_priority());
+        let store_up = counts.is_ok() && by_priority.is_ok();
+        let (by_type, agents_connected, in_flight) = self.dispatcher.load_by_type();
+        let snapshot = crate::metrics::Snapshot {
+            counts: counts.ok(),
+            queued_by_priority: by_priority.ok(),
+            store_up,
+            by_type,
+            agents_connected,
+            in_flight,
+            active_runs: self.engine.active_count() as u64,
+        };
+        self.dispatcher
+            .metrics()
+            .render(snapshot, now_ms(), openmetrics)
+            .await
+    }
+
+    /// The SLA view: the window's statistics and each target's verdict.
+    pub fn sla(&self) -> serde_json::Value {
+        let stats = self.dispatcher.metrics().sla_stats(now_ms());
+        let checks = crate::sla::evaluate(&stats, &self.sla_targets);
+        let compliant = checks
+            .iter()
+            .all(|c| c.status != crate::sla::Verdict::Breach);
+        serde_json::json!({
+            "window_seconds": stats.window_seconds,
+            "compliant": compliant,
+            "values": stats,
+            "targets": self.sla_targets,
+            "checks": checks,
+        })
     }
 
     /// Seed 000's health document. `healthy` is false when the store does not answer.

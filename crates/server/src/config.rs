@@ -70,6 +70,17 @@ pub struct Config {
     pub durability: Durability,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// Where Prometheus metrics are served besides the REST port's `/metrics`
+    /// (seed 000: port 8000); `off` (or empty) serves them on the REST port only.
+    pub metrics_addr: String,
+    /// Length of the SLA view's sliding window, in seconds (10 s buckets).
+    pub sla_window_s: u64,
+    /// SLA target: P95 submit-to-end latency below this (ms).
+    pub sla_p95_ms: u64,
+    /// SLA target: error rate below this fraction.
+    pub sla_max_error_rate: f64,
+    /// SLA target: success rate above this fraction.
+    pub sla_min_success_rate: f64,
 }
 
 impl Default for Config {
@@ -97,13 +108,18 @@ impl Default for Config {
             leader_lease_ms: 3_000,
             durability: Durability::Full,
             shutdown_grace_ms: 5_000,
+            metrics_addr: "0.0.0.0:8000".into(),
+            sla_window_s: 300,
+            sla_p95_ms: 500,
+            sla_max_error_rate: 0.01,
+            sla_min_success_rate: 0.99,
         }
     }
 }
 
 /// Environment variables read, besides `BATON_<FIELD>` for every field:
-/// seed 000's `GRPC_PORT`, `LOG_LEVEL` and `MAX_WORKERS`.
-pub const SEED_ENV: &[&str] = &["GRPC_PORT", "LOG_LEVEL", "MAX_WORKERS"];
+/// seed 000's `GRPC_PORT`, `LOG_LEVEL` and `MAX_WORKERS`, and `LOG_FORMAT`.
+pub const SEED_ENV: &[&str] = &["GRPC_PORT", "LOG_LEVEL", "MAX_WORKERS", "LOG_FORMAT"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -195,10 +211,46 @@ impl Config {
                 self.log_level
             ));
         }
+        if let Err(e) = self.metrics_socket() {
+            problems.push(e);
+        }
+        if self.sla_window_s < 10 || self.sla_window_s > 24 * 3600 {
+            problems.push("sla_window_s must be between 10 and 86400".into());
+        }
+        for (name, v) in [
+            ("sla_max_error_rate", self.sla_max_error_rate),
+            ("sla_min_success_rate", self.sla_min_success_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(format!(
+                    "{name} must be a fraction between 0 and 1, got {v}"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(problems.join("; ")))
+        }
+    }
+
+    /// The metrics listen address, `None` when metrics are served on the REST port only.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics_addr.trim() {
+            "" | "off" | "none" | "false" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                format!(
+                    "metrics_addr (BATON_METRICS_ADDR) {addr:?} is not HOST:PORT (e.g. 0.0.0.0:8000) or off"
+                )
+            }),
+        }
+    }
+
+    pub fn sla_targets(&self) -> crate::sla::Targets {
+        crate::sla::Targets {
+            p95_ms: self.sla_p95_ms,
+            max_error_rate: self.sla_max_error_rate,
+            min_success_rate: self.sla_min_success_rate,
         }
     }
 
@@ -244,6 +296,10 @@ fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigE
         out.entry("log_level")
             .or_insert_with(|| level.to_ascii_lowercase().into());
     }
+    if let Some(format) = env.get("LOG_FORMAT") {
+        out.entry("log_format")
+            .or_insert_with(|| format.trim().to_ascii_lowercase().into());
+    }
     if let Some(raw) = env.get("MAX_WORKERS") {
         if !out.contains_key("max_workers") {
             out.insert(
@@ -270,6 +326,11 @@ fn typed(
     key: &str,
 ) -> Result<serde_json::Value, ConfigError> {
     match default {
+        serde_json::Value::Number(n) if n.is_f64() => raw
+            .trim()
+            .parse::<f64>()
+            .map(Into::into)
+            .map_err(|_| ConfigError(format!("{key} {raw:?} is not a number"))),
         serde_json::Value::Number(_) => raw
             .trim()
             .parse::<u64>()
@@ -347,5 +408,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[("BATON_METRICS_ADDR", "port8000")]),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("metrics_addr"), "{err}");
+    }
+
+    #[test]
+    fn metrics_and_sla_settings() {
+        let c = Config::load(None, &env(&[]), Default::default()).unwrap();
+        assert_eq!(
+            c.metrics_socket().unwrap(),
+            Some("0.0.0.0:8000".parse().unwrap())
+        );
+        assert_eq!(c.sla_targets(), crate::sla::Targets::default());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("BATON_METRICS_ADDR", "off"),
+                ("BATON_SLA_MAX_ERROR_RATE", "0.05"),
+                ("BATON_SLA_P95_MS", "250"),
+            ]),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_socket().unwrap(), None);
+        assert_eq!(c.sla_max_error_rate, 0.05);
+        assert_eq!(c.sla_p95_ms, 250);
+        let c = Config::load(None, &env(&[("LOG_FORMAT", "JSON")]), Default::default()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let err = Config::load(
+            None,
+            &env(&[("BATON_SLA_MIN_SUCCESS_RATE", "99")]),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sla_min_success_rate"), "{err}");
     }
 }

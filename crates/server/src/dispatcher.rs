@@ -5,6 +5,7 @@
 //! what lives here is only what this process knows about its own connections.
 
 use crate::clock::now_ms;
+use crate::metrics::{self, Metrics};
 use baton_core::lifecycle::{Command, Effect, Failure, FailureKind};
 use baton_core::{AgentId, Millis, Status, TaskId};
 use baton_proto::v1;
@@ -33,6 +34,9 @@ pub struct Options {
 
 struct InFlight {
     attempt: u32,
+    task_type: Arc<str>,
+    /// The attempt's trace span, when tracing is on; ends when this is dropped.
+    span: Option<crate::telemetry::AttemptSpan>,
     assigned_at: Millis,
     timeout_at: Millis,
 }
@@ -122,18 +126,19 @@ pub struct Dispatcher {
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
     finish_hook: std::sync::OnceLock<FinishHook>,
     leader: crate::leader::Leader,
+    metrics: Arc<Metrics>,
 }
 
 struct PlannedClaim {
     session_id: String,
     agent_id: AgentId,
-    task_type: String,
+    task_type: Arc<str>,
     n: usize,
     generation: u64,
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, opts: Options) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, opts: Options, metrics: Arc<Metrics>) -> Arc<Self> {
         let leader = crate::leader::Leader::new(
             store.clone(),
             opts.replica_id.clone(),
@@ -147,6 +152,7 @@ impl Dispatcher {
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             finish_hook: std::sync::OnceLock::new(),
+            metrics,
         })
     }
 
@@ -161,6 +167,10 @@ impl Dispatcher {
     /// This replica's part in the election for the singleton duties.
     pub fn leader(&self) -> &crate::leader::Leader {
         &self.leader
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Marks task types as having queued work and wakes the dispatch loop.
@@ -204,6 +214,45 @@ impl Dispatcher {
 
     /// Carries out the effects of applied commands.
     pub fn handle_effects(&self, record: &TaskRecord, effects: &[Effect]) {
+        self.handle_effects_batch(std::slice::from_ref(&(record, effects)));
+    }
+
+    /// [`Dispatcher::handle_effects`] for many records, with the metrics of the
+    /// batch recorded at once.
+    fn handle_effects_batch(&self, applied: &[(&TaskRecord, &[Effect])]) {
+        let mut finished = Vec::new();
+        for (record, effects) in applied {
+            for effect in effects.iter() {
+                match effect {
+                    Effect::Finished(status) => {
+                        log_finished(record, *status);
+                        trace_finished(record, *status);
+                        finished.push(finished_of(record, *status))
+                    }
+                    Effect::WakeAt(ready_at) if record.state.status == Status::RetryWait => {
+                        tracing::debug!(
+                            task_id = %record.spec.task_id,
+                            run_id = record.spec.run_id.as_deref(),
+                            agent_id = record.state.agent_id.as_ref().map(|a| a.as_str()),
+                            attempt = record.state.attempt,
+                            ready_at_ms = ready_at,
+                            "attempt failed; retry scheduled"
+                        );
+                        self.metrics.retries(&record.spec.task_type, 1)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Counted before anyone waiting for these tasks is woken, so that a client
+        // that saw a task end sees it in the metrics too.
+        self.metrics.tasks_finished(now_ms(), &finished);
+        for (record, effects) in applied {
+            self.carry_out(record, effects);
+        }
+    }
+
+    fn carry_out(&self, record: &TaskRecord, effects: &[Effect]) {
         let task_id = &record.spec.task_id;
         let task_type = record.spec.task_type.as_str();
         for effect in effects {
@@ -358,11 +407,28 @@ impl Dispatcher {
         }
         self.refresh_wake().await;
 
+        let mut records = Vec::with_capacity(ids.len());
         for id in ids {
             if let Ok(Some(rec)) = self.store.get(&id).await {
-                if rec.state.status.is_terminal() {
-                    self.finished(&id);
+                records.push(rec);
+            }
+        }
+        let mut finished = Vec::new();
+        for rec in &records {
+            match rec.state.status {
+                s if s.is_terminal() => {
+                    trace_finished(rec, s);
+                    finished.push(finished_of(rec, s))
                 }
+                Status::RetryWait | Status::Queued => self.metrics.retries(&rec.spec.task_type, 1),
+                _ => {}
+            }
+        }
+        // Counted before the waiters wake, as in `handle_effects_batch`.
+        self.metrics.tasks_finished(now_ms(), &finished);
+        for rec in &records {
+            if rec.state.status.is_terminal() {
+                self.finished(&rec.spec.task_id);
             }
         }
     }
@@ -430,11 +496,16 @@ impl Dispatcher {
         let now = now_ms();
         match self.store.update(updates, now).await {
             Ok(outcomes) => {
-                for o in outcomes {
-                    if let UpdateOutcome::Applied { record, effects } = o {
-                        self.handle_effects(&record, &effects);
-                    }
-                }
+                let applied: Vec<(TaskRecord, Vec<Effect>)> = outcomes
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        UpdateOutcome::Applied { record, effects } => Some((record, effects)),
+                        _ => None,
+                    })
+                    .collect();
+                let refs: Vec<(&TaskRecord, &[Effect])> =
+                    applied.iter().map(|(r, e)| (r, e.as_slice())).collect();
+                self.handle_effects_batch(&refs);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
@@ -453,12 +524,15 @@ impl Dispatcher {
         let mut acks = Vec::with_capacity(results.len());
         let mut updates = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
-        let tx = {
+        let (tx, spans) = {
             let mut st = self.lock();
             let st = &mut *st;
             let s = st.sessions.get_mut(session_id)?;
             let mut freed = 0;
-            for r in results {
+            let now = now_ms();
+            let mut timer: Option<(Arc<str>, metrics::HistogramHandle)> = None;
+            let mut spans = Vec::new();
+            for mut r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
                 let held = s
                     .in_flight
@@ -468,7 +542,18 @@ impl Dispatcher {
                     acks.push(ack(&r.task_id, r.attempt, Some(("stale_attempt", "this agent does not hold that attempt (it timed out, was cancelled, or was re-assigned)"))));
                     continue;
                 }
-                s.in_flight.remove(&task_id);
+                let mut span = None;
+                if let Some(f) = s.in_flight.remove(&task_id) {
+                    span = f.span;
+                    let handle = match &timer {
+                        Some((t, h)) if *t == f.task_type => h,
+                        _ => {
+                            let h = self.metrics.execution_time(&f.task_type);
+                            &timer.insert((f.task_type.clone(), h)).1
+                        }
+                    };
+                    handle.observe(now.saturating_sub(f.assigned_at));
+                }
                 st.holders.remove(&task_id);
                 freed += 1;
                 let command = match r.outcome {
@@ -516,13 +601,27 @@ impl Dispatcher {
                         ),
                     },
                 };
+                if let Some(span) = span {
+                    let error = match &command {
+                        Command::Fail { failure, .. } => Some(failure.message.clone()),
+                        _ => None,
+                    };
+                    spans.push((span, std::mem::take(&mut r.traceparent), error));
+                }
                 positions.push(acks.len());
                 acks.push(ack(&r.task_id, r.attempt, None));
                 updates.push(Update { task_id, command });
             }
             st.running = st.running.saturating_sub(freed);
-            s.tx.clone()
+            (s.tx.clone(), spans)
         };
+        // Ended outside the state lock: exporting is not the dispatcher's hot path.
+        for (mut span, agent_traceparent, error) in spans {
+            if !agent_traceparent.is_empty() {
+                span.link_agent(&agent_traceparent);
+            }
+            span.end(error.as_deref());
+        }
         self.wake.notify_one();
         Some(PendingResults {
             acks,
@@ -559,6 +658,7 @@ impl Dispatcher {
             match recorded {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
+                    let mut applied = Vec::new();
                     for pending in &mut batch {
                         for (_u, pos) in pending
                             .updates
@@ -569,7 +669,7 @@ impl Dispatcher {
                             let acks = &mut pending.acks;
                             match o {
                                 UpdateOutcome::Applied { record, effects } => {
-                                    self.handle_effects(&record, &effects)
+                                    applied.push((record, effects))
                                 }
                                 UpdateOutcome::Refused(r) => {
                                     let e: baton_core::Error = r.into();
@@ -585,6 +685,9 @@ impl Dispatcher {
                             }
                         }
                     }
+                    let refs: Vec<(&TaskRecord, &[Effect])> =
+                        applied.iter().map(|(r, e)| (r, e.as_slice())).collect();
+                    self.handle_effects_batch(&refs);
                 }
                 Err(e) => {
                     // Not durable and the agent is gone: it sends them again when it
@@ -648,6 +751,28 @@ impl Dispatcher {
         self.lock().sessions.len()
     }
 
+    /// Per task type: the healthy agents serving it, their capacity and in-flight
+    /// attempts (a session serving several types counts for each); then the
+    /// connected sessions and the attempts in flight on this replica.
+    pub fn load_by_type(&self) -> (BTreeMap<String, metrics::TypeLoad>, u64, u64) {
+        let now = now_ms();
+        let st = self.lock();
+        let mut by_type: BTreeMap<String, metrics::TypeLoad> = BTreeMap::new();
+        let mut in_flight = 0;
+        for s in st.sessions.values() {
+            in_flight += s.in_flight.len() as u64;
+            let healthy =
+                !s.draining && now.saturating_sub(s.last_heartbeat) <= self.opts.agent_timeout_ms;
+            for t in &s.task_types {
+                let load = by_type.entry(t.clone()).or_default();
+                load.healthy_agents += u64::from(healthy);
+                load.capacity += s.max_concurrent as u64;
+                load.in_flight += s.in_flight.len() as u64;
+            }
+        }
+        (by_type, st.sessions.len() as u64, in_flight)
+    }
+
     /// Works out which sessions to claim for: least-loaded first, within free slots
     /// and the global `max_workers`, reserving the slots until the claim returns.
     fn plan(&self) -> Vec<PlannedClaim> {
@@ -700,7 +825,7 @@ impl Dispatcher {
             plan.push(PlannedClaim {
                 session_id,
                 agent_id,
-                task_type,
+                task_type: task_type.into(),
                 n,
                 generation,
             });
@@ -724,7 +849,7 @@ impl Dispatcher {
             let lease_deadline_ms = now + self.opts.lease_ms;
             let claims = plan.iter().map(|p| {
                 self.store.claim(ClaimRequest {
-                    task_type: p.task_type.clone(),
+                    task_type: p.task_type.to_string(),
                     max: p.n,
                     agent_id: p.agent_id.clone(),
                     lease_owner: p.session_id.clone(),
@@ -733,6 +858,20 @@ impl Dispatcher {
                 })
             });
             let results = futures::future::join_all(claims).await;
+            // Trace spans are started before the state lock is taken, in claim order.
+            let mut traced = std::collections::VecDeque::new();
+            if crate::telemetry::enabled() {
+                for (p, res) in plan.iter().zip(&results) {
+                    for c in res.iter().flatten() {
+                        traced.push_back(crate::telemetry::start_attempt(
+                            c.spec.task_id.as_str(),
+                            &p.task_type,
+                            c.attempt,
+                            p.agent_id.as_str(),
+                        ));
+                    }
+                }
+            }
             let mut orphans = Vec::new();
             let mut store_failed = false;
             {
@@ -751,10 +890,13 @@ impl Dispatcher {
                             continue;
                         }
                     };
-                    if claimed.len() < p.n && st.has_work.get(&p.task_type) == Some(&p.generation) {
-                        st.has_work.remove(&p.task_type);
+                    if claimed.len() < p.n && st.has_work.get(&*p.task_type) == Some(&p.generation)
+                    {
+                        st.has_work.remove(&*p.task_type);
                     }
                     let Some(s) = st.sessions.get_mut(&p.session_id) else {
+                        // Their spans end (dropped) as the attempts are given back.
+                        traced.drain(..claimed.len().min(traced.len()));
                         orphans.extend(claimed.into_iter().map(|c| (c.spec.task_id, c.attempt)));
                         continue;
                     };
@@ -762,19 +904,35 @@ impl Dispatcher {
                     if claimed.is_empty() {
                         continue;
                     }
+                    self.metrics
+                        .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
+                        let mut assignment = assignment(&c);
+                        let span = traced.pop_front().flatten().map(|(span, traceparent)| {
+                            assignment.traceparent = traceparent;
+                            span
+                        });
                         s.in_flight.insert(
                             c.spec.task_id.clone(),
                             InFlight {
                                 attempt: c.attempt,
+                                task_type: p.task_type.clone(),
+                                span,
                                 assigned_at: now,
                                 timeout_at: now + c.spec.timeout_ms,
                             },
                         );
                         st.holders
                             .insert(c.spec.task_id.clone(), p.session_id.clone());
-                        assignments.push(assignment(&c));
+                        tracing::debug!(
+                            task_id = %c.spec.task_id,
+                            run_id = c.spec.run_id.as_deref(),
+                            agent_id = %p.agent_id,
+                            attempt = c.attempt,
+                            "attempt assigned"
+                        );
+                        assignments.push(assignment);
                     }
                     st.running += assignments.len();
                     for frame in frames(assignments) {
@@ -884,6 +1042,7 @@ impl Dispatcher {
                 match self.store.expire_leases(now, fence).await {
                     Ok(ids) if !ids.is_empty() => {
                         tracing::info!(count = ids.len(), "leases expired; attempts re-queued");
+                        self.metrics.lease_expiries(ids.len() as u64);
                         self.after_release(ids).await;
                     }
                     Ok(_) => {}
@@ -968,6 +1127,91 @@ impl Dispatcher {
     }
 }
 
+/// One line per task that ends: failures at info (dead-lettering at warn), the
+/// rest at debug, each with the task, run and agent ids.
+fn log_finished(record: &TaskRecord, status: Status) {
+    let quiet = !matches!(status, Status::Failed | Status::DeadLettered);
+    if quiet && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let task_id = record.spec.task_id.as_str();
+    let run_id = record.spec.run_id.as_deref();
+    // A task that ended no longer holds an agent: name the last one it ran on.
+    let agent_id = record
+        .state
+        .agent_id
+        .as_ref()
+        .or_else(|| {
+            record
+                .state
+                .events
+                .iter()
+                .rev()
+                .find_map(|e| e.agent_id.as_ref())
+        })
+        .map(|a| a.as_str());
+    let attempt = record.state.attempt;
+    let task_type = record.spec.task_type.as_str();
+    let error = record.state.error.as_ref().map(|e| e.message.as_str());
+    match status {
+        Status::DeadLettered => tracing::warn!(
+            task_id,
+            run_id,
+            agent_id,
+            attempt,
+            task_type,
+            error,
+            "task dead-lettered"
+        ),
+        Status::Failed => {
+            tracing::info!(
+                task_id,
+                run_id,
+                agent_id,
+                attempt,
+                task_type,
+                error,
+                "task failed"
+            )
+        }
+        _ => tracing::debug!(
+            task_id,
+            run_id,
+            agent_id,
+            attempt,
+            task_type,
+            status = status.as_str(),
+            "task ended"
+        ),
+    }
+}
+
+/// The trace span of a task that ended (when tracing is on).
+fn trace_finished(record: &TaskRecord, status: Status) {
+    if crate::telemetry::enabled() {
+        crate::telemetry::task_ended(
+            record.spec.task_id.as_str(),
+            &record.spec.task_type,
+            record.spec.run_id.as_deref(),
+            status.as_str(),
+            record.state.created_at_ms,
+        );
+    }
+}
+
+/// A terminal task as the metrics take it: latency from submission to its end.
+fn finished_of(record: &TaskRecord, status: Status) -> metrics::Finished<'_> {
+    let end = record
+        .state
+        .finished_at_ms
+        .unwrap_or(record.state.updated_at_ms);
+    metrics::Finished {
+        task_type: &record.spec.task_type,
+        status,
+        latency_ms: end.saturating_sub(record.state.created_at_ms),
+    }
+}
+
 fn parse_output(raw: &str) -> Result<serde_json::Value, String> {
     if raw.trim().is_empty() {
         return Ok(serde_json::Value::Null);
@@ -1041,6 +1285,7 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
             .execution_mode
             .map(|m| format!("{m:?}").to_ascii_lowercase())
             .unwrap_or_default(),
+        traceparent: String::new(),
     }
 }
 

@@ -8,8 +8,12 @@ pub mod config;
 pub mod dispatcher;
 pub mod grpc;
 pub mod leader;
+pub mod metered_store;
+pub mod metrics;
 pub mod rest;
 mod rest_runs;
+pub mod sla;
+pub mod telemetry;
 pub mod view;
 pub mod workflows;
 
@@ -28,6 +32,8 @@ pub use config::Config;
 pub struct Listeners {
     pub http: TcpListener,
     pub grpc: TcpListener,
+    /// Prometheus metrics on a port of their own (seed 000: 8000), if configured.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -38,7 +44,27 @@ impl Listeners {
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on grpc_addr {}", cfg.grpc_addr))?;
-        Ok(Self { http, grpc })
+        let metrics = match cfg.metrics_socket().map_err(anyhow::Error::msg)? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            http,
+            grpc,
+            metrics,
+        })
+    }
+
+    /// Where metrics are served on their own port, if they are.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        Ok(match &self.metrics {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        })
     }
 
     pub fn addrs(&self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
@@ -143,6 +169,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = metrics::Metrics::new(cfg.sla_window_s * 1000, clock::now_ms());
+    let store = metered_store::MeteredStore::wrap(store, metrics.clone());
     let dispatcher = dispatcher::Dispatcher::new(
         store.clone(),
         dispatcher::Options {
@@ -153,6 +181,7 @@ pub async fn run(
             replica_id: replica_id(store.as_ref()),
             leader_lease_ms: cfg.leader_lease_ms,
         },
+        metrics.clone(),
     );
     dispatcher
         .recover(store.exclusive())
@@ -170,6 +199,8 @@ pub async fn run(
         max_batch_tasks: cfg.max_batch_tasks,
         started: Instant::now(),
         engine: engine.clone(),
+        sla_targets: cfg.sla_targets(),
+        readiness: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -191,6 +222,18 @@ pub async fn run(
     let run_maintenance = tokio::spawn(engine.clone().maintain(stop_rx.clone()));
 
     let (http_addr, grpc_addr) = listeners.addrs()?;
+    let metrics_addr = listeners.metrics_addr()?;
+    let metrics_server = listeners.metrics.map(|listener| {
+        let router = rest::metrics_router(app.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
+    });
     let router = rest::router(app.clone(), cfg.max_body_bytes);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -222,7 +265,7 @@ pub async fn run(
                 let _ = grpc_stop.changed().await;
             }),
     );
-    tracing::info!(%http_addr, %grpc_addr, data_dir = %cfg.data_dir.display(), "baton is serving");
+    tracing::info!(%http_addr, %grpc_addr, metrics_addr = ?metrics_addr, data_dir = %cfg.data_dir.display(), "baton is serving");
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -234,6 +277,9 @@ pub async fn run(
         let _ = grpc.await;
     })
     .await;
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     dispatch_loop.abort();
     maintenance.abort();
     run_maintenance.abort();

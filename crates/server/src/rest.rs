@@ -518,6 +518,62 @@ async fn health(State(app): State<AppState>) -> Response {
     (status, Json(doc)).into_response()
 }
 
+/// Liveness: the process serves HTTP. Says nothing of the store, so that a store
+/// outage does not make Kubernetes restart every replica.
+#[utoipa::path(get, path = "/livez", responses((status = 200, body = Object)))]
+async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"live": true}))
+}
+
+/// Readiness: the store answers (pinged at most once a second). 503 with the reason
+/// while it does not, so that a load balancer sends no traffic here.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Object), (status = 503, body = ErrorBody)))]
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.ready().await {
+        Ok(()) => Json(serde_json::json!({"ready": true})).into_response(),
+        Err(reason) => ApiError(
+            Error::unavailable(format!("not ready: {reason}"))
+                .with_details(serde_json::json!({"ready": false, "reason": reason})),
+        )
+        .into_response(),
+    }
+}
+
+/// The SLA view: P50/P95/P99 latency (submit to end), throughput, error and success
+/// rates over the sliding window, and each configured target's verdict.
+#[utoipa::path(get, path = "/api/v1/sla", responses((status = 200, body = Object)))]
+async fn sla(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(app.sla())
+}
+
+/// Prometheus metrics (classic text, or OpenMetrics when the scraper asks for it).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String)))]
+async fn metrics(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = crate::metrics::wants_openmetrics(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let body = app.metrics_text(openmetrics).await;
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        crate::metrics::TEXT_CONTENT_TYPE
+    };
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The router of the metrics port: `/metrics`, and the probes (a Kubernetes probe
+/// may point at either port).
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -533,7 +589,11 @@ async fn health(State(app): State<AppState>) -> Response {
         list_agents,
         list_dlq,
         reprocess_dlq,
-        health
+        health,
+        livez,
+        readyz,
+        sla,
+        metrics
     ),
     components(schemas(
         ErrorBody,
@@ -572,6 +632,12 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))
         .merge(crate::rest_runs::routes())
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/health/live", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health/ready", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/sla", get(sla))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

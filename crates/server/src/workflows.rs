@@ -115,6 +115,16 @@ impl Engine {
         }
     }
 
+    /// Active runs this replica holds in memory (a run busy right now counts).
+    pub fn active_count(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|slot| slot.try_lock().map_or(true, |s| s.run.status.is_active()))
+            .count()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<(String, RunEvent, String)> {
         self.events.subscribe()
     }
@@ -211,6 +221,7 @@ impl Engine {
     /// stops, and feeds back tasks that were already finished (cache hits).
     async fn apply_locked(&self, slot: &mut Slot, cmds: Vec<RunCommand>) -> Result<Run, Error> {
         let now = now_ms();
+        let was_active = slot.run.status.is_active();
         let before_events = slot.run.events.len();
         let mut pending: Vec<RunCommand> = cmds;
         let mut rounds = 0;
@@ -246,6 +257,7 @@ impl Engine {
             };
             match written {
                 Some(RunWriteOutcome::Written(tasks)) => {
+                    count_submitted(&self.dispatcher, &tasks);
                     slot.revision += 1;
                     slot.advanced = Instant::now();
                     self.dispatcher
@@ -288,6 +300,13 @@ impl Engine {
             let _ = self
                 .events
                 .send((slot.run.run_id.clone(), e.clone(), status.clone()));
+        }
+        if was_active && !slot.run.status.is_active() {
+            let end = slot.run.finished_at_ms.unwrap_or(now);
+            self.dispatcher.metrics().run_finished(
+                slot.run.status.as_str(),
+                end.saturating_sub(slot.run.created_at_ms),
+            );
         }
         if !slot.run.status.is_active() {
             self.slots
@@ -432,6 +451,14 @@ impl Engine {
         };
         match self.store.write_runs(vec![write], now).await?.pop() {
             Some(RunWriteOutcome::Written(tasks)) => {
+                count_submitted(&self.dispatcher, &tasks);
+                if !run.status.is_active() {
+                    // Nothing to run: it ended as it started.
+                    let end = run.finished_at_ms.unwrap_or(now);
+                    self.dispatcher
+                        .metrics()
+                        .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
+                }
                 self.dispatcher
                     .work_arrived(types.iter().map(String::as_str));
                 let slot = Arc::new(tokio::sync::Mutex::new(Slot {
@@ -679,6 +706,21 @@ impl Engine {
         }
         self.apply_updates(updates, "release waiting tasks").await;
     }
+}
+
+/// Counts the tasks a run write newly stored as submitted.
+fn count_submitted(dispatcher: &Dispatcher, outcomes: &[SubmitOutcome]) {
+    let mut created: Vec<(&str, u64)> = Vec::new();
+    for o in outcomes {
+        if let SubmitOutcome::Created(r) = o {
+            let t = r.spec.task_type.as_str();
+            match created.iter_mut().find(|c| c.0 == t) {
+                Some(c) => c.1 += 1,
+                None => created.push((t, 1)),
+            }
+        }
+    }
+    dispatcher.metrics().tasks_submitted(created);
 }
 
 fn outcome_of(r: &TaskRecord) -> TaskOutcome {

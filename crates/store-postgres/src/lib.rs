@@ -596,6 +596,13 @@ impl Store for PgStore {
             .map_err(Fault::into_store)
     }
 
+    async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let client = self.client().await.map_err(Fault::into_store)?;
+        tasks::queued_by_priority(&client)
+            .await
+            .map_err(Fault::into_store)
+    }
+
     fn exclusive(&self) -> bool {
         false
     }
@@ -605,12 +612,22 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        let client = self.client().await.map_err(Fault::into_store)?;
-        client
-            .simple_query("SELECT 1")
+        // Readiness must answer promptly even when the pool waits for a dead server.
+        let ping = async {
+            let client = self.client().await.map_err(Fault::into_store)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| db_error(&e))
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), ping)
             .await
-            .map(drop)
-            .map_err(|e| db_error(&e))
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(
+                    "postgres did not answer within 2 s".into(),
+                ))
+            })
     }
 
     async fn put_flow(

@@ -647,6 +647,29 @@ pub(crate) async fn queued_types(client: &impl GenericClient) -> Res<Vec<String>
         .collect()
 }
 
+pub(crate) async fn queued_by_priority(
+    client: &impl GenericClient,
+) -> Res<std::collections::BTreeMap<String, u64>> {
+    let stmt = client
+        .prepare_cached("SELECT priority, COUNT(*) FROM tasks WHERE status = 0 GROUP BY priority")
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for row in client.query(&stmt, &[]).await? {
+        let rank: i16 = row.try_get(0)?;
+        let n: i64 = row.try_get(1)?;
+        let priority = u8::try_from(rank)
+            .ok()
+            .and_then(baton_core::Priority::from_rank)
+            .ok_or_else(|| {
+                Fault::Store(baton_store::Error::Corrupt(format!(
+                    "unknown priority rank {rank}"
+                )))
+            })?;
+        out.insert(priority.as_str().to_string(), n as u64);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,6 +441,10 @@ impl Store for SqliteStore {
         Ok(self.tally().queued_types())
     }
 
+    async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.readers.run(reader::queued_by_priority).await
+    }
+
     fn exclusive(&self) -> bool {
         true
     }

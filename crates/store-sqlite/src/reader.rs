@@ -162,3 +162,26 @@ pub(crate) fn ping(conn: &Connection) -> Result<()> {
     let _: i64 = stmt.query_row([], |row| row.get(0)).map_err(sql_error)?;
     Ok(())
 }
+
+pub(crate) fn queued_by_priority(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT priority, COUNT(*) FROM tasks INDEXED BY tasks_queued
+             WHERE status = 0 GROUP BY priority",
+        )
+        .map_err(sql_error)?;
+    let mut rows = stmt.query([]).map_err(sql_error)?;
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let rank: i64 = row.get(0).map_err(sql_error)?;
+        let n: i64 = row.get(1).map_err(sql_error)?;
+        let priority = u8::try_from(rank)
+            .ok()
+            .and_then(baton_core::Priority::from_rank)
+            .ok_or_else(|| Error::Corrupt(format!("unknown priority rank {rank}")))?;
+        out.insert(priority.as_str().to_string(), n as u64);
+    }
+    Ok(out)
+}

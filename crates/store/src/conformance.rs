@@ -1777,6 +1777,36 @@ pub async fn counts_by_status_and_type(store: &dyn Store) {
             queued_by_type: expected_types.map(|(k, v)| (k.to_string(), v)).collect(),
         }
     );
+    assert_eq!(
+        store
+            .queued_by_priority()
+            .await
+            .expect("queued by priority"),
+        BTreeMap::from([("normal".to_string(), 2u64)])
+    );
+    submit(
+        store,
+        vec![
+            spec_with("c1", "c", |s| s.priority = Priority::Critical),
+            spec_with("c2", "c", |s| s.priority = Priority::Critical),
+            spec_with("c3", "c", |s| s.priority = Priority::Low),
+        ],
+        T0 + 3,
+    )
+    .await;
+    claim(store, "c", 1, T0 + 4).await;
+    assert_eq!(
+        store
+            .queued_by_priority()
+            .await
+            .expect("queued by priority"),
+        BTreeMap::from([
+            ("critical".to_string(), 1u64),
+            ("low".to_string(), 1),
+            ("normal".to_string(), 2),
+        ]),
+        "queued tasks per priority, claimed ones excluded"
+    );
 }
 
 pub async fn queued_types_lists_types_with_queued_work(store: &dyn Store) {

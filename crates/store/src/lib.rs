@@ -361,6 +361,10 @@ pub trait Store: Send + Sync + 'static {
     /// Task types that have queued tasks.
     async fn queued_types(&self) -> Result<Vec<String>>;
 
+    /// Queued tasks per priority, keyed by `Priority::as_str`, non-zero entries only
+    /// (metrics read it at scrape time; it may scan the queued tasks).
+    async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>>;
+
     /// Whether this store is used by one process only (the embedded store). Such a
     /// store's running attempts at start-up belong to a previous, dead process.
     fn exclusive(&self) -> bool;

@@ -35,6 +35,8 @@ pub struct Server {
     pub grpc: String,
     pub http_addr: String,
     pub grpc_addr: String,
+    /// The metrics port's base URL (`http://127.0.0.1:PORT`), unless turned off.
+    pub metrics: Option<String>,
 }
 
 impl Server {
@@ -51,6 +53,8 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         let mut child = Command::new(BATON)
+            // Never the default port 8000: tests run in parallel.
+            .env("BATON_METRICS_ADDR", "127.0.0.1:0")
             .envs(env.iter().copied())
             .args([
                 "serve",
@@ -82,7 +86,11 @@ impl Server {
                 .to_string()
         };
         let (http_addr, grpc_addr) = (field("http"), field("grpc"));
+        let metrics = Some(field("metrics"))
+            .filter(|m| m != "off")
+            .map(|m| format!("http://{m}"));
         Server {
+            metrics,
             child,
             http: format!("http://{http_addr}"),
             grpc: format!("http://{grpc_addr}"),
@@ -115,7 +123,18 @@ pub struct AgentProc(pub Child);
 
 impl AgentProc {
     pub fn start(grpc: &str, types: &str, concurrency: usize, id: &str) -> AgentProc {
+        Self::start_with_env(grpc, types, concurrency, id, &[])
+    }
+
+    pub fn start_with_env(
+        grpc: &str,
+        types: &str,
+        concurrency: usize,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let child = Command::new(BATON)
+            .envs(env.iter().copied())
             .args([
                 "agent",
                 "--type",
