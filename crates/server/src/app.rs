@@ -317,4 +317,35 @@ impl App {
             "stats": stats,
         })
     }
+
+    /// A run started as a task (seed 000's flows of agents), in the task's shape.
+    pub async fn flow_task_view(&self, run_id: &str) -> Result<serde_json::Value, Error> {
+        let (run, outputs) = self.engine.get(run_id).await?;
+        let view = crate::view::run_view(&run, &outputs, &self.dispatcher.agents(), false);
+        Ok(crate::flow_tasks::task_view(&run, &outputs, view))
+    }
+
+    /// The task view of the run `task_id` if there is one with a flow, waiting up to
+    /// `wait_ms` for it to finish.
+    pub async fn flow_task_wait(
+        &self,
+        task_id: &str,
+        wait_ms: u64,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let until = Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        loop {
+            let (run, _) = match self.engine.get(task_id).await {
+                Ok(found) => found,
+                Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if run.flow.is_none() {
+                return Ok(None);
+            }
+            if !run.status.is_active() || Instant::now() >= until {
+                return self.flow_task_view(task_id).await.map(Some);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod dispatcher;
+pub mod flow_tasks;
 pub mod grpc;
 pub mod leader;
 pub mod metered_store;
@@ -192,6 +193,10 @@ pub async fn run(
         .recover()
         .await
         .context("cannot resume workflow runs from the store")?;
+    engine
+        .register_builtin_flows()
+        .await
+        .context("cannot register the built-in flows")?;
     let app = Arc::new(app::App {
         store: store.clone(),
         dispatcher: dispatcher.clone(),

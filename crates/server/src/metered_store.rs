@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Fence, FlowOutcome, Leadership, FlowRecord, ListFilter, Page, Result, RunFilter,
-    RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter, Page,
+    Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -45,6 +45,41 @@ pub struct Engine {
     events: broadcast::Sender<(String, RunEvent, String)>,
     /// parent task id -> waiting children.
     dependents: Mutex<HashMap<TaskId, Vec<TaskId>>>,
+    /// Task types known to be (or not be) flow names, and when that was looked up.
+    flow_names: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// How long a "this task type is (not) a flow" answer is trusted: a flow registered
+/// on another replica becomes a task type here within this time.
+const FLOW_NAME_TTL: Duration = Duration::from_secs(5);
+
+/// Seed 000's flows of agents, registered at start unless a flow of that name
+/// already exists. Ingestion runs one `data_ingest` task per input part, in
+/// parallel; `data_analysis` merges what they found.
+pub fn builtin_flows() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "report_generation",
+            json!({"execution_mode": "sequential", "steps": [
+                {"id": "data_ingest", "task_type": "data_ingest",
+                 "map": {"over": "${input.inputs}"},
+                 "input": {"inputs": ["${item}"], "metadata": "${input.metadata}"}},
+                {"id": "data_analysis", "task_type": "data_analysis",
+                 "dependencies": ["data_ingest"],
+                 "input": {"ingested": "${steps.data_ingest.output}", "metadata": "${input.metadata}"}},
+                {"id": "synthesis", "task_type": "synthesis", "dependencies": ["data_analysis"],
+                 "input": {"analysis": "${steps.data_analysis.output}", "metadata": "${input.metadata}"}}
+            ]}),
+        ),
+        (
+            "real_time_monitoring",
+            json!({"execution_mode": "sequential", "steps": [
+                {"id": "video_detection", "task_type": "video_detection", "input": "${input}"},
+                {"id": "alerting", "task_type": "alerting", "dependencies": ["video_detection"],
+                 "input": {"detections": "${steps.video_detection.output}", "metadata": "${input.metadata}"}}
+            ]}),
+        ),
+    ]
 }
 
 fn body(run: &Run) -> Value {
@@ -92,6 +127,7 @@ impl Engine {
             finished_tx,
             events,
             dependents: Mutex::new(HashMap::new()),
+            flow_names: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&engine);
         dispatcher.set_finish_hook(Box::new(move |record: &TaskRecord| {
@@ -387,9 +423,41 @@ impl Engine {
         Ok(self.store.list_flows().await?)
     }
 
-    /// Whether a flow of this name is registered (seed 000: a task type that is a flow).
+    /// Whether a flow of this name is registered (seed 000: a task type that is a
+    /// flow). Answers are cached for [`FLOW_NAME_TTL`]; a store error means no.
     pub async fn is_flow(&self, name: &str) -> bool {
-        matches!(self.store.get_flow(name, None).await, Ok(Some(_)))
+        let cached = self
+            .flow_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .filter(|(_, at)| at.elapsed() < FLOW_NAME_TTL)
+            .map(|(is, _)| *is);
+        if let Some(is) = cached {
+            return is;
+        }
+        let is = matches!(self.store.get_flow(name, None).await, Ok(Some(_)));
+        let mut names = self.flow_names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.len() > 10_000 {
+            names.clear();
+        }
+        names.insert(name.to_string(), (is, Instant::now()));
+        is
+    }
+
+    /// Registers [`builtin_flows`] that are not registered yet.
+    pub async fn register_builtin_flows(&self) -> Result<(), Error> {
+        for (name, definition) in builtin_flows() {
+            if self.store.get_flow(name, None).await?.is_none() {
+                // Version 1 exactly: replicas starting together agree on it.
+                match self.register_flow(name, Some(1), definition).await {
+                    Ok(_) => {}
+                    Err(e) if e.code == baton_core::ErrorCode::Conflict => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts a run. Idempotent by run id: the same id returns the existing run.
