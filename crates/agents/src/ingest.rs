@@ -648,14 +648,11 @@ mod tests {
     #[test]
     fn seed_request_is_expanded() {
         let img = image::RgbImage::from_pixel(1, 1, Rgb([10, 20, 30]));
-        let b64 = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(png(&img))
-        };
+        let image_part = InputPart::bytes(InputKind::Image, png(&img)).to_json_value();
         let got = ingest(&[InputPart::json(json!({
             "task_type": "report_generation",
             "inputs": [{"type": "text", "data": "Q4 sales: 10, 20, 30"},
-                       {"type": "image", "data": b64},
+                       image_part,
                        {"type": "video", "data": ""}],
             "metadata": {"report_title": "Q4 Sales Analysis"}
         }))])

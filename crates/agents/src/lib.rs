@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod llm;
 pub mod monitoring;
 mod request;
+pub mod samples;
 pub mod stats;
 pub mod synthesis;
 pub mod vision;

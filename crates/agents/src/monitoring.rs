@@ -7,7 +7,8 @@
 //! **Frames.** A `video` part holds an animated GIF (every frame, composited, timed
 //! by its delays) or a single PNG/JPEG/GIF image; each `image` part is one more
 //! frame, `frame_interval_ms` after the previous one. Every frame must have the size
-//! of the first.
+//! of the first. A json part with an `inputs` array of `{type, data}` parts (a seed
+//! 000 request, or a workflow step's `"input": "${input}"`) stands for those parts.
 //!
 //! **Metadata** (all optional): `threshold` (grey-level difference, default 30),
 //! `min_blob_area` (pixels, default 20), `connectivity` (4 or 8, default 8),
@@ -290,6 +291,29 @@ fn size_error(index: usize, g: &Gray, size: (u32, u32)) -> String {
     )
 }
 
+/// The task's parts, with a json part that holds an `inputs` array of `{type, data}`
+/// parts (a seed 000 request, or a workflow step's `${input}`) replaced by those parts.
+pub fn expand_inputs(inputs: &[InputPart]) -> Result<Vec<InputPart>, String> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for (i, part) in inputs.iter().enumerate() {
+        match &part.data {
+            PartData::Json(v) => match v.get("inputs").and_then(Value::as_array) {
+                Some(items) => {
+                    for (j, raw) in items.iter().enumerate() {
+                        out.push(
+                            InputPart::from_json_value(j, raw)
+                                .map_err(|e| format!("inputs[{i}]: {}", e.message))?,
+                        );
+                    }
+                }
+                None => out.push(part.clone()),
+            },
+            _ => out.push(part.clone()),
+        }
+    }
+    Ok(out)
+}
+
 /// The frames of the task's video and image parts, decoded one at a time (module docs).
 pub fn frames<'a>(
     inputs: &'a [InputPart],
@@ -451,9 +475,10 @@ fn stream_start(metadata: &Map<String, Value>) -> Result<u64, String> {
 pub async fn detection_handler(task: Task) -> Result<Value, HandlerError> {
     run_blocking(move || {
         let options = detection_options(&task.metadata)?;
+        let inputs = expand_inputs(&task.inputs)?;
         let mut detections = Vec::new();
         let (width, height) = monitor(
-            frames(&task.inputs, options.frame_interval_ms),
+            frames(&inputs, options.frame_interval_ms),
             &options,
             None,
             &mut |d| detections.push(d.clone()),
@@ -514,8 +539,9 @@ pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
             }
             None => {
                 let options = detection_options(&task.metadata)?;
+                let inputs = expand_inputs(&task.inputs)?;
                 monitor(
-                    frames(&task.inputs, options.frame_interval_ms),
+                    frames(&inputs, options.frame_interval_ms),
                     &options,
                     Some(&mut alerter),
                     &mut count,

@@ -397,10 +397,13 @@ mod tests {
         let a = analysis_of(&[1.0, 2.0], vec![]);
         let wrapped = InputPart::json(json!({"analysis": a, "title": "From input"}));
         let meta = |v: Value| v.as_object().unwrap().clone();
-        let (_, t) = analysis_and_title(&[wrapped.clone()], &meta(json!({}))).unwrap();
+        let (_, t) = analysis_and_title(std::slice::from_ref(&wrapped), &meta(json!({}))).unwrap();
         assert_eq!(t, "From input");
-        let (_, t) =
-            analysis_and_title(&[wrapped.clone()], &meta(json!({"report_title": "Meta"}))).unwrap();
+        let (_, t) = analysis_and_title(
+            std::slice::from_ref(&wrapped),
+            &meta(json!({"report_title": "Meta"})),
+        )
+        .unwrap();
         assert_eq!(t, "Meta");
         let (got, t) = analysis_and_title(
             &[InputPart::json(serde_json::to_value(&a).unwrap())],
