@@ -154,7 +154,7 @@ impl Alerter {
             kind: kind.to_string(),
             severity: severity.to_string(),
             message,
-            timestamp: self.stream_start + d.offset_ms / 1000,
+            timestamp: self.stream_start.saturating_add(d.offset_ms / 1000),
             requires_action: true,
             frame_index: d.index,
             offset_ms: d.offset_ms,
@@ -164,9 +164,11 @@ impl Alerter {
             let count = d.count as u64;
             let crowded = count > max;
             if crowded && !self.crowded {
-                let severity = if count >= max.saturating_mul(2) {
+                // In u128: a limit near u64::MAX must not overflow.
+                let (count_x2, max_x3) = (2 * u128::from(count), 3 * u128::from(max));
+                let severity = if count_x2 >= 4 * u128::from(max) {
                     "critical"
-                } else if 2 * count >= 3 * max {
+                } else if count_x2 >= max_x3 {
                     "high"
                 } else {
                     "medium"
@@ -334,7 +336,8 @@ pub fn frames<'a>(
             let (gray, delay) = decoded?;
             let offset_ms = next_offset;
             // A GIF delay says how long this frame shows before the next one.
-            next_offset += delay.filter(|d| *d > 0).unwrap_or(frame_interval_ms);
+            next_offset =
+                next_offset.saturating_add(delay.filter(|d| *d > 0).unwrap_or(frame_interval_ms));
             Ok(Frame { gray, offset_ms })
         })
 }
@@ -766,6 +769,32 @@ mod tests {
                 "requires_action": true, "frame_index": 2, "offset_ms": 200,
                 "objects": detections["frames"][2]["objects"],
             }])
+        );
+    }
+
+    #[test]
+    fn extreme_rule_values_do_not_overflow() {
+        let d = |count| FrameDetection {
+            index: 0,
+            offset_ms: u64::MAX,
+            count,
+            objects: vec![],
+        };
+        let mut alerts = Vec::new();
+        let rules = Rules {
+            max_persons: Some(u64::MAX),
+            restricted_area: None,
+        };
+        Alerter::new(rules, "x", u64::MAX).observe(&d(usize::MAX), &mut |a| alerts.push(a));
+        assert!(alerts.is_empty());
+        let rules = Rules {
+            max_persons: Some(u64::MAX / 2),
+            restricted_area: None,
+        };
+        Alerter::new(rules, "x", u64::MAX).observe(&d(usize::MAX), &mut |a| alerts.push(a));
+        assert_eq!(
+            (alerts[0].severity.as_str(), alerts[0].timestamp),
+            ("critical", u64::MAX)
         );
     }
 
