@@ -237,7 +237,10 @@ pub fn series_insights(s: &SeriesAnalysis) -> Vec<String> {
             .anomalies
             .iter()
             .take(3)
-            .map(|a| format!("{} at index {}", fmt_num(a.value), a.index))
+            .map(|a| match &a.label {
+                Some(label) => format!("{} at index {} ({label})", fmt_num(a.value), a.index),
+                None => format!("{} at index {}", fmt_num(a.value), a.index),
+            })
             .collect();
         let more = s.anomalies.len().saturating_sub(3);
         let more = if more > 0 {

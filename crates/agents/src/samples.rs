@@ -210,6 +210,15 @@ mod tests {
             out["detailed_findings"]["anomalies"],
             json!([{"series": "sales", "index": 5, "value": 412.0, "score": 12.607143, "side": "high", "label": "Dec"}])
         );
+        assert_eq!(
+            out["detailed_findings"]["insights"][4],
+            "1 anomaly in sales: 412 at index 5 (Dec)"
+        );
+        assert_eq!(
+            out["executive_summary"],
+            "Analysis completed on 16 data points across 2 series and 1 image. sales: mean 168.5, \
+             median 135, from 118 to 412, no clear trend. 1 anomaly detected."
+        );
         let images = out["detailed_findings"]["images"].as_array().unwrap();
         assert_eq!(
             (images[0]["width"].as_u64(), images[0]["height"].as_u64()),
