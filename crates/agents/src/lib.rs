@@ -1,30 +1,90 @@
-//! Baton's built-in agent handlers, run by `baton agent --type echo|sleep|fail` and
-//! by `baton dev`. They exist to try Baton out and to test it end to end: each one's
-//! behaviour is driven entirely by the task's inputs and metadata.
+//! Baton's built-in agent handlers, run by `baton agent --type <type>` and by
+//! `baton dev`. `echo`, `sleep` and `fail` exist to try Baton out and to test it end
+//! to end; the others do the work of seed 000's use cases and call external APIs.
+//! Each module documents its JSON input and output.
 //!
-//! | type    | output                                   | metadata                                            |
-//! |---------|------------------------------------------|-----------------------------------------------------|
-//! | `echo`  | `{"inputs": [...], "metadata": {...}}`   | echoed back (omitted when empty)                    |
-//! | `sleep` | `{"slept_ms": n}`                        | `sleep_ms` (default 0)                              |
-//! | `fail`  | `{"attempt": n}` once it stops failing   | `fail_times` (default: every attempt), `permanent`, `retry_after_ms` |
+//! | type                   | module           | does                                                              |
+//! |------------------------|------------------|-------------------------------------------------------------------|
+//! | `echo`                 | here             | `{"inputs": [...], "metadata": {...}}` (metadata omitted when empty) |
+//! | `sleep`                | here             | sleeps `metadata.sleep_ms` (default 0): `{"slept_ms": n}`          |
+//! | `fail`                 | here             | fails per `fail_times`, `permanent`, `retry_after_ms`; then `{"attempt": n}` |
+//! | `data_ingest`          | [`ingest`]       | text, CSV, JSON and PNG/JPEG/GIF inputs → numeric series, image statistics |
+//! | `data_analysis`        | [`analysis`]     | statistics, percentiles, trend, anomalies, insights per series    |
+//! | `synthesis`            | [`synthesis`]    | seed 000's report (`report_id`, `title`, `executive_summary`, …)  |
+//! | `report_generation`    | [`synthesis`]    | the three above in one task (seed 000's task type)                |
+//! | `video_detection`      | [`monitoring`]   | animated GIF or image frames → people/objects per frame           |
+//! | `alerting`             | [`monitoring`]   | detections + metadata rules → seed 000's alerts                   |
+//! | `real_time_monitoring` | [`monitoring`]   | the two above in one task (seed 000's task type)                  |
+//! | `api_caller`           | [`api_caller`]   | an HTTP call with retries and a circuit breaker per destination   |
+//! | `llm`                  | [`llm`]          | a streamed chat completion; only when [`llm::Config::from_env`] finds one |
 //!
-//! A metadata value of the wrong type is a permanent failure naming the field.
+//! A malformed input or metadata value is a permanent failure naming the field; a
+//! transient problem (an API down, a rate limit) is retryable or retry-after.
+
+pub mod analysis;
+pub mod api_caller;
+pub mod breaker;
+pub mod ingest;
+pub mod llm;
+pub mod monitoring;
+mod request;
+pub mod samples;
+pub mod stats;
+pub mod synthesis;
+pub mod vision;
 
 use baton_sdk::{BoxHandler, Handler, HandlerError, InputPart, Task};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-/// The task types [`handler_for`] knows.
-pub const BUILTIN_TYPES: &[&str] = &["echo", "sleep", "fail"];
+/// The task types [`handler_for`] always knows. `llm` is added by [`builtin_types`]
+/// when an LLM is configured.
+pub const BUILTIN_TYPES: &[&str] = &[
+    "echo",
+    "sleep",
+    "fail",
+    "data_ingest",
+    "data_analysis",
+    "synthesis",
+    "report_generation",
+    "video_detection",
+    "alerting",
+    "real_time_monitoring",
+    "api_caller",
+];
 
-/// The built-in handler for `task_type`, if there is one.
-pub fn handler_for(task_type: &str) -> Option<BoxHandler> {
-    match task_type {
-        "echo" => Some(BoxHandler::new(echo)),
-        "sleep" => Some(BoxHandler::new(sleep)),
-        "fail" => Some(BoxHandler::new(fail)),
-        _ => None,
+/// Every type this process can serve: [`BUILTIN_TYPES`], and `llm` when
+/// [`llm::Config::from_env`] finds a configuration.
+pub fn builtin_types() -> Vec<&'static str> {
+    let mut types = BUILTIN_TYPES.to_vec();
+    if llm::Config::from_env().is_some() {
+        types.push("llm");
     }
+    types
+}
+
+/// The built-in handler for `task_type`, if there is one. The LLM configuration is
+/// read from the environment when the handler is made.
+pub fn handler_for(task_type: &str) -> Option<BoxHandler> {
+    Some(match task_type {
+        "echo" => BoxHandler::new(echo),
+        "sleep" => BoxHandler::new(sleep),
+        "fail" => BoxHandler::new(fail),
+        "data_ingest" => BoxHandler::new(ingest::handler),
+        "data_analysis" => BoxHandler::new(analysis::handler),
+        "synthesis" | "report_generation" => {
+            let llm = llm::Config::from_env();
+            BoxHandler::new(move |task| synthesis::handle(task, llm.clone()))
+        }
+        "video_detection" => BoxHandler::new(monitoring::detection_handler),
+        "alerting" | "real_time_monitoring" => BoxHandler::new(monitoring::alerting_handler),
+        "api_caller" => BoxHandler::new(|task| api_caller::ApiCaller::shared().handle(task)),
+        "llm" => {
+            let config = llm::Config::from_env()?;
+            BoxHandler::new(move |task| llm::handle(task, config.clone()))
+        }
+        _ => return None,
+    })
 }
 
 /// One handler for every built-in type, choosing by the task's type, for an agent
@@ -36,7 +96,7 @@ pub fn builtin() -> BoxHandler {
             None => Err(HandlerError::permanent(format!(
                 "no built-in handler for task type {:?} (built-in: {})",
                 task.task_type,
-                BUILTIN_TYPES.join(", ")
+                builtin_types().join(", ")
             ))),
         }
     })
@@ -327,11 +387,43 @@ mod tests {
         check(vec![(
             "unknown",
             task("report", json!({})).build(),
-            Err(HandlerError::permanent(
-                "no built-in handler for task type \"report\" (built-in: echo, sleep, fail)",
-            )),
+            Err(HandlerError::permanent(format!(
+                "no built-in handler for task type \"report\" (built-in: {})",
+                builtin_types().join(", ")
+            ))),
         )])
         .await;
+    }
+
+    #[test]
+    fn llm_is_served_only_when_configured() {
+        let configured = llm::Config::from_env().is_some();
+        assert_eq!(handler_for("llm").is_some(), configured);
+        assert_eq!(builtin_types().contains(&"llm"), configured);
+        assert!(!BUILTIN_TYPES.contains(&"llm"));
+    }
+
+    #[tokio::test]
+    async fn report_generation_runs_the_whole_use_case() {
+        let out = Harness::new(builtin())
+            .run(
+                task(
+                    "report_generation",
+                    json!({"report_title": "Q4 Sales Analysis"}),
+                )
+                .text("month,sales\nOct,120\nNov,135\nDec,150\nJan,165")
+                .build(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["title"], "Q4 Sales Analysis");
+        assert!(out["report_id"].as_str().unwrap().starts_with("report_"));
+        assert_eq!(
+            out["detailed_findings"]["statistics"],
+            json!({"series": "sales", "count": 4, "sum": 570.0, "mean": 142.5, "median": 142.5,
+                   "std_dev": 19.364917, "min": 120.0, "max": 165.0, "p25": 131.25, "p50": 142.5,
+                   "p75": 153.75, "p90": 160.5, "p95": 162.75, "p99": 164.55})
+        );
     }
 
     #[tokio::test]

@@ -219,16 +219,19 @@ pub struct DevArgs {
 
 pub async fn dev(args: DevArgs) -> Result<()> {
     let cfg = args.serve.load()?;
-    let types = baton_agents::BUILTIN_TYPES
-        .iter()
-        .map(|s| s.to_string())
+    let types = baton_agents::builtin_types()
+        .into_iter()
+        .map(str::to_string)
         .collect();
     start(cfg, Some((args.agent_concurrency, types))).await
 }
 
 #[derive(Args, Clone)]
 pub struct AgentArgs {
-    /// Built-in agent type(s) to serve: echo, sleep, fail (repeatable; also AGENT_TYPE, comma-separated).
+    /// Built-in agent type(s) to serve: echo, sleep, fail, data_ingest, data_analysis,
+    /// synthesis, report_generation, video_detection, alerting, real_time_monitoring,
+    /// api_caller, and llm when BATON_LLM_BASE_URL or an API key is set (repeatable;
+    /// also AGENT_TYPE, comma-separated).
     #[arg(
         long = "type",
         env = "AGENT_TYPE",
@@ -275,11 +278,17 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
 }
 
 async fn agent_until_stopped(args: AgentArgs) -> Result<()> {
+    let known = baton_agents::builtin_types();
     for t in &args.types {
-        if !baton_agents::BUILTIN_TYPES.contains(&t.as_str()) {
+        if t == "llm" && !known.contains(&"llm") {
+            anyhow::bail!(
+                "agent type \"llm\" needs an LLM: set BATON_LLM_BASE_URL and/or BATON_LLM_API_KEY (or OPENAI_BASE_URL / OPENAI_API_KEY), and BATON_LLM_MODEL"
+            );
+        }
+        if !known.contains(&t.as_str()) {
             anyhow::bail!(
                 "unknown agent type {t:?}: built-in types are {}",
-                baton_agents::BUILTIN_TYPES.join(", ")
+                known.join(", ")
             );
         }
     }

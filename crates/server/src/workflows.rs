@@ -76,7 +76,7 @@ pub fn builtin_flows() -> Vec<(&'static str, Value)> {
             json!({"execution_mode": "sequential", "steps": [
                 {"id": "video_detection", "task_type": "video_detection", "input": "${input}"},
                 {"id": "alerting", "task_type": "alerting", "dependencies": ["video_detection"],
-                 "input": {"detections": "${steps.video_detection.output}", "metadata": "${input.metadata}"}}
+                 "input": {"frames": "${steps.video_detection.output.frames}", "rules": "${input.metadata}"}}
             ]}),
         ),
     ]

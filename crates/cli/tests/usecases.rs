@@ -1,0 +1,154 @@
+//! Seed 000's two use cases end to end, as a user sends them: the request of the
+//! seed's API reference (`POST /api/v1/tasks` with `task_type` `report_generation`
+//! or `real_time_monitoring`), served by the built-in flows over agents that run
+//! as separate processes, each serving one step's task type.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn agents(server: &Server) -> Vec<AgentProc> {
+    [
+        "data_ingest",
+        "data_analysis",
+        "synthesis",
+        "video_detection",
+        "alerting",
+    ]
+    .iter()
+    .map(|t| AgentProc::start(&server.grpc, t, 4, &format!("{t}-agent")))
+    .collect()
+}
+
+fn step_agents(view: &Value) -> Vec<(String, String)> {
+    view["agent_executions"]
+        .as_array()
+        .expect("agent_executions")
+        .iter()
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap_or_default().to_string(),
+                e["agent_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_generation_runs_as_a_flow_of_three_agents() {
+    let dir = TempDir::new("usecase-report");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agents = agents(&server);
+    api.wait_agents(5).await;
+
+    let request = baton_agents::samples::report_request();
+    let accepted = api.post("/api/v1/tasks", &request).await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    assert_eq!(accepted.body["task_id"], "report-001");
+    assert_eq!(accepted.body["task_type"], "report_generation");
+
+    let done = api.wait_done("report-001", Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // One ingest task per input part (the CSV and the image), then analysis, then synthesis.
+    let steps = step_agents(&done);
+    assert_eq!(
+        steps,
+        [
+            ("data_ingest".to_string(), "data_ingest-agent".to_string()),
+            ("data_ingest".into(), "data_ingest-agent".into()),
+            ("data_analysis".into(), "data_analysis-agent".into()),
+            ("synthesis".into(), "synthesis-agent".into()),
+        ]
+    );
+    assert_eq!(done["metrics"]["agents_used"], 3, "{done}");
+    assert_eq!(done["metrics"]["retry_count"], 0, "{done}");
+    let report = &done["output"];
+    assert_eq!(report["title"], "Q4 Sales Analysis", "{report}");
+    assert!(report["report_id"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("report_")));
+    assert!(report["executive_summary"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    for key in ["statistics", "insights", "anomalies"] {
+        assert!(
+            !report["detailed_findings"][key].is_null(),
+            "{key}: {report}"
+        );
+    }
+    assert!(report["recommendations"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
+    // The image was ingested too.
+    assert_eq!(
+        report["detailed_findings"]["images"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    // The same request again is the same task: nothing new runs.
+    let again = api.post("/api/v1/tasks", &request).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_time_monitoring_raises_seed_alerts() {
+    let dir = TempDir::new("usecase-monitor");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agents = agents(&server);
+    api.wait_agents(5).await;
+
+    let accepted = api
+        .post("/api/v1/tasks", &baton_agents::samples::monitor_request())
+        .await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    let done = api.wait_done("monitor-001", Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let alerts = done["output"]["alerts"].as_array().expect("alerts");
+    let types: Vec<&str> = alerts.iter().filter_map(|a| a["type"].as_str()).collect();
+    assert!(types.contains(&"crowd_detected"), "{types:?}");
+    for alert in alerts {
+        for key in [
+            "alert_id",
+            "type",
+            "severity",
+            "message",
+            "timestamp",
+            "requires_action",
+        ] {
+            assert!(!alert[key].is_null(), "{key} missing: {alert}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_from_text_without_numbers_fails_clearly() {
+    let dir = TempDir::new("usecase-bad");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agents = agents(&server);
+    api.wait_agents(5).await;
+    let accepted = api
+        .post(
+            "/api/v1/tasks",
+            &serde_json::json!({"task_id": "no-numbers", "task_type": "report_generation",
+                "inputs": [{"type": "text", "data": "nothing to count here"}]}),
+        )
+        .await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    let done = api.wait_done("no-numbers", Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "a reason is given: {done}");
+    assert_eq!(
+        done["metrics"]["retry_count"], 0,
+        "a bad input is not retried: {done}"
+    );
+}
