@@ -13,7 +13,8 @@ LOG=$DATA/server.log
 trap 'kill $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 echo "== starting baton dev (orchestrator + built-in agents), data in $DATA"
-"$BATON" dev --data-dir "$DATA/data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 >"$LOG.out" 2>"$LOG" &
+"$BATON" dev --data-dir "$DATA/data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+  --metrics-addr off >"$LOG.out" 2>"$LOG" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
   grep -q '^baton listening' "$LOG.out" 2>/dev/null && break
@@ -36,6 +37,14 @@ echo "== submitting a sample task and waiting for its result"
 echo
 echo "== a task that fails twice, then succeeds on its third attempt"
 "$BATON" submit --type fail --metadata '{"fail_times": 2}' --backoff-base-ms 100 --wait
+
+echo
+echo "== seed 000's use case 1: report generation (data_ingest -> data_analysis -> synthesis)"
+cargo run --release --quiet -p baton-agents --example make-samples -- "$DATA/samples" >/dev/null
+echo "   POST /api/v1/tasks with $DATA/samples/report_request.json (a CSV of monthly sales and a PNG chart)"
+curl -sS -X POST "$BATON_SERVER/api/v1/tasks" -H 'content-type: application/json' \
+  --data-binary "@$DATA/samples/report_request.json" -o /dev/null -w '   accepted: HTTP %{http_code}\n'
+"$BATON" get report-001 --wait 30
 
 echo
 echo "== the tasks, and the agents that ran them"
