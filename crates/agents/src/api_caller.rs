@@ -22,7 +22,6 @@
 
 use crate::breaker::{self, Breakers};
 use crate::request::{field, opt_str, opt_u64, retry_after_header};
-use baton_core::input::PartData;
 use baton_sdk::{HandlerError, Task};
 use reqwest::{Method, Url};
 use serde_json::{json, Map, Value};
@@ -65,14 +64,7 @@ impl ApiRequest {
 
     /// Reads the request of a task (module docs); every error is the submitter's.
     pub fn from_task(task: &Task) -> Result<ApiRequest, String> {
-        let spec: Map<String, Value> = task
-            .inputs
-            .iter()
-            .find_map(|p| match &p.data {
-                PartData::Json(Value::Object(o)) => Some(o.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let spec = crate::request::json_object(task);
         let get = |key: &str| field(&spec, &task.metadata, key);
         let raw_url = opt_str(get("url"), "url")?
             .ok_or("url is required (in the json input or the metadata)")?;

@@ -18,7 +18,7 @@ use crate::request::{field, opt_f64, opt_str, opt_u64, retry_after_header};
 use baton_core::input::PartData;
 use baton_sdk::{HandlerError, Task};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -325,14 +325,7 @@ impl SseParser {
 
 /// The request a task describes (module docs).
 pub fn request_from_task(task: &Task) -> Result<Request, String> {
-    let spec: Map<String, Value> = task
-        .inputs
-        .iter()
-        .find_map(|p| match &p.data {
-            PartData::Json(Value::Object(o)) => Some(o.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
+    let spec = crate::request::json_object(task);
     let get = |key: &str| field(&spec, &task.metadata, key);
     let mut messages = Vec::new();
     if let Some(system) = opt_str(get("system"), "system")? {

@@ -502,14 +502,7 @@ pub async fn detection_handler(task: Task) -> Result<Value, HandlerError> {
 /// `alerting` and `real_time_monitoring`.
 pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
     run_blocking(move || {
-        let spec: Map<String, Value> = task
-            .inputs
-            .iter()
-            .find_map(|p| match &p.data {
-                PartData::Json(Value::Object(o)) => Some(o.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let spec = crate::request::json_object(&task);
         let fallback = match spec.get("rules") {
             Some(Value::Object(r)) => r.clone(),
             _ => Map::new(),

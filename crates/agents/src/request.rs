@@ -4,6 +4,18 @@
 use serde_json::{Map, Value};
 use std::time::Duration;
 
+/// The task's first json input part that is an object (the request's fields), or
+/// an empty object.
+pub fn json_object(task: &baton_sdk::Task) -> Map<String, Value> {
+    task.inputs
+        .iter()
+        .find_map(|p| match &p.data {
+            baton_core::input::PartData::Json(Value::Object(o)) => Some(o.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// `key` from the json input, else from the metadata; `null` counts as absent.
 pub fn field<'a>(
     spec: &'a Map<String, Value>,

@@ -241,6 +241,16 @@ fn line(scenario: &str, value: f64, unit: &str) {
     println!("baton {scenario} {txt} {unit}");
 }
 
+/// `n` no-op tasks in batches of `batch`.
+fn noop_batches(n: usize, batch: usize, tag: &str) -> Vec<Vec<Value>> {
+    (0..n)
+        .map(|i| noop(i, tag))
+        .collect::<Vec<_>>()
+        .chunks(batch.max(1))
+        .map(<[Value]>::to_vec)
+        .collect()
+}
+
 fn noop(i: usize, tag: &str) -> Value {
     json!({"task_type": "echo", "task_id": format!("{tag}-{i}"), "inputs": [{"type": "json", "data": {"i": i}}]})
 }
@@ -250,12 +260,7 @@ async fn throughput_bulk(clients: &[Arc<Client>], n: usize, batch: usize, tag: &
     let client = &clients[0];
     let base = count(client, "completed").await?;
     let start = Instant::now();
-    let chunks: Vec<Vec<Value>> = (0..n)
-        .map(|i| noop(i, tag))
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| c.to_vec())
-        .collect();
+    let chunks = noop_batches(n, batch, tag);
     // A few batches in flight at once, as a real producer would.
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
     let mut handles = Vec::new();
@@ -426,12 +431,7 @@ async fn failover(
     let base = count(client, "completed").await?;
     let mut targets: Vec<Arc<Client>> = survivors.to_vec();
     targets.push(Arc::new(Client::new(&victim.http)?));
-    let chunks: Vec<Vec<Value>> = (0..n)
-        .map(|i| noop(i, tag))
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| c.to_vec())
-        .collect();
+    let chunks = noop_batches(n, batch, tag);
     let kill_after = chunks.len() / 4;
     let mut killed = None;
     for (k, chunk) in chunks.into_iter().enumerate() {
