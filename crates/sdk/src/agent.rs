@@ -235,6 +235,7 @@ impl AgentBuilder {
                 version: self.version,
                 max_concurrent: self.max_concurrent,
                 labels: self.labels,
+                ..Default::default()
             },
             agent_id,
             endpoints,
@@ -726,7 +727,13 @@ impl<'a> Runner<'a> {
             }))
             .chain(self.outbox.keys().cloned())
             .collect();
-        send(tx, AgentMsg::Heartbeat(v1::Heartbeat { in_flight }));
+        send(
+            tx,
+            AgentMsg::Heartbeat(v1::Heartbeat {
+                in_flight,
+                ..Default::default()
+            }),
+        );
     }
 
     /// Returns whether this signal started the drain.

@@ -257,6 +257,7 @@ impl v1::baton_server::Baton for ClientApi {
                 last_heartbeat_ms: a.last_heartbeat_ms,
                 completed: a.completed,
                 failed: a.failed,
+                ..Default::default()
             })
             .collect();
         Ok(Response::new(v1::ListAgentsResponse { agents }))
