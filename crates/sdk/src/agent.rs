@@ -12,6 +12,8 @@ use crate::backoff::Backoff;
 use crate::handler::{execute, Handler, Outcome};
 use crate::outbox::{AckOutcome, AttemptKey, Outbox};
 use crate::{Error, HandlerError, Task};
+use crate::load::Load;
+use baton_core::sched::registry::parse_version;
 use baton_core::{AgentId, ErrorCode};
 use baton_proto::v1;
 use baton_proto::v1::agent_message::Msg as AgentMsg;
@@ -63,7 +65,15 @@ impl Agent {
             task_types: Vec::new(),
             max_concurrent: 1,
             labels: HashMap::new(),
-            version: "unknown".into(),
+            version: DEFAULT_VERSION.into(),
+            agent_type: None,
+            capabilities: Vec::new(),
+            service_types: Vec::new(),
+            advertised_endpoint: None,
+            tags: Vec::new(),
+            location: None,
+            cost_factor: None,
+            weight: None,
             drain_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -81,6 +91,15 @@ pub struct AgentBuilder {
     max_concurrent: u32,
     labels: HashMap<String, String>,
     version: String,
+    agent_type: Option<String>,
+    capabilities: Vec<String>,
+    service_types: Vec<String>,
+    /// Seed 004's `endpoint`: where this agent listens, not a server to connect to.
+    advertised_endpoint: Option<String>,
+    tags: Vec<String>,
+    location: Option<String>,
+    cost_factor: Option<f64>,
+    weight: Option<f64>,
     drain_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -122,9 +141,66 @@ impl AgentBuilder {
         self
     }
 
-    /// The agent's own version, shown in `baton agents` (default `unknown`).
+    /// The agent's own version, a semantic version such as `2.1.0` (default
+    /// `0.0.0`): shown in `baton agents` and matched by discovery's version ranges.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = version.into();
+        self
+    }
+
+    /// The agent's kind (seed 004's `agent_type`, such as `CarbonCalculatorAgent`):
+    /// per-type hourly cost budgets and `type:` content rules use it. Default: the
+    /// server takes the first task type.
+    pub fn agent_type(mut self, agent_type: impl Into<String>) -> Self {
+        self.agent_type = Some(agent_type.into());
+        self
+    }
+
+    /// Something the agent can do besides its task types, matched by discovery
+    /// (`scope3_emissions`); call once per capability.
+    pub fn capability(mut self, capability: impl Into<String>) -> Self {
+        self.capabilities.push(capability.into());
+        self
+    }
+
+    /// One of seed 004's service types (`computation`, ...); call once per type.
+    pub fn service_type(mut self, service_type: impl Into<String>) -> Self {
+        self.service_types.push(service_type.into());
+        self
+    }
+
+    /// Where this agent can be reached directly (seed 004's `endpoint`, such as
+    /// `tcp://10.0.1.50:5000`), shown in discovery. Not a server address: those are
+    /// given to [`Agent::builder`].
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.advertised_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// A free-form label that content rules (`tag:<tag>`) and discovery match; call
+    /// once per tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Region or zone (`us-east-1`), matched by discovery's location preference.
+    pub fn location(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
+    }
+
+    /// Seed 001's `cost_factor`: the price of an hour of this agent's work, in the
+    /// unit of the cost budgets; the cost-based strategy prefers lower (default 1).
+    pub fn cost_factor(mut self, cost_factor: f64) -> Self {
+        self.cost_factor = Some(cost_factor);
+        self
+    }
+
+    /// Relative share of work under the weighted strategies (default 1; 0 takes
+    /// the agent out of them).
+    pub fn weight(mut self, weight: f64) -> Self {
+        self.weight = Some(weight);
         self
     }
 
@@ -228,14 +304,34 @@ impl AgentBuilder {
         if self.backoff_min.is_zero() {
             return bad("the minimum reconnect backoff must be greater than zero".into());
         }
+        let version = parse_version(&self.version).map_err(|e| Error::Config(e.message))?;
+        let agent_type = match self.agent_type {
+            Some(t) => non_blank("agent_type", t)?,
+            None => String::new(),
+        };
+        let advertised_endpoint = match self.advertised_endpoint {
+            Some(e) => non_blank("endpoint", e)?,
+            None => String::new(),
+        };
+        let location = match self.location {
+            Some(l) => non_blank("location", l)?,
+            None => String::new(),
+        };
         Ok(Config {
             register: v1::Register {
                 agent_id: agent_id.as_str().to_string(),
                 task_types,
-                version: self.version,
+                version: version.to_string(),
                 max_concurrent: self.max_concurrent,
                 labels: self.labels,
-                ..Default::default()
+                agent_type,
+                capabilities: non_blank_list("capability", self.capabilities)?,
+                service_types: non_blank_list("service_type", self.service_types)?,
+                endpoint: advertised_endpoint,
+                tags: non_blank_list("tag", self.tags)?,
+                location,
+                cost_factor: non_negative("cost_factor", self.cost_factor)?,
+                weight: non_negative("weight", self.weight)?,
             },
             agent_id,
             endpoints,
@@ -243,6 +339,42 @@ impl AgentBuilder {
             drain_timeout: self.drain_timeout,
             backoff: Backoff::new(self.backoff_min, self.backoff_max),
         })
+    }
+}
+
+/// The version an agent declares unless it says otherwise: a valid semantic
+/// version that every real release sorts after.
+const DEFAULT_VERSION: &str = "0.0.0";
+
+/// A descriptor text field: refused when empty or blank, trimmed otherwise.
+fn non_blank(field: &str, value: String) -> Result<String, Error> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(Error::Config(format!("{field} must not be empty")));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Each entry as [`non_blank`], duplicates dropped, first occurrence kept.
+fn non_blank_list(field: &str, values: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        let v = non_blank(field, v)?;
+        if seen.insert(v.clone()) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Cost factors and weights: a finite number of at least 0 when given.
+fn non_negative(field: &str, value: Option<f64>) -> Result<Option<f64>, Error> {
+    match value {
+        Some(x) if !(x.is_finite() && x >= 0.0) => Err(Error::Config(format!(
+            "{field} must be a finite number of at least 0, got {x}"
+        ))),
+        other => Ok(other),
     }
 }
 
@@ -302,6 +434,8 @@ fn shutdown_signals() -> std::io::Result<BoxStream<'static, ()>> {
 struct Done {
     key: AttemptKey,
     outcome: Outcome,
+    /// How long the handler ran, for the heartbeat's response time.
+    elapsed: Duration,
 }
 
 /// Why the agent stops before it is done with everything.
@@ -343,6 +477,8 @@ struct Runner<'a> {
     /// the previous connection still run); started as slots free.
     queued: VecDeque<v1::Assignment>,
     outbox: Outbox,
+    /// Recent results and CPU use, for the heartbeats.
+    load: Load,
     draining: bool,
     drain_deadline: Option<Instant>,
 }
@@ -361,6 +497,7 @@ impl<'a> Runner<'a> {
             traces: HashMap::new(),
             queued: VecDeque::new(),
             outbox: Outbox::default(),
+            load: Load::new(),
             draining: false,
             drain_deadline: None,
         }
@@ -649,11 +786,13 @@ impl<'a> Runner<'a> {
         let done_key = key.clone();
         let join = tokio::spawn(
             async move {
+                let started = Instant::now();
                 let outcome = execute(&*handler, task).await;
                 // Fails only when the agent has stopped; nobody is left to tell.
                 let _ = done_tx.send(Done {
                     key: done_key,
                     outcome,
+                    elapsed: started.elapsed(),
                 });
             }
             .instrument(span),
@@ -677,7 +816,11 @@ impl<'a> Runner<'a> {
     }
 
     fn on_done(&mut self, done: Done) {
-        let Done { key, outcome } = done;
+        let Done {
+            key,
+            outcome,
+            elapsed,
+        } = done;
         // Not running any more means it was cancelled or superseded after it
         // finished but before this loop saw it: send nothing.
         if self.running.remove(&key).is_none() {
@@ -690,6 +833,7 @@ impl<'a> Runner<'a> {
                 info!(task_id = %key.task_id, attempt = key.attempt, kind = %e.kind(), error = %e.message(), "attempt failed")
             }
         }
+        self.load.record(&outcome, elapsed);
         let traceparent = self.traces.remove(&key).unwrap_or_default();
         let mut result = to_result(key, outcome);
         result.traceparent = traceparent;
@@ -715,7 +859,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn send_heartbeat(&self, tx: &mpsc::UnboundedSender<v1::AgentMessage>) {
+    fn send_heartbeat(&mut self, tx: &mpsc::UnboundedSender<v1::AgentMessage>) {
         // Finished attempts whose results are not yet acked are still held here.
         let in_flight = self
             .running
@@ -727,11 +871,14 @@ impl<'a> Runner<'a> {
             }))
             .chain(self.outbox.keys().cloned())
             .collect();
+        let (cpu_usage, error_rate, response_time_ms) = self.load.heartbeat_fields();
         send(
             tx,
             AgentMsg::Heartbeat(v1::Heartbeat {
                 in_flight,
-                ..Default::default()
+                cpu_usage,
+                error_rate,
+                response_time_ms,
             }),
         );
     }
@@ -893,6 +1040,53 @@ mod tests {
             Some("a")
         );
         assert_eq!(config.register.version, "1.0.0");
+        // Nothing of seed 004's descriptor was declared: the defaults go out.
+        assert_eq!(config.register.agent_type, "");
+        assert!(config.register.capabilities.is_empty());
+        assert!(config.register.tags.is_empty());
+        assert_eq!(config.register.location, "");
+        assert_eq!(config.register.cost_factor, None);
+        assert_eq!(config.register.weight, None);
+    }
+
+    #[test]
+    fn descriptor_fields_reach_the_register_message() {
+        let register = builder()
+            .agent_type(" CarbonCalculatorAgent ")
+            .version(" 2.1.0-rc.1+build.5 ")
+            .capability("carbon_calculation")
+            .capability("scope3_emissions")
+            .capability("carbon_calculation")
+            .service_type("computation")
+            .endpoint("tcp://10.0.1.50:5000")
+            .tag("production")
+            .tag("gpu")
+            .tag("production")
+            .location("us-east-1")
+            .cost_factor(0.0)
+            .weight(2.5)
+            .validate()
+            .unwrap()
+            .register;
+        assert_eq!(register.agent_type, "CarbonCalculatorAgent");
+        assert_eq!(register.version, "2.1.0-rc.1+build.5");
+        assert_eq!(
+            register.capabilities,
+            ["carbon_calculation", "scope3_emissions"]
+        );
+        assert_eq!(register.service_types, ["computation"]);
+        assert_eq!(register.endpoint, "tcp://10.0.1.50:5000");
+        assert_eq!(register.tags, ["production", "gpu"]);
+        assert_eq!(register.location, "us-east-1");
+        assert_eq!(register.cost_factor, Some(0.0));
+        assert_eq!(register.weight, Some(2.5));
+    }
+
+    #[test]
+    fn default_version_is_semver() {
+        let version = builder().validate().unwrap().register.version;
+        assert_eq!(version, DEFAULT_VERSION);
+        assert!(parse_version(&version).is_ok());
     }
 
     #[test]
@@ -933,6 +1127,26 @@ mod tests {
                 builder().reconnect_backoff(Duration::ZERO, Duration::from_secs(1)),
                 "backoff",
             ),
+            (builder().version("unknown"), "not a semantic version"),
+            (builder().version("2.1"), "version \"2.1\""),
+            (builder().version(""), "version"),
+            (
+                builder().cost_factor(-0.5),
+                "cost_factor must be a finite number of at least 0, got -0.5",
+            ),
+            (builder().cost_factor(f64::NAN), "cost_factor"),
+            (builder().cost_factor(f64::INFINITY), "got inf"),
+            (
+                builder().weight(-1.0),
+                "weight must be a finite number of at least 0, got -1",
+            ),
+            (builder().weight(f64::NEG_INFINITY), "weight"),
+            (builder().agent_type("  "), "agent_type must not be empty"),
+            (builder().capability(""), "capability must not be empty"),
+            (builder().service_type(" "), "service_type must not be empty"),
+            (builder().tag(""), "tag must not be empty"),
+            (builder().location(""), "location must not be empty"),
+            (builder().endpoint(""), "endpoint must not be empty"),
         ];
         for (b, want) in cases {
             match b.validate() {

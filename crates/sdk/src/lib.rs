@@ -28,6 +28,7 @@ mod agent;
 mod backoff;
 mod error;
 mod handler;
+mod load;
 mod outbox;
 mod task;
 pub mod testing;
