@@ -20,7 +20,8 @@ pub struct BenchArgs {
     /// Scenarios to run: throughput, throughput.seq, latency, queued-memory, and the
     /// workflow ones: chains (3-step chains), fanout (10 parallel steps + 1 fan-in),
     /// wide (one run of 10,000 parallel steps); failover (with --replicas 2+: one
-    /// replica SIGKILLed mid-run).
+    /// replica SIGKILLed mid-run); routing and discovery (the scheduler's core in
+    /// process, no server: see the --sched-* options).
     #[arg(
         long,
         value_delimiter = ',',
@@ -77,6 +78,8 @@ pub struct BenchArgs {
     /// across them.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    #[command(flatten)]
+    sched: crate::bench_sched::SchedArgs,
 }
 
 struct Proc {
@@ -643,8 +646,20 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
     Ok(())
 }
 
-pub async fn run(args: BenchArgs) -> Result<()> {
+pub async fn run(mut args: BenchArgs) -> Result<()> {
     crate::serve::init_logging("warn", baton_server::config::LogFormat::Text, None);
+    // The scheduler scenarios need no server: run them here, then the rest.
+    let (sched, rest): (Vec<String>, Vec<String>) = std::mem::take(&mut args.scenarios)
+        .into_iter()
+        .partition(|s| crate::bench_sched::SCENARIOS.contains(&s.as_str()));
+    if !sched.is_empty() {
+        let sched_args = args.sched.clone();
+        tokio::task::spawn_blocking(move || crate::bench_sched::run(&sched, &sched_args)).await??;
+    }
+    if rest.is_empty() {
+        return Ok(());
+    }
+    args.scenarios = rest;
     let tmp = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
     });

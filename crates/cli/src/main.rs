@@ -3,6 +3,7 @@
 //! the load generator (`bench`).
 
 mod bench;
+mod bench_sched;
 mod client;
 mod output;
 mod serve;

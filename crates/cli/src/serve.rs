@@ -177,8 +177,19 @@ async fn serve_until_stopped(cfg: Config, with_agents: Option<(usize, Vec<String
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            if let Err(e) =
-                run_builtin_agent(vec![grpc_url], types, concurrency, None, Box::pin(stop)).await
+            let descriptor = Descriptor {
+                agent_type: Some(BUILTIN_AGENT_TYPE.into()),
+                ..Descriptor::default()
+            };
+            if let Err(e) = run_builtin_agent(
+                vec![grpc_url],
+                types,
+                concurrency,
+                None,
+                descriptor,
+                Box::pin(stop),
+            )
+            .await
             {
                 tracing::error!(error = %e, "built-in agents stopped");
             }
@@ -253,6 +264,27 @@ pub struct AgentArgs {
     /// Agent id [default: generated].
     #[arg(long)]
     agent_id: Option<String>,
+    /// The agent's kind, for per-type cost budgets, `type:` routing rules and
+    /// discovery [default: the first --type].
+    #[arg(long)]
+    agent_type: Option<String>,
+    /// The agent's semantic version, matched by discovery's version ranges
+    /// [default: baton's own version].
+    #[arg(long = "agent-version", visible_alias = "version")]
+    agent_version: Option<String>,
+    /// A label for `tag:` routing rules and discovery (repeatable, or comma-separated).
+    #[arg(long = "tag", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Region or zone (us-east-1), preferred by discovery queries that name it.
+    #[arg(long)]
+    location: Option<String>,
+    /// Price of an hour of this agent's work, for cost-based routing and cost
+    /// budgets [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    cost_factor: Option<f64>,
+    /// Share of work under the weighted routing strategies [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    weight: Option<f64>,
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// text or json.
@@ -295,14 +327,53 @@ async fn agent_until_stopped(args: AgentArgs) -> Result<()> {
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
+    let descriptor = Descriptor {
+        agent_type: args.agent_type,
+        version: args
+            .agent_version
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        tags: args.tags,
+        location: args.location,
+        cost_factor: args.cost_factor,
+        weight: args.weight,
+    };
     run_builtin_agent(
         args.orchestrator,
         args.types,
         args.concurrency,
         args.agent_id,
+        descriptor,
         Box::pin(shutdown_signal()),
     )
     .await
+}
+
+/// The agent type `baton dev`'s in-process agents declare: one agent serving
+/// every built-in task type.
+const BUILTIN_AGENT_TYPE: &str = "baton-builtin";
+
+/// Seed 004's descriptor fields a built-in agent declares; the SDK builder
+/// validates them.
+struct Descriptor {
+    agent_type: Option<String>,
+    version: String,
+    tags: Vec<String>,
+    location: Option<String>,
+    cost_factor: Option<f64>,
+    weight: Option<f64>,
+}
+
+impl Default for Descriptor {
+    fn default() -> Self {
+        Self {
+            agent_type: None,
+            version: env!("CARGO_PKG_VERSION").into(),
+            tags: Vec::new(),
+            location: None,
+            cost_factor: None,
+            weight: None,
+        }
+    }
 }
 
 async fn run_builtin_agent(
@@ -310,20 +381,135 @@ async fn run_builtin_agent(
     types: Vec<String>,
     concurrency: usize,
     agent_id: Option<String>,
+    descriptor: Descriptor,
     stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> Result<()> {
     let mut builder = baton_sdk::Agent::builder(endpoints)
         .max_concurrent(concurrency.min(u32::MAX as usize) as u32)
-        .version(env!("CARGO_PKG_VERSION"));
+        .version(descriptor.version);
     for t in &types {
         builder = builder.task_type(t.clone());
     }
     if let Some(id) = agent_id {
         builder = builder.agent_id(id);
     }
+    if let Some(agent_type) = descriptor.agent_type {
+        builder = builder.agent_type(agent_type);
+    }
+    for tag in descriptor.tags {
+        builder = builder.tag(tag);
+    }
+    if let Some(location) = descriptor.location {
+        builder = builder.location(location);
+    }
+    if let Some(cost_factor) = descriptor.cost_factor {
+        builder = builder.cost_factor(cost_factor);
+    }
+    if let Some(weight) = descriptor.weight {
+        builder = builder.weight(weight);
+    }
     builder
         .run_until(baton_agents::builtin(), stop)
         .await
         .context("agent failed")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(args: &[&str]) -> AgentArgs {
+        let argv = ["baton-agent", "--type", "echo"].iter().chain(args);
+        Cmd::try_parse_from(argv).unwrap().agent
+    }
+
+    #[test]
+    fn descriptor_flags_parse() {
+        let a = parse(&[
+            "--agent-type",
+            "summarizer",
+            "--tag",
+            "gpu,eu",
+            "--tag",
+            "prod",
+            "--location",
+            "eu-west-1",
+            "--cost-factor",
+            "-1",
+            "--weight",
+            "2.5",
+            "--version",
+            "1.2.3",
+        ]);
+        assert_eq!(a.agent_type.as_deref(), Some("summarizer"));
+        assert_eq!(a.tags, ["gpu", "eu", "prod"]);
+        assert_eq!(a.location.as_deref(), Some("eu-west-1"));
+        // Parsed as given: the SDK builder refuses it with its own message.
+        assert_eq!(a.cost_factor, Some(-1.0));
+        assert_eq!(a.weight, Some(2.5));
+        assert_eq!(a.agent_version.as_deref(), Some("1.2.3"));
+        assert_eq!(
+            parse(&["--agent-version", "2.0.0"])
+                .agent_version
+                .as_deref(),
+            Some("2.0.0")
+        );
+        let none = parse(&[]);
+        assert!(none.agent_type.is_none() && none.tags.is_empty() && none.weight.is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_descriptors_stop_the_agent_before_it_connects() {
+        for (descriptor, want) in [
+            (
+                Descriptor {
+                    weight: Some(-1.0),
+                    ..Descriptor::default()
+                },
+                "weight must be a finite number of at least 0, got -1",
+            ),
+            (
+                Descriptor {
+                    cost_factor: Some(f64::NAN),
+                    ..Descriptor::default()
+                },
+                "cost_factor",
+            ),
+            (
+                Descriptor {
+                    version: "latest".into(),
+                    ..Descriptor::default()
+                },
+                "version \"latest\" is not a semantic version",
+            ),
+        ] {
+            // Port 1: nothing listens, and validation must fail before any connect.
+            let err = run_builtin_agent(
+                vec!["http://127.0.0.1:1".into()],
+                vec!["echo".into()],
+                1,
+                None,
+                descriptor,
+                Box::pin(std::future::pending()),
+            )
+            .await
+            .unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(want), "{msg:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn dev_agents_declare_a_semver_version() {
+        let d = Descriptor::default();
+        assert!(baton_core::sched::registry::parse_version(&d.version).is_ok());
+    }
 }

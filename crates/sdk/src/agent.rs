@@ -10,9 +10,9 @@
 
 use crate::backoff::Backoff;
 use crate::handler::{execute, Handler, Outcome};
+use crate::load::Load;
 use crate::outbox::{AckOutcome, AttemptKey, Outbox};
 use crate::{Error, HandlerError, Task};
-use crate::load::Load;
 use baton_core::sched::registry::parse_version;
 use baton_core::{AgentId, ErrorCode};
 use baton_proto::v1;
@@ -1143,7 +1143,10 @@ mod tests {
             (builder().weight(f64::NEG_INFINITY), "weight"),
             (builder().agent_type("  "), "agent_type must not be empty"),
             (builder().capability(""), "capability must not be empty"),
-            (builder().service_type(" "), "service_type must not be empty"),
+            (
+                builder().service_type(" "),
+                "service_type must not be empty",
+            ),
             (builder().tag(""), "tag must not be empty"),
             (builder().location(""), "location must not be empty"),
             (builder().endpoint(""), "endpoint must not be empty"),
