@@ -19,6 +19,13 @@
 //! that panics or runs past the task's timeout is reported as a failure rather than
 //! taking the agent down.
 //!
+//! Besides its task types and concurrency, an agent declares seed 004's descriptor
+//! ([`AgentBuilder::agent_type`], [`AgentBuilder::version`] as a semantic version,
+//! capabilities, tags, location, cost factor, weight), which discovery and routing
+//! read; its heartbeats carry its load: error rate and mean response time over its
+//! last 100 results (a permanent failure is the input's fault and not an error),
+//! and the CPU share of its process on Linux.
+//!
 //! Each attempt runs inside a `tracing` span named `agent.attempt` for
 //! OpenTelemetry; when the assignment carries the orchestrator's trace context
 //! (W3C `traceparent`), that span is its child ([`trace_context`]). Export is the
