@@ -309,28 +309,24 @@ pub fn weighted_capacity(snap: &[AgentView], task: &TaskFacts) -> Option<usize> 
 /// Picks an eligible agent with probability proportional to its weight;
 /// `sample` is uniform in `[0, 1)`. Agents of weight 0 get nothing.
 pub fn weighted_random(snap: &[AgentView], task: &TaskFacts, sample: f64) -> Option<usize> {
-    let total: f64 = snap
-        .iter()
-        .filter(|a| a.eligible(task) && a.weight > 0.0)
-        .map(|a| a.weight)
-        .sum();
+    // One pass over the snapshot, since checking eligibility is the costly part:
+    // the eligible agents with their running total of weight.
+    let mut cumulative: Vec<(usize, f64)> = Vec::with_capacity(snap.len());
+    let mut total = 0.0;
+    for (i, a) in snap.iter().enumerate() {
+        if a.weight > 0.0 && a.eligible(task) {
+            total += a.weight;
+            cumulative.push((i, total));
+        }
+    }
     if total <= 0.0 {
         return None;
     }
-    let mut target = sample.clamp(0.0, 1.0) * total;
-    let mut last = None;
-    for (i, a) in snap.iter().enumerate() {
-        if !(a.eligible(task) && a.weight > 0.0) {
-            continue;
-        }
-        if target < a.weight {
-            return Some(i);
-        }
-        target -= a.weight;
-        last = Some(i);
-    }
-    // Rounding can leave a sliver past the last agent: it is the last one's.
-    last
+    let target = sample.clamp(0.0, 1.0) * total;
+    // The first agent whose running total passes the target. Rounding can leave
+    // a sliver past the last agent: it is the last one's.
+    let at = cumulative.partition_point(|&(_, c)| c <= target);
+    cumulative.get(at).or(cumulative.last()).map(|&(i, _)| i)
 }
 
 /// Task duration assumed for an agent with no measured average: one second.
