@@ -205,7 +205,10 @@ impl Fleet {
             );
             let mut tasks = vec![own.clone(), EVERY_AGENT.to_string()];
             if rng.chance(0.3) {
-                tasks.push(task_type_name(rng.below(n_types)));
+                let other = task_type_name(rng.below(n_types));
+                if other != own {
+                    tasks.push(other);
+                }
             }
             d.capabilities = tasks.iter().cloned().collect();
             for _ in 0..1 + rng.below(3) {
@@ -581,7 +584,9 @@ fn queries(fleet: &Fleet, n: usize, every_agent: bool, rng: &mut Rng) -> Result<
             Ok(Query {
                 capabilities,
                 min_health: 0.8,
-                version: Some(parse_version_req(*rng.pick(&VERSION_REQS))?),
+                version: Some(parse_version_req(
+                    VERSION_REQS[rng.below(VERSION_REQS.len())],
+                )?),
                 location: Some(rng.pick(&REGIONS).to_string()),
                 ..Query::default()
             })
@@ -739,4 +744,53 @@ pub fn run(scenarios: &[String], args: &SchedArgs) -> Result<()> {
         eprintln!("warning: debug build; measure with a release build");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_has_every_kind_of_agent_and_each_type_a_router() {
+        let mut rng = Rng(1);
+        let fleet = Fleet::build(2_000, 50, &mut rng).unwrap();
+        assert_eq!(fleet.registry.len(), 2_000);
+        // 50 task types of their own plus the one every agent serves.
+        assert_eq!(fleet.serving.len(), 51);
+        assert_eq!(fleet.routers.len(), 51);
+        assert_eq!(fleet.serving[EVERY_AGENT].len(), 2_000);
+        assert!(fleet.n_unhealthy > 0 && fleet.n_breaker_open > 0 && fleet.n_full > 0);
+        for (task_type, ids) in &fleet.serving {
+            assert_eq!(
+                fleet.routers[task_type].ring.len(),
+                ids.len(),
+                "{task_type}"
+            );
+        }
+        let snap = fleet.snapshot(EVERY_AGENT);
+        assert_eq!(snap.len(), 2_000);
+        let closed = snap.iter().filter(|a| !a.routable).count();
+        assert_eq!(closed, fleet.n_breaker_open);
+    }
+
+    #[test]
+    fn a_small_run_routes_only_to_eligible_agents() {
+        // `time_strategy` refuses a run in which any pick is ineligible.
+        let args = SchedArgs {
+            sched_agents: 500,
+            sched_types: 50,
+            decisions: 300,
+            queries: 50,
+            sched_seed: 9,
+            json: true,
+        };
+        let mut rng = Rng(args.sched_seed);
+        let mut fleet = Fleet::build(args.sched_agents, args.sched_types, &mut rng).unwrap();
+        let rows = routing(&mut fleet, &args, &mut rng).unwrap();
+        // Ten strategies in two scopes, two snapshot rows, one registration row.
+        assert_eq!(rows.len(), 23);
+        let rows = discovery(&fleet, &args, &mut rng).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.hist.len() > 0));
+    }
 }
