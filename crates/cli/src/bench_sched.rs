@@ -791,6 +791,6 @@ mod tests {
         assert_eq!(rows.len(), 23);
         let rows = discovery(&fleet, &args, &mut rng).unwrap();
         assert_eq!(rows.len(), 2);
-        assert!(rows.iter().all(|r| r.hist.len() > 0));
+        assert!(rows.iter().all(|r| !r.hist.is_empty()));
     }
 }
