@@ -13,6 +13,8 @@ pub mod metered_store;
 pub mod metrics;
 pub mod rest;
 mod rest_runs;
+mod rest_sched;
+pub mod scheduler;
 pub mod sla;
 pub mod telemetry;
 pub mod view;
@@ -181,6 +183,8 @@ pub async fn run(
             agent_timeout_ms: cfg.agent_timeout_ms,
             replica_id: replica_id(store.as_ref()),
             leader_lease_ms: cfg.leader_lease_ms,
+            policies: scheduler::Policies::from_config(&cfg.scheduler)
+                .map_err(|e| anyhow::anyhow!("scheduler: {}", e.message))?,
         },
         metrics.clone(),
     );

@@ -61,10 +61,18 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
+        // Whole seconds, rounded up, from the refusal's own hint (at least 1).
+        let retry_after = (self.0.code == ErrorCode::ResourceExhausted).then(|| {
+            let ms = body.error.details["retry_after_ms"]
+                .as_u64()
+                .unwrap_or(1_000);
+            ms.div_ceil(1_000).max(1)
+        });
         let mut resp = (status, Json(body)).into_response();
-        if self.0.code == ErrorCode::ResourceExhausted {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        if let Some(secs) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
         }
         resp
     }
@@ -616,6 +624,8 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         list_tasks,
         cancel_task,
         list_agents,
+        crate::rest_sched::discover_agents,
+        crate::rest_sched::scheduler_state,
         list_dlq,
         reprocess_dlq,
         health,
@@ -629,6 +639,7 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         TaskView,
         TaskList,
         AgentList,
+        crate::rest_sched::DiscoverResponse,
         BatchResponse,
         SubmitTaskRequest,
         BatchRequest
@@ -660,6 +671,7 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/api/v1/dlq", get(list_dlq))
         .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))
         .merge(crate::rest_runs::routes())
+        .merge(crate::rest_sched::routes())
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/health/live", get(livez))
