@@ -290,8 +290,10 @@ pub struct LiveEvent {
     /// The event's number among all the run's events (see [`events_seen`]).
     pub seq: u64,
     pub event: RunEvent,
-    /// The run's status right after the event.
+    /// The run's status once it has taken this event and the others it took with it.
     pub status: baton_core::workflow::RunStatus,
+    /// The last of the events the run took together: `status` is its status after it.
+    pub last: bool,
 }
 
 /// What a watcher of one run receives (see [`Engine::watch`]).
@@ -878,6 +880,7 @@ impl Engine {
                 seq: seen - new as u64 + k as u64,
                 event: e.clone(),
                 status: run.status,
+                last: k + 1 == new,
             });
         }
     }
@@ -937,7 +940,7 @@ impl Engine {
                             continue;
                         }
                         t.seen = live.seq + 1;
-                        if !live.status.is_active() {
+                        if live.last && !live.status.is_active() {
                             t.ended = Some(live.status);
                         }
                         return Some((Watched::Event(live.event), t));
