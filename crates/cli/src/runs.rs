@@ -286,7 +286,9 @@ fn print_flow(v: &Value) -> Result<()> {
             .map(|d| d.iter().map(s).collect())
             .unwrap_or_default();
         t.add_row(vec![
-            s(st.get("id").or_else(|| st.get("task_id")).unwrap_or(&Value::Null)),
+            s(st.get("id")
+                .or_else(|| st.get("task_id"))
+                .unwrap_or(&Value::Null)),
             s(&st["task_type"]),
             deps.join(", "),
         ]);
@@ -500,7 +502,10 @@ pub async fn runs(cmd: RunsCmd) -> Result<()> {
 async fn command(a: RunRefArgs, verb: &str) -> Result<()> {
     let v =
         a.c.client()?
-            .post(&format!("/api/v1/runs/{}/{verb}", enc(&a.run_id)), &json!({}))
+            .post(
+                &format!("/api/v1/runs/{}/{verb}", enc(&a.run_id)),
+                &json!({}),
+            )
             .await?;
     if a.c.json {
         print_json(&v)
@@ -610,9 +615,11 @@ async fn watch(client: &Client, run_id: &str, json_lines: bool) -> Result<()> {
     } else {
         let pb = ProgressBar::new(total);
         pb.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} steps ({elapsed})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} steps ({elapsed})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         pb.set_message(format!("run {run_id}"));
         pb.set_position(done.len() as u64);
@@ -680,10 +687,7 @@ async fn watch(client: &Client, run_id: &str, json_lines: bool) -> Result<()> {
                         }
                         pb.set_position(done.len() as u64);
                     }
-                    "lagged" => say(format!(
-                        "(fell behind: {} events were not shown)",
-                        ev.data
-                    )),
+                    "lagged" => say(format!("(fell behind: {} events were not shown)", ev.data)),
                     "end" => {
                         ended = Some(ev.data);
                         break 'stream;
@@ -751,7 +755,11 @@ mod tests {
 
     #[test]
     fn documents_are_json_or_yaml() {
-        let v = parse_doc("name: f\nsteps:\n  - id: a\n    task_type: echo\n", "f.yaml").unwrap();
+        let v = parse_doc(
+            "name: f\nsteps:\n  - id: a\n    task_type: echo\n",
+            "f.yaml",
+        )
+        .unwrap();
         assert_eq!(v["steps"][0]["id"], "a");
         let v = parse_doc(r#"{"steps": []}"#, "f.json").unwrap();
         assert_eq!(v["steps"], json!([]));
@@ -761,7 +769,8 @@ mod tests {
 
     #[test]
     fn events_read_as_lines() {
-        let e = json!({"at_ms": 3_723_004u64, "kind": "step_failed", "step": "b", "message": "boom"});
+        let e =
+            json!({"at_ms": 3_723_004u64, "kind": "step_failed", "step": "b", "message": "boom"});
         assert_eq!(event_line(&e), "01:02:03.004 UTC  step b failed: boom");
         let e = json!({"at_ms": 0, "kind": "saga_compensated_step", "step": "a"});
         assert_eq!(event_line(&e), "00:00:00.000 UTC  saga compensated step: a");

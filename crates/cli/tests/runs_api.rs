@@ -208,10 +208,7 @@ async fn grpc_flows_register_list_get_and_errors_match_rest() {
         .len();
     assert!(problems >= 5, "every problem at once: {grpc_err:?}");
     // A version taken by another definition.
-    let grpc_err = c
-        .register_flow(reg("g_flow", 1, &def2))
-        .await
-        .unwrap_err();
+    let grpc_err = c.register_flow(reg("g_flow", 1, &def2)).await.unwrap_err();
     let rest = api
         .post(
             "/api/v1/flows",
@@ -258,7 +255,10 @@ async fn grpc_runs_start_get_list_watch_and_commands() {
     assert!(started.created);
     let run = started.run.unwrap();
     assert_eq!((run.run_id.as_str(), run.steps_total), ("g-run-1", 3));
-    assert_eq!(run_json(&run)["flow"], json!({"name": "g_chain", "version": 1}));
+    assert_eq!(
+        run_json(&run)["flow"],
+        json!({"name": "g_chain", "version": 1})
+    );
     let mut stream = c
         .watch_run(v1::WatchRunRequest {
             run_id: "g-run-1".into(),
@@ -287,7 +287,12 @@ async fn grpc_runs_start_get_list_watch_and_commands() {
         })
         .collect();
     assert_eq!(started_steps, ["a", "b", "c"], "each step once, in order");
-    let end = events.last().unwrap().run.clone().expect("end carries the run");
+    let end = events
+        .last()
+        .unwrap()
+        .run
+        .clone()
+        .expect("end carries the run");
     assert_eq!(end.status, "completed");
     assert_eq!((end.steps_done, end.steps_total), (3, 3));
     let end_view = run_json(&end);
@@ -410,8 +415,11 @@ async fn grpc_runs_start_get_list_watch_and_commands() {
         .await
         .unwrap_err();
     assert_same_error(
-        &api.post("/api/v1/runs", &json!({"flow": "g_chain", "on_failure": "shrug"}))
-            .await,
+        &api.post(
+            "/api/v1/runs",
+            &json!({"flow": "g_chain", "on_failure": "shrug"}),
+        )
+        .await,
         &grpc_err,
         400,
         tonic::Code::InvalidArgument,
@@ -643,8 +651,14 @@ async fn rest_batch_starts_good_runs_and_reports_bad_ones_per_item() {
             &json!({"definition": bad_definition(), "run_id": "br-bad"}),
         )
         .await;
-    assert_eq!(items[20]["error"]["details"], single.body["error"]["details"]);
-    assert_eq!(items[20]["error"]["message"], single.body["error"]["message"]);
+    assert_eq!(
+        items[20]["error"]["details"],
+        single.body["error"]["details"]
+    );
+    assert_eq!(
+        items[20]["error"]["message"],
+        single.body["error"]["message"]
+    );
     assert_eq!(items[21]["error"]["code"], "not_found");
     assert_eq!(items[22]["error"]["code"], "invalid_argument");
     assert_eq!(
@@ -657,7 +671,10 @@ async fn rest_batch_starts_good_runs_and_reports_bad_ones_per_item() {
     for i in 0..20 {
         let run = wait_finished(&api, &format!("br-{i}")).await;
         assert_eq!(run["status"], "completed", "{run}");
-        assert_eq!(step(&run, "a")["output"]["inputs"][0]["data"], json!({"i": i}));
+        assert_eq!(
+            step(&run, "a")["output"]["inputs"][0]["data"],
+            json!({"i": i})
+        );
     }
     for id in ["br-seed002", generated.as_str()] {
         assert_eq!(wait_finished(&api, id).await["status"], "completed");
@@ -672,7 +689,10 @@ async fn rest_batch_starts_good_runs_and_reports_bad_ones_per_item() {
             &json!({"runs": [{"flow": "bf", "run_id": "br-0"}]}),
         )
         .await;
-    assert_eq!((r.body["created"].clone(), r.body["existing"].clone()), (json!(0), json!(1)));
+    assert_eq!(
+        (r.body["created"].clone(), r.body["existing"].clone()),
+        (json!(0), json!(1))
+    );
     assert_eq!(r.body["runs"][0]["status"], "completed");
 
     // The envelope is checked as a whole.
@@ -733,8 +753,15 @@ async fn cli_registers_a_yaml_flow_and_drives_its_runs() {
     let (ok, out, err) = baton(
         &server,
         &[
-            "runs", "start", "--flow", "cli_report", "--run-id", "cli-1", "--input",
-            r#"{"text": "Q4"}"#, "--wait",
+            "runs",
+            "start",
+            "--flow",
+            "cli_report",
+            "--run-id",
+            "cli-1",
+            "--input",
+            r#"{"text": "Q4"}"#,
+            "--wait",
         ],
     );
     assert!(ok, "{out}\n{err}");
@@ -789,7 +816,10 @@ async fn cli_registers_a_yaml_flow_and_drives_its_runs() {
     assert!(out.contains("run cli-p is running"), "{out}");
     let (ok, out, err) = baton(&server, &["runs", "watch", "cli-p"]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("run paused") && out.contains("run resumed"), "{out}");
+    assert!(
+        out.contains("run paused") && out.contains("run resumed"),
+        "{out}"
+    );
     assert!(out.contains("step b completed"), "{out}");
 
     // A step that failed (its task cancelled from outside) runs again on retry.
@@ -834,12 +864,12 @@ async fn cli_registers_a_yaml_flow_and_drives_its_runs() {
     // Errors in words: a bad definition lists its problems.
     let bad = dir.0.join("bad.json");
     std::fs::write(&bad, bad_definition().to_string()).unwrap();
-    let (ok, _, err) = baton(
-        &server,
-        &["runs", "start", "--file", bad.to_str().unwrap()],
-    );
+    let (ok, _, err) = baton(&server, &["runs", "start", "--file", bad.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("invalid_argument") && err.contains("steps[3].id"), "{err}");
+    assert!(
+        err.contains("invalid_argument") && err.contains("steps[3].id"),
+        "{err}"
+    );
     let (ok, _, err) = baton(&server, &["runs", "watch", "ghost"]);
     assert!(!ok);
     assert!(err.contains("not_found"), "{err}");

@@ -5,13 +5,13 @@
 use crate::app::App;
 use crate::rest::ApiError;
 use crate::view::{rfc3339 as millis_to_rfc3339, run_view};
+use crate::workflows::{RegisterRequest, StartRequest, Watched};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crate::workflows::{RegisterRequest, StartRequest, Watched};
 use baton_core::workflow::RunCommand;
 use baton_core::Error;
 use baton_store::RunFilter;

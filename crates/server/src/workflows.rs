@@ -227,11 +227,13 @@ impl StartRequest {
 fn version_field(v: Option<&Value>) -> Result<Option<u32>, Error> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 && n <= u32::MAX as u64 => Ok(Some(n as u32)),
-            _ => Err(Error::invalid("version must be a whole number, at least 1")
-                .with_field("version")),
-        },
+        Some(v) => {
+            match v.as_u64() {
+                Some(n) if n >= 1 && n <= u32::MAX as u64 => Ok(Some(n as u32)),
+                _ => Err(Error::invalid("version must be a whole number, at least 1")
+                    .with_field("version")),
+            }
+        }
     }
 }
 
@@ -720,7 +722,9 @@ impl Engine {
             }
             let outcomes = self.store.write_runs(writes, now).await?;
             if outcomes.len() != runs.len() {
-                return Err(Error::internal("the store answered the wrong number of outcomes"));
+                return Err(Error::internal(
+                    "the store answered the wrong number of outcomes",
+                ));
             }
             self.dispatcher
                 .work_arrived(types.iter().map(String::as_str));
@@ -822,12 +826,7 @@ impl Engine {
 
     /// After a new run's write: count it, hold it in memory, publish its events and
     /// feed back its cache hits. A run id that existed returns that run.
-    fn started(
-        &self,
-        run: Run,
-        outcome: RunWriteOutcome,
-        now: u64,
-    ) -> Result<(Run, bool), Error> {
+    fn started(&self, run: Run, outcome: RunWriteOutcome, now: u64) -> Result<(Run, bool), Error> {
         match outcome {
             RunWriteOutcome::Written(tasks) => {
                 count_submitted(&self.dispatcher, &tasks);
