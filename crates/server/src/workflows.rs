@@ -36,6 +36,9 @@ struct Slot {
 /// transaction).
 pub const MAX_BATCH_RUNS: usize = 1_000;
 
+/// How long a watcher waits for a live event before it reads the run itself.
+const WATCH_POLL: Duration = Duration::from_secs(2);
+
 /// How often active runs are reconciled, and how long a run must have been quiet.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
@@ -886,6 +889,8 @@ impl Engine {
 
     /// A run's events as a stream: those recorded so far, then live ones, then
     /// [`Watched::End`] once the run has finished. Errors if the run does not exist.
+    /// A run that moves on another replica (no live events here) is read from the
+    /// store every [`WATCH_POLL`] while it is quiet.
     pub async fn watch(
         self: &Arc<Self>,
         run_id: &str,
@@ -894,7 +899,7 @@ impl Engine {
         // Subscribe before reading, so nothing falls between the two; what the read
         // already holds is skipped in the live part by its sequence number.
         let live = self.subscribe();
-        let (run, _) = self.get(run_id).await?;
+        let run = self.run_only(run_id).await?;
         let seen = events_seen(&run);
         let head = futures::stream::iter(
             run.events
@@ -913,52 +918,98 @@ impl Engine {
             engine: Arc<Engine>,
             run_id: String,
             seen: u64,
+            /// Events read from the run itself (after a lag or a quiet spell).
+            pending: std::collections::VecDeque<RunEvent>,
+            /// When to read the run itself if none of its events arrived by then
+            /// (other runs' events do not count).
+            poll_at: tokio::time::Instant,
             ended: Option<baton_core::workflow::RunStatus>,
             done: bool,
+        }
+        impl Tail {
+            /// Catches up from the run itself: the events not seen yet, and its end.
+            async fn catch_up(&mut self) {
+                self.poll_at = tokio::time::Instant::now() + WATCH_POLL;
+                let Ok(run) = self.engine.run_only(&self.run_id).await else {
+                    return;
+                };
+                let now_seen = events_seen(&run);
+                if now_seen > self.seen {
+                    let new = (now_seen - self.seen).min(run.events.len() as u64) as usize;
+                    self.pending
+                        .extend(run.events[run.events.len() - new..].iter().cloned());
+                    self.seen = now_seen;
+                }
+                if !run.status.is_active() {
+                    self.ended = Some(run.status);
+                }
+            }
         }
         let tail = Tail {
             rx: live,
             engine: Arc::clone(self),
             run_id: run_id.to_string(),
             seen,
+            pending: Default::default(),
+            poll_at: tokio::time::Instant::now() + WATCH_POLL,
             ended: None,
             done: false,
         };
         let tail = futures::stream::unfold(tail, |mut t| async move {
-            if t.done {
-                return None;
-            }
-            if let Some(status) = t.ended.take() {
-                t.done = true;
-                return Some((Watched::End(status), t));
-            }
             loop {
-                match t.rx.recv().await {
-                    Ok(live) if live.run_id == t.run_id => {
+                if t.done {
+                    return None;
+                }
+                if let Some(e) = t.pending.pop_front() {
+                    return Some((Watched::Event(e), t));
+                }
+                if let Some(status) = t.ended.take() {
+                    t.done = true;
+                    return Some((Watched::End(status), t));
+                }
+                match tokio::time::timeout_at(t.poll_at, t.rx.recv()).await {
+                    Ok(Ok(live)) if live.run_id == t.run_id => {
                         if live.seq < t.seen {
                             continue;
                         }
                         t.seen = live.seq + 1;
+                        t.poll_at = tokio::time::Instant::now() + WATCH_POLL;
                         if live.last && !live.status.is_active() {
                             t.ended = Some(live.status);
                         }
                         return Some((Watched::Event(live.event), t));
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                         // What was missed may include the end: look at the run itself.
-                        if let Ok((run, _)) = t.engine.get(&t.run_id).await {
-                            if !run.status.is_active() {
-                                t.ended = Some(run.status);
-                            }
-                        }
+                        t.catch_up().await;
                         return Some((Watched::Lagged(n), t));
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                    Err(_quiet) => t.catch_up().await,
                 }
             }
         });
         Ok(head.chain(tail).boxed())
+    }
+
+    /// A run without its outputs (from memory, else the store).
+    async fn run_only(&self, run_id: &str) -> Result<Run, Error> {
+        let cached = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        if let Some(slot) = cached {
+            return Ok(slot.lock().await.run.clone());
+        }
+        let record = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
+        load_run(&record)
     }
 
     pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {
