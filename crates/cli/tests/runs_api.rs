@@ -457,7 +457,7 @@ async fn grpc_runs_start_get_list_watch_and_commands() {
 
     // Pause holds new steps; resume finishes the run.
     let slow = json!({"execution_mode": "sequential", "steps": [
-        {"id": "a", "task_type": "sleep", "metadata": {"sleep_ms": 300}},
+        {"id": "a", "task_type": "sleep", "metadata": {"sleep_ms": 600}},
         {"id": "b", "task_type": "sleep"}
     ]});
     c.start_run(v1::StartRunRequest {
@@ -792,7 +792,8 @@ async fn cli_registers_a_yaml_flow_and_drives_its_runs() {
     std::fs::write(
         &slow,
         json!({"execution_mode": "sequential", "steps": [
-            {"id": "a", "task_type": "sleep", "metadata": {"sleep_ms": 400}},
+            // Long enough that pause and cancel (separate CLI processes) land while it runs.
+            {"id": "a", "task_type": "sleep", "metadata": {"sleep_ms": 1500}},
             {"id": "b", "task_type": "sleep", "metadata": {"sleep_ms": 50}}
         ]})
         .to_string(),
