@@ -37,6 +37,21 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+impl ApiFailure {
+    /// Baton's error shape, `{"error": {"code", "message", "details"}}`.
+    fn from_body(status: u16, body: &Value) -> Self {
+        let e = &body["error"];
+        ApiFailure {
+            code: e["code"].as_str().unwrap_or("http_error").to_string(),
+            message: e["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| format!("http status {status}")),
+            details: e["details"].clone(),
+        }
+    }
+}
+
 impl Client {
     pub fn new(servers: &str) -> Result<Self> {
         let servers: Vec<String> = servers
@@ -77,22 +92,37 @@ impl Client {
                     let text = resp.text().await?;
                     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     if status >= 400 {
-                        let e = &value["error"];
-                        return Err(ApiFailure {
-                            code: e["code"].as_str().unwrap_or("http_error").to_string(),
-                            message: e["message"]
-                                .as_str()
-                                .map(String::from)
-                                .unwrap_or_else(|| format!("http status {status}")),
-                            details: e["details"].clone(),
-                        }
-                        .into());
+                        return Err(ApiFailure::from_body(status, &value).into());
                     }
                     return Ok(value);
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => {
                     last_err = Some(anyhow!("cannot reach {server}: {e}"));
                     continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no server reachable")))
+    }
+
+    /// Opens a long-lived response (server-sent events) on the first server that
+    /// answers: no overall timeout, only one for connecting.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let mut last_err = None;
+        for server in &self.servers {
+            match http.get(format!("{server}{path}")).send().await {
+                Ok(resp) if resp.status().as_u16() >= 400 => {
+                    let status = resp.status().as_u16();
+                    let value = resp.json::<Value>().await.unwrap_or(Value::Null);
+                    return Err(ApiFailure::from_body(status, &value).into());
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    last_err = Some(anyhow!("cannot reach {server}: {e}"));
                 }
                 Err(e) => return Err(e.into()),
             }

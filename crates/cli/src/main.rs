@@ -1,10 +1,11 @@
 //! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
-//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
-//! the load generator (`bench`).
+//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`,
+//! `flows`, `runs`) and the load generator (`bench`).
 
 mod bench;
 mod client;
 mod output;
+mod runs;
 mod serve;
 mod telemetry;
 
@@ -46,6 +47,16 @@ enum Cmd {
     Agents(output::ClientArgs),
     /// The SLA view: latency percentiles, throughput and error rate against targets.
     Sla(output::ClientArgs),
+    /// The flow registry: register, list and show flow definitions.
+    Flows {
+        #[command(subcommand)]
+        cmd: runs::FlowsCmd,
+    },
+    /// Workflow runs: start, get, list, cancel, pause, resume, retry, watch.
+    Runs {
+        #[command(subcommand)]
+        cmd: runs::RunsCmd,
+    },
     /// Load generator: end-to-end throughput and latency against a server.
     Bench(bench::BenchArgs),
 }
@@ -68,6 +79,8 @@ fn main() {
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
             Cmd::Agents(a) => output::agents(a).await,
             Cmd::Sla(a) => output::sla(a).await,
+            Cmd::Flows { cmd } => runs::flows(cmd).await,
+            Cmd::Runs { cmd } => runs::runs(cmd).await,
             Cmd::Bench(a) => bench::run(a).await,
         }
     });

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod flow_tasks;
 pub mod grpc;
+pub mod grpc_runs;
 pub mod leader;
 pub mod metered_store;
 pub mod metrics;
@@ -263,6 +264,12 @@ pub async fn run(
             .add_service(
                 v1::baton_server::BatonServer::new(grpc::ClientApi { app: app.clone() })
                     .max_decoding_message_size(cfg.max_body_bytes),
+            )
+            .add_service(
+                v1::workflows_server::WorkflowsServer::new(grpc_runs::WorkflowsApi {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(cfg.max_body_bytes),
             )
             .add_service(
                 v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi {
