@@ -1,5 +1,5 @@
 //! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
-//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
+//! for people and scripts (`submit`, `get`, `watch`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
 //! the load generator (`bench`).
 
 mod bench;
@@ -7,6 +7,7 @@ mod client;
 mod output;
 mod serve;
 mod telemetry;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,9 @@ enum Cmd {
     Submit(output::SubmitArgs),
     /// Show one task.
     Get(output::GetArgs),
+    /// Follow a running task: its status changes and the events its agents emit
+    /// (alerts, LLM tokens, ...) as they happen, then the task.
+    Watch(watch::WatchArgs),
     /// List tasks.
     List(output::ListArgs),
     /// Cancel a task.
@@ -63,6 +67,7 @@ fn main() {
             Cmd::Agent(a) => serve::agent(a).await,
             Cmd::Submit(a) => output::submit(a).await,
             Cmd::Get(a) => output::get(a).await,
+            Cmd::Watch(a) => watch::watch(a).await,
             Cmd::List(a) => output::list(a).await,
             Cmd::Cancel(a) => output::cancel(a).await,
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
