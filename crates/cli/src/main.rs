@@ -52,6 +52,24 @@ enum Cmd {
     Sla(output::ClientArgs),
     /// Load generator: end-to-end throughput and latency against a server.
     Bench(bench::BenchArgs),
+    /// Write seed 000's sample inputs (sales CSV, PNG chart, animated GIF of a scene,
+    /// and the request bodies of both use cases) into a directory.
+    Samples {
+        /// Where to write them (created if needed).
+        #[arg(default_value = "samples")]
+        dir: std::path::PathBuf,
+    },
+}
+
+fn write_samples(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in baton_agents::samples::files() {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{} ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(())
 }
 
 fn main() {
@@ -74,6 +92,7 @@ fn main() {
             Cmd::Agents(a) => output::agents(a).await,
             Cmd::Sla(a) => output::sla(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Samples { dir } => write_samples(&dir),
         }
     });
     if let Err(e) = result {
