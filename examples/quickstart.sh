@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building baton (release)"
-cargo build --release -p baton-cli --quiet
-BATON="${CARGO_TARGET_DIR:-target}/release/baton"
+if [ -n "${BATON_BIN:-}" ]; then
+  BATON="$BATON_BIN"   # a binary already built: skip the build
+else
+  echo "== building baton (release)"
+  cargo build --release -p baton-cli --quiet
+  BATON="${CARGO_TARGET_DIR:-target}/release/baton"
+fi
 
 DATA=$(mktemp -d)
 LOG=$DATA/server.log
