@@ -39,6 +39,7 @@ fn report_generation_with_curl() {
 fn report_generation_with_the_cli() {
     let out = run_example("report_generation_cli.sh");
     assert!(out.contains("step_completed synthesis"), "{out}");
+    assert!(out.contains("run_completed"), "{out}");
     assert!(out.contains("status     completed"), "{out}");
     assert!(out.contains("Q4 Sales Analysis"), "{out}");
 }

@@ -46,8 +46,14 @@ async fn monitoring_alerts_arrive_on_the_task_stream_before_the_end() {
         names.iter().filter(|n| **n == "detection").count() >= 6,
         "one detection per frame: {names:?}"
     );
-    // The run's lifecycle is there too, before the end.
-    assert!(names[..end].contains(&"status"), "{names:?}");
+    // The run's lifecycle is there too, to its last event, before the end.
+    let lifecycle: Vec<String> = events[..end]
+        .iter()
+        .filter(|e| event_name(e) == "status")
+        .map(|e| event_data(e)["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(lifecycle.first().map(String::as_str), Some("run_created"));
+    assert_eq!(lifecycle.last().map(String::as_str), Some("run_completed"), "{lifecycle:?}");
 
     let task = event_data(&events[end]);
     assert_eq!(task["task_id"], "monitor-001");

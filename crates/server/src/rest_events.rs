@@ -263,7 +263,11 @@ async fn flow_task(
                     if !send(&tx, json_event("status", &event)).await {
                         return;
                     }
-                    active = matches!(status.as_str(), "running" | "paused" | "compensating");
+                    // The run ended in the batch this event came from: the events
+                    // after it in that batch are read from the stored run.
+                    if !matches!(status.as_str(), "running" | "paused" | "compensating") {
+                        active = catch_up(&app, &run_id, &mut seen, &tx).await;
+                    }
                 }
                 Ok(_) => {}
                 // Missed some: the stored run says where it stands.
