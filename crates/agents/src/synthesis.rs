@@ -288,8 +288,10 @@ async fn llm_summary(
         ..llm::Request::default()
     };
     // The summary streams to the clients watching the task as it is written.
-    let completion =
-        llm::complete(&llm::client(), config, &request, |t| events.emit("token", t)).await?;
+    let completion = llm::complete(&llm::client(), config, &request, |t| {
+        events.emit("token", t)
+    })
+    .await?;
     let text = completion.text.trim().to_string();
     if text.is_empty() {
         return Err(HandlerError::retryable("the llm returned an empty summary"));

@@ -66,7 +66,8 @@ fn write_samples(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, bytes) in baton_agents::samples::files() {
         let path = dir.join(name);
-        std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("{} ({} bytes)", path.display(), bytes.len());
     }
     Ok(())

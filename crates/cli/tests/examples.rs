@@ -54,6 +54,9 @@ fn real_time_monitoring_with_curl() {
 #[test]
 fn real_time_monitoring_with_the_cli() {
     let out = run_example("real_time_monitoring_cli.sh");
-    assert!(out.contains("[high] crowd_detected") || out.contains("] crowd_detected"), "{out}");
+    assert!(
+        out.contains("[high] crowd_detected") || out.contains("] crowd_detected"),
+        "{out}"
+    );
     assert!(out.contains("\"event\":\"alert\""), "{out}");
 }

@@ -35,7 +35,10 @@ async fn monitoring_alerts_arrive_on_the_task_stream_before_the_end() {
 
     let events = read_events(&server.http, "/api/v1/tasks/monitor-001/events", WITHIN).await;
     let names = names(&events);
-    let end = names.iter().position(|n| *n == "end").expect("an end event");
+    let end = names
+        .iter()
+        .position(|n| *n == "end")
+        .expect("an end event");
     assert_eq!(end, events.len() - 1, "end is last: {names:?}");
     let first_alert = names
         .iter()
@@ -50,10 +53,19 @@ async fn monitoring_alerts_arrive_on_the_task_stream_before_the_end() {
     let lifecycle: Vec<String> = events[..end]
         .iter()
         .filter(|e| event_name(e) == "status")
-        .map(|e| event_data(e)["kind"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            event_data(e)["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     assert_eq!(lifecycle.first().map(String::as_str), Some("run_created"));
-    assert_eq!(lifecycle.last().map(String::as_str), Some("run_completed"), "{lifecycle:?}");
+    assert_eq!(
+        lifecycle.last().map(String::as_str),
+        Some("run_completed"),
+        "{lifecycle:?}"
+    );
 
     let task = event_data(&events[end]);
     assert_eq!(task["task_id"], "monitor-001");
@@ -193,7 +205,10 @@ async fn llm_tokens_arrive_as_token_events_and_make_up_the_output() {
         "llm",
         1,
         "llm-agent",
-        &[("BATON_LLM_BASE_URL", &base_url), ("BATON_LLM_MODEL", "fake")],
+        &[
+            ("BATON_LLM_BASE_URL", &base_url),
+            ("BATON_LLM_MODEL", "fake"),
+        ],
     );
     api.wait_agents(1).await;
     api.submit(json!({"task_id": "llm-1", "task_type": "llm",
@@ -339,7 +354,10 @@ async fn events_of_attempts_an_agent_does_not_hold_are_dropped() {
         .filter(|e| !matches!(event_name(e), "status" | "end"))
         .map(|e| (event_name(e).to_string(), e.data.clone()))
         .collect();
-    assert_eq!(agent_events, [("token".to_string(), "\"fresh\"".to_string())]);
+    assert_eq!(
+        agent_events,
+        [("token".to_string(), "\"fresh\"".to_string())]
+    );
     let task = event_data(events.last().unwrap());
     assert_eq!(task["status"], "completed");
     assert_eq!(task["output"], json!({"done": true}));

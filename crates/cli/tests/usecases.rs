@@ -205,7 +205,10 @@ async fn grpc_submit_of_a_use_case_starts_its_flow_like_rest() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["execution_mode"], "parallel");
     let steps: Vec<String> = step_agents(&done).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(steps, ["data_ingest", "data_ingest", "data_analysis", "synthesis"]);
+    assert_eq!(
+        steps,
+        ["data_ingest", "data_ingest", "data_analysis", "synthesis"]
+    );
 
     let got = client
         .get_task(v1::GetTaskRequest {

@@ -42,7 +42,14 @@ mod tests {
             assert_eq!(validate_kind(ok), Ok(()), "{ok}");
         }
         let long = "x".repeat(MAX_KIND_LEN + 1);
-        for bad in ["", "with space", "new\nline", "end", "status", long.as_str()] {
+        for bad in [
+            "",
+            "with space",
+            "new\nline",
+            "end",
+            "status",
+            long.as_str(),
+        ] {
             assert!(validate_kind(bad).is_err(), "{bad:?}");
         }
     }

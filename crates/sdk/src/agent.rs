@@ -722,7 +722,10 @@ impl<'a> Runner<'a> {
                 if self.progress.len() >= MAX_PENDING_EVENTS {
                     self.n_events_dropped += 1;
                     if self.n_events_dropped.is_power_of_two() {
-                        warn!(n_dropped = self.n_events_dropped, "events arrive faster than they can be sent; dropping");
+                        warn!(
+                            n_dropped = self.n_events_dropped,
+                            "events arrive faster than they can be sent; dropping"
+                        );
                     }
                     return;
                 }
@@ -767,7 +770,8 @@ impl<'a> Runner<'a> {
             let mut frame = Vec::new();
             let mut bytes = 0;
             while let Some(e) = events.next_if(|e| {
-                frame.is_empty() || bytes + prost::Message::encoded_len(e) <= MAX_RESULTS_FRAME_BYTES
+                frame.is_empty()
+                    || bytes + prost::Message::encoded_len(e) <= MAX_RESULTS_FRAME_BYTES
             }) {
                 bytes += prost::Message::encoded_len(&e);
                 frame.push(e);

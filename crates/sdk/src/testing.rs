@@ -39,7 +39,10 @@ impl<H: Handler> Harness<H> {
     }
 
     /// Like [`Harness::run`], also returning the events the handler emitted, in order.
-    pub async fn run_with_events(&self, mut task: Task) -> (Result<Value, HandlerError>, Vec<Event>) {
+    pub async fn run_with_events(
+        &self,
+        mut task: Task,
+    ) -> (Result<Value, HandlerError>, Vec<Event>) {
         let captured = Arc::new(Mutex::new(Vec::new()));
         let sink = captured.clone();
         task.events = Events::new(move |e| sink.lock().unwrap_or_else(|p| p.into_inner()).push(e));
@@ -186,9 +189,11 @@ mod tests {
             task.emit("end", "reserved kinds are dropped");
             task.emit("bad kind", 1);
             let events = task.events().clone();
-            tokio::task::spawn_blocking(move || events.emit("alert", json!({"type": "crowd_detected"})))
-                .await
-                .unwrap();
+            tokio::task::spawn_blocking(move || {
+                events.emit("alert", json!({"type": "crowd_detected"}))
+            })
+            .await
+            .unwrap();
             Ok(json!("done"))
         });
         let (outcome, events) = harness.run_with_events(TaskBuilder::new("x").build()).await;
@@ -196,9 +201,18 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                Event { kind: "token".into(), data: json!("Sales ") },
-                Event { kind: "token".into(), data: json!("rose.") },
-                Event { kind: "alert".into(), data: json!({"type": "crowd_detected"}) },
+                Event {
+                    kind: "token".into(),
+                    data: json!("Sales ")
+                },
+                Event {
+                    kind: "token".into(),
+                    data: json!("rose.")
+                },
+                Event {
+                    kind: "alert".into(),
+                    data: json!({"type": "crowd_detected"})
+                },
             ]
         );
         // Without a sink, emitting is a no-op.
@@ -207,7 +221,10 @@ mod tests {
             task.emit("token", "x");
             Ok(json!(null))
         });
-        assert_eq!(quiet.run(TaskBuilder::new("x").build()).await, Ok(json!(null)));
+        assert_eq!(
+            quiet.run(TaskBuilder::new("x").build()).await,
+            Ok(json!(null))
+        );
     }
 
     #[tokio::test]

@@ -341,7 +341,10 @@ impl App {
     }
 
     /// A flow task in the gRPC task shape, if `task_id` is a run started from a flow.
-    pub async fn flow_task_proto(&self, task_id: &str) -> Result<Option<baton_proto::v1::Task>, Error> {
+    pub async fn flow_task_proto(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<baton_proto::v1::Task>, Error> {
         let (run, outputs) = match self.engine.get(task_id).await {
             Ok(found) => found,
             Err(e) if e.code == ErrorCode::NotFound => return Ok(None),

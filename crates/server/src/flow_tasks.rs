@@ -110,7 +110,13 @@ pub fn task_view(run: &Run, outputs: &HashMap<String, Value>, run_view: Value) -
 pub fn task_proto(run: &Run, view: &Value) -> baton_proto::v1::Task {
     use baton_proto::v1;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let json_text = |v: &Value| if v.is_null() { String::new() } else { v.to_string() };
+    let json_text = |v: &Value| {
+        if v.is_null() {
+            String::new()
+        } else {
+            v.to_string()
+        }
+    };
     let executions = view["agent_executions"]
         .as_array()
         .map(|list| {

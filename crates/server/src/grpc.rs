@@ -146,7 +146,9 @@ impl v1::baton_server::Baton for ClientApi {
                 .flow_task_proto(&run_id)
                 .await
                 .map_err(status)?
-                .ok_or_else(|| status(Error::internal("the flow task vanished after it started")))?;
+                .ok_or_else(|| {
+                    status(Error::internal("the flow task vanished after it started"))
+                })?;
             return Ok(Response::new(v1::SubmitTaskResponse {
                 task: Some(task),
                 created,

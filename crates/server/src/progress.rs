@@ -228,7 +228,10 @@ mod tests {
         let live = sub.live.try_recv().unwrap();
         assert_eq!((live.seq, live.data.as_str()), (3, "\"c\""));
         assert!(sub.live.try_recv().is_err(), "nothing twice");
-        assert!(hub.subscribe("other").replay.is_empty(), "topics are separate");
+        assert!(
+            hub.subscribe("other").replay.is_empty(),
+            "topics are separate"
+        );
     }
 
     #[test]
@@ -250,7 +253,11 @@ mod tests {
         assert_eq!(replay.last().unwrap().seq, 8);
         let huge = "x".repeat(2 * REPLAY_MAX_BYTES);
         hub.publish_at("h", "h", 1, "n", &huge, now);
-        assert_eq!(hub.subscribe("h").replay.len(), 1, "the newest is always kept");
+        assert_eq!(
+            hub.subscribe("h").replay.len(),
+            1,
+            "the newest is always kept"
+        );
     }
 
     #[test]

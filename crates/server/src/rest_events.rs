@@ -133,12 +133,7 @@ async fn send_head(tx: &Tx, mut lifecycle: Vec<(u64, Event)>, replay: &[Arc<Emit
     true
 }
 
-async fn plain_task(
-    app: Arc<App>,
-    mut record: baton_store::TaskRecord,
-    sub: Subscription,
-    tx: Tx,
-) {
+async fn plain_task(app: Arc<App>, mut record: baton_store::TaskRecord, sub: Subscription, tx: Tx) {
     let id = record.spec.task_id.clone();
     let Subscription { replay, mut live } = sub;
     let mut n_sent = record.state.events.len();
@@ -217,8 +212,7 @@ async fn refresh(
     true
 }
 
-type RunEvents =
-    broadcast::Receiver<(String, baton_core::workflow::engine::RunEvent, String)>;
+type RunEvents = broadcast::Receiver<(String, baton_core::workflow::engine::RunEvent, String)>;
 
 async fn flow_task(
     app: Arc<App>,
