@@ -16,16 +16,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Events kept per topic for late subscribers, and their total size at most.
-pub const REPLAY_MAX_EVENTS: usize = 1024;
-pub const REPLAY_MAX_BYTES: usize = 1024 * 1024;
+pub const REPLAY_MAX_EVENTS: usize = 512;
+pub const REPLAY_MAX_BYTES: usize = 256 * 1024;
+/// Replay bytes across all topics at most; past it, the least recently used
+/// topics nobody watches go first.
+pub const TOTAL_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Live events a slow subscriber may fall behind before it is told it lagged.
-const CHANNEL_CAPACITY: usize = 1024;
+const CHANNEL_CAPACITY: usize = 256;
 /// How long a topic outlives its task, for clients that connect just after the end.
 pub const ENDED_GRACE: Duration = Duration::from_secs(60);
 /// A topic nobody published to or listened on for this long is dropped.
 pub const IDLE_TTL: Duration = Duration::from_secs(600);
 /// Topics kept at most; past it, the least recently used unwatched one goes.
-const MAX_TOPICS: usize = 10_000;
+const MAX_TOPICS: usize = 4096;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// One event an agent emitted, as relayed.
@@ -90,7 +93,26 @@ impl Topic {
 #[derive(Default)]
 struct Inner {
     topics: HashMap<String, Topic>,
+    /// The sum of the topics' `replay_bytes`.
+    total_bytes: usize,
     last_sweep: Option<Instant>,
+}
+
+impl Inner {
+    fn remove(&mut self, topic: &str) {
+        if let Some(t) = self.topics.remove(topic) {
+            self.total_bytes = self.total_bytes.saturating_sub(t.replay_bytes);
+        }
+    }
+
+    /// The least recently used topic nobody watches, but `keep`.
+    fn victim(&self, keep: &str) -> Option<String> {
+        self.topics
+            .iter()
+            .filter(|(k, t)| t.tx.receiver_count() == 0 && k.as_str() != keep)
+            .min_by_key(|(_, t)| t.touched)
+            .map(|(k, _)| k.clone())
+    }
 }
 
 #[derive(Default)]
@@ -131,6 +153,7 @@ impl Hub {
         t.next_seq += 1;
         t.touched = now;
         t.ended = None;
+        let before = t.replay_bytes;
         t.replay_bytes += event.size();
         t.replay.push_back(event.clone());
         while t.replay.len() > REPLAY_MAX_EVENTS
@@ -142,6 +165,14 @@ impl Hub {
         }
         // No receiver is fine: the replay buffer keeps it for a late one.
         let _ = t.tx.send(event);
+        let after = t.replay_bytes;
+        inner.total_bytes = (inner.total_bytes + after).saturating_sub(before);
+        while inner.total_bytes > TOTAL_MAX_BYTES {
+            match inner.victim(topic) {
+                Some(k) => inner.remove(&k),
+                None => break,
+            }
+        }
     }
 
     /// Subscribes to `topic` (creating it, so that events published from now on
@@ -174,18 +205,17 @@ impl Hub {
     pub fn topic_count(&self) -> usize {
         self.lock().topics.len()
     }
+
+    /// Replay bytes held across topics.
+    pub fn total_bytes(&self) -> usize {
+        self.lock().total_bytes
+    }
 }
 
 fn topic_entry<'a>(inner: &'a mut Inner, topic: &str, now: Instant) -> &'a mut Topic {
     if !inner.topics.contains_key(topic) && inner.topics.len() >= MAX_TOPICS {
-        let victim = inner
-            .topics
-            .iter()
-            .filter(|(_, t)| t.tx.receiver_count() == 0)
-            .min_by_key(|(_, t)| t.touched)
-            .map(|(k, _)| k.clone());
-        if let Some(k) = victim {
-            inner.topics.remove(&k);
+        if let Some(k) = inner.victim(topic) {
+            inner.remove(&k);
         }
     }
     inner
@@ -202,7 +232,15 @@ fn sweep(inner: &mut Inner, now: Instant) {
         return;
     }
     inner.last_sweep = Some(now);
-    inner.topics.retain(|_, t| !t.expired(now));
+    let expired: Vec<String> = inner
+        .topics
+        .iter()
+        .filter(|(_, t)| t.expired(now))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in expired {
+        inner.remove(&k);
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +312,32 @@ mod tests {
         assert_eq!(hub.topic_count(), 1, "the ended topic is gone");
         hub.end_at("nothing", t0 + IDLE_TTL + Duration::from_secs(2));
         assert_eq!(hub.topic_count(), 0, "the idle topic is gone");
+    }
+
+    #[test]
+    fn the_total_is_bounded_and_watched_topics_stay() {
+        let hub = Hub::default();
+        let now = Instant::now();
+        let _watched = hub.subscribe("watched");
+        hub.publish_at("watched", "w", 1, "n", "1", now);
+        let chunk = "x".repeat(REPLAY_MAX_BYTES / 3);
+        let n_topics = 2 * TOTAL_MAX_BYTES / REPLAY_MAX_BYTES;
+        for i in 0..n_topics {
+            hub.publish_at(&format!("t{i}"), "t", 1, "n", &chunk, now);
+            hub.publish_at(&format!("t{i}"), "t", 1, "n", &chunk, now);
+        }
+        assert!(
+            hub.total_bytes() <= TOTAL_MAX_BYTES,
+            "{}",
+            hub.total_bytes()
+        );
+        assert!(hub.topic_count() < n_topics);
+        assert_eq!(hub.subscribe("watched").replay.len(), 1);
+        assert_eq!(
+            hub.subscribe(&format!("t{}", n_topics - 1)).replay.len(),
+            2,
+            "the newest topics are kept"
+        );
     }
 
     #[test]

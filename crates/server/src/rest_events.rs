@@ -44,6 +44,10 @@ pub(crate) async fn task_events(
         Ok(record) => {
             // Subscribed after the read: the replay buffer holds what came between.
             let sub = app.dispatcher.progress().subscribe(&task_id);
+            if record.state.status.is_terminal() {
+                // A late client must not keep a topic of a finished task alive.
+                app.dispatcher.progress().end(&task_id);
+            }
             tokio::spawn(plain_task(app, record, sub, tx));
         }
         // Seed 000: a task whose type is a flow is a run.
@@ -57,6 +61,9 @@ pub(crate) async fn task_events(
                 Err(re) => return Err(ApiError(re)),
             };
             let sub = app.dispatcher.progress().subscribe(&task_id);
+            if !run.status.is_active() {
+                app.dispatcher.progress().end(&task_id);
+            }
             tokio::spawn(flow_task(app, run, run_events, sub, tx));
         }
         Err(e) => return Err(ApiError(e)),
