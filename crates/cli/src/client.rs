@@ -7,6 +7,9 @@ use std::time::Duration;
 
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no bound on the whole request, only on silence (the
+    /// server sends a keep-alive comment every 15 s).
+    streaming: reqwest::Client,
     servers: Vec<String>,
 }
 
@@ -71,7 +74,40 @@ impl Client {
             .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(Self { http, servers })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            http,
+            streaming,
+            servers,
+        })
+    }
+
+    /// Opens a server-sent event stream; a refusal is Baton's error, as for [`Client::request`].
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let mut last_err = None;
+        for server in &self.servers {
+            let req = self
+                .streaming
+                .get(format!("{server}{path}"))
+                .header("accept", "text/event-stream");
+            match req.send().await {
+                Ok(resp) if resp.status().as_u16() >= 400 => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await?;
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    return Err(ApiFailure::from_body(status, &value).into());
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    last_err = Some(anyhow!("cannot reach {server}: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no server reachable")))
     }
 
     pub async fn request(
@@ -99,30 +135,6 @@ impl Client {
                 Err(e) if e.is_connect() || e.is_timeout() => {
                     last_err = Some(anyhow!("cannot reach {server}: {e}"));
                     continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow!("no server reachable")))
-    }
-
-    /// Opens a long-lived response (server-sent events) on the first server that
-    /// answers: no overall timeout, only one for connecting.
-    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
-        let mut last_err = None;
-        for server in &self.servers {
-            match http.get(format!("{server}{path}")).send().await {
-                Ok(resp) if resp.status().as_u16() >= 400 => {
-                    let status = resp.status().as_u16();
-                    let value = resp.json::<Value>().await.unwrap_or(Value::Null);
-                    return Err(ApiFailure::from_body(status, &value).into());
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() || e.is_timeout() => {
-                    last_err = Some(anyhow!("cannot reach {server}: {e}"));
                 }
                 Err(e) => return Err(e.into()),
             }

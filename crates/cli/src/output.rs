@@ -326,12 +326,17 @@ pub fn print_task(v: &Value) {
     println!("task       {}", s(&v["task_id"]));
     println!("type       {}", s(&v["task_type"]));
     println!("status     {}", s(&v["status"]));
-    println!("priority   {}", s(&v["priority"]));
-    println!(
-        "attempt    {} of {}",
-        s(&v["attempt"]),
-        s(&v["max_attempts"])
-    );
+    // A flow task (seed 000's use cases) has steps rather than one priority and attempt.
+    if !v["priority"].is_null() {
+        println!("priority   {}", s(&v["priority"]));
+    }
+    if !v["attempt"].is_null() {
+        println!(
+            "attempt    {} of {}",
+            s(&v["attempt"]),
+            s(&v["max_attempts"])
+        );
+    }
     println!("created    {}", s(&v["created_at"]));
     if !v["finished_at"].is_null() {
         println!("finished   {}", s(&v["finished_at"]));
@@ -348,19 +353,24 @@ pub fn print_task(v: &Value) {
         println!("error      {}: {}", s(&e["kind"]), s(&e["message"]));
     }
     if let Some(execs) = v["agent_executions"].as_array().filter(|a| !a.is_empty()) {
-        let mut t = table(&["ATTEMPT", "AGENT", "STATUS", "DURATION", "ERROR"]);
+        let steps = execs.iter().any(|e| e.get("step").is_some());
+        let mut t = if steps {
+            table(&["STEP", "ATTEMPTS", "AGENT", "STATUS", "DURATION", "ERROR"])
+        } else {
+            table(&["ATTEMPT", "AGENT", "STATUS", "DURATION", "ERROR"])
+        };
         for e in execs {
             let dur = e["duration_ms"]
                 .as_u64()
                 .map(|d| format!("{d} ms"))
                 .unwrap_or_default();
-            t.add_row(vec![
-                s(&e["attempt"]),
-                s(&e["agent_id"]),
-                s(&e["status"]),
-                dur,
-                s(&e["error"]),
-            ]);
+            let mut row = if steps {
+                vec![s(&e["step"]), s(&e["attempts"])]
+            } else {
+                vec![s(&e["attempt"])]
+            };
+            row.extend([s(&e["agent_id"]), s(&e["status"]), dur, s(&e["error"])]);
+            t.add_row(row);
         }
         println!("{t}");
     }

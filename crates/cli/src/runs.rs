@@ -637,7 +637,7 @@ async fn watch(client: &Client, run_id: &str, json_lines: bool) -> Result<()> {
     let mut shown = 0usize;
     let mut failures = 0u32;
     let end = loop {
-        let mut resp = match client.open_stream(&format!("{path}/events")).await {
+        let mut resp = match client.stream(&format!("{path}/events")).await {
             Ok(r) => r,
             Err(e) if e.downcast_ref::<ApiFailure>().is_some() => return Err(e),
             Err(e) => {

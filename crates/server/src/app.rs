@@ -363,6 +363,46 @@ impl App {
         })
     }
 
+    /// Starts the flow a task names when its type is a registered flow (seed 000's
+    /// `report_generation`, `real_time_monitoring`): the task id becomes the run id.
+    /// `None` when the type is a plain task type. Both APIs submit through here.
+    pub async fn start_flow_task(&self, spec: &TaskSpec) -> Result<Option<(String, bool)>, Error> {
+        if !self.engine.is_flow(&spec.task_type).await {
+            return Ok(None);
+        }
+        let (run, created) = self
+            .engine
+            .start(crate::workflows::StartRequest {
+                run_id: Some(spec.task_id.to_string()),
+                flow: Some((spec.task_type.clone(), None)),
+                definition: None,
+                input: crate::flow_tasks::run_input(spec),
+                priority: spec.priority,
+                on_failure: None,
+                execution_mode: spec.execution_mode,
+            })
+            .await?;
+        Ok(Some((run.run_id, created)))
+    }
+
+    /// A flow task in the gRPC task shape, if `task_id` is a run started from a flow.
+    pub async fn flow_task_proto(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<baton_proto::v1::Task>, Error> {
+        let (run, outputs) = match self.engine.get(task_id).await {
+            Ok(found) => found,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if run.flow.is_none() {
+            return Ok(None);
+        }
+        let view = crate::view::run_view(&run, &outputs, &self.dispatcher.agents(), false);
+        let view = crate::flow_tasks::task_view(&run, &outputs, view);
+        Ok(Some(crate::flow_tasks::task_proto(&run, &view)))
+    }
+
     /// A run started as a task (seed 000's flows of agents), in the task's shape.
     pub async fn flow_task_view(&self, run_id: &str) -> Result<serde_json::Value, Error> {
         let (run, outputs) = self.engine.get(run_id).await?;

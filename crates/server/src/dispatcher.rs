@@ -51,6 +51,8 @@ pub struct Options {
 struct InFlight {
     attempt: u32,
     task_type: Arc<str>,
+    /// The workflow run this task is a step of: its events go to the run too.
+    run_id: Option<Arc<str>>,
     /// The attempt's trace span, when tracing is on; ends when this is dropped.
     span: Option<crate::telemetry::AttemptSpan>,
     assigned_at: Millis,
@@ -204,6 +206,7 @@ pub struct Dispatcher {
     finish_hook: std::sync::OnceLock<FinishHook>,
     leader: crate::leader::Leader,
     metrics: Arc<Metrics>,
+    progress: crate::progress::Hub,
 }
 
 /// How often a fast-path type whose agents are all busy has its queue head
@@ -261,6 +264,7 @@ impl Dispatcher {
             waiters: Mutex::new(HashMap::new()),
             finish_hook: std::sync::OnceLock::new(),
             metrics,
+            progress: crate::progress::Hub::default(),
         })
     }
 
@@ -279,6 +283,11 @@ impl Dispatcher {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Where the events agents emit during attempts are relayed to clients.
+    pub fn progress(&self) -> &crate::progress::Hub {
+        &self.progress
     }
 
     /// Marks task types as having queued work and wakes the dispatch loop.
@@ -302,8 +311,10 @@ impl Dispatcher {
         rx
     }
 
-    /// Wakes the requests waiting for this task to finish.
+    /// Wakes the requests waiting for this task to finish, and lets its event
+    /// topic go.
     fn finished(&self, task_id: &TaskId) {
+        self.progress.end(task_id.as_str());
         let list = self
             .waiters
             .lock()
@@ -817,6 +828,47 @@ impl Dispatcher {
             positions,
             tx,
         })
+    }
+
+    /// Relays the events an agent emitted during its attempts to the clients
+    /// watching those tasks (and their runs). Fenced like results: an event is
+    /// dropped unless this session holds that attempt now, and so is one whose kind
+    /// or data breaks the rules of [`baton_core::progress`]. Never acknowledged.
+    pub fn accept_progress(&self, session_id: &str, events: Vec<v1::ProgressEvent>) {
+        let mut held = Vec::with_capacity(events.len());
+        {
+            let st = self.lock();
+            let Some(s) = st.sessions.get(session_id) else {
+                return;
+            };
+            for e in events {
+                let task_id = TaskId::from_trusted(e.task_id.clone());
+                match s.in_flight.get(&task_id) {
+                    Some(f) if f.attempt == e.attempt => held.push((e, f.run_id.clone())),
+                    _ => tracing::debug!(
+                        session_id,
+                        task_id = %e.task_id,
+                        attempt = e.attempt,
+                        "event for an attempt this agent does not hold, dropped"
+                    ),
+                }
+            }
+        }
+        for (e, run_id) in held {
+            let data = match parse_event(&e) {
+                Ok(data) => data,
+                Err(reason) => {
+                    tracing::debug!(session_id, task_id = %e.task_id, attempt = e.attempt, reason = %reason, "event dropped");
+                    continue;
+                }
+            };
+            self.progress
+                .publish(&e.task_id, &e.task_id, e.attempt, &e.kind, &data);
+            if let Some(run_id) = run_id.filter(|r| **r != *e.task_id) {
+                self.progress
+                    .publish(&run_id, &e.task_id, e.attempt, &e.kind, &data);
+            }
+        }
     }
 
     /// Records accepted results in one store call, however many frames they came
@@ -1420,6 +1472,7 @@ impl Dispatcher {
                             InFlight {
                                 attempt: c.attempt,
                                 task_type: p.task_type.clone(),
+                                run_id: c.spec.run_id.as_deref().map(Arc::from),
                                 span,
                                 assigned_at: now,
                                 timeout_at: now + c.spec.timeout_ms,
@@ -1628,6 +1681,7 @@ impl Dispatcher {
                             timeout_at: now + spec.timeout_ms,
                             priority: spec.priority,
                             concurrency_key: p.concurrency_key.clone(),
+                            run_id: spec.run_id.as_deref().map(Arc::from),
                         },
                     );
                     st.holders
@@ -2099,6 +2153,23 @@ fn finished_of(record: &TaskRecord, status: Status) -> metrics::Finished<'_> {
         status,
         latency_ms: end.saturating_sub(record.state.created_at_ms),
     }
+}
+
+/// An event's data as compact JSON text, if the event is acceptable.
+fn parse_event(e: &v1::ProgressEvent) -> Result<String, String> {
+    baton_core::progress::validate_kind(&e.kind)?;
+    if e.data_json.len() > baton_core::progress::MAX_DATA_BYTES {
+        return Err(format!(
+            "data is larger than {} bytes",
+            baton_core::progress::MAX_DATA_BYTES
+        ));
+    }
+    if e.data_json.trim().is_empty() {
+        return Ok("null".into());
+    }
+    serde_json::from_str::<serde_json::Value>(&e.data_json)
+        .map(|v| v.to_string())
+        .map_err(|err| format!("data is not valid json: {err}"))
 }
 
 fn parse_output(raw: &str) -> Result<serde_json::Value, String> {

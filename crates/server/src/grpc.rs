@@ -139,6 +139,22 @@ impl v1::baton_server::Baton for ClientApi {
             .task
             .ok_or_else(|| status(Error::invalid("task is required")))?;
         let spec = spec_from_proto(&self.app, task, "").map_err(status)?;
+        // Seed 000: a task whose type is a flow runs as that flow, as over REST.
+        if let Some((run_id, created)) = self.app.start_flow_task(&spec).await.map_err(status)? {
+            let task = self
+                .app
+                .flow_task_proto(&run_id)
+                .await
+                .map_err(status)?
+                .ok_or_else(|| {
+                    status(Error::internal("the flow task vanished after it started"))
+                })?;
+            return Ok(Response::new(v1::SubmitTaskResponse {
+                task: Some(task),
+                created,
+                error: None,
+            }));
+        }
         let out = self
             .app
             .submit(vec![spec])
@@ -203,12 +219,18 @@ impl v1::baton_server::Baton for ClientApi {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
-        let rec = self
-            .app
-            .get(&req.into_inner().task_id)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(task_proto(&rec, now_ms(), true)))
+        let task_id = req.into_inner().task_id;
+        match self.app.get(&task_id).await {
+            Ok(rec) => Ok(Response::new(task_proto(&rec, now_ms(), true))),
+            // A task whose type is a flow is a run, as over REST.
+            Err(e) if e.code == baton_core::ErrorCode::NotFound => {
+                match self.app.flow_task_proto(&task_id).await.map_err(status)? {
+                    Some(task) => Ok(Response::new(task)),
+                    None => Err(status(e)),
+                }
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 
     async fn list_tasks(
@@ -460,6 +482,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
                             }
                         }
                         Some(Msg::Heartbeat(hb)) => dispatcher.heartbeat(&session_id, &hb),
+                        Some(Msg::Progress(p)) => dispatcher.accept_progress(&session_id, p.events),
                         Some(Msg::Drain(_)) => {
                             tracing::info!(%agent_id, session_id, "agent draining");
                             dispatcher.drain(&session_id)

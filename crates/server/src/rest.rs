@@ -304,25 +304,13 @@ async fn submit_task(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let spec = app.parse(&body, "")?;
-    if app.engine.is_flow(&spec.task_type).await {
-        let (run, created) = app
-            .engine
-            .start(crate::workflows::StartRequest {
-                run_id: Some(spec.task_id.to_string()),
-                flow: Some((spec.task_type.clone(), None)),
-                definition: None,
-                input: crate::flow_tasks::run_input(&spec),
-                priority: spec.priority,
-                on_failure: None,
-                execution_mode: spec.execution_mode,
-            })
-            .await?;
+    if let Some((run_id, created)) = app.start_flow_task(&spec).await? {
         let status = if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
-        return Ok((status, Json(app.flow_task_view(&run.run_id).await?)).into_response());
+        return Ok((status, Json(app.flow_task_view(&run_id).await?)).into_response());
     }
     let result = app
         .submit(vec![spec])
@@ -621,6 +609,7 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         submit_task,
         submit_batch,
         get_task,
+        crate::rest_events::task_events,
         list_tasks,
         cancel_task,
         list_agents,
@@ -667,6 +656,10 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/api/v1/tasks/batch", post(submit_batch))
         .route("/api/v1/tasks/{task_id}", get(get_task))
         .route("/api/v1/tasks/{task_id}/cancel", post(cancel_task))
+        .route(
+            "/api/v1/tasks/{task_id}/events",
+            get(crate::rest_events::task_events),
+        )
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/dlq", get(list_dlq))
         .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))

@@ -535,6 +535,7 @@ impl Engine {
         }
         self.publish(&slot.run, before_events);
         if was_active && !slot.run.status.is_active() {
+            self.dispatcher.progress().end(&slot.run.run_id);
             let end = slot.run.finished_at_ms.unwrap_or(now);
             self.dispatcher.metrics().run_finished(
                 slot.run.status.as_str(),
