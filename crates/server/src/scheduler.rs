@@ -195,11 +195,9 @@ fn rate_limit(
 
 /// Seed 004's descriptor from what an agent sent in `Register`.
 pub fn descriptor_of(reg: &v1::Register, agent_id: AgentId) -> Result<Descriptor, Error> {
-    let version = if reg.version.trim().is_empty() {
-        semver::Version::new(0, 0, 0)
-    } else {
-        registry::parse_version(&reg.version)?
-    };
+    // A version that is not semver ("unknown", a git hash) is shown as sent but
+    // matches discovery ranges as 0.0.0; the agent is not refused over a label.
+    let version = registry::parse_version(&reg.version).unwrap_or(semver::Version::new(0, 0, 0));
     let agent_type = if reg.agent_type.trim().is_empty() {
         reg.task_types.first().cloned().unwrap_or_default()
     } else {
@@ -1033,11 +1031,12 @@ mod tests {
         assert_eq!(d.weight, 3.0);
         assert_eq!(d.cost_factor, 1.0);
         assert_eq!(d.location.as_deref(), Some("eu-west"));
-        let bad = v1::Register {
-            version: "one".into(),
+        let unlabelled = v1::Register {
+            version: "unknown".into(),
             ..reg.clone()
         };
-        assert!(descriptor_of(&bad, AgentId::parse("a").unwrap()).is_err());
+        let d = descriptor_of(&unlabelled, AgentId::parse("a").unwrap()).unwrap();
+        assert_eq!(d.version, semver::Version::new(0, 0, 0));
         let negative = v1::Register {
             weight: Some(-1.0),
             ..reg
