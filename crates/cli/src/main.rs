@@ -47,8 +47,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: output::DlqCmd,
     },
-    /// Connected agents.
-    Agents(output::ClientArgs),
+    /// Connected agents; with filters, discovery by capability, health, version and location.
+    Agents(output::AgentsArgs),
+    /// The scheduler's state: queues, keys, agents' load and breakers, shedding.
+    Scheduler(output::ClientArgs),
     /// The SLA view: latency percentiles, throughput and error rate against targets.
     Sla(output::ClientArgs),
     /// The flow registry: register, list and show flow definitions.
@@ -102,6 +104,7 @@ fn main() {
             Cmd::Cancel(a) => output::cancel(a).await,
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
             Cmd::Agents(a) => output::agents(a).await,
+            Cmd::Scheduler(a) => output::scheduler(a).await,
             Cmd::Sla(a) => output::sla(a).await,
             Cmd::Flows { cmd } => runs::flows(cmd).await,
             Cmd::Runs { cmd } => runs::runs(cmd).await,

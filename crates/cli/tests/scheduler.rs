@@ -160,6 +160,33 @@ burst = 1
     assert_eq!(bad.body["error"]["code"], "invalid_argument");
     let bad = api.get("/api/v1/agents/discover?min_health=2").await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // The same through the CLI: discovery, and the scheduler view for people.
+    let baton = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env("BATON_SERVER", &server.http)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = baton(&["agents", "--capability", "sleep", "--limit", "1", "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["agents"].as_array().unwrap().len(), 1, "{v}");
+    let (ok, out, _) = baton(&["agents"]);
+    assert!(ok);
+    assert!(out.contains("BREAKER") && out.contains("a1") && out.contains("closed"), "{out}");
+    let (ok, _, err) = baton(&["agents", "--version-req", "not a range"]);
+    assert!(!ok);
+    assert!(err.contains("version"), "{err}");
+    let (ok, out, _) = baton(&["scheduler"]);
+    assert!(ok);
+    assert!(out.contains("echo") && out.contains("scheduled") && out.contains("RATE KEY"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
