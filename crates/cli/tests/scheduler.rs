@@ -180,13 +180,19 @@ burst = 1
     assert_eq!(v["agents"].as_array().unwrap().len(), 1, "{v}");
     let (ok, out, _) = baton(&["agents"]);
     assert!(ok);
-    assert!(out.contains("BREAKER") && out.contains("a1") && out.contains("closed"), "{out}");
+    assert!(
+        out.contains("BREAKER") && out.contains("a1") && out.contains("closed"),
+        "{out}"
+    );
     let (ok, _, err) = baton(&["agents", "--version-req", "not a range"]);
     assert!(!ok);
     assert!(err.contains("version"), "{err}");
     let (ok, out, _) = baton(&["scheduler"]);
     assert!(ok);
-    assert!(out.contains("echo") && out.contains("scheduled") && out.contains("RATE KEY"), "{out}");
+    assert!(
+        out.contains("echo") && out.contains("scheduled") && out.contains("RATE KEY"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
