@@ -25,7 +25,7 @@ async fn agent(channel: tonic::transport::Channel, n: usize, ready: tokio::sync:
         task_types: vec![format!("t{:02}", n % TYPES)],
         version: format!("1.{}.0", n % 3),
         max_concurrent: 2,
-        tags: vec![if n % 2 == 0 { "gpu" } else { "cpu" }.into()],
+        tags: vec![if n.is_multiple_of(2) { "gpu" } else { "cpu" }.into()],
         location: ["eu", "us", "ap"][n % 3].into(),
         cost_factor: Some(1.0 + (n % 5) as f64),
         weight: Some(1.0 + (n % 4) as f64),

@@ -3,6 +3,9 @@
 
 use baton_core::{Error, ErrorCode};
 
+/// Generated code: `Register` is much larger than the other agent messages, and
+/// boxing it would only cost an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
