@@ -673,8 +673,18 @@ impl Dispatcher {
                 },
             })
             .collect();
-        let now = now_ms();
-        match self.store.update(updates, now).await {
+        self.apply_updates(
+            updates,
+            "could not record failed attempts; their leases will expire",
+        )
+        .await;
+    }
+
+    /// Applies attempt updates (failures, hand-backs) and carries out the
+    /// effects of those that applied; a store failure is logged with `on_error`
+    /// (the attempts' leases then expire and the leader re-queues them).
+    async fn apply_updates(&self, updates: Vec<Update>, on_error: &str) {
+        match self.store.update(updates, now_ms()).await {
             Ok(outcomes) => {
                 let applied: Vec<(TaskRecord, Vec<Effect>)> = outcomes
                     .into_iter()
@@ -687,9 +697,7 @@ impl Dispatcher {
                     applied.iter().map(|(r, e)| (r, e.as_slice())).collect();
                 self.handle_effects_batch(&refs);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
-            }
+            Err(e) => tracing::warn!(error = %e, "{on_error}"),
         }
     }
 
@@ -1816,23 +1824,11 @@ impl Dispatcher {
                 },
             })
             .collect();
-        match self.store.update(updates, now_ms()).await {
-            Ok(outcomes) => {
-                let applied: Vec<(TaskRecord, Vec<Effect>)> = outcomes
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        UpdateOutcome::Applied { record, effects } => Some((record, effects)),
-                        _ => None,
-                    })
-                    .collect();
-                let refs: Vec<(&TaskRecord, &[Effect])> =
-                    applied.iter().map(|(r, e)| (r, e.as_slice())).collect();
-                self.handle_effects_batch(&refs);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not hand attempts back; their leases will expire")
-            }
-        }
+        self.apply_updates(
+            updates,
+            "could not hand attempts back; their leases will expire",
+        )
+        .await;
     }
 
     /// Periodic duties: timeouts, silent agents, lease extension, lease expiry and
