@@ -161,6 +161,36 @@ burst = 1
     let bad = api.get("/api/v1/agents/discover?min_health=2").await;
     assert_eq!(bad.status, 400, "{}", bad.body);
 
+    // Discovery over gRPC: the same answer, the same error for a bad range.
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = baton_proto::v1::baton_client::BatonClient::new(channel);
+    let found = grpc
+        .discover_agents(baton_proto::v1::DiscoverAgentsRequest {
+            capabilities: vec!["echo".into(), "sleep".into()],
+            version: ">=0.0.0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.agents.len(), 2);
+    assert!(found
+        .agents
+        .iter()
+        .all(|a| a.agent.as_ref().unwrap().breaker == "closed"));
+    let refused = grpc
+        .discover_agents(baton_proto::v1::DiscoverAgentsRequest {
+            version: "not-a-range".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     // The same through the CLI: discovery, and the scheduler view for people.
     let baton = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))

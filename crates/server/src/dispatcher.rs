@@ -103,6 +103,8 @@ struct State {
     sched_idle: HashMap<String, (u64, u64, Millis)>,
     /// Slots or keys freed so far (a change that may let held work go).
     releases: u64,
+    /// Per scheduled type: tasks the last look read but did not place.
+    sched_left: HashMap<String, usize>,
     /// When each fast-path type last had its queue head checked for preemption.
     preempt_checked: HashMap<String, Millis>,
     /// Tasks held (queued, retrying, waiting, running), from the store's counts
@@ -128,6 +130,7 @@ impl State {
             sched,
             sched_idle: HashMap::new(),
             releases: 0,
+            sched_left: HashMap::new(),
             preempt_checked: HashMap::new(),
             held: 0,
             holders: HashMap::new(),
@@ -1258,10 +1261,14 @@ impl Dispatcher {
             }
             plan.scheduled.push(Look {
                 task_type: t.clone(),
+                // As many as the free slots, plus those the last look left
+                // behind (held by keys or limits), so that tasks behind them
+                // are reached without decoding a far larger window every time.
                 window: if free == 0 {
                     1
                 } else {
-                    (free * 4).clamp(64, 1_000)
+                    let left = st.sched_left.get(t).copied().unwrap_or(0);
+                    (free + left + 8).min(1_000)
                 },
                 generation: *generation,
             });
@@ -1581,6 +1588,10 @@ impl Dispatcher {
                     });
                 }
                 let decision = st.sched.decide(&look.task_type, &window, slots, now);
+                st.sched_left.insert(
+                    look.task_type.clone(),
+                    window.len() - decision.placements.len(),
+                );
                 if let Some(at) = decision.wake_at {
                     st.sched_wake = Some(st.sched_wake.map_or(at, |w| w.min(at)));
                 }
