@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building baton (release)"
-cargo build --release -p baton-cli --quiet
-BATON="${CARGO_TARGET_DIR:-target}/release/baton"
+if [ -n "${BATON_BIN:-}" ]; then
+  BATON="$BATON_BIN"   # a binary already built: skip the build
+else
+  echo "== building baton (release)"
+  cargo build --release -p baton-cli --quiet
+  BATON="${CARGO_TARGET_DIR:-target}/release/baton"
+fi
 
 DATA=$(mktemp -d)
 LOG=$DATA/server.log
@@ -40,7 +44,7 @@ echo "== a task that fails twice, then succeeds on its third attempt"
 
 echo
 echo "== seed 000's use case 1: report generation (data_ingest -> data_analysis -> synthesis)"
-cargo run --release --quiet -p baton-agents --example make-samples -- "$DATA/samples" >/dev/null
+"$BATON" samples "$DATA/samples" >/dev/null
 echo "   POST /api/v1/tasks with $DATA/samples/report_request.json (a CSV of monthly sales and a PNG chart)"
 curl -sS -X POST "$BATON_SERVER/api/v1/tasks" -H 'content-type: application/json' \
   --data-binary "@$DATA/samples/report_request.json" -o /dev/null -w '   accepted: HTTP %{http_code}\n'

@@ -29,6 +29,7 @@ pub mod llm;
 pub mod monitoring;
 mod request;
 pub mod samples;
+pub mod sse;
 pub mod stats;
 pub mod synthesis;
 pub mod vision;

@@ -1,7 +1,8 @@
 //! `llm`: one chat completion from an OpenAI-compatible server
 //! (`POST {base_url}/chat/completions` with `stream: true`), read token by token from
 //! its server-sent events. [`complete`] hands every token to a callback as it
-//! arrives, so a caller can forward them to a client while the answer is written.
+//! arrives; the `llm` handler emits each one as a `token` event, so clients watching
+//! the task (`GET /api/v1/tasks/{task_id}/events`) read the answer as it is written.
 //!
 //! Configuration comes from the environment through [`Config::from_env`]; without
 //! it the `llm` type is not registered. Task input: a json part (or, field by field,
@@ -15,6 +16,7 @@
 //! permanent with the server's message.
 
 use crate::request::{field, opt_f64, opt_str, opt_u64, retry_after_header};
+use crate::sse::SseParser;
 use baton_core::input::PartData;
 use baton_sdk::{HandlerError, Task};
 use serde::{Deserialize, Serialize};
@@ -184,8 +186,8 @@ pub async fn complete(
             Some(bytes) => parser.push(bytes),
             None => parser.finish(),
         };
-        for data in events {
-            state.apply(&data, &mut on_token)?;
+        for event in events {
+            state.apply(&event.data, &mut on_token)?;
             if state.done {
                 return Ok(state.into_completion());
             }
@@ -276,53 +278,6 @@ fn error_message(body: &str) -> String {
     text.chars().take(300).collect()
 }
 
-/// Splits a server-sent event stream into the `data` of each event. Bytes may arrive
-/// cut anywhere, lines end in `\n` or `\r\n`, several `data:` lines of one event are
-/// joined by `\n`, comments and other fields are ignored.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buffer: Vec<u8>,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            self.line(line, &mut events);
-        }
-        events
-    }
-
-    /// The last event when the stream ends without a blank line after it.
-    pub fn finish(&mut self) -> Vec<String> {
-        let mut events = Vec::new();
-        if !self.buffer.is_empty() {
-            let rest = std::mem::take(&mut self.buffer);
-            let rest = String::from_utf8_lossy(&rest).into_owned();
-            self.line(rest.trim_end_matches('\r'), &mut events);
-        }
-        self.line("", &mut events);
-        events
-    }
-
-    fn line(&mut self, line: &str, events: &mut Vec<String>) {
-        if line.is_empty() {
-            if !self.data.is_empty() {
-                events.push(self.data.join("\n"));
-                self.data.clear();
-            }
-        } else if let Some(value) = line.strip_prefix("data:") {
-            self.data
-                .push(value.strip_prefix(' ').unwrap_or(value).to_string());
-        }
-    }
-}
-
 /// The request a task describes (module docs).
 pub fn request_from_task(task: &Task) -> Result<Request, String> {
     let spec = crate::request::json_object(task);
@@ -359,7 +314,8 @@ pub fn request_from_task(task: &Task) -> Result<Request, String> {
 /// `llm`, against the given server.
 pub async fn handle(task: Task, config: Config) -> Result<Value, HandlerError> {
     let request = request_from_task(&task).map_err(HandlerError::permanent)?;
-    let c = complete(&client(), &config, &request, |_| {}).await?;
+    // Every token goes to the clients watching the task as it arrives.
+    let c = complete(&client(), &config, &request, |t| task.emit("token", t)).await?;
     let mut out = json!({"text": c.text, "model": c.model, "finish_reason": c.finish_reason});
     if let Some(u) = c.usage {
         out["usage"] = u;
@@ -374,7 +330,7 @@ pub(crate) mod tests {
     use axum::response::IntoResponse;
     use axum::routing::post;
     use axum::Json;
-    use baton_sdk::testing::TaskBuilder;
+    use baton_sdk::testing::{Harness, TaskBuilder};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -412,22 +368,6 @@ pub(crate) mod tests {
                 timeout: DEFAULT_TIMEOUT,
             })
         );
-    }
-
-    #[test]
-    fn sse_events_survive_any_cut() {
-        let stream = b": keep-alive\r\ndata: {\"a\":1}\r\n\r\ndata: line1\ndata:line2\nevent: x\n\ndata: [DONE]";
-        for cut in 0..stream.len() {
-            let mut p = SseParser::default();
-            let mut events = p.push(&stream[..cut]);
-            events.extend(p.push(&stream[cut..]));
-            events.extend(p.finish());
-            assert_eq!(
-                events,
-                vec!["{\"a\":1}", "line1\nline2", "[DONE]"],
-                "cut at {cut}"
-            );
-        }
     }
 
     #[test]
@@ -470,6 +410,8 @@ pub(crate) mod tests {
     #[derive(Clone)]
     pub(crate) enum Answer {
         Stream(&'static str),
+        /// Sends the first part of a stream, waits until the gate opens, then the rest.
+        Gated(&'static str, &'static str, Arc<tokio::sync::Notify>),
         Status(u16, Option<&'static str>, &'static str),
     }
 
@@ -490,6 +432,27 @@ pub(crate) mod tests {
                     match answer {
                         Answer::Stream(s) => {
                             ([("content-type", "text/event-stream")], s).into_response()
+                        }
+                        Answer::Gated(first, rest, gate) => {
+                            let parts = futures::stream::unfold(0, move |step| {
+                                let gate = gate.clone();
+                                async move {
+                                    let part = match step {
+                                        0 => first,
+                                        1 => {
+                                            gate.notified().await;
+                                            rest
+                                        }
+                                        _ => return None,
+                                    };
+                                    Some((Ok::<_, std::io::Error>(part), step + 1))
+                                }
+                            });
+                            (
+                                [("content-type", "text/event-stream")],
+                                axum::body::Body::from_stream(parts),
+                            )
+                                .into_response()
                         }
                         Answer::Status(code, retry_after, body) => {
                             let mut r = (StatusCode::from_u16(code).unwrap(), body).into_response();
@@ -557,14 +520,47 @@ pub(crate) mod tests {
             json!([{"role": "user", "content": "summarise"}])
         );
 
-        let out = handle(TaskBuilder::new("llm").text("summarise").build(), config)
-            .await
-            .unwrap();
+        let (out, events) = Harness::new(move |task| handle(task, config.clone()))
+            .run_with_events(TaskBuilder::new("llm").text("summarise").build())
+            .await;
+        let out = out.unwrap();
         assert_eq!(
             out,
             json!({"text": "Sales rose 12%.", "model": "fake-1", "finish_reason": "stop",
                    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
         );
+        // Each token was emitted as a `token` event; together they are the output.
+        assert!(events.iter().all(|e| e.kind == "token"), "{events:?}");
+        let streamed: String = events.iter().filter_map(|e| e.data.as_str()).collect();
+        assert_eq!(streamed, out["text"]);
+        assert_eq!(events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tokens_arrive_while_the_answer_is_still_being_written() {
+        let split = STREAM.find(": comment").unwrap();
+        let (first, rest) = STREAM.split_at(split);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (config, _) = fake_llm(vec![Answer::Gated(first, rest, gate.clone())]).await;
+        let request = Request {
+            messages: vec![Message::user("summarise")],
+            ..Request::default()
+        };
+        let mut tokens = Vec::new();
+        // The server sends the rest only once the first token reached the caller:
+        // a client that waited for the whole body would never finish.
+        let c = tokio::time::timeout(
+            Duration::from_secs(10),
+            complete(&client(), &config, &request, |t| {
+                tokens.push(t.to_string());
+                gate.notify_one();
+            }),
+        )
+        .await
+        .expect("the first token arrives before the answer is complete")
+        .unwrap();
+        assert_eq!(tokens, ["Sales ", "rose 12%."]);
+        assert_eq!(c.text, "Sales rose 12%.");
     }
 
     #[tokio::test]

@@ -480,11 +480,19 @@ pub async fn detection_handler(task: Task) -> Result<Value, HandlerError> {
         let options = detection_options(&task.metadata)?;
         let inputs = expand_inputs(&task.inputs)?;
         let mut detections = Vec::new();
+        let events = task.events().clone();
         let (width, height) = monitor(
             frames(&inputs, options.frame_interval_ms),
             &options,
             None,
-            &mut |d| detections.push(d.clone()),
+            &mut |d| {
+                // A light event per frame; the boxes are in the output.
+                events.emit(
+                    "detection",
+                    json!({"frame_index": d.index, "offset_ms": d.offset_ms, "count": d.count}),
+                );
+                detections.push(d.clone())
+            },
             &mut |_| {},
         )?;
         Ok(json!({
@@ -516,6 +524,12 @@ pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
         }
         let mut alerter = Alerter::new(rules, task.task_id.as_str(), stream_start(&task.metadata)?);
         let mut alerts = Vec::new();
+        // Each alert goes to the clients watching the task as soon as it is raised.
+        let events = task.events().clone();
+        let mut raise = |a: Alert| {
+            events.emit("alert", &a);
+            alerts.push(a);
+        };
         let mut n_frames = 0;
         let mut peak = 0;
         let mut count = |d: &FrameDetection| {
@@ -530,7 +544,7 @@ pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
                     })?;
                 for d in &detections {
                     count(d);
-                    alerter.observe(d, &mut |a| alerts.push(a));
+                    alerter.observe(d, &mut raise);
                 }
             }
             None => {
@@ -541,7 +555,7 @@ pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
                     &options,
                     Some(&mut alerter),
                     &mut count,
-                    &mut |a| alerts.push(a),
+                    &mut raise,
                 )?;
             }
         }
@@ -553,7 +567,7 @@ pub async fn alerting_handler(task: Task) -> Result<Value, HandlerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_sdk::testing::TaskBuilder;
+    use baton_sdk::testing::{Harness, TaskBuilder};
     use image::{Delay, Rgba, RgbaImage};
 
     const W: u32 = 64;
@@ -741,19 +755,46 @@ mod tests {
 
     #[tokio::test]
     async fn alerting_reads_a_detection_output() {
-        let detections = detection_handler(
-            TaskBuilder::new("video_detection")
-                .bytes(InputKind::Video, gif(&crowd(), 100))
-                .build(),
-        )
-        .await
-        .unwrap();
+        let (detections, frame_events) = Harness::new(detection_handler)
+            .run_with_events(
+                TaskBuilder::new("video_detection")
+                    .bytes(InputKind::Video, gif(&crowd(), 100))
+                    .build(),
+            )
+            .await;
+        let detections = detections.unwrap();
+        // One light detection event per frame, as it is analysed.
+        let counts: Vec<(String, Value)> = frame_events
+            .into_iter()
+            .map(|e| (e.kind, e.data["count"].clone()))
+            .collect();
+        assert_eq!(
+            counts,
+            [0, 1, 3, 2]
+                .into_iter()
+                .map(|n| ("detection".to_string(), json!(n)))
+                .collect::<Vec<_>>()
+        );
         let task = TaskBuilder::new("alerting")
             .task_id("t")
             .json(json!({"frames": detections["frames"], "rules": {"max_persons": 1}}))
             .metadata(json!({"stream_start": 100}))
             .build();
-        let out = alerting_handler(task).await.unwrap();
+        let (out, events) = Harness::new(alerting_handler).run_with_events(task).await;
+        let out = out.unwrap();
+        // Every alert was emitted as an `alert` event, in the seed's shape.
+        assert_eq!(
+            events,
+            out["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| baton_sdk::Event {
+                    kind: "alert".into(),
+                    data: a.clone()
+                })
+                .collect::<Vec<_>>()
+        );
         assert_eq!(
             out["alerts"],
             json!([{

@@ -1,5 +1,6 @@
 //! Small sample inputs for seed 000's two use cases, written to disk by
-//! `cargo run -p baton-agents --example make-samples -- <dir>`: a CSV and a PNG chart
+//! `baton samples <dir>` (or `cargo run -p baton-agents --example make-samples --
+//! <dir>`): a CSV and a PNG chart
 //! for the report, an animated GIF for the monitoring, and the request bodies for
 //! `POST /api/v1/tasks` (seed 000's shape) and for a workflow run.
 

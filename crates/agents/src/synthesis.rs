@@ -244,6 +244,7 @@ pub fn analysis_and_title(
 /// `synthesis` (and `report_generation`), with an LLM for the summary when `llm` is set.
 pub async fn handle(task: Task, llm: Option<llm::Config>) -> Result<Value, HandlerError> {
     let metadata = task.metadata.clone();
+    let events = task.events().clone();
     let (analysis, title) =
         ingest::run_blocking(move || analysis_and_title(&task.inputs, &metadata)).await?;
     let now = SystemTime::now()
@@ -252,7 +253,7 @@ pub async fn handle(task: Task, llm: Option<llm::Config>) -> Result<Value, Handl
         .unwrap_or(0);
     let mut report = synthesize(&analysis, &title, now);
     if let Some(config) = llm {
-        match llm_summary(&config, &analysis, &report).await {
+        match llm_summary(&config, &analysis, &report, &events).await {
             Ok(text) => {
                 report["executive_summary"] = Value::String(text);
                 report["summary_source"] = Value::String("llm".into());
@@ -267,6 +268,7 @@ async fn llm_summary(
     config: &llm::Config,
     analysis: &Analysis,
     report: &Value,
+    events: &baton_sdk::Events,
 ) -> Result<String, HandlerError> {
     let facts = format!(
         "Title: {}\nSummary: {}\nInsights:\n- {}\nRecommendations:\n- {}",
@@ -285,7 +287,11 @@ async fn llm_summary(
         ],
         ..llm::Request::default()
     };
-    let completion = llm::complete(&llm::client(), config, &request, |_| {}).await?;
+    // The summary streams to the clients watching the task as it is written.
+    let completion = llm::complete(&llm::client(), config, &request, |t| {
+        events.emit("token", t)
+    })
+    .await?;
     let text = completion.text.trim().to_string();
     if text.is_empty() {
         return Err(HandlerError::retryable("the llm returned an empty summary"));
@@ -434,7 +440,20 @@ mod tests {
             Answer::Status(429, Some("5"), "later"),
         ])
         .await;
-        let by_llm = handle(task(), Some(config.clone())).await.unwrap();
+        let config_for_harness = config.clone();
+        let (by_llm, events) = baton_sdk::testing::Harness::new(move |t| {
+            let config = config_for_harness.clone();
+            async move { handle(t, Some(config)).await }
+        })
+        .run_with_events(task())
+        .await;
+        let by_llm = by_llm.unwrap();
+        let tokens: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == "token")
+            .filter_map(|e| e.data.as_str())
+            .collect();
+        assert_eq!(tokens, ["Sales ", "rose 12%."]);
         assert_eq!(by_llm["executive_summary"], "Sales rose 12%.");
         assert_eq!(by_llm["summary_source"], "llm");
         assert_eq!(by_llm.get("llm_error"), None);

@@ -78,9 +78,19 @@ pub struct BenchArgs {
     /// across them.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Give the no-op tasks a `concurrency_key` out of this many (0: none), so
+    /// that they take the scheduler's per-task path (issue 4's benchmark).
+    #[arg(long, default_value_t = 0)]
+    concurrency_keys: usize,
+    /// Give the no-op tasks a `rate_limit_key` out of this many (0: none).
+    #[arg(long, default_value_t = 0)]
+    rate_limit_keys: usize,
     #[command(flatten)]
     sched: crate::bench_sched::SchedArgs,
 }
+
+/// Scheduling keys the no-op tasks carry (set once from the arguments).
+static KEYS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
 
 struct Proc {
     child: Child,
@@ -255,7 +265,15 @@ fn noop_batches(n: usize, batch: usize, tag: &str) -> Vec<Vec<Value>> {
 }
 
 fn noop(i: usize, tag: &str) -> Value {
-    json!({"task_type": "echo", "task_id": format!("{tag}-{i}"), "inputs": [{"type": "json", "data": {"i": i}}]})
+    let mut task = json!({"task_type": "echo", "task_id": format!("{tag}-{i}"), "inputs": [{"type": "json", "data": {"i": i}}]});
+    let (concurrency, rate) = KEYS.get().copied().unwrap_or((0, 0));
+    if concurrency > 0 {
+        task["metadata"]["concurrency_key"] = format!("tenant-{}", i % concurrency).into();
+    }
+    if rate > 0 {
+        task["metadata"]["rate_limit_key"] = format!("api-{}", i % rate).into();
+    }
+    task
 }
 
 /// Bulk submission, the batches spread round-robin over `clients` (the replicas).
@@ -647,6 +665,7 @@ async fn queued_memory(args: &BenchArgs, data_dir: &std::path::Path) -> Result<(
 }
 
 pub async fn run(mut args: BenchArgs) -> Result<()> {
+    let _ = KEYS.set((args.concurrency_keys, args.rate_limit_keys));
     crate::serve::init_logging("warn", baton_server::config::LogFormat::Text, None);
     // The scheduler scenarios need no server: run them here, then the rest.
     let (sched, rest): (Vec<String>, Vec<String>) = std::mem::take(&mut args.scenarios)

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no bound on the whole request, only on silence (the
+    /// server sends a keep-alive comment every 15 s).
+    streaming: reqwest::Client,
     servers: Vec<String>,
 }
 
@@ -37,6 +40,21 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+impl ApiFailure {
+    /// Baton's error shape, `{"error": {"code", "message", "details"}}`.
+    fn from_body(status: u16, body: &Value) -> Self {
+        let e = &body["error"];
+        ApiFailure {
+            code: e["code"].as_str().unwrap_or("http_error").to_string(),
+            message: e["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| format!("http status {status}")),
+            details: e["details"].clone(),
+        }
+    }
+}
+
 impl Client {
     pub fn new(servers: &str) -> Result<Self> {
         let servers: Vec<String> = servers
@@ -56,7 +74,40 @@ impl Client {
             .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(Self { http, servers })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            http,
+            streaming,
+            servers,
+        })
+    }
+
+    /// Opens a server-sent event stream; a refusal is Baton's error, as for [`Client::request`].
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let mut last_err = None;
+        for server in &self.servers {
+            let req = self
+                .streaming
+                .get(format!("{server}{path}"))
+                .header("accept", "text/event-stream");
+            match req.send().await {
+                Ok(resp) if resp.status().as_u16() >= 400 => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await?;
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    return Err(ApiFailure::from_body(status, &value).into());
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    last_err = Some(anyhow!("cannot reach {server}: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no server reachable")))
     }
 
     pub async fn request(
@@ -77,16 +128,7 @@ impl Client {
                     let text = resp.text().await?;
                     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     if status >= 400 {
-                        let e = &value["error"];
-                        return Err(ApiFailure {
-                            code: e["code"].as_str().unwrap_or("http_error").to_string(),
-                            message: e["message"]
-                                .as_str()
-                                .map(String::from)
-                                .unwrap_or_else(|| format!("http status {status}")),
-                            details: e["details"].clone(),
-                        }
-                        .into());
+                        return Err(ApiFailure::from_body(status, &value).into());
                     }
                     return Ok(value);
                 }

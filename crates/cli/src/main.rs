@@ -1,13 +1,15 @@
 //! `baton`: the orchestrator (`serve`, `dev`), built-in agents (`agent`), a client
-//! for people and scripts (`submit`, `get`, `list`, `cancel`, `dlq`, `agents`, `sla`) and
-//! the load generator (`bench`).
+//! for people and scripts (`submit`, `get`, `watch`, `list`, `cancel`, `dlq`, `agents`, `sla`,
+//! `flows`, `runs`) and the load generator (`bench`).
 
 mod bench;
 mod bench_sched;
 mod client;
 mod output;
+mod runs;
 mod serve;
 mod telemetry;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Cmd {
     Submit(output::SubmitArgs),
     /// Show one task.
     Get(output::GetArgs),
+    /// Follow a running task: its status changes and the events its agents emit
+    /// (alerts, LLM tokens, ...) as they happen, then the task.
+    Watch(watch::WatchArgs),
     /// List tasks.
     List(output::ListArgs),
     /// Cancel a task.
@@ -43,12 +48,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: output::DlqCmd,
     },
-    /// Connected agents.
-    Agents(output::ClientArgs),
+    /// Connected agents; with filters, discovery by capability, health, version and location.
+    Agents(output::AgentsArgs),
+    /// The scheduler's state: queues, keys, agents' load and breakers, shedding.
+    Scheduler(output::ClientArgs),
     /// The SLA view: latency percentiles, throughput and error rate against targets.
     Sla(output::ClientArgs),
+    /// The flow registry: register, list and show flow definitions.
+    Flows {
+        #[command(subcommand)]
+        cmd: runs::FlowsCmd,
+    },
+    /// Workflow runs: start, get, list, cancel, pause, resume, retry, watch.
+    Runs {
+        #[command(subcommand)]
+        cmd: runs::RunsCmd,
+    },
     /// Load generator: end-to-end throughput and latency against a server.
     Bench(bench::BenchArgs),
+    /// Write seed 000's sample inputs (sales CSV, PNG chart, animated GIF of a scene,
+    /// and the request bodies of both use cases) into a directory.
+    Samples {
+        /// Where to write them (created if needed).
+        #[arg(default_value = "samples")]
+        dir: std::path::PathBuf,
+    },
+}
+
+fn write_samples(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in baton_agents::samples::files() {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{} ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(())
 }
 
 fn main() {
@@ -64,12 +100,17 @@ fn main() {
             Cmd::Agent(a) => serve::agent(a).await,
             Cmd::Submit(a) => output::submit(a).await,
             Cmd::Get(a) => output::get(a).await,
+            Cmd::Watch(a) => watch::watch(a).await,
             Cmd::List(a) => output::list(a).await,
             Cmd::Cancel(a) => output::cancel(a).await,
             Cmd::Dlq { cmd } => output::dlq(cmd).await,
             Cmd::Agents(a) => output::agents(a).await,
+            Cmd::Scheduler(a) => output::scheduler(a).await,
             Cmd::Sla(a) => output::sla(a).await,
+            Cmd::Flows { cmd } => runs::flows(cmd).await,
+            Cmd::Runs { cmd } => runs::runs(cmd).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Samples { dir } => write_samples(&dir),
         }
     });
     if let Err(e) = result {

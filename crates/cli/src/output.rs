@@ -326,12 +326,17 @@ pub fn print_task(v: &Value) {
     println!("task       {}", s(&v["task_id"]));
     println!("type       {}", s(&v["task_type"]));
     println!("status     {}", s(&v["status"]));
-    println!("priority   {}", s(&v["priority"]));
-    println!(
-        "attempt    {} of {}",
-        s(&v["attempt"]),
-        s(&v["max_attempts"])
-    );
+    // A flow task (seed 000's use cases) has steps rather than one priority and attempt.
+    if !v["priority"].is_null() {
+        println!("priority   {}", s(&v["priority"]));
+    }
+    if !v["attempt"].is_null() {
+        println!(
+            "attempt    {} of {}",
+            s(&v["attempt"]),
+            s(&v["max_attempts"])
+        );
+    }
     println!("created    {}", s(&v["created_at"]));
     if !v["finished_at"].is_null() {
         println!("finished   {}", s(&v["finished_at"]));
@@ -348,19 +353,24 @@ pub fn print_task(v: &Value) {
         println!("error      {}: {}", s(&e["kind"]), s(&e["message"]));
     }
     if let Some(execs) = v["agent_executions"].as_array().filter(|a| !a.is_empty()) {
-        let mut t = table(&["ATTEMPT", "AGENT", "STATUS", "DURATION", "ERROR"]);
+        let steps = execs.iter().any(|e| e.get("step").is_some());
+        let mut t = if steps {
+            table(&["STEP", "ATTEMPTS", "AGENT", "STATUS", "DURATION", "ERROR"])
+        } else {
+            table(&["ATTEMPT", "AGENT", "STATUS", "DURATION", "ERROR"])
+        };
         for e in execs {
             let dur = e["duration_ms"]
                 .as_u64()
                 .map(|d| format!("{d} ms"))
                 .unwrap_or_default();
-            t.add_row(vec![
-                s(&e["attempt"]),
-                s(&e["agent_id"]),
-                s(&e["status"]),
-                dur,
-                s(&e["error"]),
-            ]);
+            let mut row = if steps {
+                vec![s(&e["step"]), s(&e["attempts"])]
+            } else {
+                vec![s(&e["attempt"])]
+            };
+            row.extend([s(&e["agent_id"]), s(&e["status"]), dur, s(&e["error"])]);
+            t.add_row(row);
         }
         println!("{t}");
     }
@@ -556,15 +566,93 @@ pub async fn dlq(cmd: DlqCmd) -> Result<()> {
     }
 }
 
-pub async fn agents(c: ClientArgs) -> Result<()> {
-    let v = c.client()?.get("/api/v1/agents").await?;
+/// `baton agents`: the connected agents, or with any filter seed 004's
+/// discovery (capabilities, minimum health, version range, location).
+#[derive(clap::Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only agents with this capability (task type); repeatable.
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+    /// Only agents at least this healthy (0..1).
+    #[arg(long)]
+    pub min_health: Option<f64>,
+    /// A semver range the agent's version must match, e.g. ">=1.2, <2".
+    #[arg(long = "version-req")]
+    pub version: Option<String>,
+    /// Agents in this location first.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Only agents with this tag; repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// At most this many (discovery only).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+pub async fn agents(a: AgentsArgs) -> Result<()> {
+    let discovering = !a.capabilities.is_empty()
+        || a.min_health.is_some()
+        || a.version.is_some()
+        || a.location.is_some()
+        || !a.tags.is_empty()
+        || a.limit.is_some();
+    let c = &a.client;
+    let v = if discovering {
+        let mut q = Vec::new();
+        if !a.capabilities.is_empty() {
+            q.push(format!("capabilities={}", enc(&a.capabilities.join(","))));
+        }
+        if let Some(h) = a.min_health {
+            q.push(format!("min_health={h}"));
+        }
+        if let Some(v) = &a.version {
+            q.push(format!("version={}", enc(v)));
+        }
+        if let Some(l) = &a.location {
+            q.push(format!("location={}", enc(l)));
+        }
+        if !a.tags.is_empty() {
+            q.push(format!("tags={}", enc(&a.tags.join(","))));
+        }
+        if let Some(n) = a.limit {
+            q.push(format!("limit={n}"));
+        }
+        let found = c
+            .client()?
+            .get(&format!("/api/v1/agents/discover?{}", q.join("&")))
+            .await?;
+        // The same rows as the plain listing, in discovery's order.
+        let agents: Vec<Value> = found["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d["agent"].clone())
+            .collect();
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+            return Ok(());
+        }
+        serde_json::json!({ "agents": agents })
+    } else {
+        c.client()?.get("/api/v1/agents").await?
+    };
     if c.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let agents = v["agents"].as_array().cloned().unwrap_or_default();
     if agents.is_empty() {
-        println!("no agents connected");
+        println!(
+            "{}",
+            if discovering {
+                "no agent matches"
+            } else {
+                "no agents connected"
+            }
+        );
         return Ok(());
     }
     let mut t = table(&[
@@ -572,7 +660,9 @@ pub async fn agents(c: ClientArgs) -> Result<()> {
         "TYPES",
         "IN FLIGHT",
         "VERSION",
-        "CONNECTED",
+        "HEALTH",
+        "BREAKER",
+        "LOCATION",
         "COMPLETED",
         "FAILED",
         "STATE",
@@ -592,13 +682,117 @@ pub async fn agents(c: ClientArgs) -> Result<()> {
             types,
             format!("{}/{}", s(&a["in_flight"]), s(&a["max_concurrent"])),
             s(&a["version"]),
-            s(&a["connected_at"]),
+            a["health"]
+                .as_f64()
+                .map_or("-".into(), |h| format!("{h:.2}")),
+            s(&a["breaker"]),
+            a["location"].as_str().unwrap_or("-").to_string(),
             s(&a["completed"]),
             s(&a["failed"]),
             state.into(),
         ]);
     }
     println!("{t}");
+    Ok(())
+}
+
+/// `baton scheduler`: per queue (path, strategy, running, rate-limit tokens,
+/// held tasks and why), per key and per agent, and load shedding.
+pub async fn scheduler(c: ClientArgs) -> Result<()> {
+    let v = c.client()?.get("/api/v1/scheduler").await?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let shed = &v["shedding"];
+    println!(
+        "load: {} tasks held of {} ({:.0}%), shedding from 90% lowest priorities first; preemption {}",
+        s(&shed["held"]),
+        if shed["capacity"] == 0 { "unlimited".to_string() } else { s(&shed["capacity"]) },
+        shed["utilization"].as_f64().unwrap_or(0.0) * 100.0,
+        if v["preemption"] == true { "on" } else { "off" },
+    );
+    let mut t = table(&[
+        "QUEUE",
+        "PATH",
+        "STRATEGY",
+        "AGENTS",
+        "RUNNING",
+        "RATE TOKENS",
+        "HELD",
+    ]);
+    for q in v["queues"].as_array().into_iter().flatten() {
+        let rate = match q["rate_limit"].as_object() {
+            Some(r) => format!(
+                "{:.1} ({}/s, burst {})",
+                r["tokens"].as_f64().unwrap_or(0.0),
+                s(&r["rate_per_s"]),
+                s(&r["burst"])
+            ),
+            None => "-".into(),
+        };
+        let held = q["held"].as_array().map_or(0, Vec::len);
+        t.add_row(vec![
+            s(&q["task_type"]),
+            s(&q["path"]),
+            s(&q["strategy"]),
+            s(&q["agents"]),
+            s(&q["running"]),
+            rate,
+            held.to_string(),
+        ]);
+    }
+    println!("{t}");
+    for q in v["queues"].as_array().into_iter().flatten() {
+        for h in q["held"].as_array().into_iter().flatten() {
+            println!("  held {}: {}", s(&h["task_id"]), s(&h["reason"]));
+        }
+    }
+    let keys = v["keys"]["concurrency"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let mut t = table(&["CONCURRENCY KEY", "RUNNING", "LIMIT"]);
+        for k in &keys {
+            t.add_row(vec![s(&k["key"]), s(&k["running"]), s(&k["limit"])]);
+        }
+        println!("{t}");
+    }
+    let rated = v["keys"]["rate_limited"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !rated.is_empty() {
+        let mut t = table(&["RATE KEY", "TOKENS"]);
+        for k in &rated {
+            t.add_row(vec![
+                s(&k["key"]),
+                format!("{:.1}", k["tokens"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
+        println!("{t}");
+    }
+    let mut t = table(&["AGENT", "LOAD", "HEALTH", "BREAKER"]);
+    for a in v["agents"].as_array().into_iter().flatten() {
+        t.add_row(vec![
+            s(&a["agent_id"]),
+            format!("{}/{}", s(&a["in_flight"]), s(&a["max_concurrent"])),
+            a["health"]
+                .as_f64()
+                .map_or("-".into(), |h| format!("{h:.2}")),
+            s(&a["breaker"]),
+        ]);
+    }
+    println!("{t}");
+    for b in v["budgets"].as_array().into_iter().flatten() {
+        println!(
+            "budget {}: {:.2} spent in the last hour of {}",
+            s(&b["agent_type"]),
+            b["spent_last_hour"].as_f64().unwrap_or(0.0),
+            s(&b["limit_per_hour"])
+        );
+    }
     Ok(())
 }
 

@@ -152,3 +152,99 @@ async fn a_report_from_text_without_numbers_fails_clearly() {
         "a bad input is not retried: {done}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_submit_of_a_use_case_starts_its_flow_like_rest() {
+    use baton_proto::v1;
+    let dir = TempDir::new("usecase-grpc");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let _agents = agents(&server);
+    api.wait_agents(5).await;
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc connects");
+    let mut client = v1::baton_client::BatonClient::new(channel);
+    // Seed 000's report request, with the chart as raw bytes rather than base64.
+    let request = v1::TaskRequest {
+        task_id: "grpc-report".into(),
+        task_type: "report_generation".into(),
+        inputs: vec![
+            v1::InputPart {
+                r#type: "text".into(),
+                data: baton_agents::samples::SALES_CSV.as_bytes().to_vec(),
+                ..Default::default()
+            },
+            v1::InputPart {
+                r#type: "image".into(),
+                data: baton_agents::samples::chart_png(),
+                ..Default::default()
+            },
+        ],
+        metadata_json: r#"{"report_title": "Q4 Sales Analysis"}"#.into(),
+        execution_mode: "parallel".into(),
+        ..Default::default()
+    };
+    let submitted = client
+        .submit_task(v1::SubmitTaskRequest {
+            task: Some(request.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(submitted.created);
+    let task = submitted.task.unwrap();
+    assert_eq!(task.task_id, "grpc-report");
+    assert_eq!(task.task_type, "report_generation");
+    assert_eq!(task.status, "running");
+
+    // REST sees the run as the same task, and it runs through the three agents.
+    let done = api.wait_done("grpc-report", Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["execution_mode"], "parallel");
+    let steps: Vec<String> = step_agents(&done).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        steps,
+        ["data_ingest", "data_ingest", "data_analysis", "synthesis"]
+    );
+
+    let got = client
+        .get_task(v1::GetTaskRequest {
+            task_id: "grpc-report".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, "completed");
+    assert_eq!(got.task_type, "report_generation");
+    assert_eq!(got.agent_executions.len(), 4);
+    assert!(got.finished_at_ms >= got.created_at_ms && got.finished_at_ms > 0);
+    let output: Value = serde_json::from_str(&got.output_json).unwrap();
+    assert_eq!(output, done["output"]);
+    assert_eq!(output["title"], "Q4 Sales Analysis");
+    assert_eq!(
+        serde_json::from_str::<Value>(&got.metadata_json).unwrap(),
+        serde_json::json!({"report_title": "Q4 Sales Analysis"})
+    );
+
+    // The same request again is the same task, as over REST.
+    let again = client
+        .submit_task(v1::SubmitTaskRequest {
+            task: Some(request),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    assert_eq!(again.task.unwrap().status, "completed");
+    // An unknown id is still not found.
+    let missing = client
+        .get_task(v1::GetTaskRequest {
+            task_id: "no-such-task".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}

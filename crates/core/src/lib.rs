@@ -7,6 +7,7 @@ pub mod id;
 pub mod input;
 pub mod lifecycle;
 pub mod priority;
+pub mod progress;
 pub mod retry;
 #[warn(missing_docs)]
 pub mod sched;

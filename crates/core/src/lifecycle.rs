@@ -154,6 +154,9 @@ pub enum EventKind {
     DeadlineExceeded,
     /// Every dependency completed: the task joined the queue.
     Released,
+    /// The running attempt was stopped to make room for more urgent work and the
+    /// task went back to the queue; the attempt does not count against its budget.
+    Preempted,
 }
 
 /// One recorded transition: when, which attempt, which agent, from and to which status.
@@ -228,6 +231,13 @@ pub enum Command {
     Reprocess,
     /// A waiting task's dependencies all completed: queue it.
     Release,
+    /// Stop the named running attempt and queue the task again without counting
+    /// the attempt (preemption). The attempt number still advances on the next
+    /// claim, so a late result of the stopped attempt is refused as stale.
+    Yield {
+        attempt: u32,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -240,6 +250,7 @@ impl Command {
             Command::Cancel { .. } => "cancel",
             Command::Reprocess => "reprocess",
             Command::Release => "release",
+            Command::Yield { .. } => "yield",
         }
     }
 }
@@ -553,6 +564,22 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             event(&mut next, EventKind::Reprocessed, None, None);
             effects.push(Effect::Ready);
         }
+        Command::Yield { attempt, reason } => {
+            if from != Status::Running || attempt != state.attempt {
+                return Err(Refusal::StaleAttempt {
+                    got: attempt,
+                    current: state.attempt,
+                    status: from,
+                });
+            }
+            let agent = next.agent_id.take();
+            next.status = Status::Queued;
+            next.lease_owner = None;
+            next.lease_deadline_ms = None;
+            next.attempt_floor += 1;
+            event(&mut next, EventKind::Preempted, agent, Some(reason));
+            effects.push(Effect::Ready);
+        }
         Command::Release => {
             if from != Status::Waiting {
                 return Err(illegal());
@@ -581,6 +608,7 @@ pub fn allowed(from: Status, to: Status) -> bool {
             | (Running, RetryWait)
             | (Running, DeadLettered)
             | (Running, Cancelled)
+            | (Running, Queued)
             | (RetryWait, Queued)
             | (RetryWait, Cancelled)
             | (DeadLettered, Queued)
@@ -743,6 +771,52 @@ mod tests {
         assert!(apply(&t.state, Command::Cancel { reason: None }, ctx(3, &p)).is_err());
     }
 
+    #[test]
+    fn a_preempted_attempt_is_not_counted_and_its_late_result_is_stale() {
+        let p = RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        let s = apply(&TaskState::new_queued(0), claim("a"), ctx(1, &p))
+            .unwrap()
+            .state;
+        let yielded = |attempt| Command::Yield {
+            attempt,
+            reason: "preempted by t9".into(),
+        };
+        assert!(
+            apply(&s, yielded(2), ctx(2, &p)).is_err(),
+            "not the running attempt"
+        );
+        let t = apply(&s, yielded(1), ctx(2, &p)).unwrap();
+        assert_eq!(t.state.status, Status::Queued);
+        assert_eq!(t.state.attempts_used(), 0);
+        assert_eq!(t.effects, vec![Effect::Ready]);
+        let ev = t.state.events.last().unwrap();
+        assert_eq!(ev.kind, EventKind::Preempted);
+        assert_eq!(ev.agent_id.as_ref().map(|a| a.as_str()), Some("a"));
+        // Claimed again as attempt 2; with max_attempts 1 a failure now dead-letters,
+        // so the preempted attempt was indeed not counted.
+        let s = apply(&t.state, claim("b"), ctx(3, &p)).unwrap().state;
+        assert_eq!(s.attempt, 2);
+        let late = Command::Succeed {
+            attempt: 1,
+            output: serde_json::json!(1),
+        };
+        assert!(matches!(
+            apply(&s, late, ctx(4, &p)),
+            Err(Refusal::StaleAttempt { .. })
+        ));
+        let failed = Command::Fail {
+            attempt: 2,
+            failure: Failure::new(FailureKind::Retryable, "x"),
+        };
+        assert_eq!(
+            apply(&s, failed, ctx(5, &p)).unwrap().state.status,
+            Status::DeadLettered
+        );
+    }
+
     fn arb_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             (0u8..3).prop_map(|a| Command::Claim {
@@ -771,6 +845,10 @@ mod tests {
             Just(Command::Cancel { reason: None }),
             Just(Command::Reprocess),
             Just(Command::Release),
+            (0u32..6).prop_map(|attempt| Command::Yield {
+                attempt,
+                reason: "preempted".into()
+            }),
         ]
     }
 

@@ -3,6 +3,9 @@
 
 use baton_core::{Error, ErrorCode};
 
+/// Generated code: `Register` is much larger than the other agent messages, and
+/// boxing it would only cost an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
@@ -68,11 +71,31 @@ pub fn to_status(err: &Error) -> tonic::Status {
         status.metadata_mut().insert("baton-error-code", v);
     }
     if !err.details.is_null() {
-        if let Ok(v) = err.details.to_string().parse() {
+        if let Ok(v) = ascii_json(&err.details).parse() {
             status.metadata_mut().insert("baton-error-details", v);
         }
     }
     status
+}
+
+/// JSON text with every non-ASCII character escaped (`\uXXXX`), so that details
+/// naming, say, a step `données` still fit in a metadata value.
+fn ascii_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            // Non-ASCII and control characters only occur inside JSON strings (serde_json
+            // escapes all but DEL), where escapes are valid.
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Rebuilds a Baton error from a gRPC status (client side).
@@ -130,5 +153,13 @@ mod tests {
             let err = Error::new(code, "something went wrong").with_field("task_type");
             assert_eq!(from_status(&to_status(&err)), err);
         }
+    }
+
+    #[test]
+    fn details_with_non_ascii_text_survive_the_metadata() {
+        let err = Error::invalid("bad definition").with_details(serde_json::json!({
+            "problems": [{"field": "steps[0].id", "message": "données → 🚀 duplicate"}]
+        }));
+        assert_eq!(from_status(&to_status(&err)), err);
     }
 }

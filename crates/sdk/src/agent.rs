@@ -9,6 +9,7 @@
 //! out on the next connection.
 
 use crate::backoff::Backoff;
+use crate::events::Events;
 use crate::handler::{execute, Handler, Outcome};
 use crate::load::Load;
 use crate::outbox::{AckOutcome, AttemptKey, Outbox};
@@ -438,6 +439,17 @@ struct Done {
     elapsed: Duration,
 }
 
+/// What a handler task tells the loop, in the order it happened: the events it
+/// emitted, then its outcome (one channel, so no event overtakes the result).
+enum Report {
+    Progress(v1::ProgressEvent),
+    Done(Done),
+}
+
+/// Events held for the next frame at most; beyond, new ones are dropped (they are
+/// best effort, and a handler emitting this fast outruns any client anyway).
+const MAX_PENDING_EVENTS: usize = 10_000;
+
 /// Why the agent stops before it is done with everything.
 enum Stop {
     /// Draining, and every attempt finished and was acked.
@@ -468,8 +480,11 @@ struct Runner<'a> {
     /// First item: drain. Second item: stop without waiting.
     shutdown: BoxStream<'a, ()>,
     shutdown_closed: bool,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Report>,
+    done_rx: mpsc::UnboundedReceiver<Report>,
+    /// Events of running attempts waiting for the next `Progress` frame.
+    progress: Vec<v1::ProgressEvent>,
+    n_events_dropped: u64,
     running: HashMap<AttemptKey, AbortHandle>,
     /// The `traceparent` of each traced running attempt's span, sent back with its result.
     traces: HashMap<AttemptKey, String>,
@@ -493,6 +508,8 @@ impl<'a> Runner<'a> {
             shutdown_closed: false,
             done_tx,
             done_rx,
+            progress: Vec::new(),
+            n_events_dropped: 0,
             running: HashMap::new(),
             traces: HashMap::new(),
             queued: VecDeque::new(),
@@ -603,7 +620,11 @@ impl<'a> Runner<'a> {
             }
             tokio::select! {
                 out = &mut fut => return Ok(out),
-                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some(report) = self.done_rx.recv() => {
+                    self.on_report(report);
+                    // Nobody to relay events to while disconnected.
+                    self.progress.clear();
+                }
                 signal = self.shutdown.next(), if !self.shutdown_closed => {
                     self.on_shutdown_signal(signal)?;
                 }
@@ -653,8 +674,8 @@ impl<'a> Runner<'a> {
                     Some(Err(status)) => return Ok(format!("stream failed: {}", status.message())),
                     None => return Ok("server closed the stream".into()),
                 },
-                Some(done) = self.done_rx.recv() => {
-                    self.on_done(done);
+                Some(report) = self.done_rx.recv() => {
+                    self.on_report(report);
                     self.collect_done();
                     self.flush(&tx);
                 }
@@ -784,16 +805,27 @@ impl<'a> Runner<'a> {
         let handler = self.handler.clone();
         let done_tx = self.done_tx.clone();
         let done_key = key.clone();
+        let mut task = task;
+        let events_tx = self.done_tx.clone();
+        let events_key = key.clone();
+        task.events = Events::new(move |e| {
+            let _ = events_tx.send(Report::Progress(v1::ProgressEvent {
+                task_id: events_key.task_id.clone(),
+                attempt: events_key.attempt,
+                kind: e.kind,
+                data_json: e.data.to_string(),
+            }));
+        });
         let join = tokio::spawn(
             async move {
                 let started = Instant::now();
                 let outcome = execute(&*handler, task).await;
                 // Fails only when the agent has stopped; nobody is left to tell.
-                let _ = done_tx.send(Done {
+                let _ = done_tx.send(Report::Done(Done {
                     key: done_key,
                     outcome,
                     elapsed: started.elapsed(),
-                });
+                }));
             }
             .instrument(span),
         );
@@ -812,6 +844,33 @@ impl<'a> Runner<'a> {
             debug!(task_id = %key.task_id, attempt = key.attempt, "attempt cancelled after it finished, result dropped");
         } else {
             debug!(task_id = %key.task_id, attempt = key.attempt, "cancel for an unknown attempt ignored");
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Done(done) => self.on_done(done),
+            Report::Progress(event) => {
+                let key = v1::AttemptRef {
+                    task_id: event.task_id.clone(),
+                    attempt: event.attempt,
+                };
+                // An attempt cancelled or superseded has no one left to hear it.
+                if !self.running.contains_key(&key) {
+                    return;
+                }
+                if self.progress.len() >= MAX_PENDING_EVENTS {
+                    self.n_events_dropped += 1;
+                    if self.n_events_dropped.is_power_of_two() {
+                        warn!(
+                            n_dropped = self.n_events_dropped,
+                            "events arrive faster than they can be sent; dropping"
+                        );
+                    }
+                    return;
+                }
+                self.progress.push(event);
+            }
         }
     }
 
@@ -841,14 +900,29 @@ impl<'a> Runner<'a> {
         self.start_queued();
     }
 
-    /// Takes every outcome already waiting, so they leave in one frame.
+    /// Takes every outcome and event already waiting, so they leave in one frame.
     fn collect_done(&mut self) {
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.on_done(done);
+        while let Ok(report) = self.done_rx.try_recv() {
+            self.on_report(report);
         }
     }
 
+    /// Sends waiting events, then results: an attempt's events reach the server
+    /// before its result ends it.
     fn flush(&mut self, tx: &mpsc::UnboundedSender<v1::AgentMessage>) {
+        let mut events = std::mem::take(&mut self.progress).into_iter().peekable();
+        while events.peek().is_some() {
+            let mut frame = Vec::new();
+            let mut bytes = 0;
+            while let Some(e) = events.next_if(|e| {
+                frame.is_empty()
+                    || bytes + prost::Message::encoded_len(e) <= MAX_RESULTS_FRAME_BYTES
+            }) {
+                bytes += prost::Message::encoded_len(&e);
+                frame.push(e);
+            }
+            send(tx, AgentMsg::Progress(v1::Progress { events: frame }));
+        }
         loop {
             let results = self.outbox.take_batch(MAX_RESULTS_FRAME_BYTES);
             if results.is_empty() {

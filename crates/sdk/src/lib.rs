@@ -14,6 +14,9 @@
 //! # }
 //! ```
 //!
+//! While it runs, a handler can emit events (`task.emit("alert", &alert)`) that
+//! clients watching the task receive at once ([`events`]).
+//!
 //! A handler's `Err` says whether the server should retry ([`HandlerError::retryable`],
 //! [`HandlerError::retry_after`]) or give up ([`HandlerError::permanent`]); a handler
 //! that panics or runs past the task's timeout is reported as a failure rather than
@@ -34,6 +37,7 @@
 mod agent;
 mod backoff;
 mod error;
+pub mod events;
 mod handler;
 mod load;
 mod outbox;
@@ -43,6 +47,7 @@ pub mod trace_context;
 
 pub use agent::{Agent, AgentBuilder};
 pub use error::{Error, FailureKind, HandlerError};
+pub use events::{Event, Events};
 pub use handler::{BoxHandler, Handler, Outcome};
 pub use task::Task;
 

@@ -1,5 +1,6 @@
 //! The task a handler receives, decoded from the wire `Assignment`.
 
+use crate::events::Events;
 use baton_core::{InputKind, InputPart, Priority, TaskId};
 use baton_proto::v1;
 use serde_json::{Map, Value};
@@ -27,6 +28,8 @@ pub struct Task {
     pub deadline: Option<SystemTime>,
     /// `sequential`, `parallel` or `hybrid` when the submitter set one.
     pub execution_mode: Option<String>,
+    /// Where [`Task::emit`] sends events; connected by the agent for each attempt.
+    pub(crate) events: Events,
 }
 
 impl Task {
@@ -65,7 +68,19 @@ impl Task {
             deadline: (a.deadline_ms > 0)
                 .then(|| UNIX_EPOCH + Duration::from_millis(a.deadline_ms)),
             execution_mode: non_empty(a.execution_mode),
+            events: Events::default(),
         })
+    }
+
+    /// Emits an event to the clients watching this task (an alert, a token, ...)
+    /// while the attempt runs. Cheap and never fails; see [`crate::events`].
+    pub fn emit(&self, kind: &str, data: impl serde::Serialize) {
+        self.events.emit(kind, data);
+    }
+
+    /// The emitter itself, to move into a blocking thread or a helper.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 }
 

@@ -14,10 +14,12 @@
 //! # }
 //! ```
 
+use crate::events::{Event, Events};
 use crate::handler::{execute, Handler};
 use crate::{HandlerError, Task};
 use baton_core::{InputKind, InputPart, Priority, TaskId};
 use serde_json::{Map, Value};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Runs a handler on tasks built in a test.
@@ -34,6 +36,19 @@ impl<H: Handler> Harness<H> {
     /// timeout failure, and a panic becomes a retryable failure.
     pub async fn run(&self, task: Task) -> Result<Value, HandlerError> {
         execute(&self.handler, task).await
+    }
+
+    /// Like [`Harness::run`], also returning the events the handler emitted, in order.
+    pub async fn run_with_events(
+        &self,
+        mut task: Task,
+    ) -> (Result<Value, HandlerError>, Vec<Event>) {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        task.events = Events::new(move |e| sink.lock().unwrap_or_else(|p| p.into_inner()).push(e));
+        let outcome = execute(&self.handler, task).await;
+        let events = std::mem::take(&mut *captured.lock().unwrap_or_else(|p| p.into_inner()));
+        (outcome, events)
     }
 }
 
@@ -57,6 +72,7 @@ impl TaskBuilder {
                 timeout: Duration::from_secs(30),
                 deadline: None,
                 execution_mode: None,
+                events: Events::default(),
             },
         }
     }
@@ -162,6 +178,52 @@ mod tests {
                 "inputs": [{"type": "text", "data": "hi"}, {"type": "json", "data": {"a": 1}}, {"type": "image", "data": "AQI="}],
                 "metadata": {"k": "v"}, "priority": "high", "execution_mode": "sequential",
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn emitted_events_are_captured_in_order() {
+        let harness = Harness::new(|task: Task| async move {
+            task.emit("token", "Sales ");
+            task.emit("token", "rose.");
+            task.emit("end", "reserved kinds are dropped");
+            task.emit("bad kind", 1);
+            let events = task.events().clone();
+            tokio::task::spawn_blocking(move || {
+                events.emit("alert", json!({"type": "crowd_detected"}))
+            })
+            .await
+            .unwrap();
+            Ok(json!("done"))
+        });
+        let (outcome, events) = harness.run_with_events(TaskBuilder::new("x").build()).await;
+        assert_eq!(outcome, Ok(json!("done")));
+        assert_eq!(
+            events,
+            vec![
+                Event {
+                    kind: "token".into(),
+                    data: json!("Sales ")
+                },
+                Event {
+                    kind: "token".into(),
+                    data: json!("rose.")
+                },
+                Event {
+                    kind: "alert".into(),
+                    data: json!({"type": "crowd_detected"})
+                },
+            ]
+        );
+        // Without a sink, emitting is a no-op.
+        let quiet = Harness::new(|task: Task| async move {
+            assert!(!task.events().is_connected());
+            task.emit("token", "x");
+            Ok(json!(null))
+        });
+        assert_eq!(
+            quiet.run(TaskBuilder::new("x").build()).await,
+            Ok(json!(null))
         );
     }
 

@@ -1,6 +1,7 @@
 //! The agent runtime against a scripted fake `AgentService` on port 0: registration
 //! comes first, assignments run the handler, results are batched and re-sent after a
-//! lost connection, cancels abort, shutdown drains, endpoints are cycled.
+//! lost connection, cancels abort, shutdown drains, endpoints are cycled, and events
+//! a handler emits go out before its result.
 
 use baton_proto::v1;
 use baton_proto::v1::agent_message::Msg as AgentMsg;
@@ -521,4 +522,57 @@ async fn excess_assignments_wait_for_a_slot_and_newer_attempts_supersede_older_o
         .collect();
     assert_eq!(s1, [2], "only the newer attempt reports");
     agent.abort();
+}
+
+#[tokio::test]
+async fn emitted_events_reach_the_server_before_the_attempts_result() {
+    let (url, mut conns) = start_fake_server().await;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(
+        Agent::builder([url])
+            .agent_id("emitter")
+            .task_type("t")
+            .run_until(
+                |task: Task| async move {
+                    task.emit("token", "Sales ");
+                    task.emit("token", "rose.");
+                    task.emit("alert", json!({"type": "crowd_detected"}));
+                    Ok(json!({"text": "Sales rose."}))
+                },
+                stop_rx,
+            ),
+    );
+    let mut conn = accept(&mut conns).await;
+    conn.register(60_000).await;
+    conn.assign(&[("e1", json!({}))]).await;
+    let mut events = Vec::new();
+    let results = loop {
+        match conn.recv_skipping_heartbeats().await {
+            AgentMsg::Progress(p) => events.extend(p.events),
+            AgentMsg::Results(r) => break r.results,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let seen: Vec<(String, u32, String, String)> = events
+        .into_iter()
+        .map(|e| (e.task_id, e.attempt, e.kind, e.data_json))
+        .collect();
+    let want = |kind: &str, data: &str| ("e1".to_string(), 1, kind.to_string(), data.to_string());
+    assert_eq!(
+        seen,
+        [
+            want("token", "\"Sales \""),
+            want("token", "\"rose.\""),
+            want("alert", r#"{"type":"crowd_detected"}"#),
+        ]
+    );
+    assert_eq!(ids(&results), ["e1"]);
+    assert_eq!(output(&results[0]), json!({"text": "Sales rose."}));
+    conn.ack(&[("e1", true)]).await;
+    drop(stop_tx);
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent drains")
+        .unwrap()
+        .unwrap();
 }

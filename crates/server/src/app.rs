@@ -42,7 +42,36 @@ pub struct Submitted {
 impl App {
     /// Parses and validates one submission from JSON.
     pub fn parse(&self, value: &serde_json::Value, prefix: &str) -> Result<TaskSpec, Error> {
-        TaskSpec::from_json(value, &self.limits, now_ms(), prefix)
+        let spec = TaskSpec::from_json(value, &self.limits, now_ms(), prefix)?;
+        crate::scheduler::validate_hints(&spec.metadata)?;
+        Ok(spec)
+    }
+
+    /// Load shedding (seed 001): past 90 % of the configured capacity the lowest
+    /// priorities are refused with `resource_exhausted` and a retry hint, while
+    /// higher ones still get in. Refused tasks are not stored.
+    fn shed(&self, specs: Vec<TaskSpec>) -> (Vec<TaskSpec>, Vec<(usize, Error)>) {
+        let Some((load, capacity, policy)) = self.dispatcher.held_load() else {
+            return (specs, Vec::new());
+        };
+        let mut admitted = Vec::with_capacity(specs.len());
+        let mut refused = Vec::new();
+        let mut load = load;
+        for (i, spec) in specs.into_iter().enumerate() {
+            match policy.admit(spec.priority, load, capacity) {
+                Ok(()) => {
+                    load += 1;
+                    admitted.push(spec);
+                }
+                Err(r) => refused.push((i, r.to_error())),
+            }
+        }
+        if !refused.is_empty() {
+            self.dispatcher
+                .metrics()
+                .submission_shed("overloaded", refused.len() as u64);
+        }
+        (admitted, refused)
     }
 
     /// Stores tasks durably. Every spec must already be valid. A conflicting id is
@@ -57,9 +86,21 @@ impl App {
                 format!("a batch may hold at most {} tasks", self.max_batch_tasks),
             ));
         }
-        let outcomes = self.store.submit(specs, now_ms()).await?;
+        let (specs, refused) = self.shed(specs);
+        self.dispatcher.note_submitted(&specs);
+        let outcomes = if specs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.submit(specs, now_ms()).await?
+        };
+        self.dispatcher.held_added(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, SubmitOutcome::Created(_)))
+                .count() as u64,
+        );
         let mut types: Vec<&str> = Vec::new();
-        let out = outcomes
+        let mut out = outcomes
             .into_iter()
             .map(|o| match o {
                 SubmitOutcome::Created(record) => Ok(Submitted {
@@ -77,6 +118,10 @@ impl App {
                 .with_details(serde_json::json!({"task_id": record.spec.task_id}))),
             })
             .collect::<Vec<_>>();
+        // Shed tasks take their place in the answer, in submission order.
+        for (i, e) in refused {
+            out.insert(i.min(out.len()), Err(e));
+        }
         let mut created: Vec<(&str, u64)> = Vec::new();
         for o in out.iter().flatten().filter(|o| o.created) {
             let t = o.record.spec.task_type.as_str();
@@ -316,6 +361,46 @@ impl App {
             "uptime_seconds": uptime,
             "stats": stats,
         })
+    }
+
+    /// Starts the flow a task names when its type is a registered flow (seed 000's
+    /// `report_generation`, `real_time_monitoring`): the task id becomes the run id.
+    /// `None` when the type is a plain task type. Both APIs submit through here.
+    pub async fn start_flow_task(&self, spec: &TaskSpec) -> Result<Option<(String, bool)>, Error> {
+        if !self.engine.is_flow(&spec.task_type).await {
+            return Ok(None);
+        }
+        let (run, created) = self
+            .engine
+            .start(crate::workflows::StartRequest {
+                run_id: Some(spec.task_id.to_string()),
+                flow: Some((spec.task_type.clone(), None)),
+                definition: None,
+                input: crate::flow_tasks::run_input(spec),
+                priority: spec.priority,
+                on_failure: None,
+                execution_mode: spec.execution_mode,
+            })
+            .await?;
+        Ok(Some((run.run_id, created)))
+    }
+
+    /// A flow task in the gRPC task shape, if `task_id` is a run started from a flow.
+    pub async fn flow_task_proto(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<baton_proto::v1::Task>, Error> {
+        let (run, outputs) = match self.engine.get(task_id).await {
+            Ok(found) => found,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if run.flow.is_none() {
+            return Ok(None);
+        }
+        let view = crate::view::run_view(&run, &outputs, &self.dispatcher.agents(), false);
+        let view = crate::flow_tasks::task_view(&run, &outputs, view);
+        Ok(Some(crate::flow_tasks::task_proto(&run, &view)))
     }
 
     /// A run started as a task (seed 000's flows of agents), in the task's shape.

@@ -81,6 +81,78 @@ pub struct Config {
     pub sla_max_error_rate: f64,
     /// SLA target: success rate above this fraction.
     pub sla_min_success_rate: f64,
+    /// Routing, breakers and flow control (`[scheduler]` in the config file).
+    pub scheduler: SchedulerConfig,
+}
+
+/// The scheduler's settings (docs/scheduling.md). Defaults are the seeds'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Tasks held at once (queued, waiting for a retry, running) that count as
+    /// full; submissions are shed from 90 % of it, lowest priorities first
+    /// (seed 001). 0: never shed.
+    pub capacity: u64,
+    /// Consecutive failures that open an agent's circuit breaker (seed 001: 5).
+    pub breaker_failures: u32,
+    /// How long a breaker stays open before one probe task goes through (seed 001: 60 s).
+    pub breaker_open_ms: u64,
+    /// The routing strategy of task types that do not name one.
+    pub default_strategy: String,
+    /// Whether a critical task with no free slot may stop the lowest-priority
+    /// running task of its type (re-queued without losing an attempt).
+    pub preemption: bool,
+    /// Tasks with the same `metadata.concurrency_key` running at once, unless
+    /// `keys` says otherwise.
+    pub key_concurrency: u32,
+    /// Token bucket of each `metadata.rate_limit_key`, unless `keys` says otherwise.
+    pub key_rate_per_s: f64,
+    pub key_burst: u32,
+    /// Per-key overrides (concurrency and rate), by key.
+    pub keys: std::collections::BTreeMap<String, KeyPolicyConfig>,
+    /// Per task type: routing strategy, rate limit, content rules, failover order.
+    pub task_types: std::collections::BTreeMap<String, TypePolicyConfig>,
+    /// Hourly cost budget per agent type (seed 001), in the unit of the agents'
+    /// `cost_factor`.
+    pub hourly_budgets: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 2_000_000,
+            breaker_failures: 5,
+            breaker_open_ms: 60_000,
+            default_strategy: "least_loaded".into(),
+            preemption: true,
+            key_concurrency: 1,
+            key_rate_per_s: 100.0,
+            key_burst: 100,
+            keys: Default::default(),
+            task_types: Default::default(),
+            hourly_budgets: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyPolicyConfig {
+    pub concurrency: Option<u32>,
+    pub rate_per_s: Option<f64>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TypePolicyConfig {
+    pub strategy: Option<String>,
+    pub rate_per_s: Option<f64>,
+    pub burst: Option<u32>,
+    /// Content-based routing rules, one per entry (see docs/scheduling.md).
+    pub rules: Vec<String>,
+    /// Agent ids in failover order.
+    pub failover: Vec<String>,
 }
 
 impl Default for Config {
@@ -113,6 +185,7 @@ impl Default for Config {
             sla_p95_ms: 500,
             sla_max_error_rate: 0.01,
             sla_min_success_rate: 0.99,
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -227,6 +300,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = crate::scheduler::Policies::from_config(&self.scheduler) {
+            problems.push(format!("scheduler: {}", e.message));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -287,6 +363,10 @@ fn env_layer(env: &HashMap<String, String>) -> Result<serde_json::Value, ConfigE
         .cloned()
         .collect();
     for field in &fields {
+        if defaults[field].is_object() {
+            // Sections such as `[scheduler]` come from the config file only.
+            continue;
+        }
         let key = format!("BATON_{}", field.to_ascii_uppercase());
         if let Some(raw) = env.get(&key) {
             out.insert(field.clone(), typed(&defaults[field], raw, &key)?);

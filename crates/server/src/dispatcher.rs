@@ -1,13 +1,27 @@
 //! The dispatcher: connected agent sessions, their free slots, and the loop that
-//! claims queued tasks from the store and pushes them to agents, least-loaded first.
-//! It also keeps leases alive, enforces `timeout_ms`, notices silent agents, and
-//! promotes retries whose wait is over. All durable decisions go through the store;
-//! what lives here is only what this process knows about its own connections.
+//! hands queued tasks to agents. It also keeps leases alive, enforces
+//! `timeout_ms`, notices silent agents, and promotes retries whose wait is over.
+//! All durable decisions go through the store; what lives here is only what this
+//! process knows about its own connections.
+//!
+//! Two paths hand out work. The fast path lets each free agent claim a batch of
+//! its task type in one store call, least-loaded agents first: no per-task
+//! decision, which is what bulk throughput needs. Task types whose tasks ask for
+//! more (a routing strategy, a concurrency or rate-limit key, a cost budget, a
+//! deadline, a type policy from the config) take the scheduled path: a window of
+//! queued tasks is read without claiming ([`Store::peek_queued`]), the scheduler
+//! ([`crate::scheduler::Sched::decide`]) picks an agent for each, and those are
+//! claimed by id (refused if another replica took them first). A task that
+//! needs a decision but was claimed in bulk anyway is handed back (`Yield`,
+//! the attempt not counted) and its type switches path.
 
 use crate::clock::now_ms;
 use crate::metrics::{self, Metrics};
+use crate::scheduler::{Placement, Sched, Slot};
 use baton_core::lifecycle::{Command, Effect, Failure, FailureKind};
-use baton_core::{AgentId, Millis, Status, TaskId};
+use baton_core::sched::breaker::{Outcome, Phase};
+use baton_core::sched::flow::{RunningTask, ShedPolicy};
+use baton_core::{AgentId, Millis, Priority, Status, TaskId, TaskSpec};
 use baton_proto::v1;
 use baton_store::{ClaimRequest, Store, TaskRecord, Update, UpdateOutcome};
 use std::collections::{BTreeMap, HashMap};
@@ -30,15 +44,21 @@ pub struct Options {
     pub replica_id: String,
     /// How long the singleton duties' role lasts without renewal.
     pub leader_lease_ms: u64,
+    /// Routing, breakers and flow control.
+    pub policies: crate::scheduler::Policies,
 }
 
 struct InFlight {
     attempt: u32,
     task_type: Arc<str>,
+    /// The workflow run this task is a step of: its events go to the run too.
+    run_id: Option<Arc<str>>,
     /// The attempt's trace span, when tracing is on; ends when this is dropped.
     span: Option<crate::telemetry::AttemptSpan>,
     assigned_at: Millis,
     timeout_at: Millis,
+    priority: Priority,
+    concurrency_key: Option<String>,
 }
 
 struct Session {
@@ -72,9 +92,24 @@ impl Session {
     }
 }
 
-#[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
+    /// Sessions serving each task type.
+    by_type: HashMap<String, Vec<String>>,
+    sched: Sched,
+    /// Per scheduled task type: the work generation and slot releases seen when
+    /// nothing could be placed, and until when not to look again unless either
+    /// changes.
+    sched_idle: HashMap<String, (u64, u64, Millis)>,
+    /// Slots or keys freed so far (a change that may let held work go).
+    releases: u64,
+    /// Per scheduled type: tasks the last look read but did not place.
+    sched_left: HashMap<String, usize>,
+    /// When each fast-path type last had its queue head checked for preemption.
+    preempt_checked: HashMap<String, Millis>,
+    /// Tasks held (queued, retrying, waiting, running), from the store's counts
+    /// plus what this replica accepted since.
+    held: u64,
     /// Which session holds each in-flight task.
     holders: HashMap<TaskId, String>,
     /// Task types that may have queued tasks, with a generation bumped on every new
@@ -83,6 +118,36 @@ struct State {
     /// In flight plus reserved, across sessions.
     running: usize,
     next_wake: Option<Millis>,
+    /// When the scheduled path wants another look (a rate limit refills).
+    sched_wake: Option<Millis>,
+}
+
+impl State {
+    fn new(sched: Sched) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            by_type: HashMap::new(),
+            sched,
+            sched_idle: HashMap::new(),
+            releases: 0,
+            sched_left: HashMap::new(),
+            preempt_checked: HashMap::new(),
+            held: 0,
+            holders: HashMap::new(),
+            has_work: HashMap::new(),
+            running: 0,
+            next_wake: None,
+            sched_wake: None,
+        }
+    }
+
+    /// An attempt stopped holding its slot (finished, failed, cancelled, stopped).
+    fn released(&mut self, f: &InFlight) {
+        if let Some(k) = &f.concurrency_key {
+            self.sched.release_key(k);
+        }
+        self.releases += 1;
+    }
 }
 
 /// Results taken from one frame, waiting to be made durable.
@@ -109,6 +174,23 @@ pub struct AgentInfo {
     pub last_heartbeat: String,
     pub completed: u64,
     pub failed: u64,
+    /// Seed 004's descriptor, as the agent declared it.
+    pub agent_type: String,
+    pub capabilities: Vec<String>,
+    pub service_types: Vec<String>,
+    pub endpoint: String,
+    pub tags: Vec<String>,
+    pub location: Option<String>,
+    pub cost_factor: f64,
+    pub weight: f64,
+    /// 0..1 from heartbeat freshness, error rate and latency.
+    pub health: f64,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: String,
+    /// The load the agent last reported.
+    pub cpu_usage: f64,
+    pub error_rate: f64,
+    pub response_time_ms: f64,
     #[serde(skip)]
     pub connected_at_ms: Millis,
     #[serde(skip)]
@@ -127,6 +209,31 @@ pub struct Dispatcher {
     finish_hook: std::sync::OnceLock<FinishHook>,
     leader: crate::leader::Leader,
     metrics: Arc<Metrics>,
+    progress: crate::progress::Hub,
+}
+
+/// How often a fast-path type whose agents are all busy has its queue head
+/// checked for a task urgent enough to preempt.
+const PREEMPT_CHECK_MS: u64 = 200;
+
+#[derive(Default)]
+struct Plan {
+    claims: Vec<PlannedClaim>,
+    scheduled: Vec<Look>,
+    preempt_checks: Vec<String>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.claims.is_empty() && self.scheduled.is_empty() && self.preempt_checks.is_empty()
+    }
+}
+
+/// A scheduled-path type to look at: how many queued tasks to read.
+struct Look {
+    task_type: String,
+    window: usize,
+    generation: u64,
 }
 
 struct PlannedClaim {
@@ -144,15 +251,23 @@ impl Dispatcher {
             opts.replica_id.clone(),
             opts.leader_lease_ms,
         );
+        let registry_opts = baton_core::sched::registry::Options {
+            heartbeat_interval_ms: opts.heartbeat_interval_ms,
+            deregister_after_ms: opts.agent_timeout_ms.max(opts.heartbeat_interval_ms + 1),
+            ..Default::default()
+        };
+        let sched = Sched::new(opts.policies.clone(), registry_opts, now_ms())
+            .expect("policies and registry options are validated with the config");
         Arc::new(Self {
             leader,
             store,
             opts,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(sched)),
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             finish_hook: std::sync::OnceLock::new(),
             metrics,
+            progress: crate::progress::Hub::default(),
         })
     }
 
@@ -171,6 +286,11 @@ impl Dispatcher {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Where the events agents emit during attempts are relayed to clients.
+    pub fn progress(&self) -> &crate::progress::Hub {
+        &self.progress
     }
 
     /// Marks task types as having queued work and wakes the dispatch loop.
@@ -194,8 +314,10 @@ impl Dispatcher {
         rx
     }
 
-    /// Wakes the requests waiting for this task to finish.
+    /// Wakes the requests waiting for this task to finish, and lets its event
+    /// topic go.
     fn finished(&self, task_id: &TaskId) {
+        self.progress.end(task_id.as_str());
         let list = self
             .waiters
             .lock()
@@ -283,12 +405,13 @@ impl Dispatcher {
                 .get(task_id)
                 .is_some_and(|f| f.attempt == attempt)
             {
-                s.in_flight.remove(task_id).map(|_| s.tx.clone())
+                s.in_flight.remove(task_id).map(|f| (f, s.tx.clone()))
             } else {
                 None
             }
         });
-        if let Some(tx) = removed {
+        if let Some((f, tx)) = removed {
+            st.released(&f);
             st.holders.remove(task_id);
             st.running = st.running.saturating_sub(1);
             let _ = tx.send(Ok(cancels(vec![(task_id.clone(), attempt)])));
@@ -297,15 +420,17 @@ impl Dispatcher {
         }
     }
 
-    /// Adds a connected agent under its session id.
+    /// Adds a connected agent under its session id, with the descriptor it
+    /// declared (into the registry, for discovery and routing).
     pub fn register(
         &self,
         session_id: String,
         reg: &v1::Register,
-        agent_id: AgentId,
+        descriptor: baton_core::sched::registry::Descriptor,
         tx: Outbound,
-    ) {
+    ) -> Result<(), baton_core::Error> {
         let now = now_ms();
+        let agent_id = descriptor.agent_id.clone();
         let session = Session {
             agent_id,
             task_types: reg.task_types.clone(),
@@ -326,8 +451,20 @@ impl Dispatcher {
             completed: 0,
             failed: 0,
         };
-        self.lock().sessions.insert(session_id, session);
+        {
+            let mut st = self.lock();
+            st.sched.on_register(descriptor, now)?;
+            for t in &session.task_types {
+                st.by_type
+                    .entry(t.clone())
+                    .or_default()
+                    .push(session_id.clone());
+            }
+            st.sessions.insert(session_id, session);
+            st.releases += 1;
+        }
         self.wake.notify_one();
+        Ok(())
     }
 
     pub fn heartbeat(self: &Arc<Self>, session_id: &str, hb: &v1::Heartbeat) {
@@ -335,10 +472,15 @@ impl Dispatcher {
         let mut lost = Vec::new();
         {
             let mut st = self.lock();
+            let st = &mut *st;
             let Some(s) = st.sessions.get_mut(session_id) else {
                 return;
             };
             s.last_heartbeat = now;
+            let _ = st
+                .sched
+                .registry
+                .heartbeat(&s.agent_id, crate::scheduler::load_of(hb), now);
             // An attempt assigned well before this heartbeat that the agent does not
             // report is lost (the agent restarted its process, or dropped it).
             let reported: std::collections::HashSet<(&str, u32)> = hb
@@ -374,13 +516,27 @@ impl Dispatcher {
     pub async fn disconnect(&self, session_id: &str, reason: &str) {
         let removed = {
             let mut st = self.lock();
+            let st = &mut *st;
             let removed = st.sessions.remove(session_id);
             if let Some(s) = &removed {
                 let n = s.in_flight.len() + s.reserved;
-                for task_id in s.in_flight.keys() {
+                for (task_id, f) in &s.in_flight {
                     st.holders.remove(task_id);
+                    st.released(f);
                 }
                 st.running = st.running.saturating_sub(n);
+                for t in &s.task_types {
+                    if let Some(list) = st.by_type.get_mut(t) {
+                        list.retain(|id| id != session_id);
+                        if list.is_empty() {
+                            st.by_type.remove(t);
+                        }
+                    }
+                }
+                // The agent leaves the registry with its last session here.
+                if !st.sessions.values().any(|o| o.agent_id == s.agent_id) {
+                    st.sched.on_deregister(&s.agent_id);
+                }
             }
             removed
         };
@@ -433,6 +589,18 @@ impl Dispatcher {
         }
     }
 
+    /// Tasks held, from the store's counts (what load shedding compares with
+    /// the capacity).
+    async fn refresh_held(&self) {
+        if let Ok(counts) = self.store.counts().await {
+            let held = ["queued", "running", "retry_wait", "waiting"]
+                .iter()
+                .filter_map(|s| counts.by_status.get(*s))
+                .sum();
+            self.lock().held = held;
+        }
+    }
+
     async fn refresh_wake(&self) {
         if let Ok(next) = self.store.next_wake().await {
             let mut st = self.lock();
@@ -454,10 +622,24 @@ impl Dispatcher {
         {
             let mut st = self.lock();
             let mut n = 0;
+            let st = &mut *st;
+            let now = now_ms();
             if let Some(s) = st.sessions.get_mut(session_id) {
                 for (id, attempt) in attempts {
                     if s.in_flight.get(&id).is_some_and(|f| f.attempt == attempt) {
-                        s.in_flight.remove(&id);
+                        if let Some(f) = s.in_flight.remove(&id) {
+                            if let Some(k) = &f.concurrency_key {
+                                st.sched.release_key(k);
+                            }
+                            let outcome = Outcome::from_failure(failure.kind);
+                            let phase = st.sched.on_outcome(
+                                &s.agent_id,
+                                outcome,
+                                now.saturating_sub(f.assigned_at),
+                                now,
+                            );
+                            self.breaker_changed(&s.agent_id, phase);
+                        }
                         s.failed += 1;
                         to_fail.push((id, attempt));
                         n += 1;
@@ -468,6 +650,7 @@ impl Dispatcher {
                     let _ = s.tx.send(Ok(msg));
                 }
             }
+            st.releases += 1;
             for (id, _) in &to_fail {
                 st.holders.remove(id);
             }
@@ -493,8 +676,18 @@ impl Dispatcher {
                 },
             })
             .collect();
-        let now = now_ms();
-        match self.store.update(updates, now).await {
+        self.apply_updates(
+            updates,
+            "could not record failed attempts; their leases will expire",
+        )
+        .await;
+    }
+
+    /// Applies attempt updates (failures, hand-backs) and carries out the
+    /// effects of those that applied; a store failure is logged with `on_error`
+    /// (the attempts' leases then expire and the leader re-queues them).
+    async fn apply_updates(&self, updates: Vec<Update>, on_error: &str) {
+        match self.store.update(updates, now_ms()).await {
             Ok(outcomes) => {
                 let applied: Vec<(TaskRecord, Vec<Effect>)> = outcomes
                     .into_iter()
@@ -507,9 +700,7 @@ impl Dispatcher {
                     applied.iter().map(|(r, e)| (r, e.as_slice())).collect();
                 self.handle_effects_batch(&refs);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record failed attempts; their leases will expire")
-            }
+            Err(e) => tracing::warn!(error = %e, "{on_error}"),
         }
     }
 
@@ -524,7 +715,7 @@ impl Dispatcher {
         let mut acks = Vec::with_capacity(results.len());
         let mut updates = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
-        let (tx, spans) = {
+        let (tx, spans, changed) = {
             let mut st = self.lock();
             let st = &mut *st;
             let s = st.sessions.get_mut(session_id)?;
@@ -532,6 +723,7 @@ impl Dispatcher {
             let now = now_ms();
             let mut timer: Option<(Arc<str>, metrics::HistogramHandle)> = None;
             let mut spans = Vec::new();
+            let mut changed = Vec::new();
             for mut r in results {
                 let task_id = TaskId::from_trusted(r.task_id.clone());
                 let held = s
@@ -543,8 +735,13 @@ impl Dispatcher {
                     continue;
                 }
                 let mut span = None;
-                if let Some(f) = s.in_flight.remove(&task_id) {
-                    span = f.span;
+                let mut attempt_started = None;
+                if let Some(mut f) = s.in_flight.remove(&task_id) {
+                    span = f.span.take();
+                    attempt_started = Some(f.assigned_at);
+                    if let Some(k) = &f.concurrency_key {
+                        st.sched.release_key(k);
+                    }
                     let handle = match &timer {
                         Some((t, h)) if *t == f.task_type => h,
                         _ => {
@@ -601,6 +798,15 @@ impl Dispatcher {
                         ),
                     },
                 };
+                let outcome = match &command {
+                    Command::Fail { failure, .. } => Outcome::from_failure(failure.kind),
+                    _ => Outcome::Success,
+                };
+                let took = attempt_started.map_or(0, |at| now.saturating_sub(at));
+                let phase = st.sched.on_outcome(&s.agent_id, outcome, took, now);
+                if phase.is_some() {
+                    changed.push((s.agent_id.clone(), phase));
+                }
                 if let Some(span) = span {
                     let error = match &command {
                         Command::Fail { failure, .. } => Some(failure.message.clone()),
@@ -613,8 +819,12 @@ impl Dispatcher {
                 updates.push(Update { task_id, command });
             }
             st.running = st.running.saturating_sub(freed);
-            (s.tx.clone(), spans)
+            st.releases += 1;
+            (s.tx.clone(), spans, changed)
         };
+        for (agent, phase) in changed {
+            self.breaker_changed(&agent, phase);
+        }
         // Ended outside the state lock: exporting is not the dispatcher's hot path.
         for (mut span, agent_traceparent, error) in spans {
             if !agent_traceparent.is_empty() {
@@ -629,6 +839,47 @@ impl Dispatcher {
             positions,
             tx,
         })
+    }
+
+    /// Relays the events an agent emitted during its attempts to the clients
+    /// watching those tasks (and their runs). Fenced like results: an event is
+    /// dropped unless this session holds that attempt now, and so is one whose kind
+    /// or data breaks the rules of [`baton_core::progress`]. Never acknowledged.
+    pub fn accept_progress(&self, session_id: &str, events: Vec<v1::ProgressEvent>) {
+        let mut held = Vec::with_capacity(events.len());
+        {
+            let st = self.lock();
+            let Some(s) = st.sessions.get(session_id) else {
+                return;
+            };
+            for e in events {
+                let task_id = TaskId::from_trusted(e.task_id.clone());
+                match s.in_flight.get(&task_id) {
+                    Some(f) if f.attempt == e.attempt => held.push((e, f.run_id.clone())),
+                    _ => tracing::debug!(
+                        session_id,
+                        task_id = %e.task_id,
+                        attempt = e.attempt,
+                        "event for an attempt this agent does not hold, dropped"
+                    ),
+                }
+            }
+        }
+        for (e, run_id) in held {
+            let data = match parse_event(&e) {
+                Ok(data) => data,
+                Err(reason) => {
+                    tracing::debug!(session_id, task_id = %e.task_id, attempt = e.attempt, reason = %reason, "event dropped");
+                    continue;
+                }
+            };
+            self.progress
+                .publish(&e.task_id, &e.task_id, e.attempt, &e.kind, &data);
+            if let Some(run_id) = run_id.filter(|r| **r != *e.task_id) {
+                self.progress
+                    .publish(&run_id, &e.task_id, e.attempt, &e.kind, &data);
+            }
+        }
     }
 
     /// Records accepted results in one store call, however many frames they came
@@ -706,28 +957,64 @@ impl Dispatcher {
         }
     }
 
+    /// Logs a breaker that changed phase and updates its gauge.
+    fn breaker_changed(&self, agent: &AgentId, phase: Option<Phase>) {
+        let Some(phase) = phase else { return };
+        let agent_type = self
+            .lock()
+            .sched
+            .registry
+            .get(agent)
+            .map(|a| a.descriptor.agent_type.clone())
+            .unwrap_or_default();
+        match phase {
+            Phase::Open => {
+                tracing::warn!(agent_id = %agent, agent_type, "circuit breaker opened: the agent is out of routing")
+            }
+            _ => {
+                tracing::info!(agent_id = %agent, agent_type, phase = phase.as_str(), "circuit breaker changed")
+            }
+        }
+        let gauge = match phase {
+            Phase::Closed => 0,
+            Phase::HalfOpen => 1,
+            Phase::Open => 2,
+        };
+        self.metrics.set_breaker_state(&agent_type, gauge);
+    }
+
+    /// Tasks held now, the capacity and the shedding policy; `None` when
+    /// shedding is off (capacity 0).
+    pub fn held_load(&self) -> Option<(u64, u64, ShedPolicy)> {
+        let p = &self.opts.policies;
+        (p.capacity > 0).then(|| (self.lock().held, p.capacity, p.shed))
+    }
+
+    /// Newly stored tasks count as held until the next refresh from the store.
+    pub fn held_added(&self, n: u64) {
+        self.lock().held += n;
+    }
+
+    /// Submissions that need per-task decisions switch their type to the
+    /// scheduled path before their work is announced.
+    pub fn note_submitted(&self, specs: &[TaskSpec]) {
+        let mut st = self.lock();
+        let now = now_ms();
+        for spec in specs {
+            if spec.deadline_ms.is_some() || needs_decision(&st.sched, spec) {
+                st.sched.mark_scheduled(&spec.task_type, now);
+            }
+        }
+    }
+
     /// The connected agents.
     pub fn agents(&self) -> Vec<AgentInfo> {
+        let now = now_ms();
         let st = self.lock();
         let mut out: Vec<AgentInfo> = st
             .sessions
             .iter()
-            .map(|(id, s)| AgentInfo {
-                agent_id: s.agent_id.to_string(),
-                session_id: id.clone(),
-                task_types: s.task_types.clone(),
-                version: s.version.clone(),
-                max_concurrent: s.max_concurrent,
-                in_flight: s.in_flight.len(),
-                draining: s.draining,
-                labels: s.labels.clone(),
-                connected_at: crate::view::rfc3339(s.connected_at),
-                last_heartbeat: crate::view::rfc3339(s.last_heartbeat),
-                completed: s.completed,
-                failed: s.failed,
-                connected_at_ms: s.connected_at,
-                last_heartbeat_ms: s.last_heartbeat,
-            })
+            .map(|(id, s)| agent_info(&st.sched, id, s, now))
             .collect();
         out.sort_by(|a, b| {
             a.agent_id
@@ -735,6 +1022,162 @@ impl Dispatcher {
                 .then(a.session_id.cmp(&b.session_id))
         });
         out
+    }
+
+    /// Seed 004's discovery: agents matching the query, best first (same
+    /// location, then health, then load).
+    pub fn discover(
+        &self,
+        query: &baton_core::sched::registry::Query,
+    ) -> Vec<(baton_core::sched::registry::Candidate, AgentInfo)> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        // The registry's load is refreshed from the sessions first.
+        for s in st.sessions.values() {
+            st.sched
+                .registry
+                .set_in_flight(&s.agent_id, s.in_flight.len() as u32);
+        }
+        let by_agent: HashMap<&AgentId, (&String, &Session)> = st
+            .sessions
+            .iter()
+            .map(|(id, s)| (&s.agent_id, (id, s)))
+            .collect();
+        st.sched
+            .registry
+            .discover(query, now)
+            .into_iter()
+            .filter_map(|c| {
+                let (id, s) = by_agent.get(&c.agent_id)?;
+                let info = agent_info(&st.sched, id, s, now);
+                Some((c, info))
+            })
+            .collect()
+    }
+
+    /// The scheduler's state on this replica: per agent, per queue, per key.
+    pub fn scheduler_state(&self) -> serde_json::Value {
+        let now = now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let agents: Vec<serde_json::Value> = {
+            let mut v: Vec<_> = st
+                .sessions
+                .iter()
+                .map(|(id, s)| {
+                    let a = agent_info(&st.sched, id, s, now);
+                    serde_json::json!({
+                        "agent_id": a.agent_id, "agent_type": a.agent_type,
+                        "in_flight": a.in_flight, "max_concurrent": a.max_concurrent,
+                        "load": s.load(), "health": a.health, "breaker": a.breaker,
+                        "draining": a.draining,
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| a["agent_id"].as_str().cmp(&b["agent_id"].as_str()));
+            v
+        };
+        let mut types: std::collections::BTreeSet<String> = st.by_type.keys().cloned().collect();
+        types.extend(st.has_work.keys().cloned());
+        types.extend(st.sched.policies.types.keys().cloned());
+        let queues: Vec<serde_json::Value> = types
+            .into_iter()
+            .map(|t| {
+                let policy = st.sched.policies.types.get(&t);
+                let strategy = policy
+                    .and_then(|p| p.strategy)
+                    .unwrap_or(st.sched.policies.default_strategy);
+                let rate = policy.and_then(|p| p.rate).map(|r| {
+                    serde_json::json!({"rate_per_s": r.rate, "burst": r.burst,
+                        "tokens": st.sched.type_tokens(&t, now)})
+                });
+                let running: usize = st
+                    .by_type
+                    .get(&t)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| st.sessions.get(id))
+                    .map(|s| s.in_flight.values().filter(|f| *f.task_type == *t).count())
+                    .sum();
+                let held: Vec<serde_json::Value> = st
+                    .sched
+                    .held
+                    .get(&t)
+                    .into_iter()
+                    .flatten()
+                    .map(|(id, why)| serde_json::json!({"task_id": id, "reason": why}))
+                    .collect();
+                serde_json::json!({
+                    "task_type": t,
+                    "path": if st.sched.is_scheduled(&t, now) { "scheduled" } else { "fast" },
+                    "strategy": strategy.as_str(),
+                    "agents": st.by_type.get(&t).map_or(0, Vec::len),
+                    "running": running,
+                    "has_work": st.has_work.contains_key(&t),
+                    "rate_limit": rate,
+                    "held": held,
+                })
+            })
+            .collect();
+        let mut keys: Vec<(String, u32)> = st
+            .sched
+            .running_per_key
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        keys.sort();
+        let concurrency: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(k, n)| {
+                let limit = st
+                    .sched
+                    .policies
+                    .key_concurrency_overrides
+                    .get(k)
+                    .copied()
+                    .unwrap_or(st.sched.policies.key_concurrency);
+                serde_json::json!({"key": k, "running": n, "limit": limit})
+            })
+            .collect();
+        let mut rate_keys: Vec<String> = st
+            .sched
+            .policies
+            .key_rate_overrides
+            .keys()
+            .cloned()
+            .collect();
+        rate_keys.sort();
+        let rates: Vec<serde_json::Value> = rate_keys
+            .iter()
+            .map(|k| serde_json::json!({"key": k, "tokens": st.sched.key_tokens(k, now)}))
+            .collect();
+        let mut budget_types: Vec<String> =
+            st.sched.policies.hourly_budgets.keys().cloned().collect();
+        budget_types.sort();
+        let budgets: Vec<serde_json::Value> = budget_types
+            .iter()
+            .map(|t| {
+                let (spent, limit) = st.sched.hourly_spent(t, now);
+                serde_json::json!({"agent_type": t, "spent_last_hour": spent, "limit_per_hour": limit})
+            })
+            .collect();
+        let p = &st.sched.policies;
+        serde_json::json!({
+            "agents": agents,
+            "queues": queues,
+            "keys": {"concurrency": concurrency, "rate_limited": rates,
+                     "default_concurrency": p.key_concurrency,
+                     "default_rate": {"rate_per_s": p.key_rate.rate, "burst": p.key_rate.burst}},
+            "budgets": budgets,
+            "shedding": {
+                "held": st.held,
+                "capacity": p.capacity,
+                "utilization": if p.capacity > 0 { st.held as f64 / p.capacity as f64 } else { 0.0 },
+            },
+            "preemption": p.preempt.is_some(),
+            "breaker": {"failure_threshold": p.breaker.failure_threshold, "open_ms": p.breaker.open_ms},
+        })
     }
 
     /// Ends every agent stream (graceful shutdown): agents reconnect elsewhere or
@@ -773,25 +1216,83 @@ impl Dispatcher {
         (by_type, st.sessions.len() as u64, in_flight)
     }
 
-    /// Works out which sessions to claim for: least-loaded first, within free slots
-    /// and the global `max_workers`, reserving the slots until the claim returns.
-    fn plan(&self) -> Vec<PlannedClaim> {
+    /// Works out which sessions to claim for on the fast path: least-loaded
+    /// first, within free slots and the global `max_workers`, reserving the
+    /// slots until the claim returns. Agents whose breaker is open or whose
+    /// health is too low claim nothing; a half-open one claims one probe.
+    /// Also returns the scheduled-path types to look at, and the fast-path
+    /// types whose agents are all busy (their queue head is checked for a
+    /// task urgent enough to preempt).
+    fn plan(&self) -> Plan {
+        let now = now_ms();
         let mut st = self.lock();
         let st = &mut *st;
+        let mut plan = Plan::default();
         let mut budget = self.opts.max_workers.saturating_sub(st.running);
-        let mut plan = Vec::new();
-        if budget == 0 || st.has_work.is_empty() {
+        if st.has_work.is_empty() {
             return plan;
         }
-        let mut candidates: Vec<(&String, &Session)> =
-            st.sessions.iter().filter(|(_, s)| s.free() > 0).collect();
+        // Scheduled types: looked at unless nothing changed since the last look
+        // that placed nothing.
+        for (t, generation) in &st.has_work {
+            if !st.sched.is_scheduled(t, now) {
+                continue;
+            }
+            let idle = st
+                .sched_idle
+                .get(t)
+                .is_some_and(|(g, r, until)| g == generation && *r == st.releases && *until > now);
+            if idle {
+                continue;
+            }
+            let free: usize = st
+                .by_type
+                .get(t)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| st.sessions.get(id))
+                        .map(Session::free)
+                        .sum()
+                })
+                .unwrap_or(0);
+            let can_preempt = self.opts.policies.preempt.is_some() && free == 0;
+            if (free == 0 || budget == 0) && !can_preempt {
+                continue;
+            }
+            plan.scheduled.push(Look {
+                task_type: t.clone(),
+                // As many as the free slots, plus those the last look left
+                // behind (held by keys or limits), so that tasks behind them
+                // are reached without decoding a far larger window every time.
+                window: if free == 0 {
+                    1
+                } else {
+                    let left = st.sched_left.get(t).copied().unwrap_or(0);
+                    (free + left + 8).min(1_000)
+                },
+                generation: *generation,
+            });
+        }
+        if budget == 0 {
+            return plan;
+        }
+        let mut candidates: Vec<(&String, &Session, usize)> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.free() > 0)
+            .filter_map(|(id, s)| {
+                st.sched
+                    .admits_agent(&s.agent_id, now)
+                    .map(|cap| (id, s, cap))
+            })
+            .collect();
         candidates.sort_by(|a, b| {
             a.1.load()
                 .total_cmp(&b.1.load())
                 .then(b.1.free().cmp(&a.1.free()))
         });
         let mut picks = Vec::new();
-        for (id, s) in candidates {
+        for (id, s, cap) in candidates {
             if budget == 0 {
                 break;
             }
@@ -799,13 +1300,13 @@ impl Dispatcher {
             // flood of one type does not starve the others.
             let k = s.task_types.len();
             let Some(offset) = (0..k).find(|i| {
-                st.has_work
-                    .contains_key(&s.task_types[(s.next_type + i) % k])
+                let t = &s.task_types[(s.next_type + i) % k];
+                st.has_work.contains_key(t) && !st.sched.is_scheduled(t, now)
             }) else {
                 continue;
             };
             let index = (s.next_type + offset) % k;
-            let n = s.free().min(budget).min(MAX_CLAIM);
+            let n = s.free().min(budget).min(MAX_CLAIM).min(cap);
             budget -= n;
             picks.push((
                 id.clone(),
@@ -813,22 +1314,50 @@ impl Dispatcher {
                 s.task_types[index].clone(),
                 n,
                 index,
+                cap == 1,
             ));
         }
-        for (session_id, agent_id, task_type, n, index) in picks {
+        for (session_id, agent_id, task_type, n, index, probe) in picks {
+            if probe && !st.sched.on_dispatch(&agent_id, now) {
+                continue;
+            }
             if let Some(s) = st.sessions.get_mut(&session_id) {
                 s.reserved += n;
                 s.next_type = index + 1;
             }
             st.running += n;
             let generation = st.has_work.get(&task_type).copied().unwrap_or(0);
-            plan.push(PlannedClaim {
+            plan.claims.push(PlannedClaim {
                 session_id,
                 agent_id,
                 task_type: task_type.into(),
                 n,
                 generation,
             });
+        }
+        // Fast-path types with work and no free agent: is their head urgent?
+        if let Some(policy) = self.opts.policies.preempt {
+            let _ = policy;
+            for t in st.has_work.keys() {
+                if st.sched.is_scheduled(t, now) {
+                    continue;
+                }
+                let Some(ids) = st.by_type.get(t) else {
+                    continue;
+                };
+                let busy = ids
+                    .iter()
+                    .filter_map(|id| st.sessions.get(id))
+                    .all(|s| s.free() == 0 && !s.draining);
+                let due = st
+                    .preempt_checked
+                    .get(t)
+                    .is_none_or(|at| now.saturating_sub(*at) >= PREEMPT_CHECK_MS);
+                if busy && due && !ids.is_empty() {
+                    st.preempt_checked.insert(t.clone(), now);
+                    plan.preempt_checks.push(t.clone());
+                }
+            }
         }
         plan
     }
@@ -838,13 +1367,44 @@ impl Dispatcher {
         loop {
             let plan = self.plan();
             if plan.is_empty() {
+                let now = now_ms();
+                let nap = self
+                    .lock()
+                    .sched_wake
+                    .take()
+                    .map_or(250, |at| at.saturating_sub(now).clamp(1, 250));
                 tokio::select! {
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
             }
+            let Plan {
+                claims,
+                scheduled,
+                preempt_checks,
+            } = plan;
+            let mut store_failed = false;
+            if !claims.is_empty() {
+                store_failed |= self.run_claims(claims).await;
+            }
+            if !scheduled.is_empty() {
+                store_failed |= self.run_scheduled(scheduled).await;
+            }
+            for t in preempt_checks {
+                self.check_preempt(&t).await;
+            }
+            if store_failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// The fast path: each planned session claims a batch of its type.
+    /// Returns whether the store failed.
+    async fn run_claims(&self, plan: Vec<PlannedClaim>) -> bool {
+        {
             let now = now_ms();
             let lease_deadline_ms = now + self.opts.lease_ms;
             let claims = plan.iter().map(|p| {
@@ -873,6 +1433,7 @@ impl Dispatcher {
                 }
             }
             let mut orphans = Vec::new();
+            let mut to_yield = Vec::new();
             let mut store_failed = false;
             {
                 let mut st = self.lock();
@@ -908,6 +1469,14 @@ impl Dispatcher {
                         .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
+                        if c.spec.deadline_ms.is_some() || st.sched.must_reschedule(&c.spec) {
+                            // Claimed in bulk but asks for a per-task decision:
+                            // hand it back and switch its type.
+                            st.sched.mark_scheduled(&c.spec.task_type, now);
+                            traced.pop_front();
+                            to_yield.push((c.spec.task_id, c.attempt));
+                            continue;
+                        }
                         let mut assignment = assignment(&c);
                         let span = traced.pop_front().flatten().map(|(span, traceparent)| {
                             assignment.traceparent = traceparent;
@@ -918,9 +1487,12 @@ impl Dispatcher {
                             InFlight {
                                 attempt: c.attempt,
                                 task_type: p.task_type.clone(),
+                                run_id: c.spec.run_id.as_deref().map(Arc::from),
                                 span,
                                 assigned_at: now,
                                 timeout_at: now + c.spec.timeout_ms,
+                                priority: c.spec.priority,
+                                concurrency_key: None,
                             },
                         );
                         st.holders
@@ -954,10 +1526,320 @@ impl Dispatcher {
                 );
                 self.fail_in_store(orphans, failure).await;
             }
-            if store_failed {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            if !to_yield.is_empty() {
+                self.yield_attempts(
+                    to_yield,
+                    "handed back: it needs a per-task scheduling decision",
+                )
+                .await;
+            }
+            store_failed
+        }
+    }
+
+    /// The scheduled path: read a window of each type's queued tasks, decide
+    /// which goes to which agent, claim those by id, and send them. Returns
+    /// whether the store failed.
+    async fn run_scheduled(&self, looks: Vec<Look>) -> bool {
+        let peeks = looks
+            .iter()
+            .map(|l| self.store.peek_queued(&l.task_type, l.window));
+        let windows = futures::future::join_all(peeks).await;
+        let now = now_ms();
+        let lease_deadline_ms = now + self.opts.lease_ms;
+        let mut store_failed = false;
+        // Per look: the window and what was decided.
+        let mut decided: Vec<(Vec<TaskRecord>, Vec<Placement>)> = Vec::new();
+        let mut starving: Vec<(String, Priority)> = Vec::new();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            for (look, window) in looks.iter().zip(windows) {
+                let window = match window {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, task_type = %look.task_type, "could not read queued tasks");
+                        store_failed = true;
+                        continue;
+                    }
+                };
+                if window.is_empty() {
+                    if st.has_work.get(&look.task_type) == Some(&look.generation) {
+                        st.has_work.remove(&look.task_type);
+                    }
+                    continue;
+                }
+                let mut slots = Vec::new();
+                let mut budget = self.opts.max_workers.saturating_sub(st.running);
+                for id in st.by_type.get(&look.task_type).into_iter().flatten() {
+                    let Some(s) = st.sessions.get(id) else {
+                        continue;
+                    };
+                    if s.draining {
+                        continue;
+                    }
+                    // The global limit: offer no more slots than it leaves.
+                    let free = s.free().min(budget);
+                    budget -= free;
+                    let used = s.max_concurrent - free;
+                    slots.push(Slot {
+                        view: st.sched.view(&s.agent_id, used, s.max_concurrent, now),
+                        session_id: id.clone(),
+                    });
+                }
+                let decision = st.sched.decide(&look.task_type, &window, slots, now);
+                st.sched_left.insert(
+                    look.task_type.clone(),
+                    window.len() - decision.placements.len(),
+                );
+                if let Some(at) = decision.wake_at {
+                    st.sched_wake = Some(st.sched_wake.map_or(at, |w| w.min(at)));
+                }
+                if let Some(level) = decision.starved {
+                    starving.push((look.task_type.clone(), level));
+                }
+                if decision.placements.is_empty() {
+                    // Nothing to do until work arrives, a slot frees, or a limit refills.
+                    let until = decision.wake_at.unwrap_or(now + 1_000);
+                    st.sched_idle.insert(
+                        look.task_type.clone(),
+                        (look.generation, st.releases, until),
+                    );
+                    continue;
+                }
+                st.sched_idle.remove(&look.task_type);
+                for p in &decision.placements {
+                    if let Some(s) = st.sessions.get_mut(&p.session_id) {
+                        s.reserved += 1;
+                    }
+                    st.running += 1;
+                }
+                decided.push((window, decision.placements));
             }
         }
+        for (task_type, level) in starving {
+            self.preempt_for(&task_type, level).await;
+        }
+        if decided.is_empty() {
+            return store_failed;
+        }
+        let updates: Vec<Update> = decided
+            .iter()
+            .flat_map(|(window, placements)| {
+                placements.iter().map(|p| Update {
+                    task_id: window[p.index].spec.task_id.clone(),
+                    command: Command::Claim {
+                        agent_id: p.agent_id.clone(),
+                        lease_owner: p.session_id.clone(),
+                        lease_deadline_ms,
+                    },
+                })
+            })
+            .collect();
+        let outcomes = match self.store.update(updates, now).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim scheduled tasks");
+                let mut st = self.lock();
+                for (_, placements) in &decided {
+                    for p in placements {
+                        unreserve(&mut st, p);
+                        if let Some(k) = &p.concurrency_key {
+                            st.sched.release_key(k);
+                        }
+                    }
+                }
+                return true;
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let mut finished = Vec::new();
+        let mut orphans = Vec::new();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let mut frames: HashMap<String, Vec<v1::Assignment>> = HashMap::new();
+            for (window, placements) in &decided {
+                for p in placements {
+                    let outcome = outcomes.next();
+                    unreserve(st, p);
+                    let record = match outcome {
+                        Some(UpdateOutcome::Applied { record, effects: _ })
+                            if record.state.status == Status::Running =>
+                        {
+                            record
+                        }
+                        other => {
+                            // Its deadline passed while queued (it failed), or
+                            // another replica took it meanwhile: the key the
+                            // decision counted is free again.
+                            if let Some(k) = &p.concurrency_key {
+                                st.sched.release_key(k);
+                            }
+                            if let Some(UpdateOutcome::Applied { record, effects }) = other {
+                                finished.push((record, effects));
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(s) = st.sessions.get_mut(&p.session_id) else {
+                        if let Some(k) = &p.concurrency_key {
+                            st.sched.release_key(k);
+                        }
+                        orphans.push((record.spec.task_id.clone(), record.state.attempt));
+                        continue;
+                    };
+                    let spec = &window[p.index].spec;
+                    s.in_flight.insert(
+                        spec.task_id.clone(),
+                        InFlight {
+                            attempt: record.state.attempt,
+                            task_type: Arc::from(spec.task_type.as_str()),
+                            span: None,
+                            assigned_at: now,
+                            timeout_at: now + spec.timeout_ms,
+                            priority: spec.priority,
+                            concurrency_key: p.concurrency_key.clone(),
+                            run_id: spec.run_id.as_deref().map(Arc::from),
+                        },
+                    );
+                    st.holders
+                        .insert(spec.task_id.clone(), p.session_id.clone());
+                    st.running += 1;
+                    self.metrics.tasks_scheduled(&spec.task_type, 1);
+                    let claimed = baton_store::Claimed {
+                        spec: record.spec,
+                        attempt: record.state.attempt,
+                    };
+                    frames
+                        .entry(p.session_id.clone())
+                        .or_default()
+                        .push(assignment(&claimed));
+                }
+            }
+            for (session_id, assignments) in frames {
+                if let Some(s) = st.sessions.get(&session_id) {
+                    for frame in self::frames(assignments) {
+                        let _ = s.tx.send(Ok(v1::ServerMessage {
+                            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments {
+                                assignments: frame,
+                            })),
+                        }));
+                    }
+                }
+            }
+        }
+        if !finished.is_empty() {
+            let refs: Vec<(&TaskRecord, &[Effect])> =
+                finished.iter().map(|(r, e)| (r, e.as_slice())).collect();
+            self.handle_effects_batch(&refs);
+        }
+        if !orphans.is_empty() {
+            let failure = Failure::new(
+                FailureKind::AgentLost,
+                "the agent left before the task reached it",
+            );
+            self.fail_in_store(orphans, failure).await;
+        }
+        store_failed
+    }
+
+    /// A fast-path type whose agents are all busy: if the head of its queue is
+    /// urgent enough, make room.
+    async fn check_preempt(&self, task_type: &str) {
+        let Ok(head) = self.store.peek_queued(task_type, 1).await else {
+            return;
+        };
+        if let Some(r) = head.first() {
+            self.preempt_for(task_type, r.spec.priority).await;
+        }
+    }
+
+    /// Stops the lowest-priority attempt running on an agent of `task_type`
+    /// when a task of `level` waits for a slot and the policy allows it. The
+    /// stopped task goes back to the queue without losing an attempt.
+    async fn preempt_for(&self, task_type: &str, level: Priority) {
+        let Some(policy) = self.opts.policies.preempt else {
+            return;
+        };
+        if level < policy.min_priority {
+            return;
+        }
+        let victim = {
+            let st = self.lock();
+            let mut running = Vec::new();
+            let mut owner = HashMap::new();
+            for id in st.by_type.get(task_type).into_iter().flatten() {
+                let Some(s) = st.sessions.get(id) else {
+                    continue;
+                };
+                if s.free() > 0 {
+                    return; // a slot is free after all
+                }
+                for (task_id, f) in &s.in_flight {
+                    if &*f.task_type != task_type {
+                        continue;
+                    }
+                    running.push(RunningTask {
+                        task_id: task_id.clone(),
+                        priority: f.priority,
+                        started_at_ms: f.assigned_at,
+                    });
+                    owner.insert(task_id.clone(), (id.clone(), f.attempt));
+                }
+            }
+            policy.choose_victim(level, 0, &running).and_then(|v| {
+                owner
+                    .get(&v.task_id)
+                    .map(|(s, a)| (v.task_id.clone(), s.clone(), *a))
+            })
+        };
+        let Some((task_id, session_id, attempt)) = victim else {
+            return;
+        };
+        tracing::info!(%task_id, attempt, task_type, incoming = level.as_str(), "preempting a lower-priority attempt");
+        let removed = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let removed = st.sessions.get_mut(&session_id).and_then(|s| {
+                let f = s.in_flight.remove(&task_id)?;
+                let _ = s.tx.send(Ok(cancels(vec![(task_id.clone(), attempt)])));
+                Some(f)
+            });
+            if let Some(f) = &removed {
+                st.holders.remove(&task_id);
+                st.running = st.running.saturating_sub(1);
+                st.released(f);
+            }
+            removed.is_some()
+        };
+        if removed {
+            self.yield_attempts(
+                vec![(task_id, attempt)],
+                &format!("preempted by a {level} task"),
+            )
+            .await;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends attempts back to the queue without counting them (`Yield`).
+    async fn yield_attempts(&self, attempts: Vec<(TaskId, u32)>, reason: &str) {
+        let updates = attempts
+            .into_iter()
+            .map(|(task_id, attempt)| Update {
+                task_id,
+                command: Command::Yield {
+                    attempt,
+                    reason: reason.to_string(),
+                },
+            })
+            .collect();
+        self.apply_updates(
+            updates,
+            "could not hand attempts back; their leases will expire",
+        )
+        .await;
     }
 
     /// Periodic duties: timeouts, silent agents, lease extension, lease expiry and
@@ -1055,6 +1937,9 @@ impl Dispatcher {
             if now.saturating_sub(last_wake_refresh) >= 1_000 {
                 last_wake_refresh = now;
                 self.refresh_wake().await;
+                if self.opts.policies.capacity > 0 {
+                    self.refresh_held().await;
+                }
             }
             // Due retries: the leader's duty too (its promotion wakes the others).
             let due = self.lock().next_wake.is_some_and(|w| w <= now);
@@ -1121,10 +2006,75 @@ impl Dispatcher {
             self.after_release(released).await;
         }
         let types = self.store.queued_types().await?;
+        // Queued work of unknown needs: decided task by task until seen to need none.
+        {
+            let mut st = self.lock();
+            let now = now_ms();
+            for t in &types {
+                st.sched.mark_scheduled(t, now);
+            }
+        }
         self.work_arrived(types.iter().map(String::as_str));
+        if self.opts.policies.capacity > 0 {
+            self.refresh_held().await;
+        }
         self.refresh_wake().await;
         Ok(())
     }
+}
+
+/// What the API shows of an agent session.
+fn agent_info(sched: &Sched, session_id: &str, s: &Session, now: Millis) -> AgentInfo {
+    let agent = sched.registry.get(&s.agent_id);
+    let d = agent.map(|a| &a.descriptor);
+    let load = agent.map(|a| a.load).unwrap_or_default();
+    AgentInfo {
+        agent_id: s.agent_id.to_string(),
+        session_id: session_id.to_string(),
+        task_types: s.task_types.clone(),
+        version: s.version.clone(),
+        max_concurrent: s.max_concurrent,
+        in_flight: s.in_flight.len(),
+        draining: s.draining,
+        labels: s.labels.clone(),
+        connected_at: crate::view::rfc3339(s.connected_at),
+        last_heartbeat: crate::view::rfc3339(s.last_heartbeat),
+        completed: s.completed,
+        failed: s.failed,
+        agent_type: d.map(|d| d.agent_type.clone()).unwrap_or_default(),
+        capabilities: d
+            .map(|d| d.capabilities.iter().cloned().collect())
+            .unwrap_or_default(),
+        service_types: d
+            .map(|d| d.service_types.iter().cloned().collect())
+            .unwrap_or_default(),
+        endpoint: d.map(|d| d.endpoint.clone()).unwrap_or_default(),
+        tags: d
+            .map(|d| d.tags.iter().cloned().collect())
+            .unwrap_or_default(),
+        location: d.and_then(|d| d.location.clone()),
+        cost_factor: d.map_or(1.0, |d| d.cost_factor),
+        weight: d.map_or(1.0, |d| d.weight),
+        health: agent.map_or(1.0, |a| a.health(sched.registry.options(), now)),
+        breaker: sched.breakers.phase(&s.agent_id, now).as_str().to_string(),
+        cpu_usage: load.cpu_usage,
+        error_rate: load.error_rate,
+        response_time_ms: load.response_time_ms,
+        connected_at_ms: s.connected_at,
+        last_heartbeat_ms: s.last_heartbeat,
+    }
+}
+
+/// Gives back a slot reserved for a scheduled placement.
+fn unreserve(st: &mut State, p: &Placement) {
+    if let Some(s) = st.sessions.get_mut(&p.session_id) {
+        s.reserved = s.reserved.saturating_sub(1);
+    }
+    st.running = st.running.saturating_sub(1);
+}
+
+fn needs_decision(sched: &Sched, spec: &TaskSpec) -> bool {
+    sched.must_reschedule(spec)
 }
 
 /// One line per task that ends: failures at info (dead-lettering at warn), the
@@ -1210,6 +2160,23 @@ fn finished_of(record: &TaskRecord, status: Status) -> metrics::Finished<'_> {
         status,
         latency_ms: end.saturating_sub(record.state.created_at_ms),
     }
+}
+
+/// An event's data as compact JSON text, if the event is acceptable.
+fn parse_event(e: &v1::ProgressEvent) -> Result<String, String> {
+    baton_core::progress::validate_kind(&e.kind)?;
+    if e.data_json.len() > baton_core::progress::MAX_DATA_BYTES {
+        return Err(format!(
+            "data is larger than {} bytes",
+            baton_core::progress::MAX_DATA_BYTES
+        ));
+    }
+    if e.data_json.trim().is_empty() {
+        return Ok("null".into());
+    }
+    serde_json::from_str::<serde_json::Value>(&e.data_json)
+        .map(|v| v.to_string())
+        .map_err(|err| format!("data is not valid json: {err}"))
 }
 
 fn parse_output(raw: &str) -> Result<serde_json::Value, String> {

@@ -105,3 +105,57 @@ pub fn task_view(run: &Run, outputs: &HashMap<String, Value>, run_view: Value) -
         "run": run_view,
     })
 }
+
+/// A flow task in the gRPC `Task` shape, from its [`task_view`] (times from the run).
+pub fn task_proto(run: &Run, view: &Value) -> baton_proto::v1::Task {
+    use baton_proto::v1;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let json_text = |v: &Value| {
+        if v.is_null() {
+            String::new()
+        } else {
+            v.to_string()
+        }
+    };
+    let executions = view["agent_executions"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|e| v1::AgentExecution {
+                    agent_id: text(&e["agent_id"]),
+                    attempt: e["attempts"].as_u64().unwrap_or(0) as u32,
+                    status: text(&e["status"]),
+                    duration_ms: e["duration_ms"].as_u64().unwrap_or(0),
+                    error: text(&e["error"]),
+                    ..Default::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let error = view["error"].as_object().map(|e| v1::TaskError {
+        kind: e.get("kind").map(text).unwrap_or_default(),
+        message: e.get("message").map(text).unwrap_or_default(),
+        attempt: 0,
+    });
+    let metrics = &view["metrics"];
+    v1::Task {
+        task_id: run.run_id.clone(),
+        task_type: text(&view["task_type"]),
+        status: text(&view["status"]),
+        priority: run.priority.to_string(),
+        metadata_json: json_text(&view["metadata"]),
+        output_json: json_text(&view["output"]),
+        error,
+        agent_executions: executions,
+        metrics: Some(v1::TaskMetrics {
+            total_duration_ms: metrics["total_duration_ms"].as_u64().unwrap_or(0),
+            retry_count: metrics["retry_count"].as_u64().unwrap_or(0) as u32,
+            agents_used: metrics["agents_used"].as_u64().unwrap_or(0) as u32,
+        }),
+        created_at_ms: run.created_at_ms,
+        updated_at_ms: run.updated_at_ms,
+        finished_at_ms: run.finished_at_ms.unwrap_or(0),
+        execution_mode: text(&view["execution_mode"]),
+        ..Default::default()
+    }
+}

@@ -139,6 +139,22 @@ impl v1::baton_server::Baton for ClientApi {
             .task
             .ok_or_else(|| status(Error::invalid("task is required")))?;
         let spec = spec_from_proto(&self.app, task, "").map_err(status)?;
+        // Seed 000: a task whose type is a flow runs as that flow, as over REST.
+        if let Some((run_id, created)) = self.app.start_flow_task(&spec).await.map_err(status)? {
+            let task = self
+                .app
+                .flow_task_proto(&run_id)
+                .await
+                .map_err(status)?
+                .ok_or_else(|| {
+                    status(Error::internal("the flow task vanished after it started"))
+                })?;
+            return Ok(Response::new(v1::SubmitTaskResponse {
+                task: Some(task),
+                created,
+                error: None,
+            }));
+        }
         let out = self
             .app
             .submit(vec![spec])
@@ -203,12 +219,18 @@ impl v1::baton_server::Baton for ClientApi {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
-        let rec = self
-            .app
-            .get(&req.into_inner().task_id)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(task_proto(&rec, now_ms(), true)))
+        let task_id = req.into_inner().task_id;
+        match self.app.get(&task_id).await {
+            Ok(rec) => Ok(Response::new(task_proto(&rec, now_ms(), true))),
+            // A task whose type is a flow is a run, as over REST.
+            Err(e) if e.code == baton_core::ErrorCode::NotFound => {
+                match self.app.flow_task_proto(&task_id).await.map_err(status)? {
+                    Some(task) => Ok(Response::new(task)),
+                    None => Err(status(e)),
+                }
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 
     async fn list_tasks(
@@ -242,25 +264,37 @@ impl v1::baton_server::Baton for ClientApi {
         &self,
         _req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let agents = self
-            .app
-            .agents()
+        let agents = self.app.agents().into_iter().map(agent_info).collect();
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
+    }
+
+    async fn discover_agents(
+        &self,
+        req: Request<v1::DiscoverAgentsRequest>,
+    ) -> Result<Response<v1::DiscoverAgentsResponse>, Status> {
+        let r = req.into_inner();
+        let params = crate::rest_sched::DiscoverParams {
+            capabilities: Some(r.capabilities.join(",")),
+            min_health: r.min_health,
+            version: Some(r.version),
+            location: Some(r.location),
+            agent_type: Some(r.agent_type),
+            tags: Some(r.tags.join(",")),
+            limit: Some(r.limit as usize),
+        };
+        let query = crate::rest_sched::query_of(&params).map_err(status)?;
+        let agents = crate::rest_sched::discover(&self.app, &query)
+            .agents
             .into_iter()
-            .map(|a| v1::AgentInfo {
-                agent_id: a.agent_id,
-                task_types: a.task_types,
-                version: a.version,
-                max_concurrent: a.max_concurrent as u32,
-                in_flight: a.in_flight as u32,
-                labels: a.labels.into_iter().collect(),
-                connected_at_ms: a.connected_at_ms,
-                last_heartbeat_ms: a.last_heartbeat_ms,
-                completed: a.completed,
-                failed: a.failed,
-                ..Default::default()
+            .map(|d| v1::DiscoveredAgent {
+                agent_id: d.agent_id,
+                health: d.health,
+                same_location: d.same_location,
+                load: d.load,
+                agent: Some(agent_info(d.agent)),
             })
             .collect();
-        Ok(Response::new(v1::ListAgentsResponse { agents }))
+        Ok(Response::new(v1::DiscoverAgentsResponse { agents }))
     }
 
     async fn list_dead_letters(
@@ -322,7 +356,37 @@ fn error_reply(e: &Error) -> v1::ServerMessage {
     }
 }
 
-fn validate_register(reg: &v1::Register) -> Result<AgentId, Error> {
+fn agent_info(a: crate::dispatcher::AgentInfo) -> v1::AgentInfo {
+    v1::AgentInfo {
+        agent_id: a.agent_id,
+        task_types: a.task_types,
+        version: a.version,
+        max_concurrent: a.max_concurrent as u32,
+        in_flight: a.in_flight as u32,
+        labels: a.labels.into_iter().collect(),
+        connected_at_ms: a.connected_at_ms,
+        last_heartbeat_ms: a.last_heartbeat_ms,
+        completed: a.completed,
+        failed: a.failed,
+        agent_type: a.agent_type,
+        capabilities: a.capabilities,
+        service_types: a.service_types,
+        endpoint: a.endpoint,
+        tags: a.tags,
+        location: a.location.unwrap_or_default(),
+        cost_factor: a.cost_factor,
+        weight: a.weight,
+        health: a.health,
+        breaker: a.breaker,
+        cpu_usage: a.cpu_usage,
+        error_rate: a.error_rate,
+        response_time_ms: a.response_time_ms,
+    }
+}
+
+fn validate_register(
+    reg: &v1::Register,
+) -> Result<(AgentId, baton_core::sched::registry::Descriptor), Error> {
     let agent_id = AgentId::parse(reg.agent_id.clone())?;
     if reg.task_types.is_empty() {
         return Err(
@@ -339,7 +403,8 @@ fn validate_register(reg: &v1::Register) -> Result<AgentId, Error> {
                 .with_field("max_concurrent"),
         );
     }
-    Ok(agent_id)
+    let descriptor = crate::scheduler::descriptor_of(reg, agent_id.clone())?;
+    Ok((agent_id, descriptor))
 }
 
 type ServerStream = Pin<Box<dyn futures::Stream<Item = Result<v1::ServerMessage, Status>> + Send>>;
@@ -366,7 +431,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 return Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))));
             }
         };
-        let agent_id = match validate_register(&reg) {
+        let (agent_id, descriptor) = match validate_register(&reg) {
             Ok(a) => a,
             Err(e) => {
                 let _ = tx.send(Ok(error_reply(&e)));
@@ -384,7 +449,10 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 lease_ms: opts.lease_ms,
             })),
         }));
-        dispatcher.register(session_id.clone(), &reg, agent_id.clone(), tx.clone());
+        if let Err(e) = dispatcher.register(session_id.clone(), &reg, descriptor, tx.clone()) {
+            let _ = tx.send(Ok(error_reply(&e)));
+            return Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))));
+        }
         tracing::info!(%agent_id, session_id, task_types = ?reg.task_types, max_concurrent = reg.max_concurrent, "agent connected");
         // Results are recorded by their own task, so that reading the stream (and
         // freeing slots) never waits for a commit, and frames that arrive during
@@ -414,6 +482,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
                             }
                         }
                         Some(Msg::Heartbeat(hb)) => dispatcher.heartbeat(&session_id, &hb),
+                        Some(Msg::Progress(p)) => dispatcher.accept_progress(&session_id, p.events),
                         Some(Msg::Drain(_)) => {
                             tracing::info!(%agent_id, session_id, "agent draining");
                             dispatcher.drain(&session_id)

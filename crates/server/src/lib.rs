@@ -8,11 +8,16 @@ pub mod config;
 pub mod dispatcher;
 pub mod flow_tasks;
 pub mod grpc;
+pub mod grpc_runs;
 pub mod leader;
 pub mod metered_store;
 pub mod metrics;
+pub mod progress;
 pub mod rest;
+mod rest_events;
 mod rest_runs;
+mod rest_sched;
+pub mod scheduler;
 pub mod sla;
 pub mod telemetry;
 pub mod view;
@@ -181,6 +186,8 @@ pub async fn run(
             agent_timeout_ms: cfg.agent_timeout_ms,
             replica_id: replica_id(store.as_ref()),
             leader_lease_ms: cfg.leader_lease_ms,
+            policies: scheduler::Policies::from_config(&cfg.scheduler)
+                .map_err(|e| anyhow::anyhow!("scheduler: {}", e.message))?,
         },
         metrics.clone(),
     );
@@ -259,6 +266,12 @@ pub async fn run(
             .add_service(
                 v1::baton_server::BatonServer::new(grpc::ClientApi { app: app.clone() })
                     .max_decoding_message_size(cfg.max_body_bytes),
+            )
+            .add_service(
+                v1::workflows_server::WorkflowsServer::new(grpc_runs::WorkflowsApi {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(cfg.max_body_bytes),
             )
             .add_service(
                 v1::agent_service_server::AgentServiceServer::new(grpc::AgentApi {

@@ -119,6 +119,11 @@ impl Store for MeteredStore {
         self.inner.queued_types().await
     }
 
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+        self.timed("peek_queued", self.inner.peek_queued(task_type, limit))
+            .await
+    }
+
     async fn queued_by_priority(&self) -> Result<BTreeMap<String, u64>> {
         self.inner.queued_by_priority().await
     }

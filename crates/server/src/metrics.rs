@@ -560,16 +560,16 @@ impl Metrics {
         self.lease_expiries.inc_by(n);
     }
 
-    /// For the admission control to come: a submission refused to shed load.
-    pub fn submission_shed(&self, reason: &str) {
+    /// Submissions refused to shed load (`reason` is the refusal's, e.g. overloaded).
+    pub fn submission_shed(&self, reason: &str, n: u64) {
         self.shed
             .get_or_create(&Reason {
                 reason: reason.into(),
             })
-            .inc();
+            .inc_by(n);
     }
 
-    /// For the circuit breakers to come: 0 closed, 1 half-open, 2 open.
+    /// The breaker of an agent of this type changed: 0 closed, 1 half-open, 2 open.
     pub fn set_breaker_state(&self, agent_type: &str, state: i64) {
         self.breaker_state
             .get_or_create(&AgentType {

@@ -61,10 +61,18 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
+        // Whole seconds, rounded up, from the refusal's own hint (at least 1).
+        let retry_after = (self.0.code == ErrorCode::ResourceExhausted).then(|| {
+            let ms = body.error.details["retry_after_ms"]
+                .as_u64()
+                .unwrap_or(1_000);
+            ms.div_ceil(1_000).max(1)
+        });
         let mut resp = (status, Json(body)).into_response();
-        if self.0.code == ErrorCode::ResourceExhausted {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        if let Some(secs) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
         }
         resp
     }
@@ -296,25 +304,13 @@ async fn submit_task(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let spec = app.parse(&body, "")?;
-    if app.engine.is_flow(&spec.task_type).await {
-        let (run, created) = app
-            .engine
-            .start(crate::workflows::StartRequest {
-                run_id: Some(spec.task_id.to_string()),
-                flow: Some((spec.task_type.clone(), None)),
-                definition: None,
-                input: crate::flow_tasks::run_input(&spec),
-                priority: spec.priority,
-                on_failure: None,
-                execution_mode: spec.execution_mode,
-            })
-            .await?;
+    if let Some((run_id, created)) = app.start_flow_task(&spec).await? {
         let status = if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
-        return Ok((status, Json(app.flow_task_view(&run.run_id).await?)).into_response());
+        return Ok((status, Json(app.flow_task_view(&run_id).await?)).into_response());
     }
     let result = app
         .submit(vec![spec])
@@ -613,9 +609,12 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         submit_task,
         submit_batch,
         get_task,
+        crate::rest_events::task_events,
         list_tasks,
         cancel_task,
         list_agents,
+        crate::rest_sched::discover_agents,
+        crate::rest_sched::scheduler_state,
         list_dlq,
         reprocess_dlq,
         health,
@@ -629,6 +628,7 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         TaskView,
         TaskList,
         AgentList,
+        crate::rest_sched::DiscoverResponse,
         BatchResponse,
         SubmitTaskRequest,
         BatchRequest
@@ -656,10 +656,15 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/api/v1/tasks/batch", post(submit_batch))
         .route("/api/v1/tasks/{task_id}", get(get_task))
         .route("/api/v1/tasks/{task_id}/cancel", post(cancel_task))
+        .route(
+            "/api/v1/tasks/{task_id}/events",
+            get(crate::rest_events::task_events),
+        )
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/dlq", get(list_dlq))
         .route("/api/v1/dlq/{task_id}/reprocess", post(reprocess_dlq))
         .merge(crate::rest_runs::routes())
+        .merge(crate::rest_sched::routes())
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/health/live", get(livez))

@@ -5,15 +5,15 @@
 use crate::app::App;
 use crate::rest::ApiError;
 use crate::view::{rfc3339 as millis_to_rfc3339, run_view};
+use crate::workflows::{RegisterRequest, StartRequest, Watched};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use baton_core::workflow::def::OnFailure;
 use baton_core::workflow::RunCommand;
-use baton_core::{Error, ExecutionMode, Priority};
+use baton_core::Error;
 use baton_store::RunFilter;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -61,47 +61,11 @@ async fn register_flow(
     State(app): State<AppState>,
     DocBody(body): DocBody,
 ) -> Result<Response, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| Error::invalid("send an object: {name, version?, definition}"))?;
-    let (name, version, definition) = if let Some(def) = obj.get("definition") {
-        for k in obj.keys() {
-            if !["name", "version", "definition"].contains(&k.as_str()) {
-                return Err(Error::invalid(format!(
-                    "{k} is not a known field (known: name, version, definition)"
-                ))
-                .with_field(k)
-                .into());
-            }
-        }
-        let name = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .or_else(|| def.get("name").and_then(Value::as_str));
-        (
-            name.map(str::to_string),
-            obj.get("version").cloned(),
-            def.clone(),
-        )
-    } else {
-        let name = obj.get("name").and_then(Value::as_str).map(str::to_string);
-        let mut def = body.clone();
-        let version = def.as_object_mut().and_then(|m| m.remove("version"));
-        (name, version, def)
-    };
-    let name = name.ok_or_else(|| Error::invalid("name is required").with_field("name"))?;
-    let version = match version {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 && n <= u32::MAX as u64 => Some(n as u32),
-            _ => {
-                return Err(Error::invalid("version must be a whole number, at least 1")
-                    .with_field("version")
-                    .into())
-            }
-        },
-    };
-    let (flow, created) = app.engine.register_flow(&name, version, definition).await?;
+    let req = RegisterRequest::from_json(&body)?;
+    let (flow, created) = app
+        .engine
+        .register_flow(&req.name, req.version, req.definition)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -133,135 +97,79 @@ async fn get_flow(
     Ok(Json(flow_view(&app.engine.get_flow(&name, version).await?)))
 }
 
-const RUN_FIELDS: &[&str] = &[
-    "run_id",
-    "flow",
-    "version",
-    "definition",
-    "input",
-    "priority",
-    "on_failure",
-    "execution_mode",
-];
-
 /// `POST /api/v1/runs`: `{"flow": name, "version"?, "input"?}`, `{"definition": {...}, "input"?}`,
 /// or seed 002's workflow document as it is (`workflow_id`, `tasks`, …).
 async fn start_run(
     State(app): State<AppState>,
     DocBody(body): DocBody,
 ) -> Result<Response, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| Error::invalid("send an object: {flow | definition, input}"))?;
-    let inline = obj.contains_key("tasks") || obj.contains_key("steps");
-    let req = if inline {
-        crate::workflows::StartRequest {
-            run_id: obj
-                .get("workflow_id")
-                .or_else(|| obj.get("run_id"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            flow: None,
-            definition: Some({
-                let mut d = body.clone();
-                if let Some(m) = d.as_object_mut() {
-                    m.remove("run_id");
-                    m.remove("input");
-                }
-                d
-            }),
-            input: obj.get("input").cloned().unwrap_or(Value::Null),
-            priority: Priority::default(),
-            on_failure: None,
-            execution_mode: None,
-        }
-    } else {
-        let mut problems = Vec::new();
-        for k in obj.keys() {
-            if !RUN_FIELDS.contains(&k.as_str()) {
-                problems.push(json!({"field": k, "message": format!("is not a known field (known: {})", RUN_FIELDS.join(", "))}));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Error::invalid(format!(
-                "{} unknown field(s) in the run request",
-                problems.len()
-            ))
-            .with_details(json!({"problems": problems}))
-            .into());
-        }
-        let flow = match obj.get("flow") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
-                let version = match obj.get("version") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
-                        Error::invalid("version must be a whole number, at least 1")
-                            .with_field("version")
-                    })? as u32),
-                };
-                Some((s.clone(), version))
-            }
-            Some(_) => {
-                return Err(Error::invalid("flow must be the name of a registered flow")
-                    .with_field("flow")
-                    .into())
-            }
-        };
-        let priority = match obj.get("priority") {
-            None | Some(Value::Null) => Priority::default(),
-            Some(v) => Priority::from_json(v).map_err(|e| e.with_field("priority"))?,
-        };
-        let on_failure = match obj.get("on_failure") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(serde_json::from_value::<OnFailure>(v.clone()).map_err(|_| {
-                Error::invalid("on_failure must be fail_fast or continue").with_field("on_failure")
-            })?),
-        };
-        let execution_mode = match obj.get("execution_mode") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value::<ExecutionMode>(v.clone()).map_err(|_| {
-                    Error::invalid("execution_mode must be one of sequential, parallel, hybrid")
-                        .with_field("execution_mode")
-                })?,
-            ),
-        };
-        let run_id = match obj.get("run_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(Error::invalid("run_id must be a string")
-                    .with_field("run_id")
-                    .into())
-            }
-        };
-        crate::workflows::StartRequest {
-            run_id,
-            flow,
-            definition: obj.get("definition").cloned(),
-            input: obj.get("input").cloned().unwrap_or(Value::Null),
-            priority,
-            on_failure,
-            execution_mode,
-        }
-    };
+    let req = StartRequest::from_json(&body)?;
     let (run, created) = app.engine.start(req).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(run_view(
-            &run,
-            &Default::default(),
-            &app.dispatcher.agents(),
-            false,
-        )),
-    )
-        .into_response())
+    Ok((status, Json(started_view(&app, &run))).into_response())
+}
+
+/// A run as the start and command answers show it: without outputs (GET the run
+/// with include_outputs for them).
+pub(crate) fn started_view(app: &App, run: &baton_core::workflow::Run) -> Value {
+    run_view(run, &Default::default(), &app.dispatcher.agents(), false)
+}
+
+/// `POST /api/v1/runs/batch`: `{"runs": [<a POST /api/v1/runs body>, …]}`. Each item
+/// succeeds or fails on its own (with the error it would get alone); the good ones
+/// are stored together. The answer lists one result per item, in order.
+async fn start_runs(
+    State(app): State<AppState>,
+    DocBody(body): DocBody,
+) -> Result<Json<Value>, ApiError> {
+    let items = match body.as_object().map(|o| (o.get("runs"), o.len())) {
+        Some((Some(Value::Array(items)), 1)) => items,
+        _ => {
+            return Err(Error::invalid("body must be {\"runs\": [...]}")
+                .with_field("runs")
+                .into())
+        }
+    };
+    let requests = items.iter().map(StartRequest::from_json).collect();
+    let outcomes = app
+        .engine
+        .start_batch(requests, app.max_batch_tasks)
+        .await?;
+    let (mut created, mut existing, mut errors) = (0, 0, 0);
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .zip(items)
+        .map(|(outcome, item)| match outcome {
+            Ok((run, was_created)) => {
+                if was_created {
+                    created += 1;
+                } else {
+                    existing += 1;
+                }
+                json!({"run_id": run.run_id, "status": run.status, "created": was_created})
+            }
+            Err(e) => {
+                errors += 1;
+                // The id the client asked for, when it gave one, to match items up.
+                let run_id = item
+                    .get("run_id")
+                    .or_else(|| item.get("workflow_id"))
+                    .filter(|v| v.is_string());
+                let details = if e.details.is_null() { json!({}) } else { e.details };
+                json!({"run_id": run_id, "error": {"code": e.code.as_str(), "message": e.message, "details": details}})
+            }
+        })
+        .collect();
+    Ok(Json(json!({
+        "runs": results,
+        "created": created,
+        "existing": existing,
+        "errors": errors,
+    })))
 }
 
 #[derive(Deserialize, Default)]
@@ -306,59 +214,71 @@ const RUN_STATUSES: &[&str] = &[
     "compensation_failed",
 ];
 
-async fn list_runs(
-    State(app): State<AppState>,
-    q: Result<Query<ListRunsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let q = crate::rest::query(q)?;
-    if let Some(s) = &q.status {
+/// A run list's filter, checked the same way for REST and gRPC.
+pub(crate) fn run_filter(
+    status: Option<String>,
+    flow: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+) -> Result<RunFilter, Error> {
+    let status = status.filter(|s| !s.is_empty());
+    if let Some(s) = &status {
         if !RUN_STATUSES.contains(&s.as_str()) {
             return Err(Error::invalid(format!(
                 "unknown run status {s:?}: use one of {}",
                 RUN_STATUSES.join(", ")
             ))
-            .with_field("status")
-            .into());
+            .with_field("status"));
         }
     }
-    let limit: usize = crate::rest::parse_num(q.limit.as_deref(), "limit")?.unwrap_or(50);
+    let limit = limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
-        return Err(Error::invalid("limit must be between 1 and 1000")
-            .with_field("limit")
-            .into());
+        return Err(Error::invalid("limit must be between 1 and 1000").with_field("limit"));
     }
-    let page = app
-        .engine
-        .list(RunFilter {
-            status: q.status,
-            flow_name: q.flow,
-            limit,
-            cursor: q.cursor,
+    Ok(RunFilter {
+        status,
+        flow_name: flow.filter(|f| !f.is_empty()),
+        limit,
+        cursor: cursor.filter(|c| !c.is_empty()),
+    })
+}
+
+/// Steps finished and steps in all, from a stored run.
+pub(crate) fn stored_progress(r: &baton_store::RunRecord) -> (usize, usize) {
+    let steps = r.body["run"]["steps"].as_array();
+    let total = steps.map(Vec::len).unwrap_or(0);
+    let done = steps
+        .map(|s| {
+            s.iter()
+                .filter(|x| !matches!(x["status"].as_str(), Some("pending" | "running")))
+                .count()
         })
-        .await?;
+        .unwrap_or(0);
+    (done, total)
+}
+
+async fn list_runs(
+    State(app): State<AppState>,
+    q: Result<Query<ListRunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = crate::rest::query(q)?;
+    let limit = crate::rest::parse_num(q.limit.as_deref(), "limit")?;
+    let filter = run_filter(q.status, q.flow, limit, q.cursor)?;
+    let page = app.engine.list(filter).await?;
     let runs: Vec<Value> = page
         .runs
         .iter()
         .map(|r| {
-            let run = &r.body["run"];
-            let steps = run["steps"].as_array().map(Vec::len).unwrap_or(0);
-            let done = run["steps"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .filter(|x| !matches!(x["status"].as_str(), Some("pending" | "running")))
-                        .count()
-                })
-                .unwrap_or(0);
+            let (done, total) = stored_progress(r);
             json!({
                 "run_id": r.run_id,
                 "flow": r.flow_name,
                 "status": r.status,
-                "steps_total": steps,
+                "steps_total": total,
                 "steps_done": done,
                 "created_at": millis_to_rfc3339(r.created_at_ms),
                 "updated_at": millis_to_rfc3339(r.updated_at_ms),
-                "error": run.get("error"),
+                "error": r.body["run"].get("error"),
             })
         })
         .collect();
@@ -367,13 +287,7 @@ async fn list_runs(
 
 async fn run_command(app: &App, run_id: &str, cmd: RunCommand) -> Result<Json<Value>, ApiError> {
     let run = app.engine.command(run_id, cmd).await?;
-    // These answers leave outputs out (GET the run with include_outputs for them).
-    Ok(Json(run_view(
-        &run,
-        &Default::default(),
-        &app.dispatcher.agents(),
-        false,
-    )))
+    Ok(Json(started_view(app, &run)))
 }
 
 async fn cancel_run(
@@ -409,86 +323,27 @@ async fn retry_run(
 }
 
 /// `GET /api/v1/runs/{id}/events`: the run's recorded events, then live ones, as
-/// server-sent events; the stream ends when the run finishes.
+/// server-sent events (`run_event`, `lagged` when this client fell behind); the
+/// stream ends with an `end` event whose data is the run's final status.
 async fn run_events(
     State(app): State<AppState>,
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    // Subscribe before reading, so nothing falls between the two.
-    let live = app.engine.subscribe();
-    let (run, _) = app.engine.get(&run_id).await?;
-    let past: Vec<Value> = run
-        .events
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap_or_default())
-        .collect();
-    let finished = !run.status.is_active();
-    let status = run.status.as_str().to_string();
-    let stream = event_stream(past, finished, status, run_id, live);
+    use futures::StreamExt;
+    let watched = app.engine.watch(&run_id).await?;
+    let stream = watched.map(|w| {
+        Ok::<_, std::convert::Infallible>(match w {
+            Watched::Event(e) => Event::default()
+                .event("run_event")
+                .json_data(&e)
+                .unwrap_or_default(),
+            Watched::Lagged(n) => Event::default().event("lagged").data(n.to_string()),
+            Watched::End(status) => Event::default().event("end").data(status.as_str()),
+        })
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-type LiveEvents =
-    tokio::sync::broadcast::Receiver<(String, baton_core::workflow::engine::RunEvent, String)>;
-
-fn event_stream(
-    past: Vec<Value>,
-    finished: bool,
-    status: String,
-    run_id: String,
-    rx: LiveEvents,
-) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
-    use futures::StreamExt;
-    let head = futures::stream::iter(past.into_iter().map(|e| {
-        Ok(Event::default()
-            .event("run_event")
-            .json_data(e)
-            .unwrap_or_default())
-    }));
-    let end = Event::default().event("end").data(status);
-    if finished {
-        return head.chain(futures::stream::iter(vec![Ok(end)])).boxed();
-    }
-    let tail = futures::stream::unfold((rx, false), move |(mut rx, done)| {
-        let run_id = run_id.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok((id, ev, _)) if id == run_id => {
-                        let terminal = matches!(
-                            ev.kind.as_str(),
-                            "run_completed"
-                                | "run_failed"
-                                | "run_cancelled"
-                                | "saga_compensated"
-                                | "saga_aborted"
-                        );
-                        let event = Event::default()
-                            .event("run_event")
-                            .json_data(&ev)
-                            .unwrap_or_default();
-                        return Some((Ok(event), (rx, terminal)));
-                    }
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let e = Event::default().event("lagged").data(n.to_string());
-                        return Some((Ok(e), (rx, false)));
-                    }
-                    Err(_) => return None,
-                }
-            }
-        }
-    });
-    head.chain(tail)
-        .chain(futures::stream::iter(vec![Ok(Event::default()
-            .event("end")
-            .data("finished"))]))
-        .boxed()
 }
 
 pub fn routes() -> Router<AppState> {
@@ -496,6 +351,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/flows", post(register_flow).get(list_flows))
         .route("/api/v1/flows/{name}", get(get_flow))
         .route("/api/v1/runs", post(start_run).get(list_runs))
+        .route("/api/v1/runs/batch", post(start_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/runs/{run_id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{run_id}/pause", post(pause_run))

@@ -181,7 +181,7 @@ pub fn metrics(record: &TaskRecord, now: Millis) -> TaskMetrics {
     }
 }
 
-fn event_view(ev: &TaskEvent) -> EventView {
+pub(crate) fn event_view(ev: &TaskEvent) -> EventView {
     EventView {
         at: rfc3339(ev.at_ms),
         kind: serde_json::to_value(ev.kind)

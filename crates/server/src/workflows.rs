@@ -32,6 +32,13 @@ struct Slot {
     advanced: Instant,
 }
 
+/// Most runs one batch may start (each run also stores its first tasks in the same
+/// transaction).
+pub const MAX_BATCH_RUNS: usize = 1_000;
+
+/// How long a watcher waits for a live event before it reads the run itself.
+const WATCH_POLL: Duration = Duration::from_secs(2);
+
 /// How often active runs are reconciled, and how long a run must have been quiet.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
@@ -41,8 +48,8 @@ pub struct Engine {
     limits: Limits,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     finished_tx: mpsc::UnboundedSender<TaskRecord>,
-    /// Live run events for server-sent events: (run id, event, run status).
-    events: broadcast::Sender<(String, RunEvent, String)>,
+    /// Live run events, for watchers (server-sent events, gRPC `WatchRun`).
+    events: broadcast::Sender<LiveEvent>,
     /// parent task id -> waiting children.
     dependents: Mutex<HashMap<TaskId, Vec<TaskId>>>,
     /// Task types known to be (or not be) flow names, and when that was looked up.
@@ -115,6 +122,201 @@ pub struct StartRequest {
     pub execution_mode: Option<baton_core::ExecutionMode>,
 }
 
+/// The fields of a run request besides a definition's own.
+const RUN_FIELDS: &[&str] = &[
+    "run_id",
+    "flow",
+    "version",
+    "definition",
+    "input",
+    "priority",
+    "on_failure",
+    "execution_mode",
+];
+
+impl StartRequest {
+    /// Reads the body of `POST /api/v1/runs` (also each item of a batch, and gRPC's
+    /// `StartRun`, which is turned into this JSON first): `{"flow": name, "version"?,
+    /// "input"?, …}`, `{"definition": {...}, "input"?, …}`, or seed 002's workflow
+    /// document as it is (`workflow_id`, `tasks`, …). The definition itself is
+    /// validated when the run starts.
+    pub fn from_json(body: &Value) -> Result<StartRequest, Error> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| Error::invalid("send an object: {flow | definition, input}"))?;
+        if obj.contains_key("tasks") || obj.contains_key("steps") {
+            let mut definition = body.clone();
+            if let Some(m) = definition.as_object_mut() {
+                m.remove("run_id");
+                m.remove("input");
+            }
+            return Ok(StartRequest {
+                run_id: obj
+                    .get("workflow_id")
+                    .or_else(|| obj.get("run_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                flow: None,
+                definition: Some(definition),
+                input: obj.get("input").cloned().unwrap_or(Value::Null),
+                priority: Priority::default(),
+                on_failure: None,
+                execution_mode: None,
+            });
+        }
+        let problems: Vec<Value> = obj
+            .keys()
+            .filter(|k| !RUN_FIELDS.contains(&k.as_str()))
+            .map(|k| json!({"field": k, "message": format!("is not a known field (known: {})", RUN_FIELDS.join(", "))}))
+            .collect();
+        if !problems.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} unknown field(s) in the run request",
+                problems.len()
+            ))
+            .with_details(json!({"problems": problems})));
+        }
+        let flow = match obj.get("flow") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some((s.clone(), version_field(obj.get("version"))?)),
+            Some(_) => {
+                return Err(
+                    Error::invalid("flow must be the name of a registered flow").with_field("flow")
+                )
+            }
+        };
+        let priority = match obj.get("priority") {
+            None | Some(Value::Null) => Priority::default(),
+            Some(v) => Priority::from_json(v).map_err(|e| e.with_field("priority"))?,
+        };
+        let on_failure = match obj.get("on_failure") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value::<baton_core::workflow::def::OnFailure>(v.clone()).map_err(
+                    |_| {
+                        Error::invalid("on_failure must be fail_fast or continue")
+                            .with_field("on_failure")
+                    },
+                )?,
+            ),
+        };
+        let execution_mode = match obj.get("execution_mode") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value::<baton_core::ExecutionMode>(v.clone()).map_err(|_| {
+                    Error::invalid("execution_mode must be one of sequential, parallel, hybrid")
+                        .with_field("execution_mode")
+                })?,
+            ),
+        };
+        let run_id = match obj.get("run_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(Error::invalid("run_id must be a string").with_field("run_id")),
+        };
+        Ok(StartRequest {
+            run_id,
+            flow,
+            definition: obj.get("definition").cloned(),
+            input: obj.get("input").cloned().unwrap_or(Value::Null),
+            priority,
+            on_failure,
+            execution_mode,
+        })
+    }
+}
+
+/// A flow's `version` field: absent, or a whole number from 1.
+fn version_field(v: Option<&Value>) -> Result<Option<u32>, Error> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            match v.as_u64() {
+                Some(n) if n >= 1 && n <= u32::MAX as u64 => Ok(Some(n as u32)),
+                _ => Err(Error::invalid("version must be a whole number, at least 1")
+                    .with_field("version")),
+            }
+        }
+    }
+}
+
+/// What a client asks for when it registers a flow.
+pub struct RegisterRequest {
+    pub name: String,
+    pub version: Option<u32>,
+    pub definition: Value,
+}
+
+impl RegisterRequest {
+    /// Reads the body of `POST /api/v1/flows`: `{"name", "version"?, "definition"}`,
+    /// or a definition with its `name` (and `version`) at the top.
+    pub fn from_json(body: &Value) -> Result<RegisterRequest, Error> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| Error::invalid("send an object: {name, version?, definition}"))?;
+        let (name, version, definition) = if let Some(def) = obj.get("definition") {
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !["name", "version", "definition"].contains(&k.as_str()))
+            {
+                return Err(Error::invalid(format!(
+                    "{k} is not a known field (known: name, version, definition)"
+                ))
+                .with_field(k));
+            }
+            let name = obj
+                .get("name")
+                .and_then(Value::as_str)
+                .or_else(|| def.get("name").and_then(Value::as_str));
+            (
+                name.map(str::to_string),
+                obj.get("version").cloned(),
+                def.clone(),
+            )
+        } else {
+            let name = obj.get("name").and_then(Value::as_str).map(str::to_string);
+            let mut def = body.clone();
+            let version = def.as_object_mut().and_then(|m| m.remove("version"));
+            (name, version, def)
+        };
+        let name = name.ok_or_else(|| Error::invalid("name is required").with_field("name"))?;
+        Ok(RegisterRequest {
+            name,
+            version: version_field(version.as_ref())?,
+            definition,
+        })
+    }
+}
+
+/// A run event as watchers receive it live.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub run_id: String,
+    /// The event's number among all the run's events (see [`events_seen`]).
+    pub seq: u64,
+    pub event: RunEvent,
+    /// The run's status once it has taken this event and the others it took with it.
+    pub status: baton_core::workflow::RunStatus,
+    /// The last of the events the run took together: `status` is its status after it.
+    pub last: bool,
+}
+
+/// What a watcher of one run receives (see [`Engine::watch`]).
+#[derive(Debug, Clone)]
+pub enum Watched {
+    Event(RunEvent),
+    /// The watcher fell behind and missed this many events (of all runs).
+    Lagged(u64),
+    /// The run has finished, in this status; nothing follows.
+    End(baton_core::workflow::RunStatus),
+}
+
+/// How many events a run has recorded in its life, the dropped ones included: the
+/// next event's sequence number.
+fn events_seen(run: &Run) -> u64 {
+    run.events_dropped + run.events.len() as u64
+}
+
 impl Engine {
     pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, limits: Limits) -> Arc<Engine> {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -161,7 +363,7 @@ impl Engine {
             .count()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<(String, RunEvent, String)> {
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         self.events.subscribe()
     }
 
@@ -258,7 +460,7 @@ impl Engine {
     async fn apply_locked(&self, slot: &mut Slot, cmds: Vec<RunCommand>) -> Result<Run, Error> {
         let now = now_ms();
         let was_active = slot.run.status.is_active();
-        let before_events = slot.run.events.len();
+        let before_events = events_seen(&slot.run);
         let mut pending: Vec<RunCommand> = cmds;
         let mut rounds = 0;
         loop {
@@ -331,13 +533,9 @@ impl Engine {
                 break;
             }
         }
-        let status = slot.run.status.as_str().to_string();
-        for e in &slot.run.events[before_events.min(slot.run.events.len())..] {
-            let _ = self
-                .events
-                .send((slot.run.run_id.clone(), e.clone(), status.clone()));
-        }
+        self.publish(&slot.run, before_events);
         if was_active && !slot.run.status.is_active() {
+            self.dispatcher.progress().end(&slot.run.run_id);
             let end = slot.run.finished_at_ms.unwrap_or(now);
             self.dispatcher.metrics().run_finished(
                 slot.run.status.as_str(),
@@ -462,13 +660,130 @@ impl Engine {
 
     /// Starts a run. Idempotent by run id: the same id returns the existing run.
     pub async fn start(&self, req: StartRequest) -> Result<(Run, bool), Error> {
+        self.start_many(vec![Ok(req)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal("no outcome for the run")))
+    }
+
+    /// Starts many runs: every item is checked on its own (a bad one gets its error
+    /// and does not stop the others), a flow named by several items is read once,
+    /// and all the runs are stored, each with its first tasks, in one store write.
+    /// Outcomes are in the order of `items`; `Err` only when the store failed.
+    pub async fn start_many(
+        &self,
+        items: Vec<Result<StartRequest, Error>>,
+    ) -> Result<Vec<Result<(Run, bool), Error>>, Error> {
+        let now = now_ms();
+        let mut flows: HashMap<(String, Option<u32>), Result<FlowRecord, Error>> = HashMap::new();
+        let mut out: Vec<Option<Result<(Run, bool), Error>>> = Vec::with_capacity(items.len());
+        let mut prepared: Vec<(usize, Run, Vec<baton_core::TaskSpec>)> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let req = match item {
+                Ok(req) => req,
+                Err(e) => {
+                    out.push(Some(Err(e)));
+                    continue;
+                }
+            };
+            let flow = match (&req.flow, &req.definition) {
+                (Some((name, version)), None) => {
+                    let key = (name.clone(), *version);
+                    if !flows.contains_key(&key) {
+                        let found = self.get_flow(name, *version).await;
+                        flows.insert(key.clone(), found);
+                    }
+                    flows.get(&key)
+                }
+                _ => None,
+            };
+            match self.prepare(req, flow, now) {
+                Ok((run, tasks)) => {
+                    prepared.push((i, run, tasks));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        if !prepared.is_empty() {
+            let mut runs = Vec::with_capacity(prepared.len());
+            let mut writes = Vec::with_capacity(prepared.len());
+            for (i, run, tasks) in prepared {
+                writes.push(RunWrite {
+                    record: record_of(&run, 1),
+                    expected_revision: None,
+                    tasks,
+                });
+                runs.push((i, run));
+            }
+            let mut types: Vec<String> = Vec::new();
+            for w in &writes {
+                for t in &w.tasks {
+                    if !types.contains(&t.task_type) {
+                        types.push(t.task_type.clone());
+                    }
+                }
+            }
+            let outcomes = self.store.write_runs(writes, now).await?;
+            if outcomes.len() != runs.len() {
+                return Err(Error::internal(
+                    "the store answered the wrong number of outcomes",
+                ));
+            }
+            self.dispatcher
+                .work_arrived(types.iter().map(String::as_str));
+            for ((i, run), outcome) in runs.into_iter().zip(outcomes) {
+                out[i] = Some(self.started(run, outcome, now));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::internal("no outcome for the run"))))
+            .collect())
+    }
+
+    /// [`Engine::start_many`] for a client's batch: not empty, at most
+    /// `max_runs` items (and never more than [`MAX_BATCH_RUNS`]).
+    pub async fn start_batch(
+        &self,
+        items: Vec<Result<StartRequest, Error>>,
+        max_runs: usize,
+    ) -> Result<Vec<Result<(Run, bool), Error>>, Error> {
+        let max_runs = max_runs.clamp(1, MAX_BATCH_RUNS);
+        if items.is_empty() {
+            return Err(Error::invalid("runs must not be empty").with_field("runs"));
+        }
+        if items.len() > max_runs {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "a batch may hold at most {max_runs} runs, got {}",
+                    items.len()
+                ),
+            )
+            .with_field("runs"));
+        }
+        self.start_many(items).await
+    }
+
+    /// Builds a run and the tasks it starts with (no IO: `flow` was read before).
+    fn prepare(
+        &self,
+        req: StartRequest,
+        flow: Option<&Result<FlowRecord, Error>>,
+        now: u64,
+    ) -> Result<(Run, Vec<baton_core::TaskSpec>), Error> {
         let (mut def, flow) = match (&req.flow, &req.definition) {
-            (Some((name, version)), None) => {
-                let f = self.get_flow(name, *version).await?;
+            (Some(_), None) => {
+                let f = match flow {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => return Err(Error::internal("the flow was not looked up")),
+                };
                 (
                     FlowDef::parse(&f.definition)?,
                     Some(FlowRef {
-                        name: f.name,
+                        name: f.name.clone(),
                         version: f.version,
                     }),
                 )
@@ -501,8 +816,7 @@ impl Engine {
         if run_id.contains(':') {
             return Err(Error::invalid("run_id may not contain ':'").with_field("run_id"));
         }
-        let now = now_ms();
-        let mut run = Run::new(run_id.clone(), def, flow, req.input, req.priority, now);
+        let mut run = Run::new(run_id, def, flow, req.input, req.priority, now);
         let env_outputs = HashMap::new();
         let env = Env {
             now,
@@ -511,14 +825,14 @@ impl Engine {
             default_retry: &self.limits.default_retry,
         };
         let acts = engine::apply(&mut run, RunCommand::Start, &env).map_err(Error::from)?;
-        let types: Vec<String> = acts.submit.iter().map(|t| t.task_type.clone()).collect();
-        let write = RunWrite {
-            record: record_of(&run, 1),
-            expected_revision: None,
-            tasks: acts.submit,
-        };
-        match self.store.write_runs(vec![write], now).await?.pop() {
-            Some(RunWriteOutcome::Written(tasks)) => {
+        Ok((run, acts.submit))
+    }
+
+    /// After a new run's write: count it, hold it in memory, publish its events and
+    /// feed back its cache hits. A run id that existed returns that run.
+    fn started(&self, run: Run, outcome: RunWriteOutcome, now: u64) -> Result<(Run, bool), Error> {
+        match outcome {
+            RunWriteOutcome::Written(tasks) => {
                 count_submitted(&self.dispatcher, &tasks);
                 if !run.status.is_active() {
                     // Nothing to run: it ended as it started.
@@ -527,25 +841,19 @@ impl Engine {
                         .metrics()
                         .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
                 }
-                self.dispatcher
-                    .work_arrived(types.iter().map(String::as_str));
-                let slot = Arc::new(tokio::sync::Mutex::new(Slot {
-                    run: run.clone(),
-                    revision: 1,
-                    outputs: HashMap::new(),
-                    advanced: Instant::now(),
-                }));
                 if run.status.is_active() {
+                    let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+                        run: run.clone(),
+                        revision: 1,
+                        outputs: HashMap::new(),
+                        advanced: Instant::now(),
+                    }));
                     self.slots
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(run_id.clone(), slot.clone());
+                        .insert(run.run_id.clone(), slot);
                 }
-                for e in &run.events {
-                    let _ =
-                        self.events
-                            .send((run_id.clone(), e.clone(), run.status.as_str().into()));
-                }
+                self.publish(&run, 0);
                 // Cache hits: tasks that already finished reach the run like any other.
                 for t in tasks {
                     if let SubmitOutcome::Existing(r) = t {
@@ -556,9 +864,153 @@ impl Engine {
                 }
                 Ok((run, true))
             }
-            Some(RunWriteOutcome::Conflict(Some(existing))) => Ok((load_run(&existing)?, false)),
-            _ => Err(Error::internal("the store did not store the run")),
+            RunWriteOutcome::Conflict(Some(existing)) => Ok((load_run(&existing)?, false)),
+            RunWriteOutcome::Conflict(None) => {
+                Err(Error::internal("the store did not store the run"))
+            }
         }
+    }
+
+    /// Sends a run's events from number `from` on (counted over the run's life, see
+    /// [`events_seen`]) to the watchers.
+    fn publish(&self, run: &Run, from: u64) {
+        let seen = events_seen(run);
+        let new = seen.saturating_sub(from).min(run.events.len() as u64) as usize;
+        let first = run.events.len() - new;
+        for (k, e) in run.events[first..].iter().enumerate() {
+            let _ = self.events.send(LiveEvent {
+                run_id: run.run_id.clone(),
+                seq: seen - new as u64 + k as u64,
+                event: e.clone(),
+                status: run.status,
+                last: k + 1 == new,
+            });
+        }
+    }
+
+    /// A run's events as a stream: those recorded so far, then live ones, then
+    /// [`Watched::End`] once the run has finished. Errors if the run does not exist.
+    /// A run that moves on another replica (no live events here) is read from the
+    /// store every [`WATCH_POLL`] while it is quiet.
+    pub async fn watch(
+        self: &Arc<Self>,
+        run_id: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Watched>, Error> {
+        use futures::StreamExt;
+        // Subscribe before reading, so nothing falls between the two; what the read
+        // already holds is skipped in the live part by its sequence number.
+        let live = self.subscribe();
+        let run = self.run_only(run_id).await?;
+        let seen = events_seen(&run);
+        let head = futures::stream::iter(
+            run.events
+                .iter()
+                .cloned()
+                .map(Watched::Event)
+                .collect::<Vec<_>>(),
+        );
+        if !run.status.is_active() {
+            return Ok(head
+                .chain(futures::stream::iter([Watched::End(run.status)]))
+                .boxed());
+        }
+        struct Tail {
+            rx: broadcast::Receiver<LiveEvent>,
+            engine: Arc<Engine>,
+            run_id: String,
+            seen: u64,
+            /// Events read from the run itself (after a lag or a quiet spell).
+            pending: std::collections::VecDeque<RunEvent>,
+            /// When to read the run itself if none of its events arrived by then
+            /// (other runs' events do not count).
+            poll_at: tokio::time::Instant,
+            ended: Option<baton_core::workflow::RunStatus>,
+            done: bool,
+        }
+        impl Tail {
+            /// Catches up from the run itself: the events not seen yet, and its end.
+            async fn catch_up(&mut self) {
+                self.poll_at = tokio::time::Instant::now() + WATCH_POLL;
+                let Ok(run) = self.engine.run_only(&self.run_id).await else {
+                    return;
+                };
+                let now_seen = events_seen(&run);
+                if now_seen > self.seen {
+                    let new = (now_seen - self.seen).min(run.events.len() as u64) as usize;
+                    self.pending
+                        .extend(run.events[run.events.len() - new..].iter().cloned());
+                    self.seen = now_seen;
+                }
+                if !run.status.is_active() {
+                    self.ended = Some(run.status);
+                }
+            }
+        }
+        let tail = Tail {
+            rx: live,
+            engine: Arc::clone(self),
+            run_id: run_id.to_string(),
+            seen,
+            pending: Default::default(),
+            poll_at: tokio::time::Instant::now() + WATCH_POLL,
+            ended: None,
+            done: false,
+        };
+        let tail = futures::stream::unfold(tail, |mut t| async move {
+            loop {
+                if t.done {
+                    return None;
+                }
+                if let Some(e) = t.pending.pop_front() {
+                    return Some((Watched::Event(e), t));
+                }
+                if let Some(status) = t.ended.take() {
+                    t.done = true;
+                    return Some((Watched::End(status), t));
+                }
+                match tokio::time::timeout_at(t.poll_at, t.rx.recv()).await {
+                    Ok(Ok(live)) if live.run_id == t.run_id => {
+                        if live.seq < t.seen {
+                            continue;
+                        }
+                        t.seen = live.seq + 1;
+                        t.poll_at = tokio::time::Instant::now() + WATCH_POLL;
+                        if live.last && !live.status.is_active() {
+                            t.ended = Some(live.status);
+                        }
+                        return Some((Watched::Event(live.event), t));
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        // What was missed may include the end: look at the run itself.
+                        t.catch_up().await;
+                        return Some((Watched::Lagged(n), t));
+                    }
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                    Err(_quiet) => t.catch_up().await,
+                }
+            }
+        });
+        Ok(head.chain(tail).boxed())
+    }
+
+    /// A run without its outputs (from memory, else the store).
+    async fn run_only(&self, run_id: &str) -> Result<Run, Error> {
+        let cached = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        if let Some(slot) = cached {
+            return Ok(slot.lock().await.run.clone());
+        }
+        let record = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
+        load_run(&record)
     }
 
     pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {

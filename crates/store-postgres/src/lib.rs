@@ -596,6 +596,13 @@ impl Store for PgStore {
             .map_err(Fault::into_store)
     }
 
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+        let client = self.client().await.map_err(Fault::into_store)?;
+        tasks::peek_queued(&client, task_type, limit)
+            .await
+            .map_err(Fault::into_store)
+    }
+
     async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>> {
         let client = self.client().await.map_err(Fault::into_store)?;
         tasks::queued_by_priority(&client)

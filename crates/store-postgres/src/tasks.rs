@@ -557,6 +557,20 @@ pub(crate) async fn get(client: &impl GenericClient, task_id: &TaskId) -> Res<Op
     Ok(found.pop().map(Loaded::into_record))
 }
 
+/// Queued tasks of a type in claim order, unlocked (see `Store::peek_queued`).
+pub(crate) async fn peek_queued(
+    client: &impl GenericClient,
+    task_type: &str,
+    limit: usize,
+) -> Res<Vec<TaskRecord>> {
+    const SQL: &str = from_tasks!(
+        "WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2"
+    );
+    let limit = limit.min(MAX_LIST_LIMIT) as i64;
+    let found = load_planned_for(client, SQL, &[&task_type, &limit]).await?;
+    Ok(found.into_iter().map(Loaded::into_record).collect())
+}
+
 pub(crate) async fn list(client: &impl GenericClient, filter: &ListFilter) -> Res<Page> {
     let before = decode_cursor(filter.cursor.as_deref())?;
     let limit = match filter.limit {

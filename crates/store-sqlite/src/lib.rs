@@ -441,6 +441,13 @@ impl Store for SqliteStore {
         Ok(self.tally().queued_types())
     }
 
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+        let task_type = task_type.to_string();
+        self.readers
+            .run(move |conn| reader::peek_queued(conn, &task_type, limit))
+            .await
+    }
+
     async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>> {
         self.readers.run(reader::queued_by_priority).await
     }

@@ -163,6 +163,23 @@ pub(crate) fn ping(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn peek_queued(
+    conn: &Connection,
+    task_type: &str,
+    limit: usize,
+) -> Result<Vec<TaskRecord>> {
+    let limit = limit.min(MAX_LIST_LIMIT) as i64;
+    let mut stmt = conn
+        .prepare_cached(crate::writer::PICK)
+        .map_err(sql_error)?;
+    let mut rows = stmt.query(params![task_type, limit]).map_err(sql_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        out.push(decode_record(row).map_err(sql_error)??.into_record());
+    }
+    Ok(out)
+}
+
 pub(crate) fn queued_by_priority(
     conn: &Connection,
 ) -> Result<std::collections::BTreeMap<String, u64>> {

@@ -68,6 +68,9 @@ macro_rules! store_conformance_tests {
             claim_starts_an_attempt,
             claim_fails_tasks_past_deadline,
             claim_never_returns_a_task_twice,
+            peek_queued_shows_claim_order_and_claims_nothing,
+            claim_by_id_takes_only_a_queued_task,
+            yield_requeues_without_counting_the_attempt,
             update_succeed_completes,
             update_stale_attempt_is_refused,
             update_retryable_failure_waits_then_promotes,
@@ -535,6 +538,119 @@ pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
         rest.extend(claimed_ids(&claim(store, "work", 1, T0 + 3 + step).await));
     }
     assert_eq!(rest, ids(&["n1", "n2", "l1", "b1"]));
+}
+
+pub async fn peek_queued_shows_claim_order_and_claims_nothing(store: &dyn Store) {
+    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
+    submit(
+        store,
+        vec![
+            p("n1", Priority::Normal),
+            p("l1", Priority::Low),
+            p("c1", Priority::Critical),
+            spec("other", "elsewhere"),
+            p("n2", Priority::Normal),
+        ],
+        T0,
+    )
+    .await;
+    let peeked = store.peek_queued("work", 3).await.expect("peek");
+    let order: Vec<&str> = peeked.iter().map(|r| r.spec.task_id.as_str()).collect();
+    assert_eq!(order, ["c1", "n1", "n2"]);
+    assert!(peeked.iter().all(|r| r.state.status == Status::Queued));
+    assert_eq!(
+        peeked[0].spec,
+        p("c1", Priority::Critical),
+        "the whole spec"
+    );
+    // Nothing was claimed: the claim sees the same order.
+    assert_eq!(
+        claimed_ids(&claim(store, "work", 4, T0 + 1).await),
+        ids(&["c1", "n1", "n2", "l1"])
+    );
+    assert!(store
+        .peek_queued("work", 10)
+        .await
+        .expect("peek")
+        .is_empty());
+    assert!(store
+        .peek_queued("none", 10)
+        .await
+        .expect("peek")
+        .is_empty());
+}
+
+pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
+    submit(store, vec![spec("a", "work"), spec("b", "work")], T0).await;
+    let by_id = |agent: &str| Command::Claim {
+        agent_id: AgentId::from_trusted(agent),
+        lease_owner: format!("owner-{agent}"),
+        lease_deadline_ms: T0 + 60_000,
+    };
+    let (record, _) = applied(update_one(store, "b", by_id("x"), T0 + 1).await);
+    assert_eq!(record.state.status, Status::Running);
+    assert_eq!(record.state.attempt, 1);
+    assert_eq!(record.state.lease_owner.as_deref(), Some("owner-x"));
+    // Taken: a second claim of the same task (another replica's) is refused.
+    assert!(matches!(
+        update_one(store, "b", by_id("y"), T0 + 2).await,
+        UpdateOutcome::Refused(_)
+    ));
+    // It is no longer queued, and the claim path skips it.
+    let peeked = store.peek_queued("work", 10).await.expect("peek");
+    assert_eq!(peeked.len(), 1);
+    assert_eq!(peeked[0].spec.task_id.as_str(), "a");
+    assert_eq!(
+        claimed_ids(&claim(store, "work", 5, T0 + 3).await),
+        ids(&["a"])
+    );
+    // Its lease is the owner's: releasing the owner gives it back.
+    let released = store
+        .release_owner(
+            "owner-x",
+            Failure::new(FailureKind::AgentLost, "gone"),
+            T0 + 4,
+        )
+        .await
+        .expect("release");
+    assert_eq!(released, vec![id("b")]);
+}
+
+pub async fn yield_requeues_without_counting_the_attempt(store: &dyn Store) {
+    submit(
+        store,
+        vec![spec_with("y", "work", |s| s.retry = policy(1))],
+        T0,
+    )
+    .await;
+    let first = claim(store, "work", 1, T0 + 1).await;
+    assert_eq!(first[0].attempt, 1);
+    let yielded = Command::Yield {
+        attempt: 1,
+        reason: "preempted".into(),
+    };
+    let (record, effects) = applied(update_one(store, "y", yielded, T0 + 2).await);
+    assert_eq!(record.state.status, Status::Queued);
+    assert_eq!(effects, vec![Effect::Ready]);
+    assert_eq!(record.state.lease_owner, None);
+    let got = get(store, "y").await;
+    assert_eq!(got.state.status, Status::Queued);
+    assert_eq!(got.state.attempts_used(), 0);
+    assert_eq!(
+        store.queued_types().await.expect("types"),
+        vec!["work".to_string()]
+    );
+    let second = claim(store, "work", 1, T0 + 3).await;
+    assert_eq!(second[0].attempt, 2, "a fresh fencing token");
+    // The stopped attempt's late result is stale.
+    let late = Command::Succeed {
+        attempt: 1,
+        output: serde_json::json!("late"),
+    };
+    assert!(matches!(
+        update_one(store, "y", late, T0 + 4).await,
+        UpdateOutcome::Refused(_)
+    ));
 }
 
 pub async fn claim_starts_an_attempt(store: &dyn Store) {

@@ -361,6 +361,13 @@ pub trait Store: Send + Sync + 'static {
     /// Task types that have queued tasks.
     async fn queued_types(&self) -> Result<Vec<String>>;
 
+    /// Up to `limit` queued tasks of `task_type` in claim order (priority, then
+    /// submission), without claiming them: the scheduler reads them to decide
+    /// which task goes to which agent, then claims those by id with
+    /// `Command::Claim` through [`Store::update`], which refuses any another
+    /// replica took meanwhile.
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>>;
+
     /// Queued tasks per priority, keyed by `Priority::as_str`, non-zero entries only
     /// (metrics read it at scrape time; it may scan the queued tasks).
     async fn queued_by_priority(&self) -> Result<std::collections::BTreeMap<String, u64>>;

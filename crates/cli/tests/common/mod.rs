@@ -325,3 +325,52 @@ impl Api {
 pub fn echo(id: &str) -> Value {
     json!({"task_id": id, "task_type": "echo", "inputs": [{"type": "text", "data": "hello"}]})
 }
+
+/// Reads a server-sent event stream until the server closes it (at most `within`),
+/// returning every event in arrival order.
+pub async fn read_events(
+    base: &str,
+    path: &str,
+    within: Duration,
+) -> Vec<baton_agents::sse::SseEvent> {
+    let mut resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("the event stream opens");
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        resp.headers()
+    );
+    let mut parser = baton_agents::sse::SseParser::default();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{path} did not end within {within:?}; got {events:?}"))
+            .expect("the stream reads");
+        match chunk {
+            Some(bytes) => events.extend(parser.push(&bytes)),
+            None => {
+                events.extend(parser.finish());
+                return events;
+            }
+        }
+    }
+}
+
+/// The name of an event (`message` when it has none).
+pub fn event_name(e: &baton_agents::sse::SseEvent) -> &str {
+    e.event.as_deref().unwrap_or("message")
+}
+
+/// An event's data as JSON.
+pub fn event_data(e: &baton_agents::sse::SseEvent) -> Value {
+    serde_json::from_str(&e.data).unwrap_or_else(|_| panic!("event data is not json: {e:?}"))
+}
