@@ -650,13 +650,14 @@ impl<'a> Runner<'a> {
         self.collect_done();
         self.outbox.requeue_unacked();
         self.flush(&tx);
-        // An immediate heartbeat tells the server which attempts this agent still
-        // holds from before the reconnect.
-        self.send_heartbeat(&tx);
         let period = match registered.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms),
         };
+        self.load.set_heartbeat_interval(period);
+        // An immediate heartbeat tells the server which attempts this agent still
+        // holds from before the reconnect.
+        self.send_heartbeat(&tx);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -26,7 +26,8 @@
 //! ([`AgentBuilder::agent_type`], [`AgentBuilder::version`] as a semantic version,
 //! capabilities, tags, location, cost factor, weight), which discovery and routing
 //! read; its heartbeats carry its load: error rate and mean response time over its
-//! last 100 results (a permanent failure is the input's fault and not an error),
+//! last 100 results of the last five heartbeat intervals (a permanent failure is
+//! the input's fault and not an error),
 //! and the CPU share of its process on Linux.
 //!
 //! Each attempt runs inside a `tracing` span named `agent.attempt` for

@@ -3,8 +3,12 @@
 //! score.
 //!
 //! - `error_rate` and `response_time_ms` are taken over the last [`WINDOW`]
-//!   finished attempts (a plain sliding window, not a weighted average, so a
-//!   figure can be checked by hand). A permanent failure is the task's own fault
+//!   finished attempts that ended within the last [`MAX_AGE_HEARTBEATS`]
+//!   heartbeat intervals (a plain sliding window, not a weighted average, so a
+//!   figure can be checked by hand). The age bound is what lets an agent back in:
+//!   the server leaves an agent whose error rate is high out of routing, so it
+//!   gets no new results, and without it its last failures would count forever.
+//!   A permanent failure is the task's own fault
 //!   (bad input) and is left out of the error rate altogether, neither an error nor
 //!   a success, as the server's circuit breaker treats it; its duration still
 //!   counts in the response time, since the agent did spend that time answering.
@@ -19,9 +23,14 @@ use crate::handler::Outcome;
 use crate::FailureKind;
 use std::collections::VecDeque;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Results the error rate and response time are taken over.
 pub(crate) const WINDOW: usize = 100;
+
+/// Results older than this many heartbeat intervals no longer count (10 s with
+/// the server's default 2 s interval, 150 s with seed 004's 30 s).
+pub(crate) const MAX_AGE_HEARTBEATS: u32 = 5;
 
 /// A CPU figure over less wall time than this is too coarse (times come in ticks
 /// of 10 ms): the previous figure is reported instead.
@@ -53,24 +62,35 @@ impl Class {
     }
 }
 
-/// The last [`WINDOW`] results.
+/// The last [`WINDOW`] results, each with when it finished.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    results: VecDeque<(Class, Duration)>,
+    results: VecDeque<(Class, Duration, Instant)>,
 }
 
 impl Window {
-    pub(crate) fn record(&mut self, class: Class, elapsed: Duration) {
+    pub(crate) fn record(&mut self, class: Class, elapsed: Duration, finished: Instant) {
         if self.results.len() == WINDOW {
             self.results.pop_front();
         }
-        self.results.push_back((class, elapsed));
+        self.results.push_back((class, elapsed, finished));
+    }
+
+    /// Forgets results that finished `max_age` or longer before `now`.
+    pub(crate) fn expire(&mut self, now: Instant, max_age: Duration) {
+        while self
+            .results
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= max_age)
+        {
+            self.results.pop_front();
+        }
     }
 
     /// Errors over errors plus successes in the window; `None` when neither.
     pub(crate) fn error_rate(&self) -> Option<f64> {
         let (mut n_errors, mut n_counted) = (0u32, 0u32);
-        for (class, _) in &self.results {
+        for (class, _, _) in &self.results {
             match class {
                 Class::Success => n_counted += 1,
                 Class::Error => {
@@ -88,7 +108,7 @@ impl Window {
         if self.results.is_empty() {
             return None;
         }
-        let total: Duration = self.results.iter().map(|(_, d)| *d).sum();
+        let total: Duration = self.results.iter().map(|(_, d, _)| *d).sum();
         Some(total.as_secs_f64() * 1000.0 / self.results.len() as f64)
     }
 }
@@ -164,6 +184,8 @@ impl CpuSampler {
 pub(crate) struct Load {
     window: Window,
     cpu: CpuSampler,
+    /// [`MAX_AGE_HEARTBEATS`] heartbeat intervals of the current session.
+    max_age: Duration,
 }
 
 impl Load {
@@ -171,16 +193,24 @@ impl Load {
         Self {
             window: Window::default(),
             cpu: CpuSampler::new(),
+            max_age: Duration::from_secs(150),
         }
     }
 
-    /// One finished attempt and how long its handler ran.
+    /// The heartbeat interval the server asked for.
+    pub(crate) fn set_heartbeat_interval(&mut self, interval: Duration) {
+        self.max_age = interval * MAX_AGE_HEARTBEATS;
+    }
+
+    /// One attempt that just finished, and how long its handler ran.
     pub(crate) fn record(&mut self, outcome: &Outcome, elapsed: Duration) {
-        self.window.record(Class::of(outcome), elapsed);
+        self.window
+            .record(Class::of(outcome), elapsed, Instant::now());
     }
 
     /// The heartbeat's load fields as of now.
     pub(crate) fn heartbeat_fields(&mut self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        self.window.expire(Instant::now(), self.max_age);
         (
             self.cpu.sample(),
             self.window.error_rate(),
@@ -196,6 +226,11 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Records without a finishing time that matters.
+    fn record(w: &mut Window, class: Class, elapsed: Duration) {
+        w.record(class, elapsed, Instant::now());
     }
 
     #[test]
@@ -227,16 +262,20 @@ mod tests {
     fn permanent_failures_count_in_time_but_not_in_errors() {
         let mut w = Window::default();
         for _ in 0..3 {
-            w.record(Class::Success, ms(100));
+            record(&mut w, Class::Success, ms(100));
         }
-        w.record(Class::Error, ms(200));
-        w.record(Class::TaskFault, ms(50));
+        record(&mut w, Class::Error, ms(200));
+        record(&mut w, Class::TaskFault, ms(50));
         // 1 error out of 4 counted results; (300 + 200 + 50) / 5 ms.
         assert_eq!(w.error_rate(), Some(0.25));
         assert_eq!(w.response_time_ms(), Some(110.0));
 
         let mut only_faults = Window::default();
-        only_faults.record(Class::TaskFault, Duration::from_micros(1_500));
+        record(
+            &mut only_faults,
+            Class::TaskFault,
+            Duration::from_micros(1_500),
+        );
         assert_eq!(only_faults.error_rate(), None);
         assert_eq!(only_faults.response_time_ms(), Some(1.5));
     }
@@ -246,20 +285,48 @@ mod tests {
         let mut w = Window::default();
         // 50 errors of 1 s, then 100 successes of 10 ms: the errors slid out.
         for _ in 0..50 {
-            w.record(Class::Error, ms(1_000));
+            record(&mut w, Class::Error, ms(1_000));
         }
         for _ in 0..100 {
-            w.record(Class::Success, ms(10));
+            record(&mut w, Class::Success, ms(10));
         }
         assert_eq!(w.error_rate(), Some(0.0));
         assert_eq!(w.response_time_ms(), Some(10.0));
         // 20 more errors of 110 ms push out 20 successes.
         for _ in 0..20 {
-            w.record(Class::Error, ms(110));
+            record(&mut w, Class::Error, ms(110));
         }
         assert_eq!(w.error_rate(), Some(0.2));
         // (80 × 10 + 20 × 110) / 100 = 30 ms.
         assert_eq!(w.response_time_ms(), Some(30.0));
+    }
+
+    #[test]
+    fn results_age_out_so_a_failing_agent_can_come_back() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        w.record(Class::Error, ms(40), t0);
+        w.record(Class::Error, ms(60), t0 + ms(1_000));
+        w.record(Class::Success, ms(20), t0 + ms(3_000));
+        let max_age = ms(10_000);
+        w.expire(t0 + ms(9_999), max_age);
+        assert_eq!(w.error_rate(), Some(2.0 / 3.0));
+        assert_eq!(w.response_time_ms(), Some(40.0));
+        // The first error is 10 s old: gone.
+        w.expire(t0 + ms(10_000), max_age);
+        assert_eq!(w.error_rate(), Some(0.5));
+        assert_eq!(w.response_time_ms(), Some(40.0));
+        // Everything is: nothing to report, no penalty.
+        w.expire(t0 + ms(13_000), max_age);
+        assert_eq!(w.error_rate(), None);
+        assert_eq!(w.response_time_ms(), None);
+    }
+
+    #[test]
+    fn the_age_bound_follows_the_heartbeat_interval() {
+        let mut load = Load::new();
+        load.set_heartbeat_interval(ms(2_000));
+        assert_eq!(load.max_age, ms(10_000));
     }
 
     #[test]
