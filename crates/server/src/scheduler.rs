@@ -404,6 +404,9 @@ impl Sched {
         match self.breakers.phase(id, now) {
             Phase::Open => return None,
             Phase::HalfOpen if !self.breakers.allows(id, now) => return None,
+            // The probe goes through whatever the agent's own error rate says:
+            // that rate is what the failures that opened the breaker left behind.
+            Phase::HalfOpen => return Some(1),
             _ => {}
         }
         let health = self
@@ -413,11 +416,7 @@ impl Sched {
         if health < DEFAULT_MIN_HEALTH {
             return None;
         }
-        Some(if self.breakers.phase(id, now) == Phase::HalfOpen {
-            1
-        } else {
-            usize::MAX
-        })
+        Some(usize::MAX)
     }
 
     /// Counts a dispatch towards a half-open breaker's probes.
