@@ -78,8 +78,29 @@ impl HashRing {
         match self.members.binary_search(id) {
             Ok(_) => false,
             Err(at) => {
+                // Linear, without rehashing the others: shift the indices at and
+                // after `at`, then merge the new member's sorted points in.
                 self.members.insert(at, id.clone());
-                self.rebuild();
+                let at = at as u32;
+                for p in &mut self.points {
+                    if p.1 >= at {
+                        p.1 += 1;
+                    }
+                }
+                let mut new = self.points_of(id, at);
+                new.sort_unstable();
+                let old = std::mem::take(&mut self.points);
+                self.points = Vec::with_capacity(old.len() + new.len());
+                let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
+                while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+                    if x <= y {
+                        self.points.extend(a.next());
+                    } else {
+                        self.points.extend(b.next());
+                    }
+                }
+                self.points.extend(a);
+                self.points.extend(b);
                 true
             }
         }
@@ -90,7 +111,13 @@ impl HashRing {
         match self.members.binary_search(id) {
             Ok(at) => {
                 self.members.remove(at);
-                self.rebuild();
+                let at = at as u32;
+                self.points.retain(|p| p.1 != at);
+                for p in &mut self.points {
+                    if p.1 > at {
+                        p.1 -= 1;
+                    }
+                }
                 true
             }
             Err(_) => false,
@@ -115,14 +142,24 @@ impl HashRing {
         self.points.clear();
         self.points
             .reserve(self.members.len() * self.vnodes as usize);
-        for (m, id) in self.members.iter().enumerate() {
-            let base = stable_hash(id.as_str().as_bytes());
-            for v in 0..self.vnodes {
-                let point = mix(base ^ u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                self.points.push((point, m as u32));
-            }
+        for m in 0..self.members.len() {
+            let points = self.points_of(&self.members[m], m as u32);
+            self.points.extend(points);
         }
         self.points.sort_unstable();
+    }
+
+    /// The virtual nodes of one member, at member index `m`.
+    fn points_of(&self, id: &AgentId, m: u32) -> Vec<(u64, u32)> {
+        let base = stable_hash(id.as_str().as_bytes());
+        (0..self.vnodes)
+            .map(|v| {
+                (
+                    mix(base ^ u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    m,
+                )
+            })
+            .collect()
     }
 }
 
@@ -130,6 +167,29 @@ impl HashRing {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn adding_and_removing_one_by_one_equals_building_at_once() {
+        let all = ids(40);
+        let mut ring = HashRing::new(16);
+        for id in all.iter().rev() {
+            ring.add(id);
+        }
+        let built = HashRing::with_members(16, &all);
+        assert_eq!(ring.points, built.points);
+        for id in all.iter().step_by(3) {
+            ring.remove(id);
+        }
+        let mut kept: Vec<AgentId> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, id)| id.clone())
+            .collect();
+        kept.sort();
+        assert_eq!(ring.points, HashRing::with_members(16, &kept).points);
+        assert_eq!(ring.members, kept);
+    }
 
     fn ids(n: usize) -> Vec<AgentId> {
         (0..n)
