@@ -311,7 +311,7 @@ async fn a_breaker_opens_after_five_failures_and_closes_after_a_probe() {
     let dir = TempDir::new("sched-breaker");
     let server = start_with_config(
         &dir,
-        "[scheduler]\nbreaker_failures = 5\nbreaker_open_ms = 2000\n",
+        "[scheduler]\nbreaker_failures = 5\nbreaker_open_ms = 3000\n",
     );
     let api = Api::new(&server.http);
     let _agent = AgentProc::start(&server.grpc, "fail,echo", 1, "flaky");
@@ -340,7 +340,7 @@ async fn a_breaker_opens_after_five_failures_and_closes_after_a_probe() {
     // …and goes through as the probe once it half-opens, closing it again.
     let t = api.wait_done("after", Duration::from_secs(20)).await;
     assert_eq!(t["status"], "completed", "{t}");
-    assert!(opened.elapsed() >= Duration::from_millis(1_500));
+    assert!(opened.elapsed() >= Duration::from_millis(2_500));
     let agents = api.get("/api/v1/agents").await;
     assert_eq!(agents.body["agents"][0]["breaker"], "closed");
     // A permanent failure (the task's own fault) does not count against it.
@@ -367,7 +367,7 @@ async fn a_critical_task_preempts_and_the_stopped_task_keeps_its_attempts() {
     api.wait_agents(1).await;
     api.submit(
         json!({"task_id": "long", "task_type": "sleep", "priority": "low",
-        "metadata": {"sleep_ms": 1500}, "retry": {"max_attempts": 1}}),
+        "metadata": {"sleep_ms": 5000}, "retry": {"max_attempts": 1}}),
     )
     .await;
     api.wait_for("long", Duration::from_secs(10), |t| {
@@ -383,7 +383,7 @@ async fn a_critical_task_preempts_and_the_stopped_task_keeps_its_attempts() {
     let urgent = api.wait_done("urgent", Duration::from_secs(10)).await;
     assert_eq!(urgent["status"], "completed");
     assert!(
-        submitted.elapsed() < Duration::from_millis(1_400),
+        submitted.elapsed() < Duration::from_millis(4_000),
         "the critical task waited for the slot instead of preempting"
     );
     // With max_attempts 1 the stopped attempt would have dead-lettered it had it
