@@ -8,7 +8,7 @@ use baton_proto::v1;
 use common::*;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_stream::StreamExt;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -31,43 +31,6 @@ async fn setup(tag: &str, types: &str) -> (TempDir, Server, AgentProc, Api) {
     let api = Api::new(&server.http);
     api.wait_agents(1).await;
     (dir, server, agent, api)
-}
-
-async fn wait_run(api: &Api, run_id: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let r = api
-            .get(&format!("/api/v1/runs/{run_id}?include_outputs=true"))
-            .await;
-        if r.status == 200 && check(&r.body) {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {run_id} never reached the expected state: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn wait_finished(api: &Api, run_id: &str) -> Value {
-    wait_run(api, run_id, |r| {
-        !matches!(
-            r["status"].as_str(),
-            Some("running" | "paused" | "compensating")
-        )
-    })
-    .await
-}
-
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
 fn run_json(run: &v1::Run) -> Value {

@@ -374,3 +374,43 @@ pub fn event_name(e: &baton_agents::sse::SseEvent) -> &str {
 pub fn event_data(e: &baton_agents::sse::SseEvent) -> Value {
     serde_json::from_str(&e.data).unwrap_or_else(|_| panic!("event data is not json: {e:?}"))
 }
+
+/// Polls a workflow run (with outputs) until `check` holds, for up to 60 s.
+pub async fn wait_run(api: &Api, run_id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = api
+            .get(&format!("/api/v1/runs/{run_id}?include_outputs=true"))
+            .await;
+        if r.status == 200 && check(&r.body) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} never reached the expected state: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the run is no longer running, paused or compensating.
+pub async fn wait_finished(api: &Api, run_id: &str) -> Value {
+    wait_run(api, run_id, |r| {
+        !matches!(
+            r["status"].as_str(),
+            Some("running" | "paused" | "compensating")
+        )
+    })
+    .await
+}
+
+/// One step of a run view, by id.
+pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run}"))
+}
