@@ -7,19 +7,6 @@ use common::*;
 use serde_json::Value;
 use std::process::Command;
 
-fn baton(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BATON)
-        .args(args)
-        .env("BATON_SERVER", &server.http)
-        .output()
-        .expect("run baton");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[tokio::test]
 async fn submit_wait_list_get_dlq_and_agents_from_the_cli() {
     let dir = TempDir::new("cli");

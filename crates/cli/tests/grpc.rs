@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 
 async fn client(server: &Server) -> v1::baton_client::BatonClient<tonic::transport::Channel> {
-    v1::baton_client::BatonClient::new(channel(server).await)
+    v1::baton_client::BatonClient::new(grpc_channel(server).await)
 }
 
 fn task(task_type: &str) -> v1::TaskRequest {
@@ -174,21 +174,13 @@ async fn grpc_errors_match_rest_errors() {
     assert!(batch.results[1].created && batch.results[1].error.is_none());
 }
 
-async fn channel(server: &Server) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .expect("grpc connects")
-}
-
 type AgentTx = tokio::sync::mpsc::Sender<v1::AgentMessage>;
 
 async fn raw_agent(
     server: &Server,
     reg: v1::Register,
 ) -> (AgentTx, tonic::Streaming<v1::ServerMessage>) {
-    let mut c = v1::agent_service_client::AgentServiceClient::new(channel(server).await);
+    let mut c = v1::agent_service_client::AgentServiceClient::new(grpc_channel(server).await);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Register(reg)),
@@ -201,16 +193,6 @@ async fn raw_agent(
         .unwrap()
         .into_inner();
     (tx, stream)
-}
-
-async fn next(stream: &mut tonic::Streaming<v1::ServerMessage>) -> v1::server_message::Msg {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .unwrap()
-        .msg
-        .unwrap()
 }
 
 #[tokio::test]
@@ -229,7 +211,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
         },
     )
     .await;
-    match next(&mut s0).await {
+    match next_msg(&mut s0).await {
         v1::server_message::Msg::Error(e) => assert_eq!(e.code, "invalid_argument"),
         other => panic!("expected an error, got {other:?}"),
     }
@@ -242,7 +224,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
     };
     let (tx, mut stream) = raw_agent(&server, reg).await;
     assert!(matches!(
-        next(&mut stream).await,
+        next_msg(&mut stream).await,
         v1::server_message::Msg::Registered(_)
     ));
     for i in 0..5 {
@@ -252,7 +234,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
     // Never more than the two declared slots while nothing is returned.
     let mut held = Vec::new();
     while held.len() < 2 {
-        if let v1::server_message::Msg::Assignments(a) = next(&mut stream).await {
+        if let v1::server_message::Msg::Assignments(a) = next_msg(&mut stream).await {
             held.extend(a.assignments);
         }
     }
@@ -289,7 +271,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
     .await
     .unwrap();
     let acks = loop {
-        if let v1::server_message::Msg::Acks(a) = next(&mut stream).await {
+        if let v1::server_message::Msg::Acks(a) = next_msg(&mut stream).await {
             break a.acks;
         }
     };
@@ -320,7 +302,7 @@ async fn agent_protocol_respects_slots_and_fences_results() {
     let mut got_ack = false;
     let mut got_assignment = false;
     while !(got_ack && got_assignment) {
-        match next(&mut stream).await {
+        match next_msg(&mut stream).await {
             v1::server_message::Msg::Acks(a) => {
                 assert!(a.acks[0].accepted, "{a:?}");
                 got_ack = true;

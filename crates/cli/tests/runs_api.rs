@@ -7,7 +7,6 @@ mod common;
 use baton_proto::v1;
 use common::*;
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 
@@ -668,19 +667,6 @@ async fn rest_batch_starts_good_runs_and_reports_bad_ones_per_item() {
         let r = api.post("/api/v1/runs/batch", &body).await;
         assert_eq!(r.status, status, "{body:.80}: {}", r.body);
     }
-}
-
-fn baton(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BATON)
-        .args(args)
-        .env("BATON_SERVER", &server.http)
-        .output()
-        .expect("run baton");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AgentProc, Api, Server, TempDir};
+use common::{baton, grpc_channel, AgentProc, Api, Server, TempDir};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -162,12 +162,7 @@ burst = 1
     assert_eq!(bad.status, 400, "{}", bad.body);
 
     // Discovery over gRPC: the same answer, the same error for a bad range.
-    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = baton_proto::v1::baton_client::BatonClient::new(channel);
+    let mut grpc = baton_proto::v1::baton_client::BatonClient::new(grpc_channel(&server).await);
     let found = grpc
         .discover_agents(baton_proto::v1::DiscoverAgentsRequest {
             capabilities: vec!["echo".into(), "sleep".into()],
@@ -192,32 +187,23 @@ burst = 1
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     // The same through the CLI: discovery, and the scheduler view for people.
-    let baton = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(args)
-            .env("BATON_SERVER", &server.http)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let (ok, out, err) = baton(&["agents", "--capability", "sleep", "--limit", "1", "--json"]);
+    let (ok, out, err) = baton(
+        &server,
+        &["agents", "--capability", "sleep", "--limit", "1", "--json"],
+    );
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["agents"].as_array().unwrap().len(), 1, "{v}");
-    let (ok, out, _) = baton(&["agents"]);
+    let (ok, out, _) = baton(&server, &["agents"]);
     assert!(ok);
     assert!(
         out.contains("BREAKER") && out.contains("a1") && out.contains("closed"),
         "{out}"
     );
-    let (ok, _, err) = baton(&["agents", "--version-req", "not a range"]);
+    let (ok, _, err) = baton(&server, &["agents", "--version-req", "not a range"]);
     assert!(!ok);
     assert!(err.contains("version"), "{err}");
-    let (ok, out, _) = baton(&["scheduler"]);
+    let (ok, out, _) = baton(&server, &["scheduler"]);
     assert!(ok);
     assert!(
         out.contains("echo") && out.contains("scheduled") && out.contains("RATE KEY"),

@@ -10,7 +10,6 @@ use baton_proto::v1;
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio_stream::StreamExt;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -233,24 +232,6 @@ async fn llm_tokens_arrive_as_token_events_and_make_up_the_output() {
         .expect("a running event");
     let first_token = names.iter().position(|n| *n == "token").unwrap();
     assert!(running < first_token, "{names:?}");
-}
-
-async fn grpc_channel(server: &Server) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .expect("grpc connects")
-}
-
-async fn next_msg(stream: &mut tonic::Streaming<v1::ServerMessage>) -> v1::server_message::Msg {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .unwrap()
-        .msg
-        .unwrap()
 }
 
 fn progress(events: &[(&str, u32, &str, &str)]) -> v1::AgentMessage {

@@ -375,6 +375,18 @@ fn failure_kind_name(kind: FailureKind) -> &'static str {
     }
 }
 
+/// Refuses a command about any attempt but the one running now (the fencing token).
+fn running_attempt(state: &TaskState, attempt: u32) -> Result<(), Refusal> {
+    if state.status != Status::Running || attempt != state.attempt {
+        return Err(Refusal::StaleAttempt {
+            got: attempt,
+            current: state.attempt,
+            status: state.status,
+        });
+    }
+    Ok(())
+}
+
 /// Applies one command. Pure: the same inputs always give the same result.
 pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transition, Refusal> {
     let now = ctx.now;
@@ -442,13 +454,7 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             event(&mut next, EventKind::Started, Some(agent_id), None);
         }
         Command::Succeed { attempt, output } => {
-            if from != Status::Running || attempt != state.attempt {
-                return Err(Refusal::StaleAttempt {
-                    got: attempt,
-                    current: state.attempt,
-                    status: from,
-                });
-            }
+            running_attempt(state, attempt)?;
             let agent = next.agent_id.take();
             next.status = Status::Completed;
             next.lease_owner = None;
@@ -460,13 +466,7 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             effects.push(Effect::Finished(Status::Completed));
         }
         Command::Fail { attempt, failure } => {
-            if from != Status::Running || attempt != state.attempt {
-                return Err(Refusal::StaleAttempt {
-                    got: attempt,
-                    current: state.attempt,
-                    status: from,
-                });
-            }
+            running_attempt(state, attempt)?;
             let agent = next.agent_id.take();
             next.lease_owner = None;
             next.lease_deadline_ms = None;
@@ -565,13 +565,7 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             effects.push(Effect::Ready);
         }
         Command::Yield { attempt, reason } => {
-            if from != Status::Running || attempt != state.attempt {
-                return Err(Refusal::StaleAttempt {
-                    got: attempt,
-                    current: state.attempt,
-                    status: from,
-                });
-            }
+            running_attempt(state, attempt)?;
             let agent = next.agent_id.take();
             next.status = Status::Queued;
             next.lease_owner = None;

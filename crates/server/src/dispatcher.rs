@@ -1001,7 +1001,7 @@ impl Dispatcher {
         let mut st = self.lock();
         let now = now_ms();
         for spec in specs {
-            if spec.deadline_ms.is_some() || needs_decision(&st.sched, spec) {
+            if crate::scheduler::needs_decision(spec) {
                 st.sched.mark_scheduled(&spec.task_type, now);
             }
         }
@@ -1336,8 +1336,7 @@ impl Dispatcher {
             });
         }
         // Fast-path types with work and no free agent: is their head urgent?
-        if let Some(policy) = self.opts.policies.preempt {
-            let _ = policy;
+        if self.opts.policies.preempt.is_some() {
             for t in st.has_work.keys() {
                 if st.sched.is_scheduled(t, now) {
                     continue;
@@ -1469,7 +1468,7 @@ impl Dispatcher {
                         .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
-                        if c.spec.deadline_ms.is_some() || st.sched.must_reschedule(&c.spec) {
+                        if crate::scheduler::needs_decision(&c.spec) {
                             // Claimed in bulk but asks for a per-task decision:
                             // hand it back and switch its type.
                             st.sched.mark_scheduled(&c.spec.task_type, now);
@@ -2071,10 +2070,6 @@ fn unreserve(st: &mut State, p: &Placement) {
         s.reserved = s.reserved.saturating_sub(1);
     }
     st.running = st.running.saturating_sub(1);
-}
-
-fn needs_decision(sched: &Sched, spec: &TaskSpec) -> bool {
-    sched.must_reschedule(spec)
 }
 
 /// One line per task that ends: failures at info (dead-lettering at warn), the

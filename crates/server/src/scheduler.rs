@@ -239,6 +239,14 @@ pub fn needs_scheduling(hints: &Hints) -> bool {
         || hints.min_health != DEFAULT_MIN_HEALTH
 }
 
+/// Whether a task needs the scheduled path: a deadline (earliest deadline first
+/// within its priority) or scheduling metadata only a per-task decision honours.
+pub fn needs_decision(spec: &baton_core::TaskSpec) -> bool {
+    spec.deadline_ms.is_some()
+        || (may_need_scheduling(&spec.metadata)
+            && Hints::from_metadata(&spec.metadata).is_ok_and(|h| needs_scheduling(&h)))
+}
+
 /// A quick look before parsing: metadata without any scheduling key needs none.
 pub fn may_need_scheduling(metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
     use baton_core::sched::keys::*;
@@ -440,13 +448,6 @@ impl Sched {
     pub fn mark_scheduled(&mut self, task_type: &str, now: Millis) {
         self.scheduled_until
             .insert(task_type.to_string(), now + SCHEDULED_TTL_MS);
-    }
-
-    /// Whether a task claimed in bulk should go back because only a per-task
-    /// decision can honour what it asks.
-    pub fn must_reschedule(&self, spec: &baton_core::TaskSpec) -> bool {
-        may_need_scheduling(&spec.metadata)
-            && Hints::from_metadata(&spec.metadata).is_ok_and(|h| needs_scheduling(&h))
     }
 
     /// Routing view of an agent session.
@@ -719,25 +720,6 @@ impl Sched {
             self.budgets.spent(agent_type, now),
             self.budgets.limit(agent_type),
         )
-    }
-
-    pub fn scheduled_types(&self, now: Millis) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .scheduled_until
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .map(|(t, _)| t.clone())
-            .chain(
-                self.policies
-                    .types
-                    .iter()
-                    .filter(|(_, p)| p.needs_scheduling())
-                    .map(|(t, _)| t.clone()),
-            )
-            .collect();
-        out.sort();
-        out.dedup();
-        out
     }
 }
 

@@ -414,3 +414,40 @@ pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
         .find(|s| s["id"] == id)
         .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
+
+/// Runs the `baton` CLI against `server`: (succeeded, stdout, stderr).
+pub fn baton(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BATON)
+        .args(args)
+        .env("BATON_SERVER", &server.http)
+        .output()
+        .expect("run baton");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A gRPC channel to the server under test.
+pub async fn grpc_channel(server: &Server) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc connects")
+}
+
+/// The next message on an agent stream, within 10 s.
+pub async fn next_msg(
+    stream: &mut tonic::Streaming<baton_proto::v1::ServerMessage>,
+) -> baton_proto::v1::server_message::Msg {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .unwrap()
+        .msg
+        .unwrap()
+}
