@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// Runs in the chains scenario (fanout uses a quarter of it).
     #[arg(long, default_value_t = 4_000)]
     runs: usize,
+    /// Start the workflow scenarios' runs in batches of this many
+    /// (`POST /api/v1/runs/batch`, 4 in flight, like the peers' bulk add);
+    /// 0: one `POST /api/v1/runs` per run over --connections.
+    #[arg(long, default_value_t = 0)]
+    run_batch: usize,
     /// Offered rate of the latency scenario, tasks/s.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
@@ -351,26 +356,47 @@ async fn throughput_seq(
 /// Starts `n` runs of `def`, one request each with `connections` in flight, and
 /// waits until all their tasks completed.
 #[allow(clippy::too_many_arguments)]
+/// How the workflow scenarios start their runs.
+#[derive(Clone, Copy)]
+struct RunLoad {
+    /// Runs per `POST /api/v1/runs/batch`; 0: one `POST /api/v1/runs` each.
+    batch: usize,
+    /// Requests in flight when starting runs one at a time.
+    connections: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn runs(
     client: &Arc<Client>,
     def: &Value,
     steps: usize,
     n: usize,
-    connections: usize,
+    load: RunLoad,
     tag: &str,
     scenario: &str,
     unit: &str,
 ) -> Result<()> {
     let base = count(client, "completed").await?;
     let start = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| json!({"run_id": format!("{tag}-{i}"), "definition": def}))
+        .collect();
+    let (path, requests, in_flight): (&str, Vec<Value>, usize) = if load.batch > 0 {
+        let batches = bodies
+            .chunks(load.batch)
+            .map(|c| json!({"runs": c}))
+            .collect();
+        ("/api/v1/runs/batch", batches, 4)
+    } else {
+        ("/api/v1/runs", bodies, load.connections.max(1))
+    };
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut handles = Vec::with_capacity(requests.len());
+    for body in requests {
         let client = client.clone();
         let permit = sem.clone().acquire_owned().await?;
-        let body = json!({"run_id": format!("{tag}-{i}"), "definition": def});
         handles.push(tokio::spawn(async move {
-            let r = client.post("/api/v1/runs", &body).await;
+            let r = client.post(path, &body).await;
             drop(permit);
             r
         }));
@@ -384,7 +410,7 @@ async fn runs(
     line(scenario, n as f64 / secs, unit);
     eprintln!(
         "{}",
-        json!({"scenario": scenario, "runs": n, "steps_per_run": steps, "submit_s": submitted.as_secs_f64(), "total_s": secs})
+        json!({"scenario": scenario, "runs": n, "steps_per_run": steps, "run_batch": load.batch, "submit_s": submitted.as_secs_f64(), "total_s": secs})
     );
     Ok(())
 }
@@ -788,6 +814,10 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
         )
         .await
         .ok();
+        let run_load = RunLoad {
+            batch: args.run_batch,
+            connections: args.connections,
+        };
         for s in &args.scenarios {
             match s.as_str() {
                 "throughput" => {
@@ -842,7 +872,7 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
                         &def,
                         3,
                         args.runs,
-                        args.connections,
+                        run_load,
                         &format!("ch-{run_id}"),
                         "chains",
                         "chains/s",
@@ -861,7 +891,7 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
                         &def,
                         11,
                         args.runs / 4,
-                        args.connections,
+                        run_load,
                         &format!("fo-{run_id}"),
                         "fanout",
                         "runs/s",
@@ -880,7 +910,10 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
                         &def,
                         10_000,
                         1,
-                        1,
+                        RunLoad {
+                            batch: 0,
+                            connections: 1,
+                        },
                         &format!("wd-{run_id}"),
                         "wide",
                         "runs/s",

@@ -28,8 +28,35 @@ struct Slot {
     run: Run,
     revision: u64,
     outputs: HashMap<String, Value>,
+    /// Whether the stored record holds the definition in its own column.
+    def_stored: bool,
     /// When the run last moved; only runs quiet for a while are reconciled.
     advanced: Instant,
+}
+
+/// One round of a run's advance, between its planning and its write's outcome.
+struct Round {
+    /// The run before the round, restored if the write does not happen.
+    snapshot: Run,
+    cancel: Vec<TaskId>,
+    /// Task types of the tasks it submits (to wake the dispatcher).
+    types: Vec<String>,
+}
+
+/// What a run was before it moved: whether it was active, and its events seen.
+#[derive(Clone, Copy)]
+struct Mark {
+    active: bool,
+    events: u64,
+}
+
+impl Mark {
+    fn of(run: &Run) -> Mark {
+        Mark {
+            active: run.status.is_active(),
+            events: events_seen(run),
+        }
+    }
 }
 
 /// Most runs one batch may start (each run also stores its first tasks in the same
@@ -89,11 +116,10 @@ pub fn builtin_flows() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn body(run: &Run) -> Value {
-    json!({"run": run.to_value(), "definition": run.def.to_value()})
-}
-
-fn record_of(run: &Run, revision: u64) -> RunRecord {
+/// The stored record of a run: its state in `body`; its definition only when
+/// `with_definition` (the first write, or the first after a run stored before
+/// definitions had a column of their own); later writes keep the stored one.
+fn record_of(run: &Run, revision: u64, with_definition: bool) -> RunRecord {
     RunRecord {
         run_id: run.run_id.clone(),
         flow_name: run.flow.as_ref().map(|f| f.name.clone()),
@@ -102,13 +128,20 @@ fn record_of(run: &Run, revision: u64) -> RunRecord {
         revision,
         created_at_ms: run.created_at_ms,
         updated_at_ms: run.updated_at_ms,
-        body: body(run),
+        body: json!({"run": run.to_value()}),
+        definition: with_definition.then(|| run.def.to_value()),
     }
 }
 
-fn load_run(record: &RunRecord) -> Result<Run, Error> {
-    let def = FlowDef::reload(&record.body["definition"])?;
-    Run::load(&record.body["run"], def)
+/// A stored run, and whether its definition is in the definition column (older
+/// runs keep it in their document until their next write moves it).
+fn load_run(record: &RunRecord) -> Result<(Run, bool), Error> {
+    let def = record
+        .definition
+        .as_ref()
+        .unwrap_or(&record.body["definition"]);
+    let run = Run::load(&record.body["run"], FlowDef::reload(def)?)?;
+    Ok((run, record.definition.is_some()))
 }
 
 /// What a client asks for when it starts a run.
@@ -367,7 +400,8 @@ impl Engine {
         self.events.subscribe()
     }
 
-    /// Delivers finished tasks to their runs and dependents, in batches per run.
+    /// Delivers finished tasks to their runs and dependents: every run a batch
+    /// moves is advanced, and all of them are stored in one store write.
     async fn feed(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<TaskRecord>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 4096).await > 0 {
@@ -379,40 +413,100 @@ impl Engine {
                     by_run.entry(run_id).or_default().push(record);
                 }
             }
-            // Runs advance concurrently, so that their writes share group commits;
-            // each run's own events stay in order (one batch at a time, its slot locked).
-            let this = &self;
-            let deliveries = by_run.into_iter().map(|(run_id, records)| async move {
-                if let Err(e) = this.deliver(&run_id, records).await {
-                    tracing::warn!(run_id = %run_id, error = %e, "could not advance run");
-                }
-            });
-            futures::future::join_all(deliveries).await;
+            self.deliver(by_run).await;
             self.parents_finished(parents).await;
         }
     }
 
-    async fn deliver(&self, run_id: &str, records: Vec<TaskRecord>) -> Result<(), Error> {
-        let Some(slot) = self.slot(run_id).await? else {
-            return Ok(());
-        };
-        let mut slot = slot.lock().await;
-        let mut outcomes: Vec<TaskOutcome> = Vec::new();
-        for r in records {
-            if !slot.run.owns(r.spec.task_id.as_str()) {
+    /// Advances each run by its finished tasks: one round per run, all the runs'
+    /// writes in one `write_runs` call (so one writer operation, not one per run);
+    /// a run with more to do after it (tasks found already finished) goes on alone.
+    async fn deliver(&self, by_run: HashMap<String, Vec<TaskRecord>>) {
+        let mut held = Vec::with_capacity(by_run.len());
+        let mut ids: Vec<_> = by_run.into_iter().collect();
+        // One lock order for every multi-run caller.
+        ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (run_id, records) in ids {
+            match self.slot(&run_id).await {
+                Ok(Some(slot)) => held.push((slot, records)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(run_id = %run_id, error = %e, "could not load run"),
+            }
+        }
+        let mut guards = Vec::with_capacity(held.len());
+        for (slot, records) in &held {
+            guards.push((slot.lock().await, records));
+        }
+        let now = now_ms();
+        let mut planned = Vec::with_capacity(guards.len());
+        let mut writes = Vec::with_capacity(guards.len());
+        for (k, (slot, records)) in guards.iter_mut().enumerate() {
+            let mut cmds = Vec::new();
+            for r in records.iter() {
+                if !slot.run.owns(r.spec.task_id.as_str()) {
+                    continue;
+                }
+                if let Some(out) = &r.state.output {
+                    slot.outputs
+                        .insert(r.spec.task_id.as_str().to_string(), out.clone());
+                }
+                cmds.push(RunCommand::TaskFinished(outcome_of(r)));
+            }
+            if cmds.is_empty() {
                 continue;
             }
-            if let Some(out) = &r.state.output {
-                slot.outputs
-                    .insert(r.spec.task_id.as_str().to_string(), out.clone());
+            let mark = Mark::of(&slot.run);
+            match self.plan(slot, cmds, now) {
+                Ok((write, round)) => {
+                    writes.push(write);
+                    planned.push((k, mark, round));
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not advance run")
+                }
             }
-            outcomes.push(outcome_of(&r));
         }
+        if writes.is_empty() {
+            return;
+        }
+        let outcomes = match self.store.write_runs(writes, now).await {
+            Ok(o) if o.len() == planned.len() => o,
+            Ok(_) => {
+                tracing::warn!(
+                    "could not advance runs: the store answered the wrong number of outcomes"
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not advance runs");
+                Vec::new()
+            }
+        };
         if outcomes.is_empty() {
-            return Ok(());
+            // Nothing was stored: every run goes back to what is stored (the
+            // periodic reconcile delivers the tasks again).
+            for (k, _, round) in planned {
+                guards[k].0.run = round.snapshot;
+            }
+            return;
         }
-        let cmds = outcomes.into_iter().map(RunCommand::TaskFinished).collect();
-        self.apply_locked(&mut slot, cmds).await.map(|_| ())
+        let mut cancel = Vec::new();
+        for ((k, mark, round), outcome) in planned.into_iter().zip(outcomes) {
+            let slot = &mut *guards[k].0;
+            match self.settle(slot, round, Some(outcome), &mut cancel) {
+                Ok(more) if more.is_empty() => self.finish_apply(slot, mark, now),
+                Ok(more) => match self.rounds(slot, more, now).await {
+                    Ok(()) => self.finish_apply(slot, mark, now),
+                    Err(e) => {
+                        tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not advance run")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not advance run")
+                }
+            }
+        }
+        self.cancel_tasks(cancel).await;
     }
 
     /// The in-memory slot of a run, loading it from the store if needed.
@@ -429,12 +523,13 @@ impl Engine {
         let Some(record) = self.store.get_run(run_id).await? else {
             return Ok(None);
         };
-        let run = load_run(&record)?;
+        let (run, def_stored) = load_run(&record)?;
         let outputs = self.load_outputs(&run).await?;
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             run,
             revision: record.revision,
             outputs,
+            def_stored,
             advanced: Instant::now(),
         }));
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -459,82 +554,142 @@ impl Engine {
     /// stops, and feeds back tasks that were already finished (cache hits).
     async fn apply_locked(&self, slot: &mut Slot, cmds: Vec<RunCommand>) -> Result<Run, Error> {
         let now = now_ms();
-        let was_active = slot.run.status.is_active();
-        let before_events = events_seen(&slot.run);
-        let mut pending: Vec<RunCommand> = cmds;
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let mut submit = Vec::new();
-            let mut cancel = Vec::new();
-            let snapshot = slot.run.clone();
-            for cmd in pending.drain(..) {
-                let env = Env {
-                    now,
-                    outputs: &slot.outputs,
-                    default_timeout_ms: self.limits.default_timeout_ms,
-                    default_retry: &self.limits.default_retry,
-                };
-                let acts = engine::apply(&mut slot.run, cmd, &env).map_err(Error::from)?;
-                submit.extend(acts.submit);
-                cancel.extend(acts.cancel);
-            }
-            let types: Vec<String> = submit.iter().map(|t| t.task_type.clone()).collect();
-            let write = RunWrite {
-                record: record_of(&slot.run, slot.revision + 1),
-                expected_revision: Some(slot.revision),
-                tasks: submit,
-            };
-            let outcome = self.store.write_runs(vec![write], now).await;
-            let written = match outcome {
+        let mark = Mark::of(&slot.run);
+        self.rounds(slot, cmds, now).await?;
+        self.finish_apply(slot, mark, now);
+        Ok(slot.run.clone())
+    }
+
+    /// Rounds of apply-and-store until no command is left (tasks found finished
+    /// when submitted come back as commands), at most 64.
+    async fn rounds(&self, slot: &mut Slot, cmds: Vec<RunCommand>, now: u64) -> Result<(), Error> {
+        let mut pending = cmds;
+        for _ in 0..64 {
+            let (write, round) = self.plan(slot, pending, now)?;
+            let outcome = match self.store.write_runs(vec![write], now).await {
                 Ok(mut o) => o.pop(),
+                Err(e) => {
+                    slot.run = round.snapshot;
+                    return Err(e.into());
+                }
+            };
+            let mut cancel = Vec::new();
+            pending = self.settle(slot, round, outcome, &mut cancel)?;
+            self.cancel_tasks(cancel).await;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies commands to a locked run in memory; the write that stores the
+    /// result with the tasks it starts. On error the run is as it was.
+    fn plan(
+        &self,
+        slot: &mut Slot,
+        cmds: Vec<RunCommand>,
+        now: u64,
+    ) -> Result<(RunWrite, Round), Error> {
+        let snapshot = slot.run.clone();
+        let mut submit = Vec::new();
+        let mut cancel = Vec::new();
+        for cmd in cmds {
+            let env = Env {
+                now,
+                outputs: &slot.outputs,
+                default_timeout_ms: self.limits.default_timeout_ms,
+                default_retry: &self.limits.default_retry,
+            };
+            match engine::apply(&mut slot.run, cmd, &env) {
+                Ok(acts) => {
+                    submit.extend(acts.submit);
+                    cancel.extend(acts.cancel);
+                }
                 Err(e) => {
                     slot.run = snapshot;
                     return Err(e.into());
                 }
-            };
-            match written {
-                Some(RunWriteOutcome::Written(tasks)) => {
-                    count_submitted(&self.dispatcher, &tasks);
-                    slot.revision += 1;
-                    slot.advanced = Instant::now();
-                    self.dispatcher
-                        .work_arrived(types.iter().map(String::as_str));
-                    // Tasks that already existed and finished (a cached step, or a
-                    // resubmission after a crash) are fed back at once.
-                    for t in tasks {
-                        if let SubmitOutcome::Existing(r) = t {
-                            if r.state.status.is_terminal() {
-                                if let Some(out) = &r.state.output {
-                                    slot.outputs
-                                        .insert(r.spec.task_id.as_str().to_string(), out.clone());
-                                }
-                                pending.push(RunCommand::TaskFinished(outcome_of(&r)));
+            }
+        }
+        let mut types: Vec<String> = Vec::new();
+        for t in &submit {
+            if !types.contains(&t.task_type) {
+                types.push(t.task_type.clone());
+            }
+        }
+        let write = RunWrite {
+            record: record_of(&slot.run, slot.revision + 1, !slot.def_stored),
+            expected_revision: Some(slot.revision),
+            tasks: submit,
+        };
+        Ok((
+            write,
+            Round {
+                snapshot,
+                cancel,
+                types,
+            },
+        ))
+    }
+
+    /// After a round's write: the run's new revision and the tasks to cancel, or
+    /// back to what is stored on a conflict; the commands for tasks that were
+    /// already finished when submitted (a cached step, a resubmission after a crash).
+    fn settle(
+        &self,
+        slot: &mut Slot,
+        round: Round,
+        outcome: Option<RunWriteOutcome>,
+        cancel: &mut Vec<TaskId>,
+    ) -> Result<Vec<RunCommand>, Error> {
+        match outcome {
+            Some(RunWriteOutcome::Written(tasks)) => {
+                count_submitted(&self.dispatcher, &tasks);
+                slot.revision += 1;
+                slot.def_stored = true;
+                slot.advanced = Instant::now();
+                self.dispatcher
+                    .work_arrived(round.types.iter().map(String::as_str));
+                let mut pending = Vec::new();
+                for t in tasks {
+                    if let SubmitOutcome::Existing(r) = t {
+                        if r.state.status.is_terminal() {
+                            if let Some(out) = &r.state.output {
+                                slot.outputs
+                                    .insert(r.spec.task_id.as_str().to_string(), out.clone());
                             }
+                            pending.push(RunCommand::TaskFinished(outcome_of(&r)));
                         }
                     }
                 }
-                Some(RunWriteOutcome::Conflict(current)) => {
-                    // Another writer moved the run: reload it and let the caller retry.
-                    slot.run = snapshot;
-                    if let Some(rec) = current {
-                        slot.run = load_run(&rec)?;
-                        slot.revision = rec.revision;
-                    }
-                    return Err(Error::new(
-                        ErrorCode::Unavailable,
-                        "the run changed concurrently; try again",
-                    ));
-                }
-                None => return Err(Error::internal("the store answered no outcome")),
+                cancel.extend(round.cancel);
+                Ok(pending)
             }
-            self.cancel_tasks(cancel).await;
-            if pending.is_empty() || rounds > 64 {
-                break;
+            Some(RunWriteOutcome::Conflict(current)) => {
+                // Another writer moved the run: reload it and let the caller retry.
+                slot.run = round.snapshot;
+                if let Some(rec) = current {
+                    (slot.run, slot.def_stored) = load_run(&rec)?;
+                    slot.revision = rec.revision;
+                }
+                Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the run changed concurrently; try again",
+                ))
+            }
+            None => {
+                slot.run = round.snapshot;
+                Err(Error::internal("the store answered no outcome"))
             }
         }
-        self.publish(&slot.run, before_events);
-        if was_active && !slot.run.status.is_active() {
+    }
+
+    /// After a run moved: its events to watchers, its end counted, and a finished
+    /// run let go of.
+    fn finish_apply(&self, slot: &mut Slot, mark: Mark, now: u64) {
+        self.publish(&slot.run, mark.events);
+        if mark.active && !slot.run.status.is_active() {
             self.dispatcher.progress().end(&slot.run.run_id);
             let end = slot.run.finished_at_ms.unwrap_or(now);
             self.dispatcher.metrics().run_finished(
@@ -548,7 +703,6 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&slot.run.run_id);
         }
-        Ok(slot.run.clone())
     }
 
     async fn cancel_tasks(&self, ids: Vec<TaskId>) {
@@ -710,7 +864,7 @@ impl Engine {
             let mut writes = Vec::with_capacity(prepared.len());
             for (i, run, tasks) in prepared {
                 writes.push(RunWrite {
-                    record: record_of(&run, 1),
+                    record: record_of(&run, 1, true),
                     expected_revision: None,
                     tasks,
                 });
@@ -846,6 +1000,7 @@ impl Engine {
                         run: run.clone(),
                         revision: 1,
                         outputs: HashMap::new(),
+                        def_stored: true,
                         advanced: Instant::now(),
                     }));
                     self.slots
@@ -864,7 +1019,7 @@ impl Engine {
                 }
                 Ok((run, true))
             }
-            RunWriteOutcome::Conflict(Some(existing)) => Ok((load_run(&existing)?, false)),
+            RunWriteOutcome::Conflict(Some(existing)) => Ok((load_run(&existing)?.0, false)),
             RunWriteOutcome::Conflict(None) => {
                 Err(Error::internal("the store did not store the run"))
             }
@@ -874,6 +1029,9 @@ impl Engine {
     /// Sends a run's events from number `from` on (counted over the run's life, see
     /// [`events_seen`]) to the watchers.
     fn publish(&self, run: &Run, from: u64) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let seen = events_seen(run);
         let new = seen.saturating_sub(from).min(run.events.len() as u64) as usize;
         let first = run.events.len() - new;
@@ -1010,7 +1168,7 @@ impl Engine {
             .get_run(run_id)
             .await?
             .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
-        load_run(&record)
+        Ok(load_run(&record)?.0)
     }
 
     pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {
@@ -1029,7 +1187,7 @@ impl Engine {
             .get_run(run_id)
             .await?
             .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
-        let run = load_run(&record)?;
+        let run = load_run(&record)?.0;
         let outputs = self.load_outputs(&run).await?;
         Ok((run, outputs))
     }
@@ -1129,7 +1287,8 @@ impl Engine {
             }
         }
         if !done.is_empty() {
-            self.deliver(run_id, done).await?;
+            self.deliver(HashMap::from([(run_id.to_string(), done)]))
+                .await;
         }
         Ok(())
     }
@@ -1267,5 +1426,47 @@ fn outcome_of(r: &TaskRecord) -> TaskOutcome {
             .rev()
             .find_map(|e| e.agent_id.as_ref().map(|a| a.as_str().to_string())),
         duration_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain() -> Run {
+        let def = FlowDef::parse(&json!({"steps": [
+            {"id": "a", "task_type": "echo"},
+            {"id": "b", "task_type": "echo", "dependencies": ["a"]}
+        ]}))
+        .unwrap();
+        Run::new("r".into(), def, None, json!({"x": 1}), Priority::Normal, 5)
+    }
+
+    #[test]
+    fn the_definition_is_written_once_and_read_back() {
+        let run = chain();
+        let first = record_of(&run, 1, true);
+        assert_eq!(first.body.get("definition"), None);
+        let later = record_of(&run, 2, false);
+        assert_eq!(later.definition, None);
+        let stored = RunRecord {
+            definition: first.definition.clone(),
+            ..later
+        };
+        let (back, def_stored) = load_run(&stored).unwrap();
+        assert!(def_stored);
+        assert_eq!(back.to_value(), run.to_value());
+        assert_eq!(back.def.steps.len(), 2);
+    }
+
+    #[test]
+    fn a_run_stored_with_its_definition_in_the_document_still_loads() {
+        let run = chain();
+        let mut legacy = record_of(&run, 3, false);
+        legacy.body["definition"] = run.def.to_value();
+        let (back, def_stored) = load_run(&legacy).unwrap();
+        assert!(!def_stored, "the next write must store the definition");
+        assert_eq!(back.to_value(), run.to_value());
+        assert_eq!(back.def.steps[1].id, "b");
     }
 }

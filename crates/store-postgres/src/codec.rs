@@ -259,6 +259,7 @@ pub(crate) fn decode_run(row: &Row) -> Res<(i64, RunRecord)> {
     let created_at: i64 = column(row, 6, &what("created_at column"))?;
     let updated_at: i64 = column(row, 7, &what("updated_at column"))?;
     let body: RawJson<'_> = column(row, 8, &what("body column"))?;
+    let definition: Option<RawJson<'_>> = column(row, 9, &what("definition column"))?;
     let record = RunRecord {
         flow_name: column(row, 2, &what("flow_name column"))?,
         status: column(row, 3, &what("status column"))?,
@@ -267,6 +268,9 @@ pub(crate) fn decode_run(row: &Row) -> Res<(i64, RunRecord)> {
         created_at_ms: read_millis(created_at, &what("created_at"))?,
         updated_at_ms: read_millis(updated_at, &what("updated_at"))?,
         body: body.decode(|| what("body is not json"))?,
+        definition: definition
+            .map(|d| d.decode(|| what("definition is not json")))
+            .transpose()?,
         run_id: run_id.clone(),
     };
     Ok((seq, record))

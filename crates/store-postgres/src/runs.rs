@@ -30,7 +30,7 @@ macro_rules! select_flows {
 macro_rules! select_runs {
     ($tail:literal) => {
         concat!(
-            "SELECT seq, run_id, flow_name, status, active, revision, created_at, updated_at, body FROM runs ",
+            "SELECT seq, run_id, flow_name, status, active, revision, created_at, updated_at, body, definition FROM runs ",
             $tail
         )
     };
@@ -43,13 +43,14 @@ const FLOW_LATEST: &str = select_flows!("WHERE name = $1 ORDER BY version DESC L
 const FLOWS_ALL: &str = select_flows!("ORDER BY name, version");
 
 const INSERT_RUN: &str = "INSERT INTO runs
-        (run_id, flow_name, status, active, revision, created_at, updated_at, body)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        (run_id, flow_name, status, active, revision, created_at, updated_at, body, definition)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (run_id) DO NOTHING";
 /// Compare-and-set: a concurrent writer of the same run waits for the row lock,
 /// then finds the revision changed and updates nothing.
 const UPDATE_RUN: &str = "UPDATE runs SET flow_name = $2, status = $3, active = $4,
-        revision = $5, created_at = $6, updated_at = $7, body = $8
+        revision = $5, created_at = $6, updated_at = $7, body = $8,
+        definition = coalesce($10, definition)
     WHERE run_id = $1 AND revision = $9";
 const RUN_BY_ID: &str = select_runs!("WHERE run_id = $1");
 const ACTIVE_RUNS: &str = select_runs!("WHERE active ORDER BY seq");
@@ -176,6 +177,7 @@ async fn run(client: &impl GenericClient, run_id: &str) -> Res<Option<RunRecord>
 async fn write_run(tx: &Tx<'_>, write: &RunWrite) -> Res<bool> {
     let r = &write.record;
     let body = JsonParam::encode(&r.body)?;
+    let definition = r.definition.as_ref().map(JsonParam::encode).transpose()?;
     let new_revision = revision(r.revision)?;
     let (created_at, updated_at) = (millis(r.created_at_ms), millis(r.updated_at_ms));
     let written = match write.expected_revision {
@@ -192,6 +194,7 @@ async fn write_run(tx: &Tx<'_>, write: &RunWrite) -> Res<bool> {
                     &created_at,
                     &updated_at,
                     &body,
+                    &definition,
                 ],
             )
             .await?
@@ -210,6 +213,7 @@ async fn write_run(tx: &Tx<'_>, write: &RunWrite) -> Res<bool> {
                     &updated_at,
                     &body,
                     &revision(expected)?,
+                    &definition,
                 ],
             )
             .await?

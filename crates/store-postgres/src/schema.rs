@@ -69,6 +69,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     );
     INSERT INTO leadership VALUES ('duties', '', 0, 0);",
     ),
+    (
+        "a run's definition beside its document",
+        "ALTER TABLE runs ADD COLUMN definition JSONB;",
+    ),
 ];
 
 /// The schema version this build writes.

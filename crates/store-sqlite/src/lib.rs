@@ -488,7 +488,13 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let weight = writes.iter().map(|w| 1 + w.tasks.len()).sum();
-        self.write(weight, move |s| s.write_runs(writes, now)).await
+        // Encoded here, on the caller's thread, not on the one writer thread.
+        let texts = writes
+            .iter()
+            .map(|w| runs::RunText::encode(&w.record))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(weight, move |s| s.write_runs(writes, texts, now))
+            .await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {

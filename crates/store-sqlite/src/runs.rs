@@ -8,7 +8,7 @@ use baton_store::{Error, FlowOutcome, FlowRecord, Result, RunFilter, RunPage, Ru
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 const RUN_COLUMNS: &str =
-    "seq, run_id, flow_name, status, active, revision, created_at, updated_at, body";
+    "seq, run_id, flow_name, status, active, revision, created_at, updated_at, body, definition";
 
 fn json_text(value: &serde_json::Value) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Other(format!("cannot encode json: {e}")))
@@ -37,6 +37,14 @@ fn decode_run(row: &Row<'_>) -> rusqlite::Result<Result<(i64, RunRecord)>> {
     let seq: i64 = row.get(0)?;
     let run_id: String = row.get(1)?;
     let body: String = row.get(8)?;
+    let definition: Option<String> = row.get(9)?;
+    let definition = match definition {
+        Some(text) => match json_value(&text, &format!("run {run_id}'s definition")) {
+            Ok(v) => Some(v),
+            Err(e) => return Ok(Err(e)),
+        },
+        None => None,
+    };
     let record = RunRecord {
         flow_name: row.get(2)?,
         status: row.get(3)?,
@@ -45,6 +53,7 @@ fn decode_run(row: &Row<'_>) -> rusqlite::Result<Result<(i64, RunRecord)>> {
         created_at_ms: row.get::<_, i64>(6)? as Millis,
         updated_at_ms: row.get::<_, i64>(7)? as Millis,
         body: serde_json::Value::Null,
+        definition,
         run_id,
     };
     Ok(json_value(&body, &format!("run {}", record.run_id))
@@ -145,18 +154,35 @@ pub(crate) fn get_run(conn: &Connection, run_id: &str) -> Result<Option<RunRecor
     Ok(row.transpose()?.map(|(_, r)| r))
 }
 
-/// Writes a run if the stored revision is the expected one; `Err(current)` if not.
+/// A run's document and definition as the text columns hold them.
+pub(crate) struct RunText {
+    body: String,
+    definition: Option<String>,
+}
+
+impl RunText {
+    pub(crate) fn encode(record: &RunRecord) -> Result<RunText> {
+        Ok(RunText {
+            body: json_text(&record.body)?,
+            definition: record.definition.as_ref().map(json_text).transpose()?,
+        })
+    }
+}
+
+/// Writes a run (its columns from `record`, its text from `text`) if the stored
+/// revision is the expected one; `Err(current)` if not.
 pub(crate) fn check_and_write(
     conn: &Connection,
     record: &RunRecord,
+    text: &RunText,
     expected_revision: Option<u64>,
 ) -> Result<Result<(), Option<RunRecord>>> {
-    let body = json_text(&record.body)?;
+    let (body, definition) = (&text.body, &text.definition);
     let changed = match expected_revision {
         None => conn
             .prepare_cached(
-                "INSERT INTO runs (run_id, flow_name, status, active, revision, created_at, updated_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (run_id) DO NOTHING",
+                "INSERT INTO runs (run_id, flow_name, status, active, revision, created_at, updated_at, body, definition)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (run_id) DO NOTHING",
             )
             .map_err(sql_error)?
             .execute(params![
@@ -168,12 +194,13 @@ pub(crate) fn check_and_write(
                 millis(record.created_at_ms),
                 millis(record.updated_at_ms),
                 body,
+                definition,
             ])
             .map_err(sql_error)?,
         Some(expected) => {
             conn.prepare_cached(
                 "UPDATE runs SET flow_name = ?2, status = ?3, active = ?4, revision = ?5,
-                    updated_at = ?6, body = ?7
+                    updated_at = ?6, body = ?7, definition = coalesce(?9, definition)
                  WHERE run_id = ?1 AND revision = ?8",
             )
             .map_err(sql_error)?
@@ -186,6 +213,7 @@ pub(crate) fn check_and_write(
                 millis(record.updated_at_ms),
                 body,
                 expected as i64,
+                definition,
             ])
             .map_err(sql_error)?
         }

@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO leadership VALUES ('duties', '', 0, 0);",
+    // 5: a run's definition in a column of its own, written once with the run
+    // instead of inside the document every write rewrites (NULL for older runs,
+    // whose document still holds it).
+    "ALTER TABLE runs ADD COLUMN definition TEXT;",
 ];
 
 /// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.

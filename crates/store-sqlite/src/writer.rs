@@ -272,11 +272,17 @@ impl Session<'_> {
     pub(crate) fn write_runs(
         &mut self,
         writes: Vec<RunWrite>,
+        texts: Vec<crate::runs::RunText>,
         now: Millis,
     ) -> Result<Vec<RunWriteOutcome>> {
         let mut out = Vec::with_capacity(writes.len());
-        for write in writes {
-            match crate::runs::check_and_write(self.conn, &write.record, write.expected_revision)? {
+        for (write, text) in writes.into_iter().zip(texts) {
+            match crate::runs::check_and_write(
+                self.conn,
+                &write.record,
+                &text,
+                write.expected_revision,
+            )? {
                 Ok(()) => out.push(RunWriteOutcome::Written(self.submit(write.tasks, now)?)),
                 Err(current) => out.push(RunWriteOutcome::Conflict(current)),
             }

@@ -2326,6 +2326,7 @@ pub fn run_record(
         created_at_ms: now,
         updated_at_ms: now,
         body: json!({"steps": {"a": {"status": status}}, "n": revision}),
+        definition: Some(json!({"steps": [{"id": "a", "task_type": "t"}]})),
     }
 }
 
@@ -2355,9 +2356,11 @@ pub async fn runs_create_once_then_compare_and_set(store: &dyn Store) {
         .unwrap();
     assert_eq!(out, vec![RunWriteOutcome::Conflict(Some(r1.clone()))]);
 
-    // A write naming a stale revision conflicts; the right one applies.
+    // A write naming a stale revision conflicts; the right one applies. A write
+    // without a definition keeps the stored one.
     let mut r2 = run_record("r1", "completed", false, 2, 10);
     r2.updated_at_ms = 20;
+    r2.definition = None;
     let out = store
         .write_runs(
             vec![
@@ -2370,7 +2373,30 @@ pub async fn runs_create_once_then_compare_and_set(store: &dyn Store) {
         .unwrap();
     assert_eq!(out[0], RunWriteOutcome::Conflict(Some(r1.clone())));
     assert_eq!(out[1], RunWriteOutcome::Written(vec![]));
-    assert_eq!(store.get_run("r1").await.unwrap().unwrap(), r2);
+    let stored = store.get_run("r1").await.unwrap().unwrap();
+    assert_eq!(stored.definition, r1.definition);
+    assert_eq!(
+        stored,
+        RunRecord {
+            definition: r1.definition.clone(),
+            ..r2.clone()
+        }
+    );
+    // A write with a definition replaces it; one stored without any reads back None.
+    let mut r3 = run_record("r1", "completed", false, 3, 10);
+    r3.definition = Some(json!({"steps": []}));
+    store
+        .write_runs(vec![write(r3.clone(), Some(2), vec![])], 21)
+        .await
+        .unwrap();
+    assert_eq!(store.get_run("r1").await.unwrap().unwrap(), r3);
+    let mut bare = run_record("bare", "running", true, 1, 10);
+    bare.definition = None;
+    store
+        .write_runs(vec![write(bare.clone(), None, vec![])], 21)
+        .await
+        .unwrap();
+    assert_eq!(store.get_run("bare").await.unwrap().unwrap(), bare);
 
     // Updating a run that does not exist conflicts with nothing stored.
     let ghost = run_record("ghost", "running", true, 2, 10);

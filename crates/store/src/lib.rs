@@ -257,7 +257,12 @@ pub struct RunRecord {
     pub revision: u64,
     pub created_at_ms: Millis,
     pub updated_at_ms: Millis,
+    /// The engine's document: the run's state, rewritten by every write.
     pub body: serde_json::Value,
+    /// The run's definition, which never changes: written with the run (a write
+    /// with `None` keeps what is stored, so advancing a run does not rewrite it).
+    /// Reads give back what is stored: `None` only for a run stored without one.
+    pub definition: Option<serde_json::Value>,
 }
 
 /// Writes one run, and submits the tasks it starts, in one transaction.

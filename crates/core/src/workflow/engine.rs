@@ -18,6 +18,7 @@ use crate::{InputPart, Millis, Priority, RetryPolicy, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Most events kept on a run; older step events are dropped first (saga events stay).
 pub const MAX_EVENTS: usize = 2_000;
@@ -183,9 +184,10 @@ pub struct Run {
     pub finished_at_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The definition; stored beside the run by the caller, not inside it.
+    /// The definition; stored beside the run by the caller, not inside it. Shared,
+    /// so that a copy of the run (the caller's snapshot before a write) is cheap.
     #[serde(skip)]
-    pub def: FlowDef,
+    pub def: Arc<FlowDef>,
     /// task id -> (step index, sub-task index; `usize::MAX` for the compensation).
     #[serde(skip)]
     index: HashMap<String, (usize, usize)>,
@@ -318,7 +320,7 @@ impl Run {
             updated_at_ms: now,
             finished_at_ms: None,
             error: None,
-            def,
+            def: Arc::new(def),
             index: HashMap::new(),
         };
         run.event(now, "run_created", None, None);
@@ -334,7 +336,7 @@ impl Run {
                 "stored run does not match its definition",
             ));
         }
-        run.def = def;
+        run.def = Arc::new(def);
         run.rebuild_index();
         Ok(run)
     }
