@@ -7,7 +7,7 @@
 //! - `LOCK`: held with an exclusive file lock while a store has the directory open,
 //!   so that two servers never share one data directory.
 //!
-//! # Schema (version 2, tracked in `PRAGMA user_version`)
+//! # Schema (version 5, tracked in `PRAGMA user_version`)
 //!
 //! Two tables. `tasks` holds one small row per task, the only row a transition
 //! rewrites; `task_specs` holds the spec, written once at submit and only read after:
@@ -38,8 +38,12 @@
 //!   which carries the deadline: running tasks are bounded by the server's workers,
 //!   and one index fewer is maintained by every claim and result);
 //! - `tasks_retry_ready (ready_at) WHERE status = 2`: `next_wake` and `promote_due`;
-//! - `tasks_by_status (status, seq)` and `tasks_by_type (task_type, seq)`: listing,
-//!   newest first, and the counts at open.
+//! - `tasks_by_status (status, seq) WHERE status > 1` and `tasks_by_type
+//!   (task_type, seq)`: listing, newest first, and the counts at open. Queued and
+//!   running tasks are left out of the status index (schema version 5), so that
+//!   submits, claims and results do not maintain it: a task enters it once, when it
+//!   comes to rest. Queued tasks are listed and counted from `tasks_queued` (a
+//!   page is one pass over that index), running ones from `tasks_running_owner`.
 //!
 //! # Counts
 //!
@@ -575,6 +579,10 @@ mod tests {
             (writer::BY_ID, "sqlite_autoindex_tasks_1"),
             (reader::NEXT_WAKE, "tasks_retry_ready"),
             (reader::LIST_BY_STATUS, "tasks_by_status"),
+            (reader::LIST_QUEUED, "tasks_queued"),
+            (reader::LIST_QUEUED_BY_TYPE, "tasks_queued"),
+            (reader::LIST_RUNNING, "tasks_running_owner"),
+            (reader::LIST_RUNNING_BY_TYPE, "tasks_running_owner"),
             (reader::LIST_BY_TYPE, "tasks_by_type"),
             (reader::LIST_ALL, "INTEGER PRIMARY KEY"),
         ];

@@ -16,12 +16,40 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1_000;
 
 pub(crate) const LIST_ALL: &str = select_records!("WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
-pub(crate) const LIST_BY_STATUS: &str =
-    select_records!("WHERE status = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
+/// Statuses other than queued and running (`status > 1` repeats the partial
+/// index's condition, so that the planner may use it whatever `?3` is).
+pub(crate) const LIST_BY_STATUS: &str = select_records!(
+    "INDEXED BY tasks_by_status WHERE status = ?3 AND status > 1 AND seq < ?1 ORDER BY seq DESC LIMIT ?2"
+);
 pub(crate) const LIST_BY_TYPE: &str =
     select_records!("WHERE task_type = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
-pub(crate) const LIST_BY_BOTH: &str =
-    select_records!("WHERE status = ?3 AND task_type = ?4 AND seq < ?1 ORDER BY seq DESC LIMIT ?2");
+pub(crate) const LIST_BY_BOTH: &str = select_records!(
+    "WHERE status = ?3 AND status > 1 AND task_type = ?4 AND seq < ?1 ORDER BY seq DESC LIMIT ?2"
+);
+/// Queued and running tasks are not in `tasks_by_status`: the page is picked by
+/// `seq` from their own index (covering, no row read) before any row is read.
+/// Running tasks are bounded by the server's workers; a queued page costs one
+/// pass over the queued index (of the type, when one is given).
+pub(crate) const LIST_QUEUED: &str = select_records!(
+    "WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_queued
+        WHERE status = 0 AND seq < ?1 ORDER BY seq DESC LIMIT ?2)
+    ORDER BY seq DESC"
+);
+pub(crate) const LIST_QUEUED_BY_TYPE: &str = select_records!(
+    "WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_queued
+        WHERE status = 0 AND task_type = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2)
+    ORDER BY seq DESC"
+);
+pub(crate) const LIST_RUNNING: &str = select_records!(
+    "WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_running_owner
+        WHERE status = 1 AND seq < ?1 ORDER BY seq DESC LIMIT ?2)
+    ORDER BY seq DESC"
+);
+pub(crate) const LIST_RUNNING_BY_TYPE: &str = select_records!(
+    "WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_running_owner
+        WHERE status = 1 AND task_type = ?3 AND seq < ?1 ORDER BY seq DESC LIMIT ?2)
+    ORDER BY seq DESC"
+);
 pub(crate) const NEXT_WAKE: &str =
     "SELECT MIN(ready_at) FROM tasks INDEXED BY tasks_retry_ready WHERE status = 2";
 
@@ -114,17 +142,26 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<Page> {
     let fetch = limit as i64 + 1;
     let status = filter.status.map(Status::code);
     let task_type = filter.task_type.as_deref();
+    let (queued, running) = (Status::Queued.code(), Status::Running.code());
     let sql = match (status, task_type) {
         (None, None) => LIST_ALL,
+        (Some(s), None) if s == queued => LIST_QUEUED,
+        (Some(s), None) if s == running => LIST_RUNNING,
         (Some(_), None) => LIST_BY_STATUS,
         (None, Some(_)) => LIST_BY_TYPE,
+        (Some(s), Some(_)) if s == queued => LIST_QUEUED_BY_TYPE,
+        (Some(s), Some(_)) if s == running => LIST_RUNNING_BY_TYPE,
         (Some(_), Some(_)) => LIST_BY_BOTH,
     };
     let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
     let mut rows = match (status, task_type) {
         (None, None) => stmt.query(params![before, fetch]),
+        (Some(s), None) if s == queued || s == running => stmt.query(params![before, fetch]),
         (Some(status), None) => stmt.query(params![before, fetch, status]),
         (None, Some(task_type)) => stmt.query(params![before, fetch, task_type]),
+        (Some(s), Some(task_type)) if s == queued || s == running => {
+            stmt.query(params![before, fetch, task_type])
+        }
         (Some(status), Some(task_type)) => stmt.query(params![before, fetch, status, task_type]),
     }
     .map_err(sql_error)?;

@@ -93,7 +93,14 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO leadership VALUES ('duties', '', 0, 0);",
-    // 5: a run's definition in a column of its own, written once with the run
+    // 5: queued and running tasks leave the status index. Every submit, claim and
+    // result moved an entry of this full index; now only a task that comes to rest
+    // (retry wait, or an end) enters it. Queued tasks are listed and counted from
+    // `tasks_queued`, running ones (bounded by the server's workers) from
+    // `tasks_running_owner`.
+    "DROP INDEX tasks_by_status;
+    CREATE INDEX tasks_by_status ON tasks (status, seq) WHERE status > 1;",
+    // 6: a run's definition in a column of its own, written once with the run
     // instead of inside the document every write rewrites (NULL for older runs,
     // whose document still holds it).
     "ALTER TABLE runs ADD COLUMN definition TEXT;",

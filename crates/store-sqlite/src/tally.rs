@@ -20,13 +20,17 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Counts what the database holds: one pass over the status index and one over
-    /// the queued index.
+    /// Counts what the database holds: one pass over the status index (running
+    /// tasks from their owner index) and one over the queued index, which also
+    /// gives the queued count.
     pub(crate) fn load(conn: &Connection) -> Result<Tally> {
         let mut tally = Tally::default();
         let mut stmt = conn
             .prepare(
-                "SELECT status, COUNT(*) FROM tasks INDEXED BY tasks_by_status GROUP BY status",
+                "SELECT status, COUNT(*) FROM tasks INDEXED BY tasks_by_status
+                 WHERE status > 1 GROUP BY status
+                 UNION ALL
+                 SELECT 1, COUNT(*) FROM tasks INDEXED BY tasks_running_owner WHERE status = 1",
             )
             .map_err(sql_error)?;
         let mut rows = stmt.query([]).map_err(sql_error)?;
@@ -53,6 +57,7 @@ impl Tally {
             let n: i64 = row.get(1).map_err(sql_error)?;
             tally.queued_by_type.insert(task_type, n as u64);
         }
+        tally.by_status[usize::from(Status::Queued.code())] = tally.queued_by_type.values().sum();
         Ok(tally)
     }
 

@@ -340,3 +340,73 @@ async fn the_wal_stays_bounded_under_constant_writes_and_reads() {
     // near the autocheckpoint size (16 MiB) plus one batch.
     assert!(max_wal < 40 * 1024 * 1024, "WAL grew to {max_wal} bytes");
 }
+
+/// Queued and running tasks are not in the status index (schema version 5): they
+/// are still listed newest first, page by page, and counted when a store opens.
+#[tokio::test]
+async fn queued_and_running_tasks_are_listed_and_counted_without_the_status_index() {
+    use baton_core::Status;
+    use baton_store::ListFilter;
+
+    let store = SqliteStore::open_temp().expect("open");
+    let specs: Vec<_> = (0..7)
+        .map(|i| spec(&format!("t{i}"), if i % 2 == 0 { "even" } else { "odd" }))
+        .collect();
+    store.submit(specs, T0).await.expect("submit");
+    // t0 and t2 run; t0 then completes.
+    let claimed = store.claim(claim_request("even", 2)).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let done = Update {
+        task_id: TaskId::from_trusted("t0"),
+        command: Command::Succeed {
+            attempt: 1,
+            output: serde_json::json!({}),
+        },
+    };
+    store.update(vec![done], T0 + 2).await.expect("complete");
+
+    let list = |status: Status, task_type: Option<&str>, limit: usize| {
+        let store = &store;
+        let task_type = task_type.map(str::to_string);
+        async move {
+            let mut ids = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store
+                    .list(ListFilter {
+                        status: Some(status),
+                        task_type: task_type.clone(),
+                        limit,
+                        cursor,
+                    })
+                    .await
+                    .expect("list");
+                ids.extend(page.tasks.into_iter().map(|t| t.spec.task_id.to_string()));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    assert_eq!(
+        list(Status::Queued, None, 2).await,
+        ["t6", "t5", "t4", "t3", "t1"]
+    );
+    assert_eq!(list(Status::Queued, Some("even"), 1).await, ["t6", "t4"]);
+    assert_eq!(list(Status::Running, None, 1).await, ["t2"]);
+    assert_eq!(
+        list(Status::Running, Some("odd"), 10).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(list(Status::Completed, None, 10).await, ["t0"]);
+    assert_eq!(list(Status::Completed, Some("even"), 10).await, ["t0"]);
+
+    let before = store.counts().await.expect("counts");
+    let store = store.reopen().expect("reopen");
+    let after = store.counts().await.expect("counts");
+    assert_eq!(after, before, "the counts at open match the ones kept");
+    assert_eq!(after.by_status.get("queued"), Some(&5));
+    assert_eq!(after.by_status.get("running"), Some(&1));
+    assert_eq!(after.by_status.get("completed"), Some(&1));
+}
