@@ -1586,6 +1586,14 @@ impl Dispatcher {
                         session_id: id.clone(),
                     });
                 }
+                if window
+                    .iter()
+                    .any(|r| crate::scheduler::has_resources(&r.spec.metadata))
+                {
+                    // A task only some agents may take can wait here for long:
+                    // keep its type off the fast path meanwhile.
+                    st.sched.mark_scheduled(&look.task_type, now);
+                }
                 let decision = st.sched.decide(&look.task_type, &window, slots, now);
                 st.sched_left.insert(
                     look.task_type.clone(),
