@@ -275,6 +275,11 @@ pub struct AgentArgs {
     /// A label for `tag:` routing rules and discovery (repeatable, or comma-separated).
     #[arg(long = "tag", value_delimiter = ',')]
     tags: Vec<String>,
+    /// A `key=value` label that tasks' `resources` requirements are matched
+    /// against (`gpu=1`, `memory_mb=16384`, `zone=eu`; repeatable, or
+    /// comma-separated; also AGENT_LABELS).
+    #[arg(long = "label", env = "AGENT_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Region or zone (us-east-1), preferred by discovery queries that name it.
     #[arg(long)]
     location: Option<String>,
@@ -333,6 +338,7 @@ async fn agent_until_stopped(args: AgentArgs) -> Result<()> {
             .agent_version
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
         tags: args.tags,
+        labels: args.labels,
         location: args.location,
         cost_factor: args.cost_factor,
         weight: args.weight,
@@ -358,9 +364,17 @@ struct Descriptor {
     agent_type: Option<String>,
     version: String,
     tags: Vec<String>,
+    labels: Vec<(String, String)>,
     location: Option<String>,
     cost_factor: Option<f64>,
     weight: Option<f64>,
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{raw:?} is not key=value")),
+    }
 }
 
 impl Default for Descriptor {
@@ -369,6 +383,7 @@ impl Default for Descriptor {
             agent_type: None,
             version: env!("CARGO_PKG_VERSION").into(),
             tags: Vec::new(),
+            labels: Vec::new(),
             location: None,
             cost_factor: None,
             weight: None,
@@ -398,6 +413,9 @@ async fn run_builtin_agent(
     }
     for tag in descriptor.tags {
         builder = builder.tag(tag);
+    }
+    for (k, v) in descriptor.labels {
+        builder = builder.label(k, v);
     }
     if let Some(location) = descriptor.location {
         builder = builder.location(location);
@@ -448,7 +466,17 @@ mod tests {
             "2.5",
             "--version",
             "1.2.3",
+            "--label",
+            "gpu=1,zone=eu",
+            "--label",
+            "memory_mb=4096",
         ]);
+        assert_eq!(
+            a.labels,
+            [("gpu", "1"), ("zone", "eu"), ("memory_mb", "4096")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(Cmd::try_parse_from(["baton-agent", "--type", "echo", "--label", "gpu"]).is_err());
         assert_eq!(a.agent_type.as_deref(), Some("summarizer"));
         assert_eq!(a.tags, ["gpu", "eu", "prod"]);
         assert_eq!(a.location.as_deref(), Some("eu-west-1"));

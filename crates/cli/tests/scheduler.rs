@@ -1,11 +1,11 @@
 //! The scheduler end to end, through the real binary with agents as separate
 //! processes: routing strategies chosen per task, concurrency keys, rate-limit
-//! keys, circuit breakers, preemption, load shedding, discovery, the scheduler
-//! view, and the bad inputs that must change nothing.
+//! keys, resource requirements, circuit breakers, preemption, load shedding,
+//! discovery, the scheduler view, and the bad inputs that must change nothing.
 
 mod common;
 
-use common::{baton, grpc_channel, AgentProc, Api, Server, TempDir};
+use common::{baton, grpc_channel, step, wait_run, AgentProc, Api, Server, TempDir};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -436,4 +436,124 @@ async fn past_ninety_percent_the_lowest_priorities_are_shed_with_retry_after() {
     assert!(text.contains("resource_exhausted"), "{text}");
     assert_eq!(api.get("/api/v1/tasks/b-high").await.status, 200);
     assert_eq!(api.get("/api/v1/tasks/b-low").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_requirements_send_tasks_only_to_agents_whose_labels_satisfy_them() {
+    let dir = TempDir::new("sched-resources");
+    let server = Server::start(&dir.0.join("data"));
+    let api = Api::new(&server.http);
+    // Ties in load go to the lowest id: without the requirement, "a-plain"
+    // would take most of the work.
+    let _plain = AgentProc::start(&server.grpc, "echo", 4, "a-plain");
+    let _gpu = AgentProc::start_with_env(
+        &server.grpc,
+        "echo",
+        4,
+        "b-gpu",
+        &[("AGENT_LABELS", "gpu=1,zone=eu,memory_mb=16384")],
+    );
+    api.wait_agents(2).await;
+    let agents = api.get("/api/v1/agents").await.body;
+    let gpu = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == "b-gpu")
+        .unwrap();
+    assert_eq!(gpu["labels"]["zone"], "eu", "{gpu}");
+
+    let need = json!({"gpu": 1, "memory": "8Gi", "labels": {"zone": "eu"}});
+    for i in 0..12 {
+        api.submit(json!({"task_id": format!("gpu-{i}"), "task_type": "echo",
+            "payload": {"i": i}, "metadata": {"resources": need}}))
+            .await;
+        api.submit(json!({"task_id": format!("any-{i}"), "task_type": "echo"}))
+            .await;
+    }
+    let mut plain_used = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let t = api
+            .wait_done(&format!("gpu-{i}"), Duration::from_secs(30))
+            .await;
+        assert_eq!(t["status"], "completed", "{t}");
+        for e in t["agent_executions"].as_array().unwrap() {
+            assert_eq!(
+                e["agent_id"], "b-gpu",
+                "a task needing a GPU ran elsewhere: {t}"
+            );
+        }
+        let t = api
+            .wait_done(&format!("any-{i}"), Duration::from_secs(30))
+            .await;
+        assert_eq!(t["status"], "completed", "{t}");
+        plain_used.insert(agent_of(&t));
+    }
+    assert!(
+        plain_used.contains("a-plain"),
+        "tasks without requirements still use every agent: {plain_used:?}"
+    );
+
+    // A malformed requirement is refused at submission, every problem listed,
+    // and nothing is stored.
+    let bad = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"task_id": "bad-res", "task_type": "echo",
+                "metadata": {"resources": {"cpu": "lots", "gpus": 1}}}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.body["error"]["code"], "invalid_argument");
+    let fields: Vec<&str> = bad.body["error"]["details"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["metadata.resources.cpu", "metadata.resources.gpus"],
+        "{}",
+        bad.body
+    );
+    assert_eq!(api.get("/api/v1/tasks/bad-res").await.status, 404);
+
+    // A workflow: the step the labelled agent serves runs there; the step no
+    // agent can serve stays queued, and the run says why.
+    let started = api
+        .post(
+            "/api/v1/runs",
+            &json!({"run_id": "res-run", "definition": {"steps": [
+                {"id": "train", "task_type": "echo", "input": {"x": 1},
+                 "resources": {"gpu": 1, "labels": {"zone": "eu"}}},
+                {"id": "huge", "task_type": "echo", "dependencies": ["train"],
+                 "resources": {"gpu": 8}}]}}),
+        )
+        .await;
+    assert!(
+        started.status == 201 || started.status == 200,
+        "{}",
+        started.body
+    );
+    let run = wait_run(&api, "res-run", |r| {
+        step(r, "huge")["waiting_for"].is_string()
+    })
+    .await;
+    assert_eq!(step(&run, "train")["status"], "completed", "{run}");
+    assert_eq!(step(&run, "train")["agents"], json!(["b-gpu"]), "{run}");
+    let why = step(&run, "huge")["waiting_for"].as_str().unwrap();
+    assert!(why.contains("\"gpu\":8"), "{why}");
+    // Given time to be dispatched, it is still queued.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let huge = api.get("/api/v1/tasks/res-run:huge").await;
+    assert_eq!(huge.body["status"], "queued", "{}", huge.body);
+    let view = api.get("/api/v1/scheduler").await.body;
+    assert!(
+        view.to_string()
+            .contains("no connected agent of its type satisfies"),
+        "{view}"
+    );
+    let run = api.get("/api/v1/runs/res-run").await.body;
+    assert_eq!(step(&run, "huge")["status"], "running", "{run}");
 }

@@ -1,6 +1,7 @@
 //! End-to-end workflow tests through the real binary: flow registry, runs in every
 //! seed form, sagas, scatter-gather, pause/resume, retry from failure, task
-//! dependencies, and SIGKILL of the server in the middle of a run and of a saga.
+//! dependencies, large outputs passed by reference, and SIGKILL of the server in
+//! the middle of a run and of a saga.
 
 mod common;
 
@@ -504,4 +505,87 @@ async fn run_events_stream_as_server_sent_events() {
     assert!(kinds.contains(&"step_started"), "{text}");
     assert_eq!(kinds.last(), Some(&"run_completed"), "{text}");
     assert!(text.contains("event: end"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_output_reaches_ten_children_by_reference_not_by_copy() {
+    let (_d, _s, _a, api) = setup("wf-byref", "echo").await;
+    // About 1 MB, with some structure to select from.
+    let rows: Vec<Value> = (0..10_000)
+        .map(|i| json!({"n": i, "pad": "x".repeat(90)}))
+        .collect();
+    let mut steps =
+        vec![json!({"id": "big", "task_type": "echo", "input": {"rows": "${input.rows}"}})];
+    for c in 0..10 {
+        steps.push(
+            json!({"id": format!("c{c}"), "task_type": "echo", "dependencies": ["big"],
+            "input": {"child": c, "rows": "${steps.big.output.inputs[0].data.rows}",
+                      "first": "${steps.big.output.inputs[0].data.rows[1].n}"}}),
+        );
+    }
+    // A field that turns out absent fails its step alone (the run goes on).
+    steps.push(
+        json!({"id": "absent", "task_type": "echo", "dependencies": ["big"],
+        "input": {"x": "${steps.big.output.inputs[0].data.nope}"}}),
+    );
+    let r = api
+        .post(
+            "/api/v1/runs",
+            &json!({"run_id": "byref", "input": {"rows": rows},
+                "definition": {"on_failure": "continue", "steps": steps}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let run = wait_finished(&api, "byref").await;
+    let absent = step(&run, "absent");
+    assert_eq!(absent["status"], "failed");
+    assert_eq!(
+        absent["error"],
+        "input: steps.big.output.inputs[0].data.nope is absent"
+    );
+
+    let parent = api.get("/api/v1/tasks/byref:big?include_inputs=true").await;
+    assert!(parent.body["inputs"].to_string().len() > 1_000_000);
+    for c in 0..10 {
+        let s = step(&run, &format!("c{c}"));
+        assert_eq!(s["status"], "completed", "{}", s["error"]);
+        // The agent received the input as written, resolved, and no trace of
+        // the reference in the metadata.
+        let got = &s["output"]["inputs"][0]["data"];
+        assert_eq!(got["child"], c);
+        assert_eq!(got["first"], 1);
+        assert_eq!(got["rows"], json!(rows), "child {c} got other rows");
+        assert!(s["output"]["metadata"].get("input_refs").is_none());
+        assert_eq!(s["output"]["metadata"]["step_id"], format!("c{c}"));
+        // The stored task holds a reference, not a copy.
+        let t = api
+            .get(&format!("/api/v1/tasks/byref:c{c}?include_inputs=true"))
+            .await;
+        assert_eq!(t.status, 200, "{}", t.body);
+        let stored = t.body["inputs"].to_string();
+        assert!(
+            stored.len() < 1_000,
+            "child {c} stores {} bytes",
+            stored.len()
+        );
+        assert_eq!(t.body["inputs"][0]["data"]["rows"], Value::Null);
+        assert_eq!(t.body["inputs"][0]["data"]["first"], 1);
+        let refs = &t.body["metadata"]["input_refs"];
+        assert_eq!(
+            refs,
+            &json!([{"at": "/rows", "task_id": "byref:big",
+                     "ref": "steps.big.output.inputs[0].data.rows"}])
+        );
+    }
+
+    // A client may not write references of its own.
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"task_id": "sneaky", "task_type": "echo", "metadata": {"input_refs":
+                [{"at": "", "task_id": "byref:big", "ref": "steps.big.output"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "metadata.input_refs");
 }

@@ -44,6 +44,16 @@ impl App {
     pub fn parse(&self, value: &serde_json::Value, prefix: &str) -> Result<TaskSpec, Error> {
         let spec = TaskSpec::from_json(value, &self.limits, now_ms(), prefix)?;
         crate::scheduler::validate_hints(&spec.metadata)?;
+        if spec
+            .metadata
+            .contains_key(baton_core::workflow::refs::INPUT_REFS)
+        {
+            // It would let a client read any task's output into its own.
+            return Err(Error::invalid(
+                "metadata.input_refs is reserved: workflow steps pass outputs by reference",
+            )
+            .with_field("metadata.input_refs"));
+        }
         Ok(spec)
     }
 

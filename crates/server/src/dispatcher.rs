@@ -210,6 +210,8 @@ pub struct Dispatcher {
     leader: crate::leader::Leader,
     metrics: Arc<Metrics>,
     progress: crate::progress::Hub,
+    /// Outputs that claimed tasks' inputs refer to, read before assignment.
+    outputs: crate::input_refs::Outputs,
 }
 
 /// How often a fast-path type whose agents are all busy has its queue head
@@ -268,6 +270,7 @@ impl Dispatcher {
             finish_hook: std::sync::OnceLock::new(),
             metrics,
             progress: crate::progress::Hub::default(),
+            outputs: crate::input_refs::Outputs::default(),
         })
     }
 
@@ -1416,7 +1419,15 @@ impl Dispatcher {
                     now,
                 })
             });
-            let results = futures::future::join_all(claims).await;
+            let mut results = futures::future::join_all(claims).await;
+            let unfilled = self
+                .fill_inputs(
+                    results
+                        .iter_mut()
+                        .flat_map(|r| r.iter_mut().flatten())
+                        .map(|c| (&mut c.spec, c.attempt)),
+                )
+                .await;
             // Trace spans are started before the state lock is taken, in claim order.
             let mut traced = std::collections::VecDeque::new();
             if crate::telemetry::enabled() {
@@ -1468,6 +1479,10 @@ impl Dispatcher {
                         .tasks_scheduled(&p.task_type, claimed.len() as u64);
                     let mut assignments = Vec::with_capacity(claimed.len());
                     for c in claimed {
+                        if unfilled.contains(&c.spec.task_id) {
+                            traced.pop_front();
+                            continue;
+                        }
                         if crate::scheduler::needs_decision(&c.spec) {
                             // Claimed in bulk but asks for a per-task decision:
                             // hand it back and switch its type.
@@ -1586,6 +1601,14 @@ impl Dispatcher {
                         session_id: id.clone(),
                     });
                 }
+                if window
+                    .iter()
+                    .any(|r| crate::scheduler::has_resources(&r.spec.metadata))
+                {
+                    // A task only some agents may take can wait here for long:
+                    // keep its type off the fast path meanwhile.
+                    st.sched.mark_scheduled(&look.task_type, now);
+                }
                 let decision = st.sched.decide(&look.task_type, &window, slots, now);
                 st.sched_left.insert(
                     look.task_type.clone(),
@@ -1651,6 +1674,15 @@ impl Dispatcher {
                 return true;
             }
         };
+        let mut outcomes = outcomes;
+        let unfilled = self
+            .fill_inputs(outcomes.iter_mut().filter_map(|o| match o {
+                UpdateOutcome::Applied { record, .. } if record.state.status == Status::Running => {
+                    Some((&mut record.spec, record.state.attempt))
+                }
+                _ => None,
+            }))
+            .await;
         let mut outcomes = outcomes.into_iter();
         let mut finished = Vec::new();
         let mut orphans = Vec::new();
@@ -1667,6 +1699,14 @@ impl Dispatcher {
                             if record.state.status == Status::Running =>
                         {
                             record
+                        }
+                        Some(UpdateOutcome::Applied { record, .. })
+                            if unfilled.contains(&record.spec.task_id) =>
+                        {
+                            if let Some(k) = &p.concurrency_key {
+                                st.sched.release_key(k);
+                            }
+                            continue;
                         }
                         other => {
                             // Its deadline passed while queued (it failed), or
@@ -1820,6 +1860,59 @@ impl Dispatcher {
             .await;
             self.wake.notify_one();
         }
+    }
+
+    /// Fills in the step outputs the claimed tasks' inputs refer to
+    /// ([`crate::input_refs`]). A task whose reference cannot be satisfied fails
+    /// (permanently, with the reason); one whose output could not be read is
+    /// handed back. Returns both kinds, which must not be assigned.
+    async fn fill_inputs<'a>(
+        &self,
+        claimed: impl Iterator<Item = (&'a mut TaskSpec, u32)>,
+    ) -> std::collections::HashSet<TaskId> {
+        let mut attempts = HashMap::new();
+        let specs: Vec<&mut TaskSpec> = claimed
+            .filter(|(spec, _)| {
+                spec.metadata
+                    .contains_key(baton_core::workflow::refs::INPUT_REFS)
+            })
+            .map(|(spec, attempt)| {
+                attempts.insert(spec.task_id.clone(), attempt);
+                spec
+            })
+            .collect();
+        if specs.is_empty() {
+            return Default::default();
+        }
+        let unfilled = self.outputs.fill(&*self.store, specs).await;
+        let mut skip = std::collections::HashSet::new();
+        let mut hand_back = Vec::new();
+        for (task_id, why) in unfilled {
+            let attempt = attempts.get(&task_id).copied().unwrap_or(0);
+            skip.insert(task_id.clone());
+            match why {
+                crate::input_refs::Unfilled::Bad(message) => {
+                    tracing::info!(task_id = %task_id, error = %message, "input reference cannot be filled");
+                    self.fail_in_store(
+                        vec![(task_id, attempt)],
+                        Failure::new(FailureKind::Permanent, message),
+                    )
+                    .await;
+                }
+                crate::input_refs::Unfilled::Unreadable(e) => {
+                    tracing::warn!(task_id = %task_id, error = %e, "could not read the outputs an input refers to");
+                    hand_back.push((task_id, attempt));
+                }
+            }
+        }
+        if !hand_back.is_empty() {
+            self.yield_attempts(
+                hand_back,
+                "handed back: the outputs its input refers to could not be read",
+            )
+            .await;
+        }
+        skip
     }
 
     /// Sends attempts back to the queue without counting them (`Yield`).

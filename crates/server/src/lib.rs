@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod flow_tasks;
 pub mod grpc;
 pub mod grpc_runs;
+mod input_refs;
 pub mod leader;
 pub mod metered_store;
 pub mod metrics;

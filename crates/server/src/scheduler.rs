@@ -23,6 +23,7 @@ use baton_core::sched::registry::{self, Descriptor, HeartbeatLoad, Registry};
 use baton_core::sched::routing::Strategy;
 use baton_core::sched::routing::{self, cost_score, parse_rules, AgentView, Router, Snapshot};
 use baton_core::sched::Hints;
+use baton_core::workflow::def::Resources;
 use baton_core::{AgentId, Error, Millis, Priority, TaskId};
 use baton_proto::v1;
 use baton_store::TaskRecord;
@@ -213,6 +214,11 @@ pub fn descriptor_of(reg: &v1::Register, agent_id: AgentId) -> Result<Descriptor
     d.service_types = reg.service_types.iter().cloned().collect();
     d.endpoint = reg.endpoint.clone();
     d.tags = reg.tags.iter().cloned().collect::<BTreeSet<_>>();
+    d.labels = reg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     d.location = Some(reg.location.trim().to_string()).filter(|l| !l.is_empty());
     d.cost_factor = reg.cost_factor.unwrap_or(1.0);
     d.weight = reg.weight.unwrap_or(1.0);
@@ -240,11 +246,21 @@ pub fn needs_scheduling(hints: &Hints) -> bool {
 }
 
 /// Whether a task needs the scheduled path: a deadline (earliest deadline first
-/// within its priority) or scheduling metadata only a per-task decision honours.
+/// within its priority), resource requirements (only some agents may take it) or
+/// scheduling metadata only a per-task decision honours.
 pub fn needs_decision(spec: &baton_core::TaskSpec) -> bool {
     spec.deadline_ms.is_some()
+        || has_resources(&spec.metadata)
         || (may_need_scheduling(&spec.metadata)
             && Hints::from_metadata(&spec.metadata).is_ok_and(|h| needs_scheduling(&h)))
+}
+
+/// Whether the metadata names resource requirements (a non-empty `resources`).
+pub fn has_resources(metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
+    metadata
+        .get(baton_core::sched::keys::RESOURCES)
+        .and_then(|v| v.as_object())
+        .is_some_and(|o| !o.is_empty())
 }
 
 /// A quick look before parsing: metadata without any scheduling key needs none.
@@ -541,7 +557,22 @@ impl Sched {
             while let Some((key, (i, hints))) = queue.next(&running) {
                 let record = &window[i];
                 let key = (key != NO_KEY).then_some(key);
-                match self.place(
+                // Resource requirements: only agents whose labels satisfy them
+                // take part in this task's routing.
+                let need = match Resources::from_metadata(&record.spec.metadata) {
+                    Ok(need) => need,
+                    Err(e) => {
+                        decision
+                            .held
+                            .push((record.spec.task_id.clone(), e.message.clone()));
+                        continue;
+                    }
+                };
+                let (excluded, none_fits) = match &need {
+                    Some(need) => self.exclude_unfit(&mut snap, need),
+                    None => (Vec::new(), false),
+                };
+                let placed = self.place(
                     task_type,
                     record,
                     hints,
@@ -549,7 +580,22 @@ impl Sched {
                     &mut snap,
                     now,
                     &mut decision,
-                ) {
+                );
+                restore_routable(&mut snap, &excluded);
+                if none_fits && matches!(placed, Placed::NoAgent) {
+                    // Held, not starved: preempting would not help it.
+                    if let Some(need) = &need {
+                        decision.held.push((
+                            record.spec.task_id.clone(),
+                            format!(
+                                "no connected agent of its type satisfies its resources {}",
+                                serde_json::to_string(need).unwrap_or_default()
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+                match placed {
                     Placed::Yes(agent_id) => {
                         if let Some(k) = &key {
                             *running.entry(k.clone()).or_insert(0) += 1;
@@ -578,6 +624,27 @@ impl Sched {
             start = end;
         }
         self.finish(task_type, decision)
+    }
+
+    /// Takes the routable agents whose labels do not satisfy `need` out of
+    /// routing. Returns their positions (for [`restore_routable`]) and whether
+    /// no agent of the snapshot satisfies it at all.
+    fn exclude_unfit(&self, snap: &mut Snapshot, need: &Resources) -> (Vec<usize>, bool) {
+        let mut excluded = Vec::new();
+        let mut none_fits = true;
+        for (p, a) in snap.agents_mut().enumerate() {
+            let fits = self
+                .registry
+                .get(&a.agent_id)
+                .is_some_and(|r| need.satisfied_by(&r.descriptor.labels));
+            if fits {
+                none_fits = false;
+            } else if a.routable {
+                a.routable = false;
+                excluded.push(p);
+            }
+        }
+        (excluded, none_fits)
     }
 
     fn finish(&mut self, task_type: &str, decision: Decision) -> Decision {
@@ -723,6 +790,20 @@ impl Sched {
     }
 }
 
+/// Puts back the agents [`Sched::exclude_unfit`] took out.
+fn restore_routable(snap: &mut Snapshot, unfit: &[usize]) {
+    if unfit.is_empty() {
+        return;
+    }
+    let mut next = unfit.iter().peekable();
+    for (p, a) in snap.agents_mut().enumerate() {
+        if next.peek() == Some(&&p) {
+            a.routable = true;
+            next.next();
+        }
+    }
+}
+
 enum Placed {
     Yes(AgentId),
     /// No eligible agent has a free slot for it.
@@ -737,6 +818,34 @@ enum Placed {
 /// broadcast strategy (one task cannot run on many agents; a workflow scatter
 /// step does that) are refused there, not discovered at dispatch.
 pub fn validate_hints(metadata: &serde_json::Map<String, serde_json::Value>) -> Result<(), Error> {
+    let resources = Resources::from_metadata(metadata).map(|_| ());
+    let hints = validate_routing_hints(metadata);
+    match (hints, resources) {
+        (Ok(()), r) | (r, Ok(())) => r,
+        // Every problem at once: the routing keys' first, then the resources'.
+        (Err(e), Err(r)) => {
+            let problems = |e: &Error| {
+                e.details["problems"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let all: Vec<serde_json::Value> =
+                problems(&e).into_iter().chain(problems(&r)).collect();
+            let first = format!(
+                "{} {}",
+                all[0]["field"].as_str().unwrap_or_default(),
+                all[0]["message"].as_str().unwrap_or_default()
+            );
+            let message = format!("{first} (and {} more problems)", all.len() - 1);
+            Err(Error::invalid(message).with_details(serde_json::json!({ "problems": all })))
+        }
+    }
+}
+
+fn validate_routing_hints(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Error> {
     if !may_need_scheduling(metadata)
         && !metadata.contains_key(baton_core::sched::keys::ROUTING_KEY)
         && !metadata.contains_key(baton_core::sched::keys::ESTIMATED_COMPLEXITY)
@@ -954,6 +1063,137 @@ mod tests {
         assert_eq!(d.placements.len(), 2, "a2's two slots");
         // Half-open after 60 s: one probe.
         assert_eq!(s.admits_agent(&a1, 60_002), Some(1));
+    }
+
+    /// `sched` with a2 declaring `gpu = 2` and `zone = eu`, a1 nothing.
+    fn labelled() -> Sched {
+        let mut s = sched(SchedulerConfig::default());
+        let mut d = Descriptor::new(
+            AgentId::parse("a2").unwrap(),
+            "worker",
+            semver::Version::new(1, 0, 0),
+            2,
+        );
+        d.capabilities.insert("work".into());
+        d.labels = [("gpu", "2"), ("zone", "eu")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        s.on_register(d, 0).unwrap();
+        s
+    }
+
+    #[test]
+    fn resources_keep_tasks_to_agents_whose_labels_satisfy_them() {
+        let mut s = labelled();
+        let window = vec![
+            record("gpu-0", Priority::Normal, json!({"resources": {"gpu": 1}})),
+            record("plain", Priority::Normal, json!({})),
+            record(
+                "eu",
+                Priority::Normal,
+                json!({"resources": {"labels": {"zone": "eu"}}}),
+            ),
+            record("gpu-1", Priority::Normal, json!({"resources": {"gpu": 2}})),
+        ];
+        let d = s.decide("work", &window, slots(&s, &[]), 1);
+        let a2 = AgentId::parse("a2").unwrap();
+        for p in &d.placements {
+            let id = window[p.index].spec.task_id.as_str();
+            if id != "plain" {
+                assert_eq!(p.agent_id, a2, "{id} went to {}", p.agent_id);
+            }
+        }
+        // a2 has two slots: two of the three labelled tasks, and the plain one on a1.
+        assert_eq!(ids(&d, &window), ["gpu-0", "plain", "eu"]);
+        assert_eq!(d.placements[1].agent_id.as_str(), "a1");
+        // gpu-1 waits for a2 (busy), although a1 is free; it is not reported
+        // as unservable, nor as starved.
+        assert!(d.held.is_empty(), "{:?}", d.held);
+        assert_eq!(d.starved, None);
+        // Excluding agents for one task does not leave them out for the next.
+        let d = s.decide("work", &window[1..2], slots(&s, &[("a2", 2)]), 2);
+        assert_eq!(ids(&d, &window[1..2]), ["plain"]);
+    }
+
+    #[test]
+    fn a_requirement_no_agent_satisfies_is_held_with_why() {
+        let mut s = labelled();
+        let window = vec![
+            record("big", Priority::Critical, json!({"resources": {"gpu": 8}})),
+            record(
+                "zone",
+                Priority::Normal,
+                json!({"resources": {"labels": {"zone": "us"}}}),
+            ),
+            record("plain", Priority::Normal, json!({})),
+        ];
+        let d = s.decide("work", &window, slots(&s, &[]), 1);
+        assert_eq!(ids(&d, &window), ["plain"]);
+        let held: Vec<&str> = d.held.iter().map(|h| h.0.as_str()).collect();
+        assert_eq!(held, ["big", "zone"]);
+        assert!(d.held[0].1.contains("no connected agent"), "{:?}", d.held);
+        assert!(d.held[0].1.contains("\"gpu\":8"), "{:?}", d.held);
+        // A critical task nobody can serve does not preempt anything.
+        assert_eq!(d.starved, None);
+        // A malformed requirement (stored before validation existed) is held too.
+        let bad = vec![record(
+            "bad",
+            Priority::Normal,
+            json!({"resources": {"gpu": "x"}}),
+        )];
+        let d = s.decide("work", &bad, slots(&s, &[]), 2);
+        assert!(d.placements.is_empty());
+        assert!(
+            d.held[0].1.contains("metadata.resources.gpu"),
+            "{:?}",
+            d.held
+        );
+    }
+
+    #[test]
+    fn resources_need_a_decision_and_are_checked_at_submission() {
+        let mut spec = record("r", Priority::Normal, json!({"resources": {"cpu": 2}})).spec;
+        assert!(needs_decision(&spec));
+        spec.metadata.insert("resources".into(), json!({}));
+        assert!(!needs_decision(&spec));
+        let m = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert!(
+            validate_hints(&m(json!({"resources": {"cpu": 1.5, "memory": "8Gi",
+            "gpu": 1, "labels": {"zone": "eu"}}})))
+            .is_ok()
+        );
+        let e = validate_hints(&m(
+            json!({"resources": {"cpu": -1, "ram": 3, "labels": {"a": 1}}}),
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = e.details["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.resources.cpu",
+                "metadata.resources.labels.a",
+                "metadata.resources.ram"
+            ]
+        );
+        assert!(
+            e.message.starts_with("metadata.resources.cpu "),
+            "{}",
+            e.message
+        );
+        let e = validate_hints(&m(json!({"resources": 5, "min_health": 3}))).unwrap_err();
+        let fields: Vec<&str> = e.details["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["metadata.min_health", "metadata.resources"]);
+        assert!(e.message.contains("(and 1 more problems)"), "{}", e.message);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub mod keys {
     pub const RATE_LIMIT_KEY: &str = "rate_limit_key";
     /// Seed 001's `cost_budget`: the most this one task may cost.
     pub const COST_BUDGET: &str = "cost_budget";
+    /// What the agent must declare in its labels (`cpu`, `memory_mb`, `gpu`,
+    /// others by equality): [`crate::workflow::def::Resources`].
+    pub const RESOURCES: &str = "resources";
 }
 
 /// Default for [`Hints::min_health`] when a task sets none.

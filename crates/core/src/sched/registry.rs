@@ -87,6 +87,9 @@ pub struct Descriptor {
     pub endpoint: String,
     /// Free-form labels (content rules and discovery match them).
     pub tags: BTreeSet<String>,
+    /// Key-value labels (`gpu = 1`, `zone = eu`): a task's `resources`
+    /// requirement is matched against them at dispatch.
+    pub labels: BTreeMap<String, String>,
     /// Region or zone, matched by discovery's location preference.
     pub location: Option<String>,
     /// Seed 001's `cost_factor`: price per hour of work, in the budget's unit.
@@ -114,6 +117,7 @@ impl Descriptor {
             service_types: BTreeSet::new(),
             endpoint: String::new(),
             tags: BTreeSet::new(),
+            labels: BTreeMap::new(),
             location: None,
             cost_factor: 1.0,
             weight: 1.0,

@@ -106,6 +106,35 @@ impl Resources {
             && self.gpu.is_none_or(|g| g == 0 || num("gpu") >= g as f64)
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
+
+    /// A task's requirement from its metadata key `resources` (the step's format:
+    /// `cpu`, `memory_mb` or `memory`, `gpu`, `labels`). `None` when the key is
+    /// absent, null or asks for nothing; every malformed field is reported at once
+    /// (`details.problems[].field` = `metadata.resources.<field>`).
+    pub fn from_metadata(metadata: &Map<String, Value>) -> Result<Option<Resources>, Error> {
+        let Some(v) = metadata
+            .get(crate::sched::keys::RESOURCES)
+            .filter(|v| !v.is_null())
+        else {
+            return Ok(None);
+        };
+        let mut p = Problems::default();
+        let r = parse_resources(&mut p, "metadata.resources", v);
+        if p.0.is_empty() {
+            return Ok(Some(r).filter(|r| !r.is_empty()));
+        }
+        // The shape of the other metadata keys' errors (`sched::Hints`).
+        let (field, msg) = &p.0[0];
+        let message = match p.0.len() {
+            1 => format!("{field} {msg}"),
+            n => format!("{field} {msg} (and {} more problems)", n - 1),
+        };
+        let list: Vec<Value> =
+            p.0.iter()
+                .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
+                .collect();
+        Err(Error::invalid(message).with_details(serde_json::json!({ "problems": list })))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,10 +9,12 @@
 //!
 //! Outputs are not copied into the run: a step's output lives in its task (or, for
 //! map, loop and scatter steps, is derived from its tasks' outputs), and the caller
-//! supplies them through [`Outputs`].
+//! supplies them through [`Outputs`]. A large one is not copied into the children's
+//! tasks either: [`super::refs`] leaves a reference that the dispatcher fills in.
 
 use super::def::{Aggregate, Compensation, FlowDef, OnFailure};
 use super::expr::{self, EvalError, Scope};
+use super::refs;
 use crate::lifecycle::Status;
 use crate::{InputPart, Millis, Priority, RetryPolicy, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
@@ -711,6 +713,31 @@ fn make_task(
     }
 }
 
+/// Metadata entries a step's task gets besides the step's own.
+type Extra = Vec<(&'static str, Value)>;
+
+/// Renders a step's input for its task. A large value that is exactly one
+/// reference to the output of a step whose output is one task's (not a map or
+/// scatter step) stays a reference, filled in at dispatch: the metadata entry
+/// returned names the task and the path (see [`super::refs`]).
+fn render_input(scope: &StepScope<'_>, template: &Value) -> Result<(Value, Extra), EvalError> {
+    let run = scope.run;
+    let task_of = |step: &str| {
+        let &k = run.def.index.get(step)?;
+        let d = &run.def.steps[k];
+        if d.map.is_some() || d.scatter.is_some() {
+            return None;
+        }
+        run.steps[k].tasks.last().map(|t| t.task_id.clone())
+    };
+    let (input, refs) = refs::render(template, scope, &task_of, refs::BY_REFERENCE_BYTES)?;
+    if refs.is_empty() {
+        return Ok((input, Vec::new()));
+    }
+    let refs = serde_json::to_value(refs).unwrap_or(Value::Null);
+    Ok((input, vec![(refs::INPUT_REFS, refs)]))
+}
+
 /// Cached steps share one task per (task type, input): a later identical step, in this
 /// run or another, finds it completed and reuses its output.
 fn cache_task_id(task_type: &str, input: &Value) -> String {
@@ -915,14 +942,21 @@ fn start_step(run: &mut Run, i: usize, env: &Env<'_>, acts: &mut Actions) {
         start_iteration(run, i, 0, &base, env, acts);
         return;
     }
-    let input = match expr::render(
-        &def.input,
-        &StepScope {
-            run,
-            env,
-            extra: Map::new(),
-        },
-    ) {
+    // A cached step's id is a hash of its whole input: no references there.
+    let cached = def
+        .cache_strategy
+        .is_some_and(|c| c != super::def::CacheStrategy::None);
+    let scope = StepScope {
+        run,
+        env,
+        extra: Map::new(),
+    };
+    let rendered = if cached {
+        expr::render(&def.input, &scope).map(|v| (v, Vec::new()))
+    } else {
+        render_input(&scope, &def.input)
+    };
+    let (input, by_ref) = match rendered {
         Ok(v) => v,
         Err(e) => {
             finish_step(run, i, StepStatus::Failed, Some(format!("input: {e}")), now);
@@ -932,23 +966,19 @@ fn start_step(run: &mut Run, i: usize, env: &Env<'_>, acts: &mut Actions) {
     if let Some(sc) = &def.scatter {
         run.steps[i].total = sc.count;
         for r in 0..sc.count {
-            let spec = make_task(
-                run,
-                i,
-                format!("{base}:r{r}"),
-                input.clone(),
-                &[("replica", json!(r))],
-                env,
-            );
+            let mut extra = by_ref.clone();
+            extra.push(("replica", json!(r)));
+            let spec = make_task(run, i, format!("{base}:r{r}"), input.clone(), &extra, env);
             add_task(run, i, spec, acts);
         }
         return;
     }
-    let id = match def.cache_strategy {
-        Some(c) if c != super::def::CacheStrategy::None => cache_task_id(&def.task_type, &input),
-        _ => base,
+    let id = if cached {
+        cache_task_id(&def.task_type, &input)
+    } else {
+        base
     };
-    let spec = make_task(run, i, id, input, &[], env);
+    let spec = make_task(run, i, id, input, &by_ref, env);
     add_task(run, i, spec, acts);
 }
 
@@ -966,10 +996,10 @@ fn start_map_item(
         .into_iter()
         .collect();
     let template = run.def.steps[i].input.clone();
-    let input = if template.is_null() {
-        extra["item"].clone()
+    let (input, mut by_ref) = if template.is_null() {
+        (extra["item"].clone(), Vec::new())
     } else {
-        match expr::render(&template, &StepScope { run, env, extra }) {
+        match render_input(&StepScope { run, env, extra }, &template) {
             Ok(v) => v,
             Err(e) => {
                 finish_step(
@@ -984,14 +1014,8 @@ fn start_map_item(
             }
         }
     };
-    let spec = make_task(
-        run,
-        i,
-        format!("{base}:m{k}"),
-        input,
-        &[("item_index", json!(k))],
-        env,
-    );
+    by_ref.push(("item_index", json!(k)));
+    let spec = make_task(run, i, format!("{base}:m{k}"), input, &by_ref, env);
     add_task(run, i, spec, acts);
     true
 }
@@ -1009,16 +1033,10 @@ fn start_iteration(run: &mut Run, i: usize, k: u32, base: &str, env: &Env<'_>, a
     .into_iter()
     .collect();
     let template = run.def.steps[i].input.clone();
-    match expr::render(&template, &StepScope { run, env, extra }) {
-        Ok(input) => {
-            let spec = make_task(
-                run,
-                i,
-                format!("{base}:i{k}"),
-                input,
-                &[("iteration", json!(k))],
-                env,
-            );
+    match render_input(&StepScope { run, env, extra }, &template) {
+        Ok((input, mut by_ref)) => {
+            by_ref.push(("iteration", json!(k)));
+            let spec = make_task(run, i, format!("{base}:i{k}"), input, &by_ref, env);
             add_task(run, i, spec, acts);
         }
         Err(e) => finish_step(
