@@ -1001,6 +1001,9 @@ impl Dispatcher {
     /// Submissions that need per-task decisions switch their type to the
     /// scheduled path before their work is announced.
     pub fn note_submitted(&self, specs: &[TaskSpec]) {
+        if !specs.iter().any(crate::scheduler::needs_decision) {
+            return;
+        }
         let mut st = self.lock();
         let now = now_ms();
         for spec in specs {

@@ -618,6 +618,7 @@ impl Engine {
                 types.push(t.task_type.clone());
             }
         }
+        self.dispatcher.note_submitted(&submit);
         let write = RunWrite {
             record: record_of(&slot.run, slot.revision + 1, !slot.def_stored),
             expected_revision: Some(slot.revision),
@@ -872,6 +873,7 @@ impl Engine {
             }
             let mut types: Vec<String> = Vec::new();
             for w in &writes {
+                self.dispatcher.note_submitted(&w.tasks);
                 for t in &w.tasks {
                     if !types.contains(&t.task_type) {
                         types.push(t.task_type.clone());
