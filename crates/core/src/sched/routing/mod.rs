@@ -361,9 +361,21 @@ struct Filter<'a> {
 impl Filter<'_> {
     #[inline]
     fn admits(&self, i: usize) -> bool {
-        self.flags[i] & self.need == self.need
-            && self.health[i] >= self.min_health
-            && self.task_type.is_none_or(|t| self.agents[i].serves(t))
+        self.flags_and_health(i) && self.serves(i)
+    }
+
+    /// The flags and health part, without branches: whether an agent passes is
+    /// close to random in a scan, so a mispredicted branch per agent would cost
+    /// more than the test. The scans below combine it with `&`.
+    #[inline]
+    fn flags_and_health(&self, i: usize) -> bool {
+        (self.flags[i] & self.need == self.need) & (self.health[i] >= self.min_health)
+    }
+
+    /// The task type part, for a snapshot that was not built for it.
+    #[inline]
+    fn serves(&self, i: usize) -> bool {
+        self.task_type.is_none_or(|t| self.agents[i].serves(t))
     }
 }
 
@@ -467,19 +479,20 @@ fn least_loaded_where(
     let d = &snap.dense;
     let n = snap.len();
     let (in_flight, max) = (&d.in_flight[..n], &d.max_concurrency[..n]);
-    let mut best: Option<(usize, f64, u32)> = None;
+    // `usize::MAX`: none yet. Keys are computed for every agent (an eligible one
+    // has a limit above its in-flight count, so the values are the real ones)
+    // and only the rare improvement branches.
+    let (mut bi, mut bl, mut bf) = (usize::MAX, 0.0, 0u32);
     for i in 0..n {
-        if !f.admits(i) || !admit(i) {
-            continue;
-        }
-        // Eligible, so the limit is above the in-flight count (and above 0).
-        let load = f64::from(in_flight[i]) / f64::from(max[i]);
-        let free = max[i] - in_flight[i];
-        if best.is_none_or(|(_, bl, bf)| load < bl || (load == bl && free > bf)) {
-            best = Some((i, load, free));
+        let limit = max[i].max(1);
+        let load = f64::from(in_flight[i]) / f64::from(limit);
+        let free = limit.saturating_sub(in_flight[i]);
+        let better = (bi == usize::MAX) | (load < bl) | ((load == bl) & (free > bf));
+        if f.flags_and_health(i) & better & admit(i) && f.serves(i) {
+            (bi, bl, bf) = (i, load, free);
         }
     }
-    best.map(|(i, _, _)| i)
+    (bi != usize::MAX).then_some(bi)
 }
 
 /// Lowest load (in flight / limit), then most free slots, then lowest id.
@@ -511,18 +524,16 @@ pub fn weighted_capacity(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
     let d = &snap.dense;
     let n = snap.len();
     let (weight, in_flight, max) = (&d.weight[..n], &d.in_flight[..n], &d.max_concurrency[..n]);
-    let mut best: Option<(usize, f64)> = None;
+    let (mut bi, mut bk) = (usize::MAX, 0.0);
     for i in 0..n {
         let share = weight[i] * f64::from(max[i]);
-        if !f.admits(i) || share <= 0.0 {
-            continue;
-        }
         let k = (f64::from(in_flight[i]) + 1.0) / share;
-        if best.is_none_or(|(_, b)| k < b) {
-            best = Some((i, k));
+        let better = (bi == usize::MAX) | (k < bk);
+        if f.flags_and_health(i) & (share > 0.0) & better && f.serves(i) {
+            (bi, bk) = (i, k);
         }
     }
-    best.map(|(i, _)| i)
+    (bi != usize::MAX).then_some(bi)
 }
 
 /// Picks an eligible agent with probability proportional to its weight;
@@ -538,10 +549,10 @@ pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option
     let mut total = 0.0;
     let mut last = None;
     for (i, &w) in weight.iter().enumerate() {
-        if w > 0.0 && f.admits(i) {
-            total += w;
-            last = Some(i);
-        }
+        // Adding 0.0 leaves a running total of non-negative weights unchanged.
+        let take = f.flags_and_health(i) & (w > 0.0) && f.serves(i);
+        total += if take { w } else { 0.0 };
+        last = if take { Some(i) } else { last };
     }
     if total <= 0.0 {
         return None;
@@ -549,11 +560,10 @@ pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option
     let target = sample.clamp(0.0, 1.0) * total;
     let mut running = 0.0;
     for (i, &w) in weight.iter().enumerate() {
-        if w > 0.0 && f.admits(i) {
-            running += w;
-            if running > target {
-                return Some(i);
-            }
+        let take = f.flags_and_health(i) & (w > 0.0) && f.serves(i);
+        running += if take { w } else { 0.0 };
+        if take & (running > target) {
+            return Some(i);
         }
     }
     last
@@ -608,18 +618,16 @@ pub fn cost_based(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
         &d.in_flight[..n],
         &d.max_concurrency[..n],
     );
-    let mut best: Option<(usize, f64, f64)> = None;
+    let (mut bi, mut bc, mut bl) = (usize::MAX, 0.0, 0.0);
     for i in 0..n {
-        if !f.admits(i) {
-            continue;
-        }
         let cost = cost_of(cost_factor[i], avg[i], in_flight[i], max[i], c);
-        let load = f64::from(in_flight[i]) / f64::from(max[i]);
-        if best.is_none_or(|(_, bc, bl)| cost < bc || (cost == bc && load < bl)) {
-            best = Some((i, cost, load));
+        let load = f64::from(in_flight[i]) / f64::from(max[i].max(1));
+        let better = (bi == usize::MAX) | (cost < bc) | ((cost == bc) & (load < bl));
+        if f.flags_and_health(i) & better && f.serves(i) {
+            (bi, bc, bl) = (i, cost, load);
         }
     }
-    best.map(|(i, _, _)| i)
+    (bi != usize::MAX).then_some(bi)
 }
 
 /// The first eligible agent clockwise from the task's `routing_key` on the ring.
@@ -693,7 +701,20 @@ pub fn failover(snap: &Snapshot, task: &TaskFacts, preference: &[AgentId]) -> Op
 /// Every eligible agent, in id order.
 pub fn broadcast(snap: &Snapshot, task: &TaskFacts) -> Vec<usize> {
     let f = snap.filter(task);
-    (0..snap.len()).filter(|&i| f.admits(i)).collect()
+    let n = snap.len();
+    if f.task_type.is_some() {
+        return (0..n).filter(|&i| f.admits(i)).collect();
+    }
+    // Write every position and advance past the eligible ones only: no branch
+    // per agent.
+    let mut out = vec![0; n];
+    let mut len = 0;
+    for i in 0..n {
+        out[len] = i;
+        len += usize::from(f.flags_and_health(i));
+    }
+    out.truncate(len);
+    out
 }
 
 /// The state the strategies carry between decisions, for one routing domain

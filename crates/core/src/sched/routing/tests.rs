@@ -714,6 +714,8 @@ proptest! {
             prop_assert_eq!(weighted_random(&snap, &t, sample), reference::weighted_random(v, &t, sample));
             prop_assert_eq!(cost_based(&snap, &t), reference::cost_based(v, &t));
             prop_assert_eq!(content_based(&snap, &t, &rules), reference::content_based(v, &t, &rules));
+            let every: Vec<usize> = (0..v.len()).filter(|&i| v[i].eligible(&t)).collect();
+            prop_assert_eq!(broadcast(&snap, &t), every);
         }
     }
 }
