@@ -328,7 +328,7 @@ impl Fleet {
             .filter_map(|id| self.registry.get(id))
             .map(|a| a.view(opts, self.now))
             .collect();
-        let mut snap = Snapshot::new(views);
+        let mut snap = Snapshot::for_task_type(task_type, views);
         self.breakers.exclude_open(&mut snap, self.now);
         snap
     }

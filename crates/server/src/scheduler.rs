@@ -505,7 +505,7 @@ impl Sched {
                 s.view
             })
             .collect();
-        let mut snap = Snapshot::new(views);
+        let mut snap = Snapshot::for_task_type(task_type, views);
         self.breakers.exclude_open(&mut snap, now);
 
         // Claim order is priority then submission; add the deadline within a level.
@@ -720,7 +720,7 @@ impl Sched {
         // one is too dear; then the hourly budget of the agent's type.
         let mut cost = cost_score(&snap.agents()[p], complexity);
         if check_task_budget(cost, budget).is_err() {
-            match routing::cost_based(snap.agents(), &facts) {
+            match routing::cost_based(snap, &facts) {
                 Some(cheaper)
                     if check_task_budget(
                         cost_score(&snap.agents()[cheaper], complexity),
@@ -757,9 +757,8 @@ impl Sched {
         if let Some(k) = &facts.hints.rate_limit_key {
             let _ = self.key_rates.try_take(k, now);
         }
-        if let Some(a) = snap.agents_mut().nth(p) {
-            a.in_flight += 1;
-        }
+        let in_flight = snap.agents()[p].in_flight + 1;
+        snap.set_in_flight(p, in_flight);
         Placed::Yes(agent_id)
     }
 

@@ -300,9 +300,9 @@ impl Breakers {
         if self.by_agent.is_empty() {
             return;
         }
-        for a in snap.agents_mut() {
-            if !self.allows(&a.agent_id, now) {
-                a.routable = false;
+        for pos in 0..snap.len() {
+            if !self.allows(&snap[pos].agent_id, now) {
+                snap.set_routable(pos, false);
             }
         }
     }

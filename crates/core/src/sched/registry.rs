@@ -303,11 +303,17 @@ pub struct Candidate {
 
 /// Every registered agent, indexed by capability. Pure: the server calls it with
 /// the current time and owns it behind its own lock.
+///
+/// Agents live in slots of one vector; the id map and the capability index hold
+/// slot numbers, so discovery walks an index without looking ids up by string.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     opts: Options,
-    agents: BTreeMap<AgentId, Agent>,
-    by_capability: HashMap<String, BTreeSet<AgentId>>,
+    /// Registered agents; `None` is a free slot (listed in `free`).
+    slots: Vec<Option<Agent>>,
+    free: Vec<u32>,
+    by_id: BTreeMap<AgentId, u32>,
+    by_capability: HashMap<String, BTreeSet<u32>>,
 }
 
 impl Registry {
@@ -327,22 +333,33 @@ impl Registry {
 
     /// Registered agents.
     pub fn len(&self) -> usize {
-        self.agents.len()
+        self.by_id.len()
     }
 
     /// True if no agent is registered.
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.by_id.is_empty()
+    }
+
+    fn slot(&self, slot: u32) -> &Agent {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("indexed slots hold an agent")
+    }
+
+    fn get_mut(&mut self, id: &AgentId) -> Option<&mut Agent> {
+        let slot = *self.by_id.get(id)?;
+        self.slots[slot as usize].as_mut()
     }
 
     /// One agent, if registered.
     pub fn get(&self, id: &AgentId) -> Option<&Agent> {
-        self.agents.get(id)
+        self.by_id.get(id).map(|&slot| self.slot(slot))
     }
 
     /// Every agent, by id.
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
-        self.agents.values()
+        self.by_id.values().map(|&slot| self.slot(slot))
     }
 
     /// Registers an agent, or replaces the descriptor of one that registers again
@@ -351,30 +368,32 @@ impl Registry {
     pub fn register(&mut self, descriptor: Descriptor, now: Millis) -> Result<(), Error> {
         descriptor.validate()?;
         let id = descriptor.agent_id.clone();
-        let in_flight = match self.agents.remove(&id) {
-            Some(old) => {
-                self.unindex(&old);
-                old.in_flight
-            }
+        let in_flight = match self.deregister(&id) {
+            Some(old) => old.in_flight,
             None => 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
         };
         for cap in &descriptor.capabilities {
             self.by_capability
                 .entry(cap.clone())
                 .or_default()
-                .insert(id.clone());
+                .insert(slot);
         }
-        self.agents.insert(
-            id,
-            Agent {
-                descriptor,
-                registered_at_ms: now,
-                last_heartbeat_ms: now,
-                load: HeartbeatLoad::default(),
-                in_flight,
-                avg_task_ms: 0.0,
-            },
-        );
+        self.slots[slot as usize] = Some(Agent {
+            descriptor,
+            registered_at_ms: now,
+            last_heartbeat_ms: now,
+            load: HeartbeatLoad::default(),
+            in_flight,
+            avg_task_ms: 0.0,
+        });
+        self.by_id.insert(id, slot);
         Ok(())
     }
 
@@ -386,7 +405,6 @@ impl Registry {
         now: Millis,
     ) -> Result<(), Error> {
         let agent = self
-            .agents
             .get_mut(id)
             .ok_or_else(|| Error::not_found(format!("agent {id} is not registered")))?;
         agent.load = load;
@@ -396,7 +414,7 @@ impl Registry {
 
     /// Sets the number of tasks the agent is running (the server's count).
     pub fn set_in_flight(&mut self, id: &AgentId, in_flight: u32) {
-        if let Some(agent) = self.agents.get_mut(id) {
+        if let Some(agent) = self.get_mut(id) {
             agent.in_flight = in_flight;
         }
     }
@@ -404,7 +422,7 @@ impl Registry {
     /// Folds one finished task's duration into the agent's average (an
     /// exponential moving average giving the new sample a fifth of the weight).
     pub fn record_duration(&mut self, id: &AgentId, duration_ms: u64) {
-        if let Some(agent) = self.agents.get_mut(id) {
+        if let Some(agent) = self.get_mut(id) {
             let sample = duration_ms as f64;
             agent.avg_task_ms = if agent.avg_task_ms <= 0.0 {
                 sample
@@ -416,8 +434,17 @@ impl Registry {
 
     /// Removes an agent (a clean disconnect); returns it if it was registered.
     pub fn deregister(&mut self, id: &AgentId) -> Option<Agent> {
-        let agent = self.agents.remove(id)?;
-        self.unindex(&agent);
+        let slot = self.by_id.remove(id)?;
+        let agent = self.slots[slot as usize].take()?;
+        for cap in &agent.descriptor.capabilities {
+            if let Some(set) = self.by_capability.get_mut(cap) {
+                set.remove(&slot);
+                if set.is_empty() {
+                    self.by_capability.remove(cap);
+                }
+            }
+        }
+        self.free.push(slot);
         Some(agent)
     }
 
@@ -425,8 +452,7 @@ impl Registry {
     /// their work and drop their breakers.
     pub fn sweep(&mut self, now: Millis) -> Vec<Agent> {
         let expired: Vec<AgentId> = self
-            .agents
-            .values()
+            .agents()
             .filter(|a| a.liveness(&self.opts, now) == Liveness::Expired)
             .map(|a| a.descriptor.agent_id.clone())
             .collect();
@@ -438,75 +464,82 @@ impl Registry {
 
     /// Routing snapshots of every agent, sorted by id.
     pub fn views(&self, now: Millis) -> Vec<AgentView> {
-        self.agents
-            .values()
-            .map(|a| a.view(&self.opts, now))
-            .collect()
+        self.agents().map(|a| a.view(&self.opts, now)).collect()
     }
 
     /// Agents matching `query`, best first: same location first (when a location
     /// is preferred), then higher health, then lower load, then id.
+    ///
+    /// It walks the smallest index set of the required capabilities by slot, so
+    /// its cost follows the number of agents with the rarest one; it orders slot
+    /// numbers with their sort keys and copies only the ids it returns, and with
+    /// a `limit` it orders only that many.
     pub fn discover(&self, query: &Query, now: Millis) -> Vec<Candidate> {
-        // Start from the smallest capability set, then check the rest.
-        let pool: Box<dyn Iterator<Item = &Agent>> = if query.capabilities.is_empty() {
-            Box::new(self.agents.values())
-        } else {
-            let mut sets = Vec::with_capacity(query.capabilities.len());
-            for cap in &query.capabilities {
-                match self.by_capability.get(cap) {
-                    Some(set) => sets.push(set),
-                    None => return Vec::new(),
+        // Start from the smallest capability set; the others are checked per agent.
+        let mut rest: Vec<&String> = query.capabilities.iter().collect();
+        let mut smallest: Option<&BTreeSet<u32>> = None;
+        if !query.capabilities.is_empty() {
+            let mut at = 0;
+            for (i, cap) in query.capabilities.iter().enumerate() {
+                let Some(set) = self.by_capability.get(cap) else {
+                    return Vec::new();
+                };
+                if smallest.is_none_or(|s| set.len() < s.len()) {
+                    smallest = Some(set);
+                    at = i;
                 }
             }
-            let Some(smallest) = sets.iter().min_by_key(|s| s.len()).copied() else {
-                return Vec::new();
-            };
-            Box::new(smallest.iter().filter_map(|id| self.agents.get(id)))
+            rest.remove(at);
+        }
+        let pool: Box<dyn Iterator<Item = u32>> = match smallest {
+            Some(set) => Box::new(set.iter().copied()),
+            None => Box::new(self.by_id.values().copied()),
         };
-        let mut out: Vec<Candidate> = pool
-            .filter(|a| {
-                let d = &a.descriptor;
-                query
-                    .capabilities
-                    .iter()
-                    .all(|c| d.capabilities.contains(c))
-                    && query.tags.iter().all(|t| d.tags.contains(t))
-                    && query.agent_type.as_ref().is_none_or(|t| &d.agent_type == t)
-                    && query.version.as_ref().is_none_or(|r| r.matches(&d.version))
-            })
-            .filter_map(|a| {
-                let health = a.health(&self.opts, now);
-                (health >= query.min_health).then(|| Candidate {
-                    agent_id: a.descriptor.agent_id.clone(),
-                    health,
-                    same_location: query.location.is_some()
-                        && a.descriptor.location == query.location,
-                    load: a.in_flight as f64 / a.descriptor.max_concurrency.max(1) as f64,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            b.same_location
-                .cmp(&a.same_location)
-                .then(b.health.total_cmp(&a.health))
-                .then(a.load.total_cmp(&b.load))
-                .then(a.agent_id.cmp(&b.agent_id))
-        });
-        if query.limit > 0 {
-            out.truncate(query.limit);
-        }
-        out
-    }
-
-    fn unindex(&mut self, agent: &Agent) {
-        for cap in &agent.descriptor.capabilities {
-            if let Some(set) = self.by_capability.get_mut(cap) {
-                set.remove(&agent.descriptor.agent_id);
-                if set.is_empty() {
-                    self.by_capability.remove(cap);
-                }
+        // (same location, health, load, slot): the sort key and where the id is.
+        let mut found: Vec<(bool, f64, f64, u32)> = Vec::new();
+        for slot in pool {
+            let a = self.slot(slot);
+            let d = &a.descriptor;
+            let matches = rest.iter().all(|c| d.capabilities.contains(*c))
+                && query.tags.iter().all(|t| d.tags.contains(t))
+                && query.agent_type.as_ref().is_none_or(|t| &d.agent_type == t)
+                && query.version.as_ref().is_none_or(|r| r.matches(&d.version));
+            if !matches {
+                continue;
             }
+            let health = a.health(&self.opts, now);
+            if health < query.min_health {
+                continue;
+            }
+            let same_location = query.location.is_some() && d.location == query.location;
+            let load = a.in_flight as f64 / d.max_concurrency.max(1) as f64;
+            found.push((same_location, health, load, slot));
         }
+        let order = |a: &(bool, f64, f64, u32), b: &(bool, f64, f64, u32)| {
+            b.0.cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(a.2.total_cmp(&b.2))
+                .then_with(|| {
+                    self.slot(a.3)
+                        .descriptor
+                        .agent_id
+                        .cmp(&self.slot(b.3).descriptor.agent_id)
+                })
+        };
+        if query.limit > 0 && query.limit < found.len() {
+            found.select_nth_unstable_by(query.limit - 1, order);
+            found.truncate(query.limit);
+        }
+        found.sort_unstable_by(order);
+        found
+            .into_iter()
+            .map(|(same_location, health, load, slot)| Candidate {
+                agent_id: self.slot(slot).descriptor.agent_id.clone(),
+                health,
+                same_location,
+                load,
+            })
+            .collect()
     }
 }
 
@@ -742,5 +775,102 @@ mod tests {
                 0
             )
             .is_empty());
+    }
+
+    #[test]
+    fn slots_are_reused_and_the_index_follows_reregistration() {
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(desc("a", "1.0.0", &["x"], None), 0).unwrap();
+        r.register(desc("b", "1.0.0", &["x", "y"], None), 0)
+            .unwrap();
+        r.set_in_flight(&id("a"), 3);
+        // Re-registering drops the old capabilities from the index, keeps in flight.
+        r.register(desc("a", "1.0.0", &["y"], None), 0).unwrap();
+        assert_eq!(r.get(&id("a")).unwrap().in_flight, 3);
+        let names = |q: &str| -> Vec<String> {
+            r.discover(
+                &Query {
+                    capabilities: vec![q.into()],
+                    ..Default::default()
+                },
+                0,
+            )
+            .into_iter()
+            .map(|c| c.agent_id.to_string())
+            .collect()
+        };
+        assert_eq!(names("x"), ["b"]);
+        // a has 3 of its 4 slots in use: b first.
+        assert_eq!(names("y"), ["b", "a"]);
+        assert!(r.deregister(&id("b")).is_some());
+        r.register(desc("c", "1.0.0", &["x"], None), 0).unwrap();
+        let names = |q: &str| -> Vec<String> {
+            r.discover(
+                &Query {
+                    capabilities: vec![q.into()],
+                    ..Default::default()
+                },
+                0,
+            )
+            .into_iter()
+            .map(|c| c.agent_id.to_string())
+            .collect()
+        };
+        assert_eq!(names("x"), ["c"]);
+        assert_eq!(names("y"), ["a"]);
+        assert_eq!(r.len(), 2);
+        let ids: Vec<String> = r
+            .agents()
+            .map(|a| a.descriptor.agent_id.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+    }
+
+    proptest! {
+        /// A limit returns the first results of the unlimited answer, which is
+        /// ordered by location, health, load and id, and holds every agent that
+        /// matches.
+        #[test]
+        fn discovery_is_ordered_complete_and_limited_to_a_prefix(
+            agents in proptest::collection::vec(
+                (0u8..3, 0u8..4, 0.0f64..0.6, 0u32..5, any::<bool>()), 1..40),
+            limit in 0usize..10,
+            min_health in 0.0f64..1.0,
+        ) {
+            let mut r = Registry::new(Options::default()).unwrap();
+            for (i, (caps, loc, err, busy, drop)) in agents.iter().enumerate() {
+                let caps: &[&str] = [&["a"][..], &["a", "b"], &["b"]][*caps as usize];
+                let loc = ["eu", "us", "ap", "none"][*loc as usize];
+                let name = format!("ag-{i:02}");
+                r.register(desc(&name, "1.0.0", caps, (loc != "none").then_some(loc)), 0).unwrap();
+                r.heartbeat(&id(&name), HeartbeatLoad { error_rate: *err, ..Default::default() }, 0).unwrap();
+                r.set_in_flight(&id(&name), *busy);
+                if *drop {
+                    r.deregister(&id(&name));
+                }
+            }
+            let q = Query {
+                capabilities: vec!["a".into()],
+                min_health,
+                location: Some("eu".into()),
+                ..Default::default()
+            };
+            let all = r.discover(&q, 0);
+            let expected = r.agents().filter(|a| {
+                a.descriptor.capabilities.contains("a") && a.health(r.options(), 0) >= min_health
+            }).count();
+            prop_assert_eq!(all.len(), expected);
+            for w in all.windows(2) {
+                let (x, y) = (&w[0], &w[1]);
+                let ordered = (y.same_location, -y.health, y.load, &y.agent_id)
+                    .partial_cmp(&(x.same_location, -x.health, x.load, &x.agent_id));
+                prop_assert!((x.same_location && !y.same_location)
+                    || (x.same_location == y.same_location
+                        && ordered == Some(std::cmp::Ordering::Greater)), "{:?} before {:?}", x, y);
+            }
+            let limited = r.discover(&Query { limit, ..q }, 0);
+            let n = if limit == 0 { all.len() } else { limit.min(all.len()) };
+            prop_assert_eq!(&limited[..], &all[..n]);
+        }
     }
 }

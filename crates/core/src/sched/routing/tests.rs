@@ -136,11 +136,11 @@ fn round_robin_cycles_in_id_order_and_skips_ineligible() {
         .map(|_| round_robin(&snap, &task(), &mut cursor).unwrap())
         .collect();
     assert_eq!(names(&snap, &picks), ["a", "b", "c", "a", "b", "c"]);
-    for a in snap.agents_mut() {
+    snap.modify_all(|a| {
         if a.agent_id == id("b") {
             a.in_flight = 9;
         }
-    }
+    });
     let picks: Vec<usize> = (0..4)
         .map(|_| round_robin(&snap, &task(), &mut cursor).unwrap())
         .collect();
@@ -253,11 +253,11 @@ fn consistent_hash_is_stable_and_falls_through_clockwise() {
     }
     // The owner fills up: the next agent clockwise, the same one every time.
     let owner = snap[first].agent_id.clone();
-    for a in snap.agents_mut() {
+    snap.modify_all(|a| {
         if a.agent_id == owner {
             a.in_flight = 9;
         }
-    }
+    });
     let next = ring
         .walk("customer-42")
         .find(|a| **a != owner)
@@ -279,22 +279,20 @@ fn affinity_sticks_until_the_agent_cannot_take_work() {
     let t = keyed("session-1");
     assert_eq!(affinity(&snap, &t, &mut map, 0), Some(0));
     // a becomes the busiest, but the key stays with it.
-    for a in snap.agents_mut() {
+    snap.modify_all(|a| {
         if a.agent_id == id("a") {
             a.in_flight = 8;
         }
-    }
+    });
     assert_eq!(affinity(&snap, &t, &mut map, 1), Some(0));
     // a's breaker opens: the key moves to the least loaded (b) and sticks there.
-    for a in snap.agents_mut() {
+    snap.modify_all(|a| {
         if a.agent_id == id("a") {
             a.routable = false;
         }
-    }
+    });
     assert_eq!(affinity(&snap, &t, &mut map, 2), Some(1));
-    for a in snap.agents_mut() {
-        a.routable = true;
-    }
+    snap.modify_all(|a| a.routable = true);
     assert_eq!(affinity(&snap, &t, &mut map, 3), Some(1));
     assert_eq!(map.get("session-1", 3), Some(&id("b")));
     // Without a key nothing is remembered.
@@ -555,4 +553,198 @@ proptest! {
             }
         }
     }
+}
+
+/// The strategies as first written, over the views alone: the dense snapshot
+/// must pick exactly what these pick.
+mod reference {
+    use super::super::*;
+
+    fn min_by<K: PartialOrd>(
+        snap: &[AgentView],
+        task: &TaskFacts,
+        mut key: impl FnMut(&AgentView) -> K,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, K)> = None;
+        for (i, a) in snap.iter().enumerate() {
+            if !a.eligible(task) {
+                continue;
+            }
+            let k = key(a);
+            if best.as_ref().is_none_or(|(_, b)| k < *b) {
+                best = Some((i, k));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    pub fn least_loaded(snap: &[AgentView], task: &TaskFacts) -> Option<usize> {
+        min_by(snap, task, |a| (a.load(), -f64::from(a.free_slots())))
+    }
+
+    pub fn weighted_capacity(snap: &[AgentView], task: &TaskFacts) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, a) in snap.iter().enumerate() {
+            let share = a.weight * f64::from(a.max_concurrency);
+            if !a.eligible(task) || share <= 0.0 {
+                continue;
+            }
+            let k = (f64::from(a.in_flight) + 1.0) / share;
+            if best.is_none_or(|(_, b)| k < b) {
+                best = Some((i, k));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    pub fn weighted_random(snap: &[AgentView], task: &TaskFacts, sample: f64) -> Option<usize> {
+        let mut cumulative = Vec::new();
+        let mut total = 0.0;
+        for (i, a) in snap.iter().enumerate() {
+            if a.weight > 0.0 && a.eligible(task) {
+                total += a.weight;
+                cumulative.push((i, total));
+            }
+        }
+        if total <= 0.0 {
+            return None;
+        }
+        let target = sample.clamp(0.0, 1.0) * total;
+        let at = cumulative.partition_point(|&(_, c)| c <= target);
+        cumulative.get(at).or(cumulative.last()).map(|&(i, _)| i)
+    }
+
+    pub fn cost_based(snap: &[AgentView], task: &TaskFacts) -> Option<usize> {
+        let c = task.hints.estimated_complexity;
+        min_by(snap, task, |a| (cost_score(a, c), a.load()))
+    }
+
+    pub fn content_based(snap: &[AgentView], task: &TaskFacts, rules: &[Rule]) -> Option<usize> {
+        match rules.iter().find(|r| r.matches(task)) {
+            Some(rule) => min_by(snap, task, |a| {
+                (
+                    if rule.target.admits(a) { 0u8 } else { 1 },
+                    a.load(),
+                    -f64::from(a.free_slots()),
+                )
+            })
+            .filter(|&i| rule.target.admits(&snap[i])),
+            None => least_loaded(snap, task),
+        }
+    }
+}
+
+fn arb_tagged_view() -> impl proptest::strategy::Strategy<Value = AgentView> {
+    (arb_view(), 0u8..4, 0u8..3).prop_map(|(mut v, tag, ty)| {
+        v.tags = match tag {
+            0 => vec![],
+            1 => vec!["gold".into()],
+            2 => vec!["silver".into(), "gold".into()],
+            _ => vec!["silver".into()],
+        };
+        v.agent_type = ["llm", "vision", "tool"][ty as usize].into();
+        v
+    })
+}
+
+proptest! {
+    /// The dense copy answers eligibility like the views, after any change made
+    /// through the snapshot, for a snapshot of the task's type, of another type
+    /// and of none.
+    #[test]
+    fn dense_eligibility_matches_the_views(
+        views in proptest::collection::vec(arb_tagged_view(), 0..20),
+        changes in proptest::collection::vec((0usize..20, 0u8..4, 0u32..6), 0..10),
+        min_health in 0.0f64..1.0,
+    ) {
+        for built_for in [None, Some("summarize"), Some("other")] {
+            let mut snap = match built_for {
+                None => Snapshot::new(views.clone()),
+                Some(t) => Snapshot::for_task_type(t, views.clone()),
+            };
+            for &(pos, kind, n) in &changes {
+                if snap.is_empty() {
+                    break;
+                }
+                let pos = pos % snap.len();
+                match kind {
+                    0 => snap.set_in_flight(pos, n),
+                    1 => snap.set_routable(pos, n % 2 == 0),
+                    2 => snap.modify_at(pos, |a| {
+                        a.max_concurrency = n;
+                        a.capabilities = if n % 2 == 0 { vec!["summarize".into()] } else { vec![] };
+                        a.tags = vec![format!("t{n}")];
+                    }),
+                    _ => snap.modify_all(|a| a.health = f64::from(n) / 5.0),
+                }
+            }
+            let mut t = task();
+            t.hints.min_health = min_health;
+            for i in 0..snap.len() {
+                prop_assert_eq!(snap.eligible(i, &t), snap[i].eligible(&t), "{:?} {:?}", built_for, snap[i]);
+            }
+            prop_assert!(!snap.eligible(snap.len(), &t));
+        }
+    }
+
+    /// Every scanning strategy picks on the dense copy exactly what it picked
+    /// over the views, whether or not the snapshot was built for the task type.
+    #[test]
+    fn dense_strategies_pick_what_the_view_scans_picked(
+        views in proptest::collection::vec(arb_tagged_view(), 0..20),
+        sample in 0.0f64..1.0,
+        min_health in 0.0f64..1.0,
+        complexity in 0.1f64..5.0,
+        rule in 0usize..5,
+    ) {
+        let rules = parse_rules(&[
+            ["priority == normal => tag:gold"],
+            ["priority == normal => tag:silver"],
+            ["priority == normal => type:vision"],
+            ["priority == normal => tag:missing"],
+            ["priority == high => tag:gold"],
+        ][rule]).unwrap();
+        let mut t = task();
+        t.hints.min_health = min_health;
+        t.hints.estimated_complexity = complexity;
+        for snap in [Snapshot::new(views.clone()), Snapshot::for_task_type("summarize", views.clone())] {
+            let v = snap.agents();
+            prop_assert_eq!(least_loaded(&snap, &t), reference::least_loaded(v, &t));
+            prop_assert_eq!(weighted_capacity(&snap, &t), reference::weighted_capacity(v, &t));
+            prop_assert_eq!(weighted_random(&snap, &t, sample), reference::weighted_random(v, &t, sample));
+            prop_assert_eq!(cost_based(&snap, &t), reference::cost_based(v, &t));
+            prop_assert_eq!(content_based(&snap, &t, &rules), reference::content_based(v, &t, &rules));
+            let every: Vec<usize> = (0..v.len()).filter(|&i| v[i].eligible(&t)).collect();
+            prop_assert_eq!(broadcast(&snap, &t), every);
+        }
+    }
+}
+
+#[test]
+fn content_rules_on_a_tag_beyond_the_first_sixty_four_still_match() {
+    // Tags past the 64 that fit an agent's bit set fall back to the string test.
+    let views: Vec<AgentView> = (0..70)
+        .map(|i| AgentView {
+            tags: vec![format!("tag-{i:02}")],
+            ..agent(&format!("a{i:02}"), 0, 4)
+        })
+        .collect();
+    let snap = Snapshot::for_task_type("summarize", views);
+    for target in ["tag-03", "tag-68"] {
+        let rules = parse_rules(&[format!("* => tag:{target}")]).unwrap();
+        let pick = content_based(&snap, &task(), &rules).unwrap();
+        assert_eq!(snap[pick].tags, [target]);
+    }
+}
+
+#[test]
+fn a_snapshot_for_one_type_still_routes_tasks_of_another() {
+    let mut other = agent("b", 0, 4);
+    other.capabilities = vec!["translate".into()];
+    let snap = Snapshot::for_task_type("summarize", vec![agent("a", 0, 4), other]);
+    assert_eq!(snap.task_type(), Some("summarize"));
+    let mut t = task();
+    t.task_type = "translate";
+    assert_eq!(least_loaded(&snap, &t), Some(1));
+    assert_eq!(least_loaded(&snap, &task()), Some(0));
 }
