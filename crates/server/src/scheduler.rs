@@ -632,7 +632,7 @@ impl Sched {
     fn exclude_unfit(&self, snap: &mut Snapshot, need: &Resources) -> (Vec<usize>, bool) {
         let mut excluded = Vec::new();
         let mut none_fits = true;
-        for (p, a) in snap.agents_mut().enumerate() {
+        for (p, a) in snap.agents().iter().enumerate() {
             let fits = self
                 .registry
                 .get(&a.agent_id)
@@ -640,9 +640,11 @@ impl Sched {
             if fits {
                 none_fits = false;
             } else if a.routable {
-                a.routable = false;
                 excluded.push(p);
             }
+        }
+        for &p in &excluded {
+            snap.set_routable(p, false);
         }
         (excluded, none_fits)
     }
@@ -791,15 +793,8 @@ impl Sched {
 
 /// Puts back the agents [`Sched::exclude_unfit`] took out.
 fn restore_routable(snap: &mut Snapshot, unfit: &[usize]) {
-    if unfit.is_empty() {
-        return;
-    }
-    let mut next = unfit.iter().peekable();
-    for (p, a) in snap.agents_mut().enumerate() {
-        if next.peek() == Some(&&p) {
-            a.routable = true;
-            next.next();
-        }
+    for &p in unfit {
+        snap.set_routable(p, true);
     }
 }
 
