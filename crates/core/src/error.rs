@@ -97,4 +97,12 @@ impl Error {
     pub fn with_field(self, field: &str) -> Self {
         self.with_details(serde_json::json!({ "field": field }))
     }
+    /// The fields a validation error's `details.problems` name, in order (empty
+    /// for an error without problems).
+    pub fn problem_fields(&self) -> Vec<&str> {
+        self.details["problems"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["field"].as_str()).collect())
+            .unwrap_or_default()
+    }
 }

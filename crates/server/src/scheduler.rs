@@ -1160,12 +1160,7 @@ mod tests {
             json!({"resources": {"cpu": -1, "ram": 3, "labels": {"a": 1}}}),
         ))
         .unwrap_err();
-        let fields: Vec<&str> = e.details["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["field"].as_str().unwrap())
-            .collect();
+        let fields = e.problem_fields();
         assert_eq!(
             fields,
             [
@@ -1180,12 +1175,7 @@ mod tests {
             e.message
         );
         let e = validate_hints(&m(json!({"resources": 5, "min_health": 3}))).unwrap_err();
-        let fields: Vec<&str> = e.details["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["field"].as_str().unwrap())
-            .collect();
+        let fields = e.problem_fields();
         assert_eq!(fields, ["metadata.min_health", "metadata.resources"]);
         assert!(e.message.contains("(and 1 more problems)"), "{}", e.message);
     }

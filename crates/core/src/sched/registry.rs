@@ -552,6 +552,20 @@ mod tests {
         AgentId::parse(s).unwrap()
     }
 
+    /// The ids discovery returns for one capability, in its order.
+    fn names(r: &Registry, capability: &str) -> Vec<String> {
+        r.discover(
+            &Query {
+                capabilities: vec![capability.into()],
+                ..Default::default()
+            },
+            0,
+        )
+        .into_iter()
+        .map(|c| c.agent_id.to_string())
+        .collect()
+    }
+
     fn desc(name: &str, version: &str, caps: &[&str], location: Option<&str>) -> Descriptor {
         let mut d = Descriptor::new(id(name), "calc", parse_version(version).unwrap(), 4);
         d.capabilities = caps.iter().map(|c| c.to_string()).collect();
@@ -787,37 +801,13 @@ mod tests {
         // Re-registering drops the old capabilities from the index, keeps in flight.
         r.register(desc("a", "1.0.0", &["y"], None), 0).unwrap();
         assert_eq!(r.get(&id("a")).unwrap().in_flight, 3);
-        let names = |q: &str| -> Vec<String> {
-            r.discover(
-                &Query {
-                    capabilities: vec![q.into()],
-                    ..Default::default()
-                },
-                0,
-            )
-            .into_iter()
-            .map(|c| c.agent_id.to_string())
-            .collect()
-        };
-        assert_eq!(names("x"), ["b"]);
+        assert_eq!(names(&r, "x"), ["b"]);
         // a has 3 of its 4 slots in use: b first.
-        assert_eq!(names("y"), ["b", "a"]);
+        assert_eq!(names(&r, "y"), ["b", "a"]);
         assert!(r.deregister(&id("b")).is_some());
         r.register(desc("c", "1.0.0", &["x"], None), 0).unwrap();
-        let names = |q: &str| -> Vec<String> {
-            r.discover(
-                &Query {
-                    capabilities: vec![q.into()],
-                    ..Default::default()
-                },
-                0,
-            )
-            .into_iter()
-            .map(|c| c.agent_id.to_string())
-            .collect()
-        };
-        assert_eq!(names("x"), ["c"]);
-        assert_eq!(names("y"), ["a"]);
+        assert_eq!(names(&r, "x"), ["c"]);
+        assert_eq!(names(&r, "y"), ["a"]);
         assert_eq!(r.len(), 2);
         let ids: Vec<String> = r
             .agents()

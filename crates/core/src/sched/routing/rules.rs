@@ -278,12 +278,7 @@ mod tests {
         ];
         let err = parse_rules(&lines).unwrap_err();
         assert_eq!(err.code, crate::ErrorCode::InvalidArgument);
-        let fields: Vec<&str> = err.details["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["field"].as_str().unwrap())
-            .collect();
+        let fields = err.problem_fields();
         assert_eq!(
             fields,
             ["rules[1]", "rules[2]", "rules[3]", "rules[4]", "rules[5]", "rules[6]"]
