@@ -338,13 +338,8 @@ async fn grpc_runs_start_get_list_watch_and_commands() {
         )
         .await;
     assert_same_error(&rest, &grpc_err, 400, tonic::Code::InvalidArgument);
-    let details = baton_proto::from_status(&grpc_err).details;
-    let fields: Vec<&str> = details["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["field"].as_str().unwrap())
-        .collect();
+    let error = baton_proto::from_status(&grpc_err);
+    let fields = error.problem_fields();
     for want in [
         "steps[1].dependencies[1]",
         "steps[3].id",

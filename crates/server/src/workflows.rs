@@ -511,12 +511,7 @@ impl Engine {
 
     /// The in-memory slot of a run, loading it from the store if needed.
     async fn slot(&self, run_id: &str) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Error> {
-        let cached = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(run_id)
-            .cloned();
+        let cached = self.cached(run_id);
         if cached.is_some() {
             return Ok(cached);
         }
@@ -613,11 +608,7 @@ impl Engine {
             }
         }
         let mut types: Vec<String> = Vec::new();
-        for t in &submit {
-            if !types.contains(&t.task_type) {
-                types.push(t.task_type.clone());
-            }
-        }
+        add_types(&mut types, &submit);
         self.dispatcher.note_submitted(&submit);
         let write = RunWrite {
             record: record_of(&slot.run, slot.revision + 1, !slot.def_stored),
@@ -874,11 +865,7 @@ impl Engine {
             let mut types: Vec<String> = Vec::new();
             for w in &writes {
                 self.dispatcher.note_submitted(&w.tasks);
-                for t in &w.tasks {
-                    if !types.contains(&t.task_type) {
-                        types.push(t.task_type.clone());
-                    }
-                }
+                add_types(&mut types, &w.tasks);
             }
             let outcomes = self.store.write_runs(writes, now).await?;
             if outcomes.len() != runs.len() {
@@ -1154,17 +1141,17 @@ impl Engine {
         Ok(head.chain(tail).boxed())
     }
 
-    /// A run without its outputs (from memory, else the store).
-    async fn run_only(&self, run_id: &str) -> Result<Run, Error> {
-        let cached = self
-            .slots
+    /// The run's slot if this replica holds it in memory.
+    fn cached(&self, run_id: &str) -> Option<Arc<tokio::sync::Mutex<Slot>>> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(run_id)
-            .cloned();
-        if let Some(slot) = cached {
-            return Ok(slot.lock().await.run.clone());
-        }
+            .cloned()
+    }
+
+    /// The run as stored; not found if there is none.
+    async fn stored_run(&self, run_id: &str) -> Result<Run, Error> {
         let record = self
             .store
             .get_run(run_id)
@@ -1173,23 +1160,22 @@ impl Engine {
         Ok(load_run(&record)?.0)
     }
 
+    /// A run without its outputs (from memory, else the store).
+    async fn run_only(&self, run_id: &str) -> Result<Run, Error> {
+        let cached = self.cached(run_id);
+        if let Some(slot) = cached {
+            return Ok(slot.lock().await.run.clone());
+        }
+        self.stored_run(run_id).await
+    }
+
     pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {
-        let cached = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(run_id)
-            .cloned();
+        let cached = self.cached(run_id);
         if let Some(slot) = cached {
             let s = slot.lock().await;
             return Ok((s.run.clone(), s.outputs.clone()));
         }
-        let record = self
-            .store
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
-        let run = load_run(&record)?.0;
+        let run = self.stored_run(run_id).await?;
         let outputs = self.load_outputs(&run).await?;
         Ok((run, outputs))
     }
@@ -1390,6 +1376,15 @@ impl Engine {
 }
 
 /// Counts the tasks a run write newly stored as submitted.
+/// Adds the task types of `specs` not in `types` yet.
+fn add_types(types: &mut Vec<String>, specs: &[baton_core::TaskSpec]) {
+    for t in specs {
+        if !types.contains(&t.task_type) {
+            types.push(t.task_type.clone());
+        }
+    }
+}
+
 fn count_submitted(dispatcher: &Dispatcher, outcomes: &[SubmitOutcome]) {
     let mut created: Vec<(&str, u64)> = Vec::new();
     for o in outcomes {
