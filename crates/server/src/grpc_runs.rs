@@ -4,7 +4,7 @@
 //! the same code, message and details on both; documents travel as JSON text.
 
 use crate::app::App;
-use crate::rest_runs::{run_filter, started_view, stored_progress};
+use crate::rest_runs::{run_filter, started_view, stored_summary};
 use crate::workflows::{RegisterRequest, StartRequest, Watched};
 use baton_core::workflow::RunCommand;
 use baton_core::Error;
@@ -253,20 +253,16 @@ impl v1::workflows_server::Workflows for WorkflowsApi {
             .runs
             .iter()
             .map(|rec| {
-                let (done, total) = stored_progress(rec);
+                let summary = stored_summary(rec);
                 v1::RunSummary {
                     run_id: rec.run_id.clone(),
                     flow: rec.flow_name.clone().unwrap_or_default(),
                     status: rec.status.clone(),
-                    steps_done: done as u32,
-                    steps_total: total as u32,
+                    steps_done: summary.done as u32,
+                    steps_total: summary.total as u32,
                     created_at_ms: rec.created_at_ms,
                     updated_at_ms: rec.updated_at_ms,
-                    error: match &rec.body["run"]["error"] {
-                        Value::Null => String::new(),
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    },
+                    error: summary.error.unwrap_or_default(),
                 }
             })
             .collect();

@@ -243,18 +243,48 @@ pub(crate) fn run_filter(
     })
 }
 
-/// Steps finished and steps in all, from a stored run.
-pub(crate) fn stored_progress(r: &baton_store::RunRecord) -> (usize, usize) {
-    let steps = r.body["run"]["steps"].as_array();
-    let total = steps.map(Vec::len).unwrap_or(0);
-    let done = steps
-        .map(|s| {
-            s.iter()
-                .filter(|x| !matches!(x["status"].as_str(), Some("pending" | "running")))
-                .count()
-        })
-        .unwrap_or(0);
-    (done, total)
+/// What a run list shows of a stored run, read from its document without the
+/// rest of it.
+pub(crate) struct StoredSummary {
+    pub done: usize,
+    pub total: usize,
+    pub error: Option<String>,
+}
+
+/// Steps finished and steps in all, and the run's error, from a stored run.
+pub(crate) fn stored_summary(r: &baton_store::RunRecord) -> StoredSummary {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        run: DocRun,
+    }
+    #[derive(serde::Deserialize)]
+    struct DocRun {
+        #[serde(default)]
+        steps: Vec<DocStep>,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct DocStep {
+        status: String,
+    }
+    match r.body.decode::<Doc>() {
+        Ok(doc) => StoredSummary {
+            done: doc
+                .run
+                .steps
+                .iter()
+                .filter(|x| !matches!(x.status.as_str(), "pending" | "running"))
+                .count(),
+            total: doc.run.steps.len(),
+            error: doc.run.error,
+        },
+        Err(e) => StoredSummary {
+            done: 0,
+            total: 0,
+            error: Some(format!("stored run unreadable: {e}")),
+        },
+    }
 }
 
 async fn list_runs(
@@ -269,16 +299,16 @@ async fn list_runs(
         .runs
         .iter()
         .map(|r| {
-            let (done, total) = stored_progress(r);
+            let summary = stored_summary(r);
             json!({
                 "run_id": r.run_id,
                 "flow": r.flow_name,
                 "status": r.status,
-                "steps_total": total,
-                "steps_done": done,
+                "steps_total": summary.total,
+                "steps_done": summary.done,
                 "created_at": millis_to_rfc3339(r.created_at_ms),
                 "updated_at": millis_to_rfc3339(r.updated_at_ms),
-                "error": r.body["run"].get("error"),
+                "error": summary.error,
             })
         })
         .collect();

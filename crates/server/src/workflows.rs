@@ -13,8 +13,8 @@ use baton_core::workflow::engine::{self, Env, FlowRef, RunEvent, TaskOutcome};
 use baton_core::workflow::{FlowDef, Run, RunCommand};
 use baton_core::{Error, ErrorCode, Priority, Status, TaskId};
 use baton_store::{
-    FlowOutcome, FlowRecord, ListFilter, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome,
-    Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    Document, FlowOutcome, FlowRecord, ListFilter, RunFilter, RunPage, RunRecord, RunWrite,
+    RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -119,8 +119,8 @@ pub fn builtin_flows() -> Vec<(&'static str, Value)> {
 /// The stored record of a run: its state in `body`; its definition only when
 /// `with_definition` (the first write, or the first after a run stored before
 /// definitions had a column of their own); later writes keep the stored one.
-fn record_of(run: &Run, revision: u64, with_definition: bool) -> RunRecord {
-    RunRecord {
+fn record_of(run: &Run, revision: u64, with_definition: bool) -> Result<RunRecord, Error> {
+    Ok(RunRecord {
         run_id: run.run_id.clone(),
         flow_name: run.flow.as_ref().map(|f| f.name.clone()),
         status: run.status.as_str().into(),
@@ -128,19 +128,39 @@ fn record_of(run: &Run, revision: u64, with_definition: bool) -> RunRecord {
         revision,
         created_at_ms: run.created_at_ms,
         updated_at_ms: run.updated_at_ms,
-        body: json!({"run": run.to_value()}),
+        body: Document::encode(&StoredRun { run })?,
         definition: with_definition.then(|| run.def.to_value()),
-    }
+    })
+}
+
+/// The stored document of a run, encoded straight from the run.
+#[derive(serde::Serialize)]
+struct StoredRun<'a> {
+    run: &'a Run,
+}
+
+/// The stored document of a run as read back; runs stored before definitions had
+/// a column of their own carry it here.
+#[derive(serde::Deserialize)]
+struct LoadedRun {
+    run: Run,
+    #[serde(default)]
+    definition: Option<Value>,
 }
 
 /// A stored run, and whether its definition is in the definition column (older
 /// runs keep it in their document until their next write moves it).
 fn load_run(record: &RunRecord) -> Result<(Run, bool), Error> {
+    let loaded: LoadedRun = record
+        .body
+        .decode()
+        .map_err(|e| Error::internal(format!("stored run {} unreadable: {e}", record.run_id)))?;
     let def = record
         .definition
         .as_ref()
-        .unwrap_or(&record.body["definition"]);
-    let run = Run::load(&record.body["run"], FlowDef::reload(def)?)?;
+        .or(loaded.definition.as_ref())
+        .unwrap_or(&Value::Null);
+    let run = Run::attach(loaded.run, FlowDef::reload(def)?)?;
     Ok((run, record.definition.is_some()))
 }
 
@@ -610,8 +630,15 @@ impl Engine {
         let mut types: Vec<String> = Vec::new();
         add_types(&mut types, &submit);
         self.dispatcher.note_submitted(&submit);
+        let record = match record_of(&slot.run, slot.revision + 1, !slot.def_stored) {
+            Ok(r) => r,
+            Err(e) => {
+                slot.run = snapshot;
+                return Err(e);
+            }
+        };
         let write = RunWrite {
-            record: record_of(&slot.run, slot.revision + 1, !slot.def_stored),
+            record,
             expected_revision: Some(slot.revision),
             tasks: submit,
         };
@@ -856,7 +883,7 @@ impl Engine {
             let mut writes = Vec::with_capacity(prepared.len());
             for (i, run, tasks) in prepared {
                 writes.push(RunWrite {
-                    record: record_of(&run, 1, true),
+                    record: record_of(&run, 1, true)?,
                     expected_revision: None,
                     tasks,
                 });
@@ -1442,9 +1469,9 @@ mod tests {
     #[test]
     fn the_definition_is_written_once_and_read_back() {
         let run = chain();
-        let first = record_of(&run, 1, true);
-        assert_eq!(first.body.get("definition"), None);
-        let later = record_of(&run, 2, false);
+        let first = record_of(&run, 1, true).unwrap();
+        assert_eq!(first.body.to_value().get("definition"), None);
+        let later = record_of(&run, 2, false).unwrap();
         assert_eq!(later.definition, None);
         let stored = RunRecord {
             definition: first.definition.clone(),
@@ -1459,8 +1486,10 @@ mod tests {
     #[test]
     fn a_run_stored_with_its_definition_in_the_document_still_loads() {
         let run = chain();
-        let mut legacy = record_of(&run, 3, false);
-        legacy.body["definition"] = run.def.to_value();
+        let mut legacy = record_of(&run, 3, false).unwrap();
+        let mut body = legacy.body.to_value();
+        body["definition"] = run.def.to_value();
+        legacy.body = body.into();
         let (back, def_stored) = load_run(&legacy).unwrap();
         assert!(!def_stored, "the next write must store the definition");
         assert_eq!(back.to_value(), run.to_value());

@@ -3,7 +3,7 @@
 
 use baton_core::lifecycle::TaskState;
 use baton_core::{Millis, Status, TaskSpec};
-use baton_store::{Error, FlowRecord, RunRecord, TaskRecord};
+use baton_store::{Document, Error, FlowRecord, RunRecord, TaskRecord};
 use serde::Serialize;
 use std::error::Error as StdError;
 use tokio_postgres::error::SqlState;
@@ -145,6 +145,11 @@ impl JsonParam {
             .map(JsonParam)
             .map_err(|e| Fault::Store(Error::Other(format!("cannot encode json: {e}"))))
     }
+
+    /// A document already encoded by its owner.
+    pub(crate) fn document(doc: &Document) -> Self {
+        JsonParam(doc.as_str().as_bytes().to_vec())
+    }
 }
 
 impl ToSql for JsonParam {
@@ -191,6 +196,13 @@ impl<'a> FromSql<'a> for RawJson<'a> {
 impl RawJson<'_> {
     fn decode<T: serde::de::DeserializeOwned>(&self, what: impl Fn() -> String) -> Res<T> {
         serde_json::from_slice(self.0).map_err(|e| corrupt(format!("{}: {e}", what())))
+    }
+
+    /// The text as an opaque document, checked to be JSON.
+    fn document(&self, what: &str) -> Res<Document> {
+        let text = std::str::from_utf8(self.0)
+            .map_err(|e| corrupt(format!("{what} is not utf-8: {e}")))?;
+        Ok(Document::from_text(text.to_owned(), what)?)
     }
 }
 
@@ -267,7 +279,7 @@ pub(crate) fn decode_run(row: &Row) -> Res<(i64, RunRecord)> {
         revision: u64::try_from(revision).map_err(|_| corrupt(what("negative revision")))?,
         created_at_ms: read_millis(created_at, &what("created_at"))?,
         updated_at_ms: read_millis(updated_at, &what("updated_at"))?,
-        body: body.decode(|| what("body is not json"))?,
+        body: body.document(&what("body"))?,
         definition: definition
             .map(|d| d.decode(|| what("definition is not json")))
             .transpose()?,

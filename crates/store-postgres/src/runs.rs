@@ -176,7 +176,7 @@ async fn run(client: &impl GenericClient, run_id: &str) -> Res<Option<RunRecord>
 /// store does); whether it was written.
 async fn write_run(tx: &Tx<'_>, write: &RunWrite) -> Res<bool> {
     let r = &write.record;
-    let body = JsonParam::encode(&r.body)?;
+    let body = JsonParam::document(&r.body);
     let definition = r.definition.as_ref().map(JsonParam::encode).transpose()?;
     let new_revision = revision(r.revision)?;
     let (created_at, updated_at) = (millis(r.created_at_ms), millis(r.updated_at_ms));

@@ -4,7 +4,9 @@
 
 use crate::codec::{encode_cursor, millis, sql_error};
 use baton_core::Millis;
-use baton_store::{Error, FlowOutcome, FlowRecord, Result, RunFilter, RunPage, RunRecord};
+use baton_store::{
+    Document, Error, FlowOutcome, FlowRecord, Result, RunFilter, RunPage, RunRecord,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 const RUN_COLUMNS: &str =
@@ -52,11 +54,11 @@ fn decode_run(row: &Row<'_>) -> rusqlite::Result<Result<(i64, RunRecord)>> {
         revision: row.get::<_, i64>(5)? as u64,
         created_at_ms: row.get::<_, i64>(6)? as Millis,
         updated_at_ms: row.get::<_, i64>(7)? as Millis,
-        body: serde_json::Value::Null,
+        body: Document::from(serde_json::Value::Null),
         definition,
         run_id,
     };
-    Ok(json_value(&body, &format!("run {}", record.run_id))
+    Ok(Document::from_text(body, &format!("run {}", record.run_id))
         .map(|body| (seq, RunRecord { body, ..record })))
 }
 
@@ -156,14 +158,14 @@ pub(crate) fn get_run(conn: &Connection, run_id: &str) -> Result<Option<RunRecor
 
 /// A run's document and definition as the text columns hold them.
 pub(crate) struct RunText {
-    body: String,
+    body: Document,
     definition: Option<String>,
 }
 
 impl RunText {
     pub(crate) fn encode(record: &RunRecord) -> Result<RunText> {
         Ok(RunText {
-            body: json_text(&record.body)?,
+            body: record.body.clone(),
             definition: record.definition.as_ref().map(json_text).transpose()?,
         })
     }
@@ -177,7 +179,7 @@ pub(crate) fn check_and_write(
     text: &RunText,
     expected_revision: Option<u64>,
 ) -> Result<Result<(), Option<RunRecord>>> {
-    let (body, definition) = (&text.body, &text.definition);
+    let (body, definition) = (text.body.as_str(), &text.definition);
     let changed = match expected_revision {
         None => conn
             .prepare_cached(

@@ -2325,7 +2325,7 @@ pub fn run_record(
         revision,
         created_at_ms: now,
         updated_at_ms: now,
-        body: json!({"steps": {"a": {"status": status}}, "n": revision}),
+        body: json!({"steps": {"a": {"status": status}}, "n": revision}).into(),
         definition: Some(json!({"steps": [{"id": "a", "task_type": "t"}]})),
     }
 }

@@ -331,8 +331,14 @@ impl Run {
 
     /// Reads a stored run back with its definition.
     pub fn load(body: &Value, def: FlowDef) -> Result<Run, crate::Error> {
-        let mut run: Run = serde_json::from_value(body.clone())
+        let run: Run = serde_json::from_value(body.clone())
             .map_err(|e| crate::Error::internal(format!("stored run unreadable: {e}")))?;
+        Run::attach(run, def)
+    }
+
+    /// A run decoded by the caller (straight from its stored text), joined to its
+    /// definition.
+    pub fn attach(mut run: Run, def: FlowDef) -> Result<Run, crate::Error> {
         if run.steps.len() != def.steps.len() {
             return Err(crate::Error::internal(
                 "stored run does not match its definition",
