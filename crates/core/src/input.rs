@@ -137,35 +137,6 @@ impl InputPart {
         let kind_raw = obj.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
             crate::Error::invalid(format!("{field}.type must be a string")).with_field(&field)
         })?;
-        let kind =
-            InputKind::parse(kind_raw).map_err(|e| e.with_field(&format!("{field}.type")))?;
-        let data = obj.get("data").unwrap_or(&serde_json::Value::Null);
-        let data = match kind {
-            InputKind::Text => PartData::Text(
-                data.as_str()
-                    .ok_or_else(|| {
-                        crate::Error::invalid(format!("{field}.data must be a string for text"))
-                            .with_field(&field)
-                    })?
-                    .to_string(),
-            ),
-            InputKind::Json => PartData::Json(data.clone()),
-            _ => {
-                let s = data.as_str().ok_or_else(|| {
-                    crate::Error::invalid(format!(
-                        "{field}.data must be a base64 string for {kind_raw}"
-                    ))
-                    .with_field(&field)
-                })?;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s.trim())
-                    .map_err(|e| {
-                        crate::Error::invalid(format!("{field}.data is not valid base64: {e}"))
-                            .with_field(&field)
-                    })?;
-                PartData::Bytes(bytes)
-            }
-        };
         let opt_str = |k: &str| -> Result<Option<String>, crate::Error> {
             match obj.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -176,11 +147,51 @@ impl InputPart {
                 ),
             }
         };
+        let (mime_type, name) = (opt_str("mime_type")?, opt_str("name")?);
+        let data = obj.get("data").cloned().unwrap_or(serde_json::Value::Null);
+        Self::from_fields(&field, kind_raw, data, mime_type, name)
+    }
+
+    /// A part from its fields as JSON gives them (`field` names it in errors).
+    fn from_fields(
+        field: &str,
+        kind_raw: &str,
+        data: serde_json::Value,
+        mime_type: Option<String>,
+        name: Option<String>,
+    ) -> Result<Self, crate::Error> {
+        let kind =
+            InputKind::parse(kind_raw).map_err(|e| e.with_field(&format!("{field}.type")))?;
+        let data = match (kind, data) {
+            (InputKind::Json, v) => PartData::Json(v),
+            (InputKind::Text, serde_json::Value::String(s)) => PartData::Text(s),
+            (InputKind::Text, _) => {
+                return Err(crate::Error::invalid(format!(
+                    "{field}.data must be a string for text"
+                ))
+                .with_field(field))
+            }
+            (_, serde_json::Value::String(s)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .map_err(|e| {
+                        crate::Error::invalid(format!("{field}.data is not valid base64: {e}"))
+                            .with_field(field)
+                    })?;
+                PartData::Bytes(bytes)
+            }
+            (_, _) => {
+                return Err(crate::Error::invalid(format!(
+                    "{field}.data must be a base64 string for {kind_raw}"
+                ))
+                .with_field(field))
+            }
+        };
         Ok(Self {
             kind,
             data,
-            mime_type: opt_str("mime_type")?,
-            name: opt_str("name")?,
+            mime_type,
+            name,
         })
     }
 
@@ -205,16 +216,48 @@ impl InputPart {
     }
 }
 
+// Direct (de)serialisation: a stored task's inputs are encoded at submit and
+// decoded at every claim and result, so no intermediate `Value` tree (and no copy
+// of the data) on the way. Keys in the order a `Value` object gives them.
 impl Serialize for InputPart {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json_value().serialize(s)
+        use serde::ser::SerializeMap;
+        let len = 2 + usize::from(self.mime_type.is_some()) + usize::from(self.name.is_some());
+        let mut m = s.serialize_map(Some(len))?;
+        match &self.data {
+            PartData::Text(t) => m.serialize_entry("data", t)?,
+            PartData::Json(v) => m.serialize_entry("data", v)?,
+            PartData::Bytes(b) => {
+                m.serialize_entry("data", &base64::engine::general_purpose::STANDARD.encode(b))?
+            }
+        }
+        if let Some(mime) = &self.mime_type {
+            m.serialize_entry("mime_type", mime)?;
+        }
+        if let Some(name) = &self.name {
+            m.serialize_entry("name", name)?;
+        }
+        m.serialize_entry("type", self.kind.as_str())?;
+        m.end()
     }
 }
 
 impl<'de> Deserialize<'de> for InputPart {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        InputPart::from_json_value(0, &v).map_err(|e| serde::de::Error::custom(e.message))
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            data: serde_json::Value,
+            #[serde(default)]
+            mime_type: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        let f = Fields::deserialize(d)?;
+        InputPart::from_fields("inputs[0]", &f.kind, f.data, f.mime_type, f.name)
+            .map_err(|e| serde::de::Error::custom(e.message))
     }
 }
 
@@ -222,6 +265,39 @@ impl<'de> Deserialize<'de> for InputPart {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn serde_gives_what_the_json_value_form_gives() {
+        let mut named = InputPart::bytes(InputKind::Image, vec![9, 8, 7]);
+        named.mime_type = Some("image/png".into());
+        named.name = Some("chart".into());
+        let parts = vec![
+            InputPart::text("Q4 \"sales\" data"),
+            InputPart::json(json!({"b": [1, {"c": null}], "a": "x"})),
+            InputPart::json(serde_json::Value::Null),
+            named,
+        ];
+        for p in parts {
+            let text = serde_json::to_string(&p).unwrap();
+            assert_eq!(text, p.to_json_value().to_string());
+            let back: InputPart = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, p);
+        }
+        for bad in [
+            json!({"type": "text", "data": 3}),
+            json!({"type": "image", "data": "not base64!"}),
+            json!({"type": "image"}),
+            json!({"type": "sound", "data": ""}),
+            json!({"data": "x"}),
+            json!({"type": "text", "data": "x", "name": 5}),
+        ] {
+            assert!(
+                serde_json::from_value::<InputPart>(bad.clone()).is_err(),
+                "{bad}"
+            );
+            assert!(InputPart::from_json_value(0, &bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parts_round_trip_through_json() {
