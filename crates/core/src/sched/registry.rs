@@ -361,7 +361,11 @@ const NO_LOCATION: u32 = u32::MAX;
 
 impl Row {
     fn health(&self, opts: &Options, now: Millis) -> f64 {
-        aged(now.saturating_sub(self.last_heartbeat_ms), self.quality, opts)
+        aged(
+            now.saturating_sub(self.last_heartbeat_ms),
+            self.quality,
+            opts,
+        )
     }
 
     fn load(&self) -> f64 {
@@ -602,7 +606,14 @@ impl Registry {
             .as_ref()
             .map(|l| self.locations.get(l).copied().unwrap_or(NO_LOCATION - 1));
         // Per interned version: 0 not yet matched, 1 matches, 2 does not.
-        let mut version_ok = vec![0u8; if query.version.is_some() { self.versions.len() } else { 0 }];
+        let mut version_ok = vec![
+            0u8;
+            if query.version.is_some() {
+                self.versions.len()
+            } else {
+                0
+            }
+        ];
         // (location then health, load, slot): the sort key and where the id is.
         let mut found: Vec<(u128, u64, u32)> = Vec::with_capacity(match sets.first() {
             Some(s) => s.len(),

@@ -423,49 +423,72 @@ impl Filter<'_> {
             return Cow::Borrowed(&self.dense.gate);
         }
         (0..self.dense.gate.len())
-            .map(|i| if self.admits(i) { f64::INFINITY } else { f64::NAN })
+            .map(|i| {
+                if self.admits(i) {
+                    f64::INFINITY
+                } else {
+                    f64::NAN
+                }
+            })
             .collect()
     }
 }
 
-/// The position with the lowest `(k1, k2)`, the lowest position among equals,
-/// over `chunks` whole chunks; `keys(start, k1, k2)` writes the keys of the
-/// chunk at `start`, NaN in `k1` for a position that may not be chosen (NaN is
-/// never lower). Each lane keeps the best of its own positions, with no
-/// dependency between lanes, so the loop compiles to vector instructions; the
-/// lanes are merged at the end. `k2` must never be NaN or +∞: a lane starts at
-/// (+∞, +∞), so that a first key of +∞ is still taken.
+/// All ones when `c` holds, else zero: a lane mask for [`select`].
 #[inline(always)]
-fn lowest(
-    chunks: usize,
-    mut keys: impl FnMut(usize, &mut [f64; LANES], &mut [f64; LANES]),
-) -> Option<usize> {
+fn mask(c: bool) -> u64 {
+    0u64.wrapping_sub(u64::from(c))
+}
+
+/// `a` where `m` is all ones, `b` where it is zero, without a branch. The scans
+/// select this way rather than with `if`, which the compiler may turn into a
+/// branch per agent and does not vectorise.
+#[inline(always)]
+fn select(m: u64, a: f64, b: f64) -> f64 {
+    f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
+/// `x`, or NaN (all bits set) where `m` is zero: NaN is never lower.
+#[inline(always)]
+fn or_nan(m: u64, x: f64) -> f64 {
+    f64::from_bits(x.to_bits() | !m)
+}
+
+/// The position with the lowest `(k1, k2)`, the lowest position among equals,
+/// over `chunks` whole chunks; `keys(start)` gives the keys of the chunk at
+/// `start`, NaN in `k1` for a position that may not be chosen. Each lane keeps
+/// the best of its own positions (as an `f64`, exact far beyond any snapshot),
+/// with no dependency between lanes and no branch, so the loop compiles to
+/// vector instructions; the lanes are merged at the end. `k2` must never be
+/// NaN or +∞: a lane starts at (+∞, +∞), so that a first key of +∞ is taken.
+#[inline(always)]
+fn lowest(chunks: usize, keys: impl Fn(usize) -> ([f64; LANES], [f64; LANES])) -> Option<usize> {
     let mut b1 = [f64::INFINITY; LANES];
     let mut b2 = [f64::INFINITY; LANES];
-    let mut at = [usize::MAX; LANES];
-    let (mut k1, mut k2) = ([0.0; LANES], [0.0; LANES]);
+    let mut at = [f64::INFINITY; LANES];
+    let mut pos: [f64; LANES] = std::array::from_fn(|j| j as f64);
     for c in 0..chunks {
-        let start = c * LANES;
-        keys(start, &mut k1, &mut k2);
+        let (k1, k2) = keys(c * LANES);
         for j in 0..LANES {
-            let better = (k1[j] < b1[j]) | ((k1[j] == b1[j]) & (k2[j] < b2[j]));
-            b1[j] = if better { k1[j] } else { b1[j] };
-            b2[j] = if better { k2[j] } else { b2[j] };
-            at[j] = if better { start + j } else { at[j] };
+            let better = mask((k1[j] < b1[j]) | ((k1[j] == b1[j]) & (k2[j] < b2[j])));
+            b1[j] = select(better, k1[j], b1[j]);
+            b2[j] = select(better, k2[j], b2[j]);
+            at[j] = select(better, pos[j], at[j]);
+            pos[j] += LANES as f64;
         }
     }
     let mut best: Option<usize> = None;
     for j in 0..LANES {
-        if at[j] == usize::MAX {
+        if at[j] == f64::INFINITY {
             continue;
         }
         let better = best.is_none_or(|b| {
-            let (lane, pos) = (b % LANES, b);
-            (b1[j], b2[j], at[j]).partial_cmp(&(b1[lane], b2[lane], pos))
+            let lane = b % LANES;
+            (b1[j], b2[j], at[j]).partial_cmp(&(b1[lane], b2[lane], at[lane]))
                 == Some(std::cmp::Ordering::Less)
         });
         if better {
-            best = Some(at[j]);
+            best = Some(at[j] as usize);
         }
     }
     best
@@ -561,34 +584,28 @@ impl fmt::Display for Strategy {
 }
 
 /// Lowest load (in flight / limit), then most free slots, then lowest id,
-/// among the eligible agents that `admit` lets through (one answer per lane of
-/// the chunk at the position it is given).
+/// among the eligible agents that `admit` lets through (a lane mask for the
+/// chunk at the position it is given).
 #[inline(always)]
 fn least_loaded_where(
     snap: &Snapshot,
     task: &TaskFacts,
-    admit: impl Fn(usize) -> [bool; LANES],
+    admit: impl Fn(usize) -> [u64; LANES],
 ) -> Option<usize> {
     let f = snap.filter(task);
     let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    lowest(snap.chunks(), |s, k1, k2| {
+    lowest(snap.chunks(), |s| {
         let (g, extra) = (chunk(&gate, s), admit(s));
-        let (load, neg_free) = (chunk(&d.load, s), chunk(&d.neg_free, s));
-        for j in 0..LANES {
-            k1[j] = if (g[j] >= min_health) & extra[j] {
-                load[j]
-            } else {
-                f64::NAN
-            };
-            k2[j] = neg_free[j];
-        }
+        let load = chunk(&d.load, s);
+        let k1 = std::array::from_fn(|j| or_nan(mask(g[j] >= min_health) & extra[j], load[j]));
+        (k1, *chunk(&d.neg_free, s))
     })
 }
 
 /// Lowest load (in flight / limit), then most free slots, then lowest id.
 pub fn least_loaded(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
-    least_loaded_where(snap, task, |_| [true; LANES])
+    least_loaded_where(snap, task, |_| [u64::MAX; LANES])
 }
 
 /// The first eligible agent at or after `*cursor` in id order, wrapping; moves
@@ -614,13 +631,11 @@ pub fn weighted_capacity(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
     let f = snap.filter(task);
     let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    lowest(snap.chunks(), |s, k1, k2| {
+    // The key is NaN for a share that is not positive: never chosen.
+    lowest(snap.chunks(), |s| {
         let (g, key) = (chunk(&gate, s), chunk(&d.capacity_key, s));
-        for j in 0..LANES {
-            // The key is NaN for a share that is not positive: never chosen.
-            k1[j] = if g[j] >= min_health { key[j] } else { f64::NAN };
-            k2[j] = 0.0;
-        }
+        let k1 = std::array::from_fn(|j| or_nan(mask(g[j] >= min_health), key[j]));
+        (k1, [0.0; LANES])
     })
 }
 
@@ -645,13 +660,7 @@ pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option
     // The weight an agent counts with: 0 unless it may be chosen.
     let counted = |s: usize| -> [f64; LANES] {
         let (g, w) = (chunk(&gate, s), chunk(&d.weight, s));
-        std::array::from_fn(|j| {
-            if (g[j] >= min_health) & (w[j] > 0.0) {
-                w[j]
-            } else {
-                0.0
-            }
-        })
+        std::array::from_fn(|j| select(mask((g[j] >= min_health) & (w[j] > 0.0)), w[j], 0.0))
     };
     let mut sums = Vec::with_capacity(len.div_ceil(BLOCK));
     let mut total = 0.0;
@@ -725,8 +734,7 @@ pub fn cost_score(agent: &AgentView, estimated_complexity: f64) -> f64 {
 /// one unit of complexity on that agent,
 /// `cost_factor × (average_task_time / 3600) × (1 + active / max_concurrent)`.
 pub fn cost_rate(agent: &AgentView) -> f64 {
-    let utilization_penalty =
-        f64::from(agent.in_flight) / f64::from(agent.max_concurrency.max(1));
+    let utilization_penalty = f64::from(agent.in_flight) / f64::from(agent.max_concurrency.max(1));
     let avg_ms = if agent.avg_task_ms > 0.0 {
         agent.avg_task_ms
     } else {
@@ -742,15 +750,14 @@ pub fn cost_based(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
     let f = snap.filter(task);
     let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    lowest(snap.chunks(), |s, k1, k2| {
-        let g = chunk(&gate, s);
-        let (rate, load) = (chunk(&d.cost_rate, s), chunk(&d.load, s));
-        for j in 0..LANES {
+    lowest(snap.chunks(), |s| {
+        let (g, rate) = (chunk(&gate, s), chunk(&d.cost_rate, s));
+        let k1 = std::array::from_fn(|j| {
             let cost = rate[j] * c;
-            let cost = if cost.is_nan() { f64::INFINITY } else { cost };
-            k1[j] = if g[j] >= min_health { cost } else { f64::NAN };
-            k2[j] = load[j];
-        }
+            let cost = select(mask(cost.is_nan()), f64::INFINITY, cost);
+            or_nan(mask(g[j] >= min_health), cost)
+        });
+        (k1, *chunk(&d.load, s))
     })
 }
 
@@ -804,7 +811,7 @@ pub fn content_based(snap: &Snapshot, task: &TaskFacts, rules: &[Rule]) -> Optio
             let want = *d.types.get(t)?;
             least_loaded_where(snap, task, |s| {
                 let ty = chunk(&d.agent_type, s);
-                std::array::from_fn(|j| ty[j] == want)
+                std::array::from_fn(|j| mask(ty[j] == want))
             })
         }
         Target::Tag(t) => match *d.tags.get(t)? {
@@ -812,11 +819,13 @@ pub fn content_based(snap: &Snapshot, task: &TaskFacts, rules: &[Rule]) -> Optio
                 let bit = 1u64 << at;
                 least_loaded_where(snap, task, |s| {
                     let tags = chunk(&d.tag_bits, s);
-                    std::array::from_fn(|j| tags[j] & bit != 0)
+                    std::array::from_fn(|j| mask(tags[j] & bit != 0))
                 })
             }
             _ => least_loaded_where(snap, task, |s| {
-                std::array::from_fn(|j| snap.get(s + j).is_some_and(|a| rule.target.admits(a)))
+                std::array::from_fn(|j| {
+                    mask(snap.get(s + j).is_some_and(|a| rule.target.admits(a)))
+                })
             }),
         },
     }

@@ -632,7 +632,11 @@ mod reference {
         }
         let counts = |a: &AgentView| a.weight > 0.0 && a.eligible(task);
         let total: f64 = snap.iter().filter(|a| counts(a)).map(|a| a.weight).sum();
-        let before: f64 = snap[..p].iter().filter(|a| counts(a)).map(|a| a.weight).sum();
+        let before: f64 = snap[..p]
+            .iter()
+            .filter(|a| counts(a))
+            .map(|a| a.weight)
+            .sum();
         let target = sample.clamp(0.0, 1.0) * total;
         let slack = 1e-9 * total;
         let last = snap.iter().rposition(counts) == Some(p);
@@ -810,7 +814,11 @@ fn weighted_random_walks_only_the_block_holding_the_target() {
         (0..200).map(|i| agent(&format!("a{i:03}"), 0, 1)).collect(),
     );
     for (sample, want) in [(0.0, 0), (0.5, 100), (0.704, 140), (0.999, 199), (1.0, 199)] {
-        assert_eq!(weighted_random(&snap, &task(), sample), Some(want), "{sample}");
+        assert_eq!(
+            weighted_random(&snap, &task(), sample),
+            Some(want),
+            "{sample}"
+        );
     }
 }
 
