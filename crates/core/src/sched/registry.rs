@@ -340,6 +340,13 @@ pub struct Registry {
     locations: HashMap<String, u32>,
     versions: Vec<semver::Version>,
     version_ids: HashMap<semver::Version, u32>,
+    /// Every slot's id, back to back ([`Row::id_at`]), so that copying the ids
+    /// discovery returns, in result order, reads a compact text instead of one
+    /// heap string per agent scattered among the descriptors. Registrations
+    /// append; it is rebuilt from the live ids when departed ones outweigh them.
+    id_text: String,
+    /// Bytes of `id_text` that belong to registered agents.
+    id_live: usize,
 }
 
 /// What discovery reads of one slot.
@@ -354,6 +361,9 @@ struct Row {
     location: u32,
     /// Into `versions`.
     version: u32,
+    /// Where the id is in `id_text`, and its length.
+    id_at: u32,
+    id_len: u32,
 }
 
 /// [`Row::location`] of an agent without one.
@@ -466,7 +476,12 @@ impl Registry {
                 v
             }
         };
+        let (id_at, id_len) = (self.id_text.len() as u32, id.as_str().len() as u32);
+        self.id_text.push_str(id.as_str());
+        self.id_live += id.as_str().len();
         let row = Row {
+            id_at,
+            id_len,
             last_heartbeat_ms: now,
             quality: quality(&HeartbeatLoad::default(), &self.opts),
             in_flight,
@@ -487,7 +502,28 @@ impl Registry {
             avg_task_ms: 0.0,
         });
         self.by_id.insert(id, slot);
+        if self.id_text.len() > 4096 && self.id_text.len() > 2 * self.id_live {
+            self.compact_ids();
+        }
         Ok(())
+    }
+
+    /// Rebuilds `id_text` from the registered agents' ids only.
+    fn compact_ids(&mut self) {
+        let mut text = String::with_capacity(self.id_live);
+        for (id, &slot) in &self.by_id {
+            let row = &mut self.rows[slot as usize];
+            row.id_at = text.len() as u32;
+            text.push_str(id.as_str());
+        }
+        self.id_text = text;
+    }
+
+    /// The id in `slot`, from the compact copy.
+    fn id_str(&self, slot: u32) -> &str {
+        let row = &self.rows[slot as usize];
+        let at = row.id_at as usize;
+        &self.id_text[at..at + row.id_len as usize]
     }
 
     /// Records a heartbeat; unknown agents are `not_found` (they must register).
@@ -539,6 +575,7 @@ impl Registry {
     pub fn deregister(&mut self, id: &AgentId) -> Option<Agent> {
         let slot = self.by_id.remove(id)?;
         let agent = self.slots[slot as usize].take()?;
+        self.id_live -= id.as_str().len();
         for cap in &agent.descriptor.capabilities {
             if let Some(set) = self.by_capability.get_mut(cap) {
                 if let Ok(at) = set.binary_search(&slot) {
@@ -653,12 +690,9 @@ impl Registry {
             found.push((first, order_key(row.load()), slot));
         }
         let order = |a: &(u128, u64, u32), b: &(u128, u64, u32)| {
-            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-                self.slot(a.2)
-                    .descriptor
-                    .agent_id
-                    .cmp(&self.slot(b.2).descriptor.agent_id)
-            })
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| self.id_str(a.2).cmp(self.id_str(b.2)))
         };
         if query.limit > 0 && query.limit < found.len() {
             found.select_nth_unstable_by(query.limit - 1, order);
@@ -670,7 +704,7 @@ impl Registry {
             .map(|(first, _, slot)| {
                 let row = &self.rows[slot as usize];
                 Candidate {
-                    agent_id: self.slot(slot).descriptor.agent_id.clone(),
+                    agent_id: AgentId::from_trusted(self.id_str(slot)),
                     health: row.health(&self.opts, now),
                     same_location: first >> 64 == 0 && want_location.is_some(),
                     load: row.load(),
@@ -999,6 +1033,31 @@ mod tests {
             let n = if limit == 0 { all.len() } else { limit.min(all.len()) };
             prop_assert_eq!(&limited[..], &all[..n]);
         }
+    }
+
+    #[test]
+    fn ids_survive_the_compaction_of_their_copy() {
+        // Churn enough ids for the compact copy to be rebuilt several times.
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(desc("keeper", "1.0.0", &["x"], None), 0)
+            .unwrap();
+        for i in 0..3_000 {
+            let name = format!("churn-{i:05}");
+            r.register(desc(&name, "1.0.0", &["x"], None), 0).unwrap();
+            if i % 3 != 0 {
+                r.deregister(&id(&name));
+            }
+        }
+        assert!(r.id_text.len() <= 2 * r.id_live.max(4096));
+        let mut want: Vec<String> = r
+            .agents()
+            .map(|a| a.descriptor.agent_id.to_string())
+            .collect();
+        want.sort();
+        let mut got = names(&r, "x");
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 1_001);
     }
 
     proptest! {

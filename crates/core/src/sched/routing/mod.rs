@@ -126,7 +126,7 @@ impl AgentView {
 /// the type" into a `gate` per agent, its health or NaN, so that a task of that
 /// type is admitted by one comparison with its `min_health`; a task of another
 /// type is tested field by field, with a string search for its type. The
-/// arrays are padded to whole chunks of [`LANES`] agents with rows that never
+/// arrays are padded to whole chunks of `LANES` agents with rows that never
 /// pass, so the scans run over whole chunks, which the compiler turns into
 /// vector instructions. Changes go through [`Snapshot::modify_at`],
 /// [`Snapshot::set_in_flight`] and [`Snapshot::set_routable`], which keep both
@@ -141,7 +141,7 @@ pub struct Snapshot {
 
 /// Agents per chunk of the scans: each lane keeps its own best, so that the
 /// lanes of one chunk do not wait on each other.
-pub const LANES: usize = 4;
+const LANES: usize = 4;
 
 /// Routable (breaker allows, not draining).
 const ROUTABLE: u8 = 1;
