@@ -194,7 +194,7 @@ impl Dense {
 
     /// Rows up to a whole number of chunks.
     fn pad(&mut self) {
-        while self.flags.len() % LANES != 0 {
+        while !self.flags.len().is_multiple_of(LANES) {
             self.push_blank();
         }
     }
@@ -676,7 +676,7 @@ pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option
         sums.push(sum);
         total += sum;
     }
-    if !(total > 0.0) {
+    if total <= 0.0 {
         return None;
     }
     let target = sample.clamp(0.0, 1.0) * total;
