@@ -245,14 +245,13 @@ impl Agent {
 
 /// `freshness × (1 − error_rate) × latency_factor`, in 0..=1.
 pub fn health_score(heartbeat_age_ms: u64, load: &HeartbeatLoad, opts: &Options) -> f64 {
-    let freshness = if heartbeat_age_ms <= opts.heartbeat_interval_ms {
-        1.0
-    } else if heartbeat_age_ms >= opts.deregister_after_ms {
-        0.0
-    } else {
-        let span = (opts.deregister_after_ms - opts.heartbeat_interval_ms) as f64;
-        1.0 - (heartbeat_age_ms - opts.heartbeat_interval_ms) as f64 / span
-    };
+    aged(heartbeat_age_ms, quality(load, opts), opts)
+}
+
+/// `(1 − error_rate) × latency_factor`: the part of the health score that does
+/// not change with time, which the registry keeps per agent from its last
+/// heartbeat.
+fn quality(load: &HeartbeatLoad, opts: &Options) -> f64 {
     let error_rate = if load.error_rate.is_finite() {
         load.error_rate.clamp(0.0, 1.0)
     } else {
@@ -266,7 +265,20 @@ pub fn health_score(heartbeat_age_ms: u64, load: &HeartbeatLoad, opts: &Options)
     } else {
         opts.latency_target_ms / rt
     };
-    (freshness * (1.0 - error_rate) * latency).clamp(0.0, 1.0)
+    (1.0 - error_rate) * latency
+}
+
+/// The health score from its [`quality`] and the heartbeat's age.
+fn aged(heartbeat_age_ms: u64, quality: f64, opts: &Options) -> f64 {
+    let freshness = if heartbeat_age_ms <= opts.heartbeat_interval_ms {
+        1.0
+    } else if heartbeat_age_ms >= opts.deregister_after_ms {
+        0.0
+    } else {
+        let span = (opts.deregister_after_ms - opts.heartbeat_interval_ms) as f64;
+        1.0 - (heartbeat_age_ms - opts.heartbeat_interval_ms) as f64 / span
+    };
+    (freshness * quality).clamp(0.0, 1.0)
 }
 
 /// A discovery query (seed 004's `discover`).
@@ -305,15 +317,78 @@ pub struct Candidate {
 /// the current time and owns it behind its own lock.
 ///
 /// Agents live in slots of one vector; the id map and the capability index hold
-/// slot numbers, so discovery walks an index without looking ids up by string.
+/// slot numbers (each capability's slots sorted), so discovery walks an index
+/// without looking ids up by string. Beside each slot, a [`Row`] keeps what
+/// discovery tests and orders by on every candidate (heartbeat time, the
+/// health score's lasting part, load, an interned location and version), so
+/// the walk reads one small row per agent instead of its descriptor's heap
+/// data.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     opts: Options,
     /// Registered agents; `None` is a free slot (listed in `free`).
     slots: Vec<Option<Agent>>,
+    /// Per slot; a free slot's row is stale.
+    rows: Vec<Row>,
     free: Vec<u32>,
     by_id: BTreeMap<AgentId, u32>,
-    by_capability: HashMap<String, BTreeSet<u32>>,
+    /// Slots of the agents with each capability, ascending.
+    by_capability: HashMap<String, Vec<u32>>,
+    /// Every location and version registered so far, interned: a handful in a
+    /// fleet, and never removed, so that ids stay valid without reference
+    /// counts.
+    locations: HashMap<String, u32>,
+    versions: Vec<semver::Version>,
+    version_ids: HashMap<semver::Version, u32>,
+    /// Every slot's id, back to back ([`Row::id_at`]), so that copying the ids
+    /// discovery returns, in result order, reads a compact text instead of one
+    /// heap string per agent scattered among the descriptors. Registrations
+    /// append; it is rebuilt from the live ids when departed ones outweigh them.
+    id_text: String,
+    /// Bytes of `id_text` that belong to registered agents.
+    id_live: usize,
+}
+
+/// What discovery reads of one slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    last_heartbeat_ms: Millis,
+    /// [`quality`] of the last heartbeat.
+    quality: f64,
+    in_flight: u32,
+    max_concurrency: u32,
+    /// Into `locations`; [`NO_LOCATION`] for none.
+    location: u32,
+    /// Into `versions`.
+    version: u32,
+    /// Where the id is in `id_text`, and its length.
+    id_at: u32,
+    id_len: u32,
+}
+
+/// [`Row::location`] of an agent without one.
+const NO_LOCATION: u32 = u32::MAX;
+
+impl Row {
+    fn health(&self, opts: &Options, now: Millis) -> f64 {
+        aged(
+            now.saturating_sub(self.last_heartbeat_ms),
+            self.quality,
+            opts,
+        )
+    }
+
+    fn load(&self) -> f64 {
+        f64::from(self.in_flight) / f64::from(self.max_concurrency.max(1))
+    }
+}
+
+/// `x` as an integer with the order of [`f64::total_cmp`].
+fn order_key(x: f64) -> u64 {
+    let bits = x.to_bits();
+    // Negative numbers: flip all but the sign bit (as `total_cmp` does), then
+    // the sign bit, so that unsigned order is the total order.
+    (bits ^ ((((bits as i64) >> 63) as u64) >> 1)) ^ (1 << 63)
 }
 
 impl Registry {
@@ -380,11 +455,44 @@ impl Registry {
             }
         };
         for cap in &descriptor.capabilities {
-            self.by_capability
-                .entry(cap.clone())
-                .or_default()
-                .insert(slot);
+            let slots = self.by_capability.entry(cap.clone()).or_default();
+            if let Err(at) = slots.binary_search(&slot) {
+                slots.insert(at, slot);
+            }
         }
+        let location = match &descriptor.location {
+            Some(l) => {
+                let next = self.locations.len() as u32;
+                *self.locations.entry(l.clone()).or_insert(next)
+            }
+            None => NO_LOCATION,
+        };
+        let version = match self.version_ids.get(&descriptor.version) {
+            Some(&v) => v,
+            None => {
+                let v = self.versions.len() as u32;
+                self.versions.push(descriptor.version.clone());
+                self.version_ids.insert(descriptor.version.clone(), v);
+                v
+            }
+        };
+        let (id_at, id_len) = (self.id_text.len() as u32, id.as_str().len() as u32);
+        self.id_text.push_str(id.as_str());
+        self.id_live += id.as_str().len();
+        let row = Row {
+            id_at,
+            id_len,
+            last_heartbeat_ms: now,
+            quality: quality(&HeartbeatLoad::default(), &self.opts),
+            in_flight,
+            max_concurrency: descriptor.max_concurrency,
+            location,
+            version,
+        };
+        if self.rows.len() <= slot as usize {
+            self.rows.resize(slot as usize + 1, Row::default());
+        }
+        self.rows[slot as usize] = row;
         self.slots[slot as usize] = Some(Agent {
             descriptor,
             registered_at_ms: now,
@@ -394,7 +502,28 @@ impl Registry {
             avg_task_ms: 0.0,
         });
         self.by_id.insert(id, slot);
+        if self.id_text.len() > 4096 && self.id_text.len() > 2 * self.id_live {
+            self.compact_ids();
+        }
         Ok(())
+    }
+
+    /// Rebuilds `id_text` from the registered agents' ids only.
+    fn compact_ids(&mut self) {
+        let mut text = String::with_capacity(self.id_live);
+        for (id, &slot) in &self.by_id {
+            let row = &mut self.rows[slot as usize];
+            row.id_at = text.len() as u32;
+            text.push_str(id.as_str());
+        }
+        self.id_text = text;
+    }
+
+    /// The id in `slot`, from the compact copy.
+    fn id_str(&self, slot: u32) -> &str {
+        let row = &self.rows[slot as usize];
+        let at = row.id_at as usize;
+        &self.id_text[at..at + row.id_len as usize]
     }
 
     /// Records a heartbeat; unknown agents are `not_found` (they must register).
@@ -404,18 +533,28 @@ impl Registry {
         load: HeartbeatLoad,
         now: Millis,
     ) -> Result<(), Error> {
-        let agent = self
-            .get_mut(id)
+        let slot = *self
+            .by_id
+            .get(id)
             .ok_or_else(|| Error::not_found(format!("agent {id} is not registered")))?;
+        let agent = self.slots[slot as usize]
+            .as_mut()
+            .expect("indexed slots hold an agent");
         agent.load = load;
         agent.last_heartbeat_ms = agent.last_heartbeat_ms.max(now);
+        let row = &mut self.rows[slot as usize];
+        row.quality = quality(&load, &self.opts);
+        row.last_heartbeat_ms = agent.last_heartbeat_ms;
         Ok(())
     }
 
     /// Sets the number of tasks the agent is running (the server's count).
     pub fn set_in_flight(&mut self, id: &AgentId, in_flight: u32) {
-        if let Some(agent) = self.get_mut(id) {
-            agent.in_flight = in_flight;
+        if let Some(&slot) = self.by_id.get(id) {
+            if let Some(agent) = self.slots[slot as usize].as_mut() {
+                agent.in_flight = in_flight;
+                self.rows[slot as usize].in_flight = in_flight;
+            }
         }
     }
 
@@ -436,9 +575,12 @@ impl Registry {
     pub fn deregister(&mut self, id: &AgentId) -> Option<Agent> {
         let slot = self.by_id.remove(id)?;
         let agent = self.slots[slot as usize].take()?;
+        self.id_live -= id.as_str().len();
         for cap in &agent.descriptor.capabilities {
             if let Some(set) = self.by_capability.get_mut(cap) {
-                set.remove(&slot);
+                if let Ok(at) = set.binary_search(&slot) {
+                    set.remove(at);
+                }
                 if set.is_empty() {
                     self.by_capability.remove(cap);
                 }
@@ -471,60 +613,86 @@ impl Registry {
     /// is preferred), then higher health, then lower load, then id.
     ///
     /// It walks the smallest index set of the required capabilities by slot, so
-    /// its cost follows the number of agents with the rarest one; it orders slot
-    /// numbers with their sort keys and copies only the ids it returns, and with
-    /// a `limit` it orders only that many.
+    /// its cost follows the number of agents with the rarest one; the other
+    /// required capabilities are followed along their own (sorted) sets. Each
+    /// candidate is tested on its row: health, location and version (each
+    /// distinct version matched against the constraint once per query); only
+    /// tags and an agent type, when asked for, read the descriptor. Results
+    /// are ordered as integer keys with slot numbers, ids compared only on
+    /// ties, with a `limit` only that many, and only the returned ids are
+    /// copied.
     pub fn discover(&self, query: &Query, now: Millis) -> Vec<Candidate> {
-        // Start from the smallest capability set; the others are checked per agent.
-        let mut rest: Vec<&String> = query.capabilities.iter().collect();
-        let mut smallest: Option<&BTreeSet<u32>> = None;
-        if !query.capabilities.is_empty() {
-            let mut at = 0;
-            for (i, cap) in query.capabilities.iter().enumerate() {
-                let Some(set) = self.by_capability.get(cap) else {
-                    return Vec::new();
-                };
-                if smallest.is_none_or(|s| set.len() < s.len()) {
-                    smallest = Some(set);
-                    at = i;
+        // Start from the smallest capability set; the others are followed.
+        let mut sets: Vec<&[u32]> = Vec::with_capacity(query.capabilities.len());
+        for cap in &query.capabilities {
+            match self.by_capability.get(cap) {
+                Some(set) => sets.push(set),
+                None => return Vec::new(),
+            }
+        }
+        sets.sort_by_key(|s| s.len());
+        let (pool, rest): (Box<dyn Iterator<Item = u32>>, &[&[u32]]) = match sets.split_first() {
+            Some((first, rest)) => (Box::new(first.iter().copied()), rest),
+            None => (Box::new(self.by_id.values().copied()), &[]),
+        };
+        // Where each other set stands: the pool's slots ascend, so each cursor
+        // only moves forward.
+        let mut cursors = vec![0usize; rest.len()];
+        let want_location = query
+            .location
+            .as_ref()
+            .map(|l| self.locations.get(l).copied().unwrap_or(NO_LOCATION - 1));
+        // Per interned version: 0 not yet matched, 1 matches, 2 does not.
+        let mut version_ok = vec![
+            0u8;
+            if query.version.is_some() {
+                self.versions.len()
+            } else {
+                0
+            }
+        ];
+        // (location then health, load, slot): the sort key and where the id is.
+        let mut found: Vec<(u128, u64, u32)> = Vec::with_capacity(match sets.first() {
+            Some(s) => s.len(),
+            None => self.by_id.len(),
+        });
+        'pool: for slot in pool {
+            for (set, at) in rest.iter().zip(cursors.iter_mut()) {
+                *at += set[*at..].partition_point(|&s| s < slot);
+                if set.get(*at) != Some(&slot) {
+                    continue 'pool;
                 }
             }
-            rest.remove(at);
-        }
-        let pool: Box<dyn Iterator<Item = u32>> = match smallest {
-            Some(set) => Box::new(set.iter().copied()),
-            None => Box::new(self.by_id.values().copied()),
-        };
-        // (same location, health, load, slot): the sort key and where the id is.
-        let mut found: Vec<(bool, f64, f64, u32)> = Vec::new();
-        for slot in pool {
-            let a = self.slot(slot);
-            let d = &a.descriptor;
-            let matches = rest.iter().all(|c| d.capabilities.contains(*c))
-                && query.tags.iter().all(|t| d.tags.contains(t))
-                && query.agent_type.as_ref().is_none_or(|t| &d.agent_type == t)
-                && query.version.as_ref().is_none_or(|r| r.matches(&d.version));
-            if !matches {
-                continue;
-            }
-            let health = a.health(&self.opts, now);
+            let row = &self.rows[slot as usize];
+            let health = row.health(&self.opts, now);
             if health < query.min_health {
                 continue;
             }
-            let same_location = query.location.is_some() && d.location == query.location;
-            let load = a.in_flight as f64 / d.max_concurrency.max(1) as f64;
-            found.push((same_location, health, load, slot));
+            if let Some(req) = &query.version {
+                let v = row.version as usize;
+                if version_ok[v] == 0 {
+                    version_ok[v] = if req.matches(&self.versions[v]) { 1 } else { 2 };
+                }
+                if version_ok[v] != 1 {
+                    continue;
+                }
+            }
+            if !query.tags.is_empty() || query.agent_type.is_some() {
+                let d = &self.slot(slot).descriptor;
+                if !(query.tags.iter().all(|t| d.tags.contains(t))
+                    && query.agent_type.as_ref().is_none_or(|t| &d.agent_type == t))
+                {
+                    continue;
+                }
+            }
+            let elsewhere = want_location != Some(row.location);
+            let first = (u128::from(elsewhere) << 64) | u128::from(!order_key(health));
+            found.push((first, order_key(row.load()), slot));
         }
-        let order = |a: &(bool, f64, f64, u32), b: &(bool, f64, f64, u32)| {
-            b.0.cmp(&a.0)
-                .then(b.1.total_cmp(&a.1))
-                .then(a.2.total_cmp(&b.2))
-                .then_with(|| {
-                    self.slot(a.3)
-                        .descriptor
-                        .agent_id
-                        .cmp(&self.slot(b.3).descriptor.agent_id)
-                })
+        let order = |a: &(u128, u64, u32), b: &(u128, u64, u32)| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| self.id_str(a.2).cmp(self.id_str(b.2)))
         };
         if query.limit > 0 && query.limit < found.len() {
             found.select_nth_unstable_by(query.limit - 1, order);
@@ -533,11 +701,14 @@ impl Registry {
         found.sort_unstable_by(order);
         found
             .into_iter()
-            .map(|(same_location, health, load, slot)| Candidate {
-                agent_id: self.slot(slot).descriptor.agent_id.clone(),
-                health,
-                same_location,
-                load,
+            .map(|(first, _, slot)| {
+                let row = &self.rows[slot as usize];
+                Candidate {
+                    agent_id: AgentId::from_trusted(self.id_str(slot)),
+                    health: row.health(&self.opts, now),
+                    same_location: first >> 64 == 0 && want_location.is_some(),
+                    load: row.load(),
+                }
             })
             .collect()
     }
@@ -861,6 +1032,108 @@ mod tests {
             let limited = r.discover(&Query { limit, ..q }, 0);
             let n = if limit == 0 { all.len() } else { limit.min(all.len()) };
             prop_assert_eq!(&limited[..], &all[..n]);
+        }
+    }
+
+    #[test]
+    fn ids_survive_the_compaction_of_their_copy() {
+        // Churn enough ids for the compact copy to be rebuilt several times.
+        let mut r = Registry::new(Options::default()).unwrap();
+        r.register(desc("keeper", "1.0.0", &["x"], None), 0)
+            .unwrap();
+        for i in 0..3_000 {
+            let name = format!("churn-{i:05}");
+            r.register(desc(&name, "1.0.0", &["x"], None), 0).unwrap();
+            if i % 3 != 0 {
+                r.deregister(&id(&name));
+            }
+        }
+        assert!(r.id_text.len() <= 2 * r.id_live.max(4096));
+        let mut want: Vec<String> = r
+            .agents()
+            .map(|a| a.descriptor.agent_id.to_string())
+            .collect();
+        want.sort();
+        let mut got = names(&r, "x");
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 1_001);
+    }
+
+    proptest! {
+        /// Discovery answers from its rows and indexes exactly what a scan of the
+        /// descriptors answers, after registrations, re-registrations,
+        /// heartbeats, load changes and departures: every filter, the order and
+        /// the values returned.
+        #[test]
+        fn discovery_matches_a_scan_of_the_descriptors(
+            agents in proptest::collection::vec(
+                (0u8..8, 0u8..4, 0u8..4, 0.0f64..0.6, 0u32..5, 0u64..200_000, 0u8..4), 1..60),
+            caps in proptest::collection::vec(0u8..3, 0..3),
+            version in 0usize..4,
+            location in 0u8..4,
+            min_health in 0.0f64..1.0,
+            tagged in any::<bool>(),
+            limit in 0usize..6,
+        ) {
+            let names = ["a", "b", "c"];
+            let mut r = Registry::new(Options::default()).unwrap();
+            for (i, (cap_set, loc, ver, err, busy, age, fate)) in agents.iter().enumerate() {
+                let caps: Vec<&str> = names.iter().enumerate()
+                    .filter(|(c, _)| cap_set & (1 << c) != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                let loc = ["eu", "us", "ap", "none"][*loc as usize];
+                let ver = ["1.0.0", "1.4.2", "2.1.0", "3.0.0-beta.1"][*ver as usize];
+                // Some ids come twice: a re-registration replaces the first.
+                let name = format!("ag-{:02}", i % 45);
+                let mut d = desc(&name, ver, &caps, (loc != "none").then_some(loc));
+                if *fate == 1 {
+                    d.tags.insert("gpu".into());
+                }
+                r.register(d, 0).unwrap();
+                r.heartbeat(&id(&name), HeartbeatLoad { error_rate: *err, ..Default::default() }, *age).unwrap();
+                r.set_in_flight(&id(&name), *busy);
+                if *fate == 3 {
+                    r.deregister(&id(&name));
+                }
+            }
+            let q = Query {
+                capabilities: caps.iter().map(|&c| names[c as usize].to_string()).collect(),
+                min_health,
+                version: [None, Some(">=1.2, <3"), Some("^1"), Some(">=3.0.0-beta")][version]
+                    .map(|v| parse_version_req(v).unwrap()),
+                location: (location < 3).then(|| ["eu", "us", "ap"][location as usize].to_string()),
+                tags: if tagged { vec!["gpu".into()] } else { vec![] },
+                limit,
+                ..Default::default()
+            };
+            let now = 150_000;
+            let mut expected: Vec<Candidate> = r.agents()
+                .filter(|a| {
+                    let d = &a.descriptor;
+                    q.capabilities.iter().all(|c| d.capabilities.contains(c))
+                        && q.tags.iter().all(|t| d.tags.contains(t))
+                        && q.version.as_ref().is_none_or(|v| v.matches(&d.version))
+                        && a.health(r.options(), now) >= min_health
+                })
+                .map(|a| Candidate {
+                    agent_id: a.descriptor.agent_id.clone(),
+                    health: a.health(r.options(), now),
+                    same_location: q.location.is_some() && a.descriptor.location == q.location,
+                    load: f64::from(a.in_flight) / f64::from(a.descriptor.max_concurrency),
+                })
+                .collect();
+            expected.sort_by(|x, y| {
+                y.same_location.cmp(&x.same_location)
+                    .then(y.health.total_cmp(&x.health))
+                    .then(x.load.total_cmp(&y.load))
+                    .then(x.agent_id.cmp(&y.agent_id))
+            });
+            if limit > 0 {
+                expected.truncate(limit);
+            }
+            prop_assert_eq!(r.discover(&q, now), expected);
         }
     }
 }

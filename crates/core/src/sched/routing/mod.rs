@@ -22,6 +22,7 @@ pub use rules::{parse_rules, Rule, Target};
 use crate::sched::hints::TaskFacts;
 use crate::{AgentId, Error, Millis};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -115,22 +116,32 @@ impl AgentView {
 /// them.
 ///
 /// Beside the views, a snapshot keeps a dense copy of what the strategies read
-/// on every agent (flags, health, slots, weight, cost, an interned agent type
-/// and tag set), one array per field, so that a scan of 10,000 agents reads a
+/// on every agent, one array per field, so that a scan of 10,000 agents reads a
 /// few hundred kilobytes in order instead of 10,000 scattered views and their
-/// heap strings. A snapshot built for one task type
-/// ([`Snapshot::for_task_type`]) also answers "does it serve the task type"
-/// from a bit decided once at build, which the views answer with a string
-/// search per agent per decision. Changes go through [`Snapshot::modify_at`],
+/// heap strings. The keys the scans compare are computed once per agent, when
+/// it enters the snapshot or changes, rather than once per agent per decision:
+/// the load ratio, the free slots, the weighted-capacity key and the cost rate
+/// ([`cost_rate`]). A snapshot built for one task type
+/// ([`Snapshot::for_task_type`]) also folds "routable, a free slot and serves
+/// the type" into a `gate` per agent, its health or NaN, so that a task of that
+/// type is admitted by one comparison with its `min_health`; a task of another
+/// type is tested field by field, with a string search for its type. The
+/// arrays are padded to whole chunks of `LANES` agents with rows that never
+/// pass, so the scans run over whole chunks, which the compiler turns into
+/// vector instructions. Changes go through [`Snapshot::modify_at`],
 /// [`Snapshot::set_in_flight`] and [`Snapshot::set_routable`], which keep both
 /// in step.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     agents: Vec<AgentView>,
     dense: Dense,
-    /// The task type the `SERVES` flag answers for.
+    /// The task type the `SERVES` flag and the gate answer for.
     task_type: Option<String>,
 }
+
+/// Agents per chunk of the scans: each lane keeps its own best, so that the
+/// lanes of one chunk do not wait on each other.
+const LANES: usize = 4;
 
 /// Routable (breaker allows, not draining).
 const ROUTABLE: u8 = 1;
@@ -139,17 +150,25 @@ const FREE: u8 = 2;
 /// Serves the snapshot's task type.
 const SERVES: u8 = 4;
 
-/// The fields of [`AgentView`] routing reads, one array per field, in snapshot
-/// order.
+/// The fields of [`AgentView`] routing reads and the keys it compares, one
+/// array per field, in snapshot order, padded to whole chunks of [`LANES`].
 #[derive(Debug, Clone, Default)]
 struct Dense {
     flags: Vec<u8>,
     health: Vec<f64>,
-    in_flight: Vec<u32>,
-    max_concurrency: Vec<u32>,
+    /// Health when routable, free and serving the snapshot's task type; NaN
+    /// otherwise, and in the padding (NaN passes no comparison).
+    gate: Vec<f64>,
+    /// In flight / limit, the limit taken as at least 1.
+    load: Vec<f64>,
+    /// Minus the free slots: least-loaded's tie-break, as a key to minimise.
+    neg_free: Vec<f64>,
+    /// Weighted capacity's `(in flight + 1) / (weight × limit)`; NaN when the
+    /// share is not positive.
+    capacity_key: Vec<f64>,
+    /// [`cost_rate`].
+    cost_rate: Vec<f64>,
     weight: Vec<f64>,
-    cost_factor: Vec<f64>,
-    avg_task_ms: Vec<f64>,
     /// Index into `types`.
     agent_type: Vec<u32>,
     /// Bit `i` set: the agent has tag `i` of `tags` (the first 64 tags only).
@@ -159,9 +178,31 @@ struct Dense {
 }
 
 impl Dense {
-    fn push(&mut self, a: &AgentView, serves: bool) {
+    /// Appends a row that never passes: padding, or a row [`Dense::set`] fills.
+    fn push_blank(&mut self) {
+        self.flags.push(0);
+        self.health.push(f64::NAN);
+        self.gate.push(f64::NAN);
+        self.load.push(0.0);
+        self.neg_free.push(0.0);
+        self.capacity_key.push(f64::NAN);
+        self.cost_rate.push(f64::NAN);
+        self.weight.push(0.0);
+        self.agent_type.push(u32::MAX);
+        self.tag_bits.push(0);
+    }
+
+    /// Rows up to a whole number of chunks.
+    fn pad(&mut self) {
+        while !self.flags.len().is_multiple_of(LANES) {
+            self.push_blank();
+        }
+    }
+
+    /// Writes row `pos` from `a`: its interned type and tags, then its state.
+    fn set(&mut self, pos: usize, a: &AgentView, serves: bool) {
         let n_types = self.types.len() as u32;
-        let agent_type = *self.types.entry(a.agent_type.clone()).or_insert(n_types);
+        self.agent_type[pos] = *self.types.entry(a.agent_type.clone()).or_insert(n_types);
         let mut bits = 0u64;
         for t in &a.tags {
             let n_tags = self.tags.len() as u32;
@@ -170,15 +211,31 @@ impl Dense {
                 bits |= 1 << at;
             }
         }
-        self.flags.push(flags_of(a, serves));
-        self.health.push(a.health);
-        self.in_flight.push(a.in_flight);
-        self.max_concurrency.push(a.max_concurrency);
-        self.weight.push(a.weight);
-        self.cost_factor.push(a.cost_factor);
-        self.avg_task_ms.push(a.avg_task_ms);
-        self.agent_type.push(agent_type);
-        self.tag_bits.push(bits);
+        self.tag_bits[pos] = bits;
+        self.set_state(pos, a, serves);
+    }
+
+    /// Writes what changes with in-flight counts and breakers: flags, health,
+    /// gate and the keys.
+    fn set_state(&mut self, pos: usize, a: &AgentView, serves: bool) {
+        let flags = flags_of(a, serves);
+        let share = a.weight * f64::from(a.max_concurrency);
+        self.flags[pos] = flags;
+        self.health[pos] = a.health;
+        self.gate[pos] = if flags == ROUTABLE | FREE | SERVES {
+            a.health
+        } else {
+            f64::NAN
+        };
+        self.load[pos] = f64::from(a.in_flight) / f64::from(a.max_concurrency.max(1));
+        self.neg_free[pos] = -f64::from(a.free_slots());
+        self.capacity_key[pos] = if share > 0.0 {
+            (f64::from(a.in_flight) + 1.0) / share
+        } else {
+            f64::NAN
+        };
+        self.cost_rate[pos] = cost_rate(a);
+        self.weight[pos] = a.weight;
     }
 }
 
@@ -194,6 +251,14 @@ fn flags_of(a: &AgentView, serves: bool) -> u8 {
         f |= SERVES;
     }
     f
+}
+
+/// One chunk of a dense array.
+#[inline(always)]
+fn chunk<T>(xs: &[T], start: usize) -> &[T; LANES] {
+    xs[start..start + LANES]
+        .try_into()
+        .expect("dense arrays hold whole chunks")
 }
 
 impl Snapshot {
@@ -215,12 +280,14 @@ impl Snapshot {
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         agents.dedup_by(|b, a| a.agent_id == b.agent_id);
         let mut dense = Dense::default();
-        for a in &mut agents {
+        for (pos, a) in agents.iter_mut().enumerate() {
             a.capabilities.sort();
             a.tags.sort();
             let serves = task_type.as_deref().is_some_and(|t| a.serves(t));
-            dense.push(a, serves);
+            dense.push_blank();
+            dense.set(pos, a, serves);
         }
+        dense.pad();
         Self {
             agents,
             dense,
@@ -249,26 +316,7 @@ impl Snapshot {
         a.capabilities.sort();
         a.tags.sort();
         let serves = self.task_type.as_deref().is_some_and(|t| a.serves(t));
-        let a = &self.agents[pos];
-        let d = &mut self.dense;
-        let n_types = d.types.len() as u32;
-        d.agent_type[pos] = *d.types.entry(a.agent_type.clone()).or_insert(n_types);
-        let mut bits = 0u64;
-        for t in &a.tags {
-            let n_tags = d.tags.len() as u32;
-            let at = *d.tags.entry(t.clone()).or_insert(n_tags);
-            if at < 64 {
-                bits |= 1 << at;
-            }
-        }
-        d.tag_bits[pos] = bits;
-        d.flags[pos] = flags_of(a, serves);
-        d.health[pos] = a.health;
-        d.in_flight[pos] = a.in_flight;
-        d.max_concurrency[pos] = a.max_concurrency;
-        d.weight[pos] = a.weight;
-        d.cost_factor[pos] = a.cost_factor;
-        d.avg_task_ms[pos] = a.avg_task_ms;
+        self.dense.set(pos, &self.agents[pos], serves);
     }
 
     /// Changes every agent (see [`Snapshot::modify_at`]).
@@ -284,12 +332,8 @@ impl Snapshot {
             return;
         };
         a.in_flight = in_flight;
-        self.dense.in_flight[pos] = in_flight;
-        if in_flight < a.max_concurrency {
-            self.dense.flags[pos] |= FREE;
-        } else {
-            self.dense.flags[pos] &= !FREE;
-        }
+        let serves = self.dense.flags[pos] & SERVES != 0;
+        self.dense.set_state(pos, a, serves);
     }
 
     /// Marks the agent at `pos` routable or not (breaker, draining).
@@ -298,11 +342,8 @@ impl Snapshot {
             return;
         };
         a.routable = routable;
-        if routable {
-            self.dense.flags[pos] |= ROUTABLE;
-        } else {
-            self.dense.flags[pos] &= !ROUTABLE;
-        }
+        let serves = self.dense.flags[pos] & SERVES != 0;
+        self.dense.set_state(pos, a, serves);
     }
 
     /// Where the agent with `id` is, if present.
@@ -321,21 +362,21 @@ impl Snapshot {
         self.agents
     }
 
+    /// Chunks of the dense arrays: positions `0..chunks() * LANES`, the last
+    /// ones padding.
+    fn chunks(&self) -> usize {
+        self.dense.flags.len() / LANES
+    }
+
     /// The eligibility test of one task, with what does not depend on the agent
     /// decided once.
     fn filter<'a>(&'a self, task: &TaskFacts<'a>) -> Filter<'a> {
-        let known = self.task_type.as_deref() == Some(task.task_type);
         Filter {
-            flags: &self.dense.flags,
-            health: &self.dense.health,
+            dense: &self.dense,
             agents: &self.agents,
             min_health: task.hints.min_health,
-            need: if known {
-                ROUTABLE | FREE | SERVES
-            } else {
-                ROUTABLE | FREE
-            },
-            task_type: (!known).then_some(task.task_type),
+            known: self.task_type.as_deref() == Some(task.task_type),
+            task_type: task.task_type,
         }
     }
 }
@@ -349,34 +390,108 @@ impl std::ops::Deref for Snapshot {
 
 /// [`AgentView::eligible`] over a snapshot's dense arrays.
 struct Filter<'a> {
-    flags: &'a [u8],
-    health: &'a [f64],
+    dense: &'a Dense,
     agents: &'a [AgentView],
     min_health: f64,
-    need: u8,
-    /// Set when the snapshot's `SERVES` flag does not answer for this task type.
-    task_type: Option<&'a str>,
+    /// The snapshot was built for the task's type: the gate answers.
+    known: bool,
+    task_type: &'a str,
 }
 
 impl Filter<'_> {
+    /// Position `i` (padding included, which never passes).
     #[inline]
     fn admits(&self, i: usize) -> bool {
-        self.flags_and_health(i) && self.serves(i)
+        let d = self.dense;
+        if self.known {
+            return d.gate[i] >= self.min_health;
+        }
+        // Flags and health without a branch between them; the padding fails
+        // them, so the string search never reads past the views.
+        (d.flags[i] & (ROUTABLE | FREE) == ROUTABLE | FREE) & (d.health[i] >= self.min_health)
+            && self.agents[i].serves(self.task_type)
     }
 
-    /// The flags and health part, without branches: whether an agent passes is
-    /// close to random in a scan, so a mispredicted branch per agent would cost
-    /// more than the test. The scans below combine it with `&`.
-    #[inline]
-    fn flags_and_health(&self, i: usize) -> bool {
-        (self.flags[i] & self.need == self.need) & (self.health[i] >= self.min_health)
+    /// Per position (padding included), a value that is at least `min_health`
+    /// exactly when the agent may take the task: the snapshot's gates for its
+    /// own task type; otherwise +∞ or NaN, from the test field by field. The
+    /// scans compare it without a branch: whether an agent passes is close to
+    /// random in a scan, so a mispredicted branch per agent would cost more
+    /// than the test.
+    fn gates(&self) -> Cow<'_, [f64]> {
+        if self.known {
+            return Cow::Borrowed(&self.dense.gate);
+        }
+        (0..self.dense.gate.len())
+            .map(|i| {
+                if self.admits(i) {
+                    f64::INFINITY
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect()
     }
+}
 
-    /// The task type part, for a snapshot that was not built for it.
-    #[inline]
-    fn serves(&self, i: usize) -> bool {
-        self.task_type.is_none_or(|t| self.agents[i].serves(t))
+/// All ones when `c` holds, else zero: a lane mask for [`select`].
+#[inline(always)]
+fn mask(c: bool) -> u64 {
+    0u64.wrapping_sub(u64::from(c))
+}
+
+/// `a` where `m` is all ones, `b` where it is zero, without a branch. The scans
+/// select this way rather than with `if`, which the compiler may turn into a
+/// branch per agent and does not vectorise.
+#[inline(always)]
+fn select(m: u64, a: f64, b: f64) -> f64 {
+    f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
+/// `x`, or NaN (all bits set) where `m` is zero: NaN is never lower.
+#[inline(always)]
+fn or_nan(m: u64, x: f64) -> f64 {
+    f64::from_bits(x.to_bits() | !m)
+}
+
+/// The position with the lowest `(k1, k2)`, the lowest position among equals,
+/// over `chunks` whole chunks; `keys(start)` gives the keys of the chunk at
+/// `start`, NaN in `k1` for a position that may not be chosen. Each lane keeps
+/// the best of its own positions (as an `f64`, exact far beyond any snapshot),
+/// with no dependency between lanes and no branch, so the loop compiles to
+/// vector instructions; the lanes are merged at the end. `k2` must never be
+/// NaN or +∞: a lane starts at (+∞, +∞), so that a first key of +∞ is taken.
+#[inline(always)]
+fn lowest(chunks: usize, keys: impl Fn(usize) -> ([f64; LANES], [f64; LANES])) -> Option<usize> {
+    let mut b1 = [f64::INFINITY; LANES];
+    let mut b2 = [f64::INFINITY; LANES];
+    let mut at = [f64::INFINITY; LANES];
+    let mut pos: [f64; LANES] = std::array::from_fn(|j| j as f64);
+    for c in 0..chunks {
+        let (k1, k2) = keys(c * LANES);
+        for j in 0..LANES {
+            let better = mask((k1[j] < b1[j]) | ((k1[j] == b1[j]) & (k2[j] < b2[j])));
+            b1[j] = select(better, k1[j], b1[j]);
+            b2[j] = select(better, k2[j], b2[j]);
+            at[j] = select(better, pos[j], at[j]);
+            pos[j] += LANES as f64;
+        }
     }
+    let mut best: Option<usize> = None;
+    for j in 0..LANES {
+        if at[j] == f64::INFINITY {
+            continue;
+        }
+        let better = best.is_none_or(|b| {
+            let lane = b % LANES;
+            (b1[j], b2[j], at[j]).partial_cmp(&(b1[lane], b2[lane], at[lane]))
+                == Some(std::cmp::Ordering::Less)
+        });
+        if better {
+            best = Some(at[j] as usize);
+        }
+    }
+    best
 }
 
 /// The ten strategies. `least_loaded` is the default.
@@ -469,35 +584,28 @@ impl fmt::Display for Strategy {
 }
 
 /// Lowest load (in flight / limit), then most free slots, then lowest id,
-/// among the eligible agents that `admit` lets through.
+/// among the eligible agents that `admit` lets through (a lane mask for the
+/// chunk at the position it is given).
+#[inline(always)]
 fn least_loaded_where(
     snap: &Snapshot,
     task: &TaskFacts,
-    admit: impl Fn(usize) -> bool,
+    admit: impl Fn(usize) -> [u64; LANES],
 ) -> Option<usize> {
     let f = snap.filter(task);
+    let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    let n = snap.len();
-    let (in_flight, max) = (&d.in_flight[..n], &d.max_concurrency[..n]);
-    // `usize::MAX`: none yet. Keys are computed for every agent (an eligible one
-    // has a limit above its in-flight count, so the values are the real ones)
-    // and only the rare improvement branches.
-    let (mut bi, mut bl, mut bf) = (usize::MAX, 0.0, 0u32);
-    for i in 0..n {
-        let limit = max[i].max(1);
-        let load = f64::from(in_flight[i]) / f64::from(limit);
-        let free = limit.saturating_sub(in_flight[i]);
-        let better = (bi == usize::MAX) | (load < bl) | ((load == bl) & (free > bf));
-        if f.flags_and_health(i) & better & admit(i) && f.serves(i) {
-            (bi, bl, bf) = (i, load, free);
-        }
-    }
-    (bi != usize::MAX).then_some(bi)
+    lowest(snap.chunks(), |s| {
+        let (g, extra) = (chunk(&gate, s), admit(s));
+        let load = chunk(&d.load, s);
+        let k1 = std::array::from_fn(|j| or_nan(mask(g[j] >= min_health) & extra[j], load[j]));
+        (k1, *chunk(&d.neg_free, s))
+    })
 }
 
 /// Lowest load (in flight / limit), then most free slots, then lowest id.
 pub fn least_loaded(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
-    least_loaded_where(snap, task, |_| true)
+    least_loaded_where(snap, task, |_| [u64::MAX; LANES])
 }
 
 /// The first eligible agent at or after `*cursor` in id order, wrapping; moves
@@ -521,49 +629,87 @@ pub fn round_robin(snap: &Snapshot, task: &TaskFacts, cursor: &mut u64) -> Optio
 /// weight 0 get nothing.
 pub fn weighted_capacity(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
     let f = snap.filter(task);
+    let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    let n = snap.len();
-    let (weight, in_flight, max) = (&d.weight[..n], &d.in_flight[..n], &d.max_concurrency[..n]);
-    let (mut bi, mut bk) = (usize::MAX, 0.0);
-    for i in 0..n {
-        let share = weight[i] * f64::from(max[i]);
-        let k = (f64::from(in_flight[i]) + 1.0) / share;
-        let better = (bi == usize::MAX) | (k < bk);
-        if f.flags_and_health(i) & (share > 0.0) & better && f.serves(i) {
-            (bi, bk) = (i, k);
-        }
-    }
-    (bi != usize::MAX).then_some(bi)
+    // The key is NaN for a share that is not positive: never chosen.
+    lowest(snap.chunks(), |s| {
+        let (g, key) = (chunk(&gate, s), chunk(&d.capacity_key, s));
+        let k1 = std::array::from_fn(|j| or_nan(mask(g[j] >= min_health), key[j]));
+        (k1, [0.0; LANES])
+    })
 }
+
+/// Agents per block of [`weighted_random`]'s first pass.
+const BLOCK: usize = 16 * LANES;
 
 /// Picks an eligible agent with probability proportional to its weight;
 /// `sample` is uniform in `[0, 1)`. Agents of weight 0 get nothing.
+///
+/// Each agent owns an interval of the running total of the eligible weights,
+/// in id order, and the agent whose interval holds `sample × total` is chosen.
+/// The total is summed by blocks of [`BLOCK`] agents (lanes within a block,
+/// then the blocks in order), so that the pass over every agent is not one
+/// long chain of additions; then only the block holding the target is walked
+/// agent by agent. Rounding can leave a sliver at the end of a block or of the
+/// total: it is the last agent's of that block, or of all.
 pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option<usize> {
     let f = snap.filter(task);
-    let n = snap.len();
-    let weight = &snap.dense.weight[..n];
-    // Two passes over the dense arrays, the running total summed in the same
-    // order both times: the total, then the first agent whose running total
-    // passes the target. Rounding can leave a sliver past the last agent: it is
-    // the last one's.
+    let (gate, min_health) = (f.gates(), f.min_health);
+    let d = &snap.dense;
+    let len = snap.chunks() * LANES;
+    // The weight an agent counts with: 0 unless it may be chosen.
+    let counted = |s: usize| -> [f64; LANES] {
+        let (g, w) = (chunk(&gate, s), chunk(&d.weight, s));
+        std::array::from_fn(|j| select(mask((g[j] >= min_health) & (w[j] > 0.0)), w[j], 0.0))
+    };
+    let mut sums = Vec::with_capacity(len.div_ceil(BLOCK));
     let mut total = 0.0;
-    let mut last = None;
-    for (i, &w) in weight.iter().enumerate() {
-        // Adding 0.0 leaves a running total of non-negative weights unchanged.
-        let take = f.flags_and_health(i) & (w > 0.0) && f.serves(i);
-        total += if take { w } else { 0.0 };
-        last = if take { Some(i) } else { last };
+    for b in (0..len).step_by(BLOCK) {
+        let mut lanes = [0.0; LANES];
+        for s in (b..len.min(b + BLOCK)).step_by(LANES) {
+            let w = counted(s);
+            for j in 0..LANES {
+                lanes[j] += w[j];
+            }
+        }
+        let sum: f64 = lanes.iter().sum();
+        sums.push(sum);
+        total += sum;
     }
     if total <= 0.0 {
         return None;
     }
     let target = sample.clamp(0.0, 1.0) * total;
+    let block = |b: usize| (b * BLOCK..len.min((b + 1) * BLOCK)).step_by(LANES);
     let mut running = 0.0;
-    for (i, &w) in weight.iter().enumerate() {
-        let take = f.flags_and_health(i) & (w > 0.0) && f.serves(i);
-        running += if take { w } else { 0.0 };
-        if take & (running > target) {
-            return Some(i);
+    let (mut within, mut last_block) = (None, None);
+    for (b, &sum) in sums.iter().enumerate() {
+        if sum <= 0.0 {
+            continue;
+        }
+        last_block = Some(b);
+        if running + sum > target {
+            within = Some(b);
+            break;
+        }
+        running += sum;
+    }
+    // Past the end (rounding): the last agent that counts, of the last block.
+    let (b, target) = match within {
+        Some(b) => (b, target),
+        None => (last_block?, f64::INFINITY),
+    };
+    // The block's agents one by one, from the running total before it.
+    let mut last = None;
+    for s in block(b) {
+        for (j, &w) in counted(s).iter().enumerate() {
+            if w > 0.0 {
+                running += w;
+                last = Some(s + j);
+                if running > target {
+                    return last;
+                }
+            }
         }
     }
     last
@@ -572,62 +718,47 @@ pub fn weighted_random(snap: &Snapshot, task: &TaskFacts, sample: f64) -> Option
 /// Task duration assumed for an agent with no measured average: one second.
 pub const DEFAULT_TASK_MS: f64 = 1_000.0;
 
-/// Seed 001's `cost_score`, as written there:
+/// Seed 001's `cost_score`:
 /// `cost_factor × (estimated_time / 3600) × (1 + active / max_concurrent)`, with
 /// `estimated_time = average_task_time × estimated_complexity` in seconds (the
 /// agent's average, or [`DEFAULT_TASK_MS`] while unknown). It is the expected
 /// price of the task on that agent, in the unit of `cost_factor` per hour.
+/// Computed as [`cost_rate`] × `estimated_complexity`: the same product, with
+/// the factor that depends on the task last, so that a snapshot can keep the
+/// rest per agent and cost-based routing multiplies once per agent.
 pub fn cost_score(agent: &AgentView, estimated_complexity: f64) -> f64 {
-    cost_of(
-        agent.cost_factor,
-        agent.avg_task_ms,
-        agent.in_flight,
-        agent.max_concurrency,
-        estimated_complexity,
-    )
+    cost_rate(agent) * estimated_complexity
 }
 
-#[inline]
-fn cost_of(
-    cost_factor: f64,
-    avg_task_ms: f64,
-    in_flight: u32,
-    max_concurrency: u32,
-    estimated_complexity: f64,
-) -> f64 {
-    let base_cost = cost_factor;
-    let utilization_penalty = f64::from(in_flight) / f64::from(max_concurrency.max(1));
-    let avg_ms = if avg_task_ms > 0.0 {
-        avg_task_ms
+/// The part of [`cost_score`] that does not depend on the task: the price of
+/// one unit of complexity on that agent,
+/// `cost_factor × (average_task_time / 3600) × (1 + active / max_concurrent)`.
+pub fn cost_rate(agent: &AgentView) -> f64 {
+    let utilization_penalty = f64::from(agent.in_flight) / f64::from(agent.max_concurrency.max(1));
+    let avg_ms = if agent.avg_task_ms > 0.0 {
+        agent.avg_task_ms
     } else {
         DEFAULT_TASK_MS
     };
-    let estimated_time_s = avg_ms / 1000.0 * estimated_complexity;
-    base_cost * (estimated_time_s / 3600.0) * (1.0 + utilization_penalty)
+    agent.cost_factor * (avg_ms / 1000.0 / 3600.0) * (1.0 + utilization_penalty)
 }
 
-/// Lowest [`cost_score`], then lowest load, then lowest id.
+/// Lowest [`cost_score`], then lowest load, then lowest id. A score that is
+/// not a number (an infinite rate times a complexity of 0) counts as +∞.
 pub fn cost_based(snap: &Snapshot, task: &TaskFacts) -> Option<usize> {
     let c = task.hints.estimated_complexity;
     let f = snap.filter(task);
+    let (gate, min_health) = (f.gates(), f.min_health);
     let d = &snap.dense;
-    let n = snap.len();
-    let (cost_factor, avg, in_flight, max) = (
-        &d.cost_factor[..n],
-        &d.avg_task_ms[..n],
-        &d.in_flight[..n],
-        &d.max_concurrency[..n],
-    );
-    let (mut bi, mut bc, mut bl) = (usize::MAX, 0.0, 0.0);
-    for i in 0..n {
-        let cost = cost_of(cost_factor[i], avg[i], in_flight[i], max[i], c);
-        let load = f64::from(in_flight[i]) / f64::from(max[i].max(1));
-        let better = (bi == usize::MAX) | (cost < bc) | ((cost == bc) & (load < bl));
-        if f.flags_and_health(i) & better && f.serves(i) {
-            (bi, bc, bl) = (i, cost, load);
-        }
-    }
-    (bi != usize::MAX).then_some(bi)
+    lowest(snap.chunks(), |s| {
+        let (g, rate) = (chunk(&gate, s), chunk(&d.cost_rate, s));
+        let k1 = std::array::from_fn(|j| {
+            let cost = rate[j] * c;
+            let cost = select(mask(cost.is_nan()), f64::INFINITY, cost);
+            or_nan(mask(g[j] >= min_health), cost)
+        });
+        (k1, *chunk(&d.load, s))
+    })
 }
 
 /// The first eligible agent clockwise from the task's `routing_key` on the ring.
@@ -672,19 +803,30 @@ pub fn content_based(snap: &Snapshot, task: &TaskFacts, rules: &[Rule]) -> Optio
     let Some(rule) = rules.iter().find(|r| r.matches(task)) else {
         return least_loaded(snap, task);
     };
-    // The target as the snapshot's interned type or tag bit, looked up once.
+    // The target as the snapshot's interned type or tag bit, looked up once per
+    // decision and tested on whole chunks.
     let d = &snap.dense;
     match &rule.target {
         Target::AgentType(t) => {
             let want = *d.types.get(t)?;
-            least_loaded_where(snap, task, |i| d.agent_type[i] == want)
+            least_loaded_where(snap, task, |s| {
+                let ty = chunk(&d.agent_type, s);
+                std::array::from_fn(|j| mask(ty[j] == want))
+            })
         }
         Target::Tag(t) => match *d.tags.get(t)? {
             at if at < 64 => {
                 let bit = 1u64 << at;
-                least_loaded_where(snap, task, |i| d.tag_bits[i] & bit != 0)
+                least_loaded_where(snap, task, |s| {
+                    let tags = chunk(&d.tag_bits, s);
+                    std::array::from_fn(|j| mask(tags[j] & bit != 0))
+                })
             }
-            _ => least_loaded_where(snap, task, |i| rule.target.admits(&snap[i])),
+            _ => least_loaded_where(snap, task, |s| {
+                std::array::from_fn(|j| {
+                    mask(snap.get(s + j).is_some_and(|a| rule.target.admits(a)))
+                })
+            }),
         },
     }
 }
@@ -701,17 +843,15 @@ pub fn failover(snap: &Snapshot, task: &TaskFacts, preference: &[AgentId]) -> Op
 /// Every eligible agent, in id order.
 pub fn broadcast(snap: &Snapshot, task: &TaskFacts) -> Vec<usize> {
     let f = snap.filter(task);
+    let (gate, min_health) = (f.gates(), f.min_health);
     let n = snap.len();
-    if f.task_type.is_some() {
-        return (0..n).filter(|&i| f.admits(i)).collect();
-    }
     // Write every position and advance past the eligible ones only: no branch
     // per agent.
     let mut out = vec![0; n];
     let mut len = 0;
-    for i in 0..n {
+    for (i, &g) in gate[..n].iter().enumerate() {
         out[len] = i;
-        len += usize::from(f.flags_and_health(i));
+        len += usize::from(g >= min_health);
     }
     out.truncate(len);
     out

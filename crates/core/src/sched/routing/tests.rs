@@ -614,6 +614,35 @@ mod reference {
         cumulative.get(at).or(cumulative.last()).map(|&(i, _)| i)
     }
 
+    /// Whether `pick` is what weighted random may choose for `sample`: an
+    /// eligible agent of positive weight whose interval of the running total (in
+    /// id order) holds `sample × total`, give or take rounding (the snapshot
+    /// sums by blocks, in another order than this one-by-one running total).
+    pub fn weighted_random_allows(
+        snap: &[AgentView],
+        task: &TaskFacts,
+        sample: f64,
+        pick: Option<usize>,
+    ) -> bool {
+        let Some(p) = pick else {
+            return weighted_random(snap, task, sample).is_none();
+        };
+        if !(snap[p].eligible(task) && snap[p].weight > 0.0) {
+            return false;
+        }
+        let counts = |a: &AgentView| a.weight > 0.0 && a.eligible(task);
+        let total: f64 = snap.iter().filter(|a| counts(a)).map(|a| a.weight).sum();
+        let before: f64 = snap[..p]
+            .iter()
+            .filter(|a| counts(a))
+            .map(|a| a.weight)
+            .sum();
+        let target = sample.clamp(0.0, 1.0) * total;
+        let slack = 1e-9 * total;
+        let last = snap.iter().rposition(counts) == Some(p);
+        before - slack <= target && (target < before + snap[p].weight + slack || last)
+    }
+
     pub fn cost_based(snap: &[AgentView], task: &TaskFacts) -> Option<usize> {
         let c = task.hints.estimated_complexity;
         min_by(snap, task, |a| (cost_score(a, c), a.load()))
@@ -711,12 +740,85 @@ proptest! {
             let v = snap.agents();
             prop_assert_eq!(least_loaded(&snap, &t), reference::least_loaded(v, &t));
             prop_assert_eq!(weighted_capacity(&snap, &t), reference::weighted_capacity(v, &t));
-            prop_assert_eq!(weighted_random(&snap, &t, sample), reference::weighted_random(v, &t, sample));
+            let pick = weighted_random(&snap, &t, sample);
+            prop_assert!(reference::weighted_random_allows(v, &t, sample, pick), "{:?}", pick);
             prop_assert_eq!(cost_based(&snap, &t), reference::cost_based(v, &t));
             prop_assert_eq!(content_based(&snap, &t, &rules), reference::content_based(v, &t, &rules));
             let every: Vec<usize> = (0..v.len()).filter(|&i| v[i].eligible(&t)).collect();
             prop_assert_eq!(broadcast(&snap, &t), every);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same on snapshots of many chunks and several of weighted random's
+    /// blocks, after changes through the snapshot: every lane, the padding, the
+    /// merge of the lanes and the walk of the blocks are exercised.
+    #[test]
+    fn chunked_scans_pick_what_the_view_scans_picked_on_large_snapshots(
+        views in proptest::collection::vec(arb_tagged_view(), 0..300),
+        changes in proptest::collection::vec((0usize..300, 0u8..2, 0u32..6), 0..20),
+        samples in proptest::collection::vec(0.0f64..1.0, 4),
+        min_health in 0.0f64..1.0,
+        complexity in 0.1f64..5.0,
+        rule in 0usize..3,
+    ) {
+        // Ids by position, so that the snapshot keeps them all.
+        let views: Vec<AgentView> = views
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| AgentView { agent_id: id(&format!("agent-{i:03}")), ..v })
+            .collect();
+        let rules = parse_rules(&[
+            ["priority == normal => tag:gold"],
+            ["priority == normal => type:vision"],
+            ["priority == high => tag:gold"],
+        ][rule]).unwrap();
+        let mut t = task();
+        t.hints.min_health = min_health;
+        t.hints.estimated_complexity = complexity;
+        for mut snap in [Snapshot::new(views.clone()), Snapshot::for_task_type("summarize", views.clone())] {
+            for &(pos, kind, n) in &changes {
+                if snap.is_empty() {
+                    break;
+                }
+                let pos = pos % snap.len();
+                match kind {
+                    0 => snap.set_in_flight(pos, n),
+                    _ => snap.set_routable(pos, n % 2 == 0),
+                }
+            }
+            let v = snap.agents();
+            prop_assert_eq!(least_loaded(&snap, &t), reference::least_loaded(v, &t));
+            prop_assert_eq!(weighted_capacity(&snap, &t), reference::weighted_capacity(v, &t));
+            for &sample in &samples {
+                let pick = weighted_random(&snap, &t, sample);
+                prop_assert!(reference::weighted_random_allows(v, &t, sample, pick), "{:?}", pick);
+            }
+            prop_assert_eq!(cost_based(&snap, &t), reference::cost_based(v, &t));
+            prop_assert_eq!(content_based(&snap, &t, &rules), reference::content_based(v, &t, &rules));
+            let every: Vec<usize> = (0..v.len()).filter(|&i| v[i].eligible(&t)).collect();
+            prop_assert_eq!(broadcast(&snap, &t), every);
+        }
+    }
+}
+
+#[test]
+fn weighted_random_walks_only_the_block_holding_the_target() {
+    // 200 agents of weight 1 over four blocks: the sample picks its agent in
+    // id order, and the very end of the total is the last agent's.
+    let snap = Snapshot::for_task_type(
+        "summarize",
+        (0..200).map(|i| agent(&format!("a{i:03}"), 0, 1)).collect(),
+    );
+    for (sample, want) in [(0.0, 0), (0.5, 100), (0.704, 140), (0.999, 199), (1.0, 199)] {
+        assert_eq!(
+            weighted_random(&snap, &task(), sample),
+            Some(want),
+            "{sample}"
+        );
     }
 }
 
