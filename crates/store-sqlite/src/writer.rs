@@ -425,9 +425,7 @@ impl Session<'_> {
                 jitter_sample: self.jitter.sample(),
             };
             let transition = apply(&state, command, ctx).map_err(|refusal| {
-                Error::Corrupt(format!(
-                    "task row {seq} is indexed as queued but {refusal}"
-                ))
+                Error::Corrupt(format!("task row {seq} is indexed as queued but {refusal}"))
             })?;
             let outcome = if transition.state.status == Status::Running {
                 SelectedOutcome::Claimed {

@@ -36,8 +36,8 @@
 
 use crate::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership, ListFilter, RunFilter,
-    RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome, Store,
-    SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -716,7 +716,10 @@ pub async fn claim_selected_takes_only_queued_tasks(store: &dyn Store) {
             .expect("claim selected"),
         vec![SelectedOutcome::NotQueued]
     );
-    assert_eq!(get(store, "a").await.state.lease_owner.as_deref(), Some("owner-y"));
+    assert_eq!(
+        get(store, "a").await.state.lease_owner.as_deref(),
+        Some("owner-y")
+    );
     assert!(store
         .claim_selected(Vec::new(), T0 + 60_000, T0 + 12)
         .await
