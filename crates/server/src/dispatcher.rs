@@ -23,7 +23,9 @@ use baton_core::sched::breaker::{Outcome, Phase};
 use baton_core::sched::flow::{RunningTask, ShedPolicy};
 use baton_core::{AgentId, Millis, Priority, Status, TaskId, TaskSpec};
 use baton_proto::v1;
-use baton_store::{ClaimRequest, Store, TaskRecord, Update, UpdateOutcome};
+use baton_store::{
+    ClaimRequest, Selected, SelectedOutcome, Store, TaskRecord, Update, UpdateOutcome,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1648,20 +1650,21 @@ impl Dispatcher {
         if decided.is_empty() {
             return store_failed;
         }
-        let updates: Vec<Update> = decided
+        let selected: Vec<Selected> = decided
             .iter()
             .flat_map(|(window, placements)| {
-                placements.iter().map(|p| Update {
+                placements.iter().map(|p| Selected {
                     task_id: window[p.index].spec.task_id.clone(),
-                    command: Command::Claim {
-                        agent_id: p.agent_id.clone(),
-                        lease_owner: p.session_id.clone(),
-                        lease_deadline_ms,
-                    },
+                    agent_id: p.agent_id.clone(),
+                    lease_owner: p.session_id.clone(),
                 })
             })
             .collect();
-        let outcomes = match self.store.update(updates, now).await {
+        let outcomes = match self
+            .store
+            .claim_selected(selected, lease_deadline_ms, now)
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim scheduled tasks");
@@ -1677,87 +1680,88 @@ impl Dispatcher {
                 return true;
             }
         };
-        let mut outcomes = outcomes;
-        let unfilled = self
-            .fill_inputs(outcomes.iter_mut().filter_map(|o| match o {
-                UpdateOutcome::Applied { record, .. } if record.state.status == Status::Running => {
-                    Some((&mut record.spec, record.state.attempt))
-                }
-                _ => None,
-            }))
-            .await;
-        let mut outcomes = outcomes.into_iter();
+        // Per placement, in order: the spec (from the window: the claim does not
+        // read it back) and attempt of each task claimed.
+        let mut claimed: Vec<Option<(TaskSpec, u32)>> = Vec::with_capacity(outcomes.len());
         let mut finished = Vec::new();
+        let mut outcomes = outcomes.into_iter();
+        for (window, placements) in &mut decided {
+            let mut specs: Vec<Option<TaskSpec>> = std::mem::take(window)
+                .into_iter()
+                .map(|r| Some(r.spec))
+                .collect();
+            for p in placements.iter() {
+                claimed.push(match outcomes.next() {
+                    Some(SelectedOutcome::Claimed { attempt }) => {
+                        specs[p.index].take().map(|spec| (spec, attempt))
+                    }
+                    Some(SelectedOutcome::Finished { record, effects }) => {
+                        // Its deadline passed while queued: it failed.
+                        finished.push((record, effects));
+                        None
+                    }
+                    // Another replica took it meanwhile, or it was cancelled.
+                    _ => None,
+                });
+            }
+        }
+        let unfilled = self
+            .fill_inputs(
+                claimed
+                    .iter_mut()
+                    .flatten()
+                    .map(|(spec, attempt)| (spec, *attempt)),
+            )
+            .await;
         let mut orphans = Vec::new();
         {
             let mut st = self.lock();
             let st = &mut *st;
             let mut frames: HashMap<String, Vec<v1::Assignment>> = HashMap::new();
-            for (window, placements) in &decided {
-                for p in placements {
-                    let outcome = outcomes.next();
-                    unreserve(st, p);
-                    let record = match outcome {
-                        Some(UpdateOutcome::Applied { record, effects: _ })
-                            if record.state.status == Status::Running =>
-                        {
-                            record
-                        }
-                        Some(UpdateOutcome::Applied { record, .. })
-                            if unfilled.contains(&record.spec.task_id) =>
-                        {
-                            if let Some(k) = &p.concurrency_key {
-                                st.sched.release_key(k);
-                            }
-                            continue;
-                        }
-                        other => {
-                            // Its deadline passed while queued (it failed), or
-                            // another replica took it meanwhile: the key the
-                            // decision counted is free again.
-                            if let Some(k) = &p.concurrency_key {
-                                st.sched.release_key(k);
-                            }
-                            if let Some(UpdateOutcome::Applied { record, effects }) = other {
-                                finished.push((record, effects));
-                            }
-                            continue;
-                        }
-                    };
-                    let Some(s) = st.sessions.get_mut(&p.session_id) else {
-                        if let Some(k) = &p.concurrency_key {
-                            st.sched.release_key(k);
-                        }
-                        orphans.push((record.spec.task_id.clone(), record.state.attempt));
-                        continue;
-                    };
-                    let spec = &window[p.index].spec;
-                    s.in_flight.insert(
-                        spec.task_id.clone(),
-                        InFlight {
-                            attempt: record.state.attempt,
-                            task_type: Arc::from(spec.task_type.as_str()),
-                            span: None,
-                            assigned_at: now,
-                            timeout_at: now + spec.timeout_ms,
-                            priority: spec.priority,
-                            concurrency_key: p.concurrency_key.clone(),
-                            run_id: spec.run_id.as_deref().map(Arc::from),
-                        },
-                    );
-                    st.holders
-                        .insert(spec.task_id.clone(), p.session_id.clone());
-                    st.running += 1;
-                    self.metrics.tasks_scheduled(&spec.task_type, 1);
-                    let claimed = baton_store::Claimed {
-                        spec: record.spec,
-                        attempt: record.state.attempt,
-                    };
-                    frames
-                        .entry(p.session_id.clone())
-                        .or_default()
-                        .push(assignment(&claimed));
-                }
+            let placements = decided.iter().flat_map(|(_, placements)| placements);
+            for (p, claimed) in placements.zip(claimed) {
+                unreserve(st, p);
+                let claimed = match claimed {
+                    // Failed or handed back by `fill_inputs`: not assigned.
+                    Some((spec, _)) if unfilled.contains(&spec.task_id) => None,
+                    other => other,
+                };
+                let Some((spec, attempt)) = claimed else {
+                    // Not running here: the key the decision counted is free again.
+                    if let Some(k) = &p.concurrency_key {
+                        st.sched.release_key(k);
+                    }
+                    continue;
+                };
+                let Some(s) = st.sessions.get_mut(&p.session_id) else {
+                    if let Some(k) = &p.concurrency_key {
+                        st.sched.release_key(k);
+                    }
+                    orphans.push((spec.task_id, attempt));
+                    continue;
+                };
+                s.in_flight.insert(
+                    spec.task_id.clone(),
+                    InFlight {
+                        attempt,
+                        task_type: Arc::from(spec.task_type.as_str()),
+                        span: None,
+                        assigned_at: now,
+                        timeout_at: now + spec.timeout_ms,
+                        priority: spec.priority,
+                        concurrency_key: p.concurrency_key.clone(),
+                        run_id: spec.run_id.as_deref().map(Arc::from),
+                    },
+                );
+                st.holders
+                    .insert(spec.task_id.clone(), p.session_id.clone());
+                st.running += 1;
+                self.metrics.tasks_scheduled(&spec.task_type, 1);
+                let claimed = baton_store::Claimed { spec, attempt };
+                frames
+                    .entry(p.session_id.clone())
+                    .or_default()
+                    .push(assignment(&claimed));
             }
             for (session_id, assignments) in frames {
                 if let Some(s) = st.sessions.get(&session_id) {
@@ -2334,7 +2338,9 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
         metadata_json: if spec.metadata.is_empty() {
             String::new()
         } else {
-            serde_json::Value::Object(spec.metadata.clone()).to_string()
+            // Serialised in place: a copy of the map only to print it would cost
+            // an allocation per entry.
+            serde_json::to_string(&spec.metadata).unwrap_or_default()
         },
         priority: spec.priority.to_string(),
         timeout_ms: spec.timeout_ms,

@@ -8,8 +8,8 @@ use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter, Page,
-    Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome,
+    Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +41,19 @@ impl Store for MeteredStore {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
         self.timed("claim", self.inner.claim(request)).await
+    }
+
+    async fn claim_selected(
+        &self,
+        selected: Vec<Selected>,
+        lease_deadline_ms: Millis,
+        now: Millis,
+    ) -> Result<Vec<SelectedOutcome>> {
+        self.timed(
+            "claim_selected",
+            self.inner.claim_selected(selected, lease_deadline_ms, now),
+        )
+        .await
     }
 
     async fn update(&self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>> {

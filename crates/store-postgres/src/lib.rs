@@ -127,8 +127,8 @@ use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
-    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
+    SelectedOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use codec::{db_error, describe, Fault, Res};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -495,6 +495,28 @@ impl Store for PgStore {
         }
         transaction!(self, |tx| {
             tasks::claim(tx, &request, &self.jitter, &mut Work::default()).await?
+        })
+    }
+
+    async fn claim_selected(
+        &self,
+        selected: Vec<Selected>,
+        lease_deadline_ms: Millis,
+        now: Millis,
+    ) -> Result<Vec<SelectedOutcome>> {
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction!(self, |tx| {
+            tasks::claim_selected(
+                tx,
+                &selected,
+                lease_deadline_ms,
+                now,
+                &self.jitter,
+                &mut Work::default(),
+            )
+            .await?
         })
     }
 

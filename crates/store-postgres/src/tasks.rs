@@ -10,8 +10,8 @@ use crate::codec::{
 use baton_core::lifecycle::{apply, Command, Ctx, Failure, FailureKind, TaskState, Transition};
 use baton_core::{Millis, Status, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Selected, SelectedOutcome,
+    SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use deadpool_postgres::GenericClient;
 use std::collections::{BTreeSet, HashMap};
@@ -68,6 +68,11 @@ const BY_IDS: &str = from_tasks!("WHERE t.id = ANY($1)");
 /// Locks in `seq` order, as every waiting lock in this crate does, so that two
 /// transactions never wait for each other in a cycle.
 const LOCK_BY_IDS: &str = from_tasks!("WHERE t.id = ANY($1) ORDER BY t.seq FOR UPDATE");
+/// The queued tasks among these ids, locked in `seq` order (see `LOCK_BY_IDS`).
+/// One that another transaction holds is waited for, then looked at again: if
+/// that transaction claimed it, it is no longer queued and not returned.
+const LOCK_QUEUED_BY_IDS: &str =
+    from_tasks!("WHERE t.id = ANY($1) AND t.status = 0 ORDER BY t.seq FOR UPDATE");
 /// Queued tasks of one type in claim order, skipping those another transaction is
 /// claiming right now: two replicas never claim the same attempt, and never wait
 /// for each other.
@@ -449,6 +454,64 @@ pub(crate) async fn update(
                 }
             }
             Err(refusal) => UpdateOutcome::Refused(refusal),
+        });
+    }
+    let changed: Vec<&Loaded> = tasks
+        .values()
+        .filter(|(_, changed)| *changed)
+        .map(|(task, _)| task)
+        .collect();
+    write_back(tx, &changed).await?;
+    Ok(out)
+}
+
+/// Claims the selected tasks that are still queued; see `Store::claim_selected`.
+pub(crate) async fn claim_selected(
+    tx: &Tx<'_>,
+    selected: &[Selected],
+    lease_deadline_ms: Millis,
+    now: Millis,
+    jitter: &Jitter,
+    work: &mut Work,
+) -> Res<Vec<SelectedOutcome>> {
+    let mut ids: Vec<&str> = selected.iter().map(|s| s.task_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut tasks: HashMap<String, (Loaded, bool)> = HashMap::with_capacity(ids.len());
+    for loaded in load(tx, LOCK_QUEUED_BY_IDS, &[&ids]).await? {
+        tasks.insert(loaded.spec.task_id.as_str().to_string(), (loaded, false));
+    }
+    let mut out = Vec::with_capacity(selected.len());
+    for s in selected {
+        let Some((task, changed)) = tasks.get_mut(s.task_id.as_str()) else {
+            out.push(SelectedOutcome::NotQueued);
+            continue;
+        };
+        let command = Command::Claim {
+            agent_id: s.agent_id.clone(),
+            lease_owner: s.lease_owner.clone(),
+            lease_deadline_ms,
+        };
+        // Refused only when the same id was selected twice: the first claim
+        // already took it.
+        out.push(match transition(task, command, now, jitter, work) {
+            Ok(Transition { state, .. }) if state.status == Status::Running => {
+                *changed = true;
+                SelectedOutcome::Claimed {
+                    attempt: state.attempt,
+                }
+            }
+            Ok(Transition { state, effects }) => {
+                *changed = true;
+                SelectedOutcome::Finished {
+                    record: TaskRecord {
+                        spec: task.spec.clone(),
+                        state,
+                    },
+                    effects,
+                }
+            }
+            Err(_) => SelectedOutcome::NotQueued,
         });
     }
     let changed: Vec<&Loaded> = tasks

@@ -94,8 +94,8 @@ use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
-    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
+    SelectedOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -358,6 +358,21 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.write(request.max, move |s| s.claim(request)).await
+    }
+
+    async fn claim_selected(
+        &self,
+        selected: Vec<Selected>,
+        lease_deadline_ms: Millis,
+        now: Millis,
+    ) -> Result<Vec<SelectedOutcome>> {
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(selected.len(), move |s| {
+            s.claim_selected(selected, lease_deadline_ms, now)
+        })
+        .await
     }
 
     async fn update(&self, updates: Vec<Update>, now: Millis) -> Result<Vec<UpdateOutcome>> {

@@ -12,10 +12,11 @@ use crate::tally::{Delta, Tally};
 use baton_core::lifecycle::{
     apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition,
 };
-use baton_core::{Millis, Status, TaskId, TaskSpec};
+use baton_core::{Millis, RetryPolicy, Status, TaskId, TaskSpec};
 use baton_store::{
     next_leadership, ClaimRequest, Claimed, Error, Fence, FlowOutcome, Leadership, Result,
-    RunWrite, RunWriteOutcome, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    RunWrite, RunWriteOutcome, Selected, SelectedOutcome, SubmitOutcome, TaskRecord, Update,
+    UpdateOutcome,
 };
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
@@ -148,6 +149,24 @@ pub(crate) const HELD: &str =
 pub(crate) const DUE: &str = select_records!(
     "INDEXED BY tasks_retry_ready WHERE status = 2 AND ready_at <= ?1 ORDER BY ready_at"
 );
+
+/// A task by id if it is queued, with what claiming it needs: the state, and
+/// the spec only for its policy (see [`SpecPolicy`]).
+const QUEUED_BY_ID: &str = "SELECT seq, task_type, state, lease_deadline,
+        (SELECT spec FROM task_specs WHERE task_specs.seq = tasks.seq)
+    FROM tasks WHERE id = ?1 AND status = 0";
+
+/// The parts of a stored spec that `lifecycle::apply` reads (its `Ctx`). A claim
+/// by id decodes only these: the caller already holds the whole spec, and the
+/// inputs and metadata are most of the decoding work. The defaults are
+/// `TaskSpec`'s own, so that both read a stored spec alike.
+#[derive(serde::Deserialize)]
+struct SpecPolicy {
+    #[serde(default)]
+    retry: RetryPolicy,
+    #[serde(default)]
+    deadline_ms: Option<Millis>,
+}
 
 const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, ready_at = ?3, lease_owner = ?4,
         lease_deadline = ?5, state = ?6
@@ -347,6 +366,87 @@ impl Session<'_> {
                 },
                 Err(refusal) => UpdateOutcome::Refused(refusal),
             });
+        }
+        Ok(out)
+    }
+
+    /// Claims each selected task that is still queued. A task that is not (taken
+    /// by another replica, cancelled) is skipped before anything is decoded; for
+    /// one that is, only the state and the spec's policy are, and the spec is
+    /// read whole only in the rare case the claim ends the task (its deadline
+    /// passed), whose record the caller needs for the effects.
+    pub(crate) fn claim_selected(
+        &mut self,
+        selected: Vec<Selected>,
+        lease_deadline_ms: Millis,
+        now: Millis,
+    ) -> Result<Vec<SelectedOutcome>> {
+        let conn = self.conn;
+        let mut out = Vec::with_capacity(selected.len());
+        let mut stmt = conn.prepare_cached(QUEUED_BY_ID).map_err(sql_error)?;
+        for Selected {
+            task_id,
+            agent_id,
+            lease_owner,
+        } in selected
+        {
+            let mut rows = stmt.query(params![task_id.as_str()]).map_err(sql_error)?;
+            let Some(row) = rows.next().map_err(sql_error)? else {
+                out.push(SelectedOutcome::NotQueued);
+                continue;
+            };
+            let seq: i64 = row.get(0).map_err(sql_error)?;
+            let task_type: String = row.get(1).map_err(sql_error)?;
+            let lease_deadline: Option<i64> = row.get(3).map_err(sql_error)?;
+            let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+                Error::Corrupt(format!("task row {seq}: {what}: {e}"))
+            };
+            let bytes = |i: usize, what: &str| -> Result<&[u8]> {
+                row.get_ref(i)
+                    .map_err(sql_error)?
+                    .as_bytes()
+                    .map_err(|e| corrupt(what, &e))
+            };
+            let mut state: TaskState = serde_json::from_slice(bytes(2, "state column")?)
+                .map_err(|e| corrupt("state is not a valid task state", &e))?;
+            state.lease_deadline_ms = lease_deadline.map(|d| d as Millis);
+            let spec_bytes = bytes(4, "spec column")?;
+            let policy: SpecPolicy = serde_json::from_slice(spec_bytes)
+                .map_err(|e| corrupt("spec is not a valid task spec", &e))?;
+            let command = Command::Claim {
+                agent_id,
+                lease_owner,
+                lease_deadline_ms,
+            };
+            let ctx = Ctx {
+                now,
+                retry: &policy.retry,
+                deadline_ms: policy.deadline_ms,
+                jitter_sample: self.jitter.sample(),
+            };
+            let transition = apply(&state, command, ctx).map_err(|refusal| {
+                Error::Corrupt(format!("task row {seq} is indexed as queued but {refusal}"))
+            })?;
+            let outcome = if transition.state.status == Status::Running {
+                SelectedOutcome::Claimed {
+                    attempt: transition.state.attempt,
+                }
+            } else {
+                let spec: TaskSpec = serde_json::from_slice(spec_bytes)
+                    .map_err(|e| corrupt("spec is not a valid task spec", &e))?;
+                SelectedOutcome::Finished {
+                    record: TaskRecord {
+                        spec,
+                        state: transition.state.clone(),
+                    },
+                    effects: transition.effects,
+                }
+            };
+            drop(rows);
+            self.write_back(seq, &transition.state)?;
+            self.delta
+                .moved(&task_type, state.status, transition.state.status);
+            out.push(outcome);
         }
         Ok(out)
     }

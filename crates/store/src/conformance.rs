@@ -36,8 +36,8 @@
 
 use crate::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership, ListFilter, RunFilter,
-    RunPage, RunRecord, RunWrite, RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome, Store, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -70,6 +70,7 @@ macro_rules! store_conformance_tests {
             claim_never_returns_a_task_twice,
             peek_queued_shows_claim_order_and_claims_nothing,
             claim_by_id_takes_only_a_queued_task,
+            claim_selected_takes_only_queued_tasks,
             yield_requeues_without_counting_the_attempt,
             update_succeed_completes,
             update_stale_attempt_is_refused,
@@ -107,6 +108,12 @@ macro_rules! store_conformance_tests {
         async fn claim_concurrent_claimers_get_disjoint_tasks() {
             let store = $fresh.await;
             $crate::conformance::claim_concurrent_claimers_get_disjoint_tasks(::std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn claim_selected_racing_replicas_claim_each_task_once() {
+            let store = $fresh.await;
+            $crate::conformance::claim_selected_racing_replicas_claim_each_task_once(::std::sync::Arc::new(store)).await;
         }
     };
     ($fresh:expr, reopen = $reopen:expr $(,)?) => {
@@ -614,6 +621,210 @@ pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
         .await
         .expect("release");
     assert_eq!(released, vec![id("b")]);
+}
+
+fn selected(task_id: &str, owner: &str) -> Selected {
+    Selected {
+        task_id: id(task_id),
+        agent_id: agent(&format!("agent-{owner}")),
+        lease_owner: owner.into(),
+    }
+}
+
+pub async fn claim_selected_takes_only_queued_tasks(store: &dyn Store) {
+    let late = spec_with("late", "work", |s| s.deadline_ms = Some(T0 + 5));
+    submit(
+        store,
+        vec![
+            spec("a", "work"),
+            spec("b", "work"),
+            late.clone(),
+            spec("gone", "work"),
+            spec("left", "work"),
+        ],
+        T0,
+    )
+    .await;
+    applied(update_one(store, "gone", cancel(), T0 + 1).await);
+    let outcomes = store
+        .claim_selected(
+            vec![
+                selected("b", "owner-x"),
+                selected("a", "owner-y"),
+                selected("late", "owner-x"),
+                selected("gone", "owner-x"),
+                selected("missing", "owner-x"),
+                // Chosen twice: the first claim takes it.
+                selected("b", "owner-y"),
+            ],
+            T0 + 60_000,
+            T0 + 10,
+        )
+        .await
+        .expect("claim selected");
+    let claimed = SelectedOutcome::Claimed { attempt: 1 };
+    assert_eq!(outcomes.len(), 6, "one outcome per selected task");
+    assert_eq!(outcomes[0], claimed);
+    assert_eq!(outcomes[1], claimed);
+    // Past its deadline: it fails instead, exactly as a claim in bulk decides.
+    let SelectedOutcome::Finished { record, effects } = &outcomes[2] else {
+        panic!("expected the late task to end, got {:?}", outcomes[2]);
+    };
+    let expected = apply(
+        &TaskState::new_queued(T0),
+        Command::Claim {
+            agent_id: agent("agent-owner-x"),
+            lease_owner: "owner-x".into(),
+            lease_deadline_ms: T0 + 60_000,
+        },
+        Ctx::for_spec(&late, T0 + 10, 0.5),
+    )
+    .expect("lifecycle accepts the claim");
+    assert_eq!(record.spec, late, "the whole spec of an ended task");
+    assert_eq!(record.state, expected.state);
+    assert_eq!(effects, &expected.effects);
+    assert_eq!(get(store, "late").await, *record);
+    assert_eq!(
+        outcomes[3..],
+        [
+            SelectedOutcome::NotQueued,
+            SelectedOutcome::NotQueued,
+            SelectedOutcome::NotQueued
+        ]
+    );
+
+    // Each claim is the attempt `Command::Claim` starts, for its own agent and owner.
+    for (task, owner) in [("b", "owner-x"), ("a", "owner-y")] {
+        let record = get(store, task).await;
+        let expected = apply(
+            &TaskState::new_queued(T0),
+            Command::Claim {
+                agent_id: agent(&format!("agent-{owner}")),
+                lease_owner: owner.into(),
+                lease_deadline_ms: T0 + 60_000,
+            },
+            Ctx::for_spec(&record.spec, T0 + 10, 0.5),
+        )
+        .expect("lifecycle accepts the claim");
+        assert_eq!(record.state, expected.state, "task {task}");
+    }
+    // Taken: another replica's claim of the same task changes nothing.
+    assert_eq!(
+        store
+            .claim_selected(vec![selected("a", "owner-z")], T0 + 60_000, T0 + 11)
+            .await
+            .expect("claim selected"),
+        vec![SelectedOutcome::NotQueued]
+    );
+    assert_eq!(
+        get(store, "a").await.state.lease_owner.as_deref(),
+        Some("owner-y")
+    );
+    assert!(store
+        .claim_selected(Vec::new(), T0 + 60_000, T0 + 12)
+        .await
+        .expect("claim nothing")
+        .is_empty());
+
+    // What was not chosen is still queued, and the counts follow.
+    let peeked = store.peek_queued("work", 10).await.expect("peek");
+    let left: Vec<&str> = peeked.iter().map(|r| r.spec.task_id.as_str()).collect();
+    assert_eq!(left, ["left"]);
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(
+        counts.by_status,
+        BTreeMap::from([
+            ("queued".to_string(), 1u64),
+            ("running".to_string(), 2),
+            ("failed".to_string(), 1),
+            ("cancelled".to_string(), 1),
+        ])
+    );
+    assert_eq!(
+        counts.queued_by_type,
+        BTreeMap::from([("work".to_string(), 1u64)])
+    );
+    // Their leases are the owners': releasing one owner gives its task back.
+    let released = store
+        .release_owner(
+            "owner-x",
+            Failure::new(FailureKind::AgentLost, "gone"),
+            T0 + 20,
+        )
+        .await
+        .expect("release");
+    assert_eq!(released, vec![id("b")]);
+}
+
+/// Replicas that chose the same tasks (each from its own peek) claim them at
+/// once: each task is claimed by exactly one, with attempt 1.
+pub async fn claim_selected_racing_replicas_claim_each_task_once<S: Store>(store: Arc<S>) {
+    const TASKS: usize = 200;
+    const REPLICAS: usize = 6;
+    let all: Vec<TaskSpec> = (0..TASKS)
+        .map(|i| spec(&format!("s-{i:04}"), "race"))
+        .collect();
+    for chunk in all.chunks(100) {
+        submit(&*store, chunk.to_vec(), T0).await;
+    }
+    let mut handles = Vec::new();
+    for replica in 0..REPLICAS {
+        let store = Arc::clone(&store);
+        let all = all.clone();
+        handles.push(tokio::spawn(async move {
+            let owner = format!("replica-{replica}");
+            let mut got = Vec::new();
+            // Each replica goes through the tasks in its own order, in small
+            // windows, as independent peeks would.
+            let mut order: Vec<&TaskSpec> = all.iter().collect();
+            order.rotate_left(replica * TASKS / REPLICAS);
+            if replica % 2 == 1 {
+                order.reverse();
+            }
+            for window in order.chunks(9) {
+                let chosen = window
+                    .iter()
+                    .map(|s| selected(s.task_id.as_str(), &owner))
+                    .collect::<Vec<_>>();
+                let outcomes = store
+                    .claim_selected(chosen, T0 + 60_000, T0 + 1)
+                    .await
+                    .expect("claim selected");
+                assert_eq!(outcomes.len(), window.len());
+                for (s, outcome) in window.iter().zip(outcomes) {
+                    match outcome {
+                        SelectedOutcome::Claimed { attempt } => {
+                            assert_eq!(attempt, 1, "task {} claimed again", s.task_id);
+                            got.push(s.task_id.clone());
+                        }
+                        SelectedOutcome::NotQueued => {}
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+            }
+            (owner, got)
+        }));
+    }
+    let mut owner_of = BTreeMap::new();
+    for handle in handles {
+        let (owner, got) = handle.await.expect("replica task");
+        for task in got {
+            if let Some(previous) = owner_of.insert(task.clone(), owner.clone()) {
+                panic!("task {task} claimed by both {previous} and {owner}");
+            }
+        }
+    }
+    let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
+    assert_eq!(
+        owner_of.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "every task claimed by some replica"
+    );
+    for (task, owner) in owner_of.iter().take(20) {
+        let record = store.get(task).await.expect("get").expect("stored");
+        assert_eq!(record.state.status, Status::Running);
+        assert_eq!(record.state.lease_owner.as_deref(), Some(owner.as_str()));
+    }
 }
 
 pub async fn yield_requeues_without_counting_the_attempt(store: &dyn Store) {

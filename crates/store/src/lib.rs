@@ -92,6 +92,36 @@ pub struct Claimed {
     pub attempt: u32,
 }
 
+/// A queued task the scheduler chose for an agent, to claim by id
+/// ([`Store::claim_selected`]).
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub task_id: TaskId,
+    pub agent_id: AgentId,
+    /// Who must keep extending the lease: an agent session on some replica.
+    pub lease_owner: String,
+}
+
+/// Result of claiming one [`Selected`] task.
+// Most outcomes are `Claimed`; the rare `Finished` carries a whole record.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectedOutcome {
+    /// It was queued and is now a running attempt with this number. The spec is
+    /// not returned: the caller read it when it chose the task, and a spec never
+    /// changes.
+    Claimed { attempt: u32 },
+    /// It was queued, but the claim ended it instead (its deadline had passed,
+    /// as in [`Store::claim`]).
+    Finished {
+        record: TaskRecord,
+        effects: Vec<Effect>,
+    },
+    /// Not queued (another replica claimed it, it was cancelled or it ended)
+    /// or not found: nothing changed.
+    NotQueued,
+}
+
 /// A command for one task, fenced by attempt where the command names one.
 #[derive(Debug, Clone)]
 pub struct Update {
@@ -441,9 +471,22 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` queued tasks of `task_type` in claim order (priority, then
     /// submission), without claiming them: the scheduler reads them to decide
     /// which task goes to which agent, then claims those by id with
-    /// `Command::Claim` through [`Store::update`], which refuses any another
-    /// replica took meanwhile.
+    /// [`Store::claim_selected`], which skips any another replica took
+    /// meanwhile.
     async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>>;
+
+    /// Claims the tasks the scheduler chose from a [`Store::peek_queued`] window,
+    /// each for its own agent and lease owner, durably and in one write. Each is
+    /// claimed only if it is still queued (compare-and-set: another replica may
+    /// have taken it since the peek), through `Command::Claim` as `update` would
+    /// apply it, so a task whose deadline passed fails instead. Outcomes are in
+    /// the same order. Unlike `update`, a claimed task's spec is not read back.
+    async fn claim_selected(
+        &self,
+        selected: Vec<Selected>,
+        lease_deadline_ms: Millis,
+        now: Millis,
+    ) -> Result<Vec<SelectedOutcome>>;
 
     /// Queued tasks per priority, keyed by `Priority::as_str`, non-zero entries only
     /// (metrics read it at scrape time; it may scan the queued tasks).
