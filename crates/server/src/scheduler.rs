@@ -160,13 +160,6 @@ impl Policies {
             hourly_budgets,
         })
     }
-
-    fn key_limit(&self, key: &str) -> u32 {
-        self.key_concurrency_overrides
-            .get(key)
-            .copied()
-            .unwrap_or(self.key_concurrency)
-    }
 }
 
 fn parse_strategy(raw: &str, field: &str) -> Result<Strategy, Error> {
@@ -496,6 +489,23 @@ impl Sched {
         slots: Vec<Slot>,
         now: Millis,
     ) -> Decision {
+        // The running counts are read by the keys' turns and counted up as
+        // tasks are placed: moved out for the decision rather than copied per
+        // priority level (a copy per look was a hash map of every running key).
+        let mut running = std::mem::take(&mut self.running_per_key);
+        let decision = self.decide_with(task_type, window, slots, now, &mut running);
+        self.running_per_key = running;
+        decision
+    }
+
+    fn decide_with(
+        &mut self,
+        task_type: &str,
+        window: &[TaskRecord],
+        slots: Vec<Slot>,
+        now: Millis,
+        running: &mut HashMap<String, u32>,
+    ) -> Decision {
         let mut decision = Decision::default();
         let mut sessions: HashMap<AgentId, String> = HashMap::with_capacity(slots.len());
         let views = slots
@@ -541,20 +551,23 @@ impl Sched {
             // with no limit of its own.
             let mut queue: KeyedQueue<(usize, Hints)> =
                 KeyedQueue::new(self.policies.key_concurrency).expect("validated");
-            let mut running = self.running_per_key.clone();
             const NO_KEY: &str = "\u{0}";
             let _ = queue.set_limit(NO_KEY, u32::MAX);
             for (_, i, hints) in order[start..end].iter().cloned() {
                 let key = hints.concurrency_key.clone();
                 match &key {
                     Some(k) => {
-                        let _ = queue.set_limit(k.clone(), self.policies.key_limit(k));
+                        // The queue's default is the configured one; only
+                        // overridden keys need a limit of their own.
+                        if let Some(&limit) = self.policies.key_concurrency_overrides.get(k) {
+                            let _ = queue.set_limit(k.clone(), limit);
+                        }
                         queue.push(k.clone(), (i, hints));
                     }
                     None => queue.push(NO_KEY, (i, hints)),
                 }
             }
-            while let Some((key, (i, hints))) = queue.next(&running) {
+            while let Some((key, (i, hints))) = queue.next(running) {
                 let record = &window[i];
                 let key = (key != NO_KEY).then_some(key);
                 // Resource requirements: only agents whose labels satisfy them
@@ -599,7 +612,6 @@ impl Sched {
                     Placed::Yes(agent_id) => {
                         if let Some(k) = &key {
                             *running.entry(k.clone()).or_insert(0) += 1;
-                            *self.running_per_key.entry(k.clone()).or_insert(0) += 1;
                         }
                         let session_id = sessions.get(&agent_id).cloned().unwrap_or_default();
                         decision.placements.push(Placement {
