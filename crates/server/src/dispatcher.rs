@@ -26,7 +26,7 @@ use baton_proto::v1;
 use baton_store::{
     ClaimRequest, Selected, SelectedOutcome, Store, TaskRecord, Update, UpdateOutcome,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -107,13 +107,6 @@ struct State {
     releases: u64,
     /// Per scheduled type: tasks the last look read but did not place.
     sched_left: HashMap<String, usize>,
-    /// Tasks the scheduled path placed whose claim is still being written: the
-    /// next look, read meanwhile, passes over them (they are still queued in the
-    /// store until the claim commits).
-    claiming: HashSet<TaskId>,
-    /// How many of `claiming` each task type has (the next look reads that many
-    /// more).
-    claiming_per_type: HashMap<String, usize>,
     /// When each fast-path type last had its queue head checked for preemption.
     preempt_checked: HashMap<String, Millis>,
     /// Tasks held (queued, retrying, waiting, running), from the store's counts
@@ -140,8 +133,6 @@ impl State {
             sched_idle: HashMap::new(),
             releases: 0,
             sched_left: HashMap::new(),
-            claiming: HashSet::new(),
-            claiming_per_type: HashMap::new(),
             preempt_checked: HashMap::new(),
             held: 0,
             holders: HashMap::new(),
@@ -247,14 +238,6 @@ struct Look {
     task_type: String,
     window: usize,
     generation: u64,
-}
-
-/// What the scheduled path decided and has yet to claim: per look, the window
-/// read and the placements into it.
-struct Decided {
-    looks: Vec<(Vec<TaskRecord>, Vec<Placement>)>,
-    lease_deadline_ms: Millis,
-    now: Millis,
 }
 
 struct PlannedClaim {
@@ -1293,8 +1276,7 @@ impl Dispatcher {
                     1
                 } else {
                     let left = st.sched_left.get(t).copied().unwrap_or(0);
-                    let claiming = st.claiming_per_type.get(t).copied().unwrap_or(0);
-                    (free + left + claiming + 8).min(1_000)
+                    (free + left + 8).min(1_000)
                 },
                 generation: *generation,
             });
@@ -1389,18 +1371,9 @@ impl Dispatcher {
 
     /// The dispatch loop: claim for free slots whenever work or slots appear.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        // The scheduled path's claim being written, if any: the next look is read
-        // and decided meanwhile, and its claim waits for this one.
-        let mut claiming: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let plan = self.plan();
             if plan.is_empty() {
-                if let Some(pending) = claiming.take() {
-                    if pending.await.unwrap_or(true) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    continue;
-                }
                 let now = now_ms();
                 let nap = self
                     .lock()
@@ -1424,16 +1397,7 @@ impl Dispatcher {
                 store_failed |= self.run_claims(claims).await;
             }
             if !scheduled.is_empty() {
-                let (failed, decided) = self.decide_scheduled(scheduled).await;
-                store_failed |= failed;
-                if let Some(pending) = claiming.take() {
-                    store_failed |= pending.await.unwrap_or(true);
-                }
-                if let Some(decided) = decided {
-                    claiming = Some(tokio::spawn(self.clone().claim_scheduled(decided)));
-                }
-            } else if let Some(pending) = claiming.take() {
-                store_failed |= pending.await.unwrap_or(true);
+                store_failed |= self.run_scheduled(scheduled).await;
             }
             for t in preempt_checks {
                 self.check_preempt(&t).await;
@@ -1592,11 +1556,10 @@ impl Dispatcher {
         }
     }
 
-    /// The scheduled path, first half: read a window of each type's queued
-    /// tasks (passing over those whose claim is being written) and decide which
-    /// goes to which agent, reserving the slots and keys. Returns whether the
-    /// store failed and what to claim ([`Dispatcher::claim_scheduled`]).
-    async fn decide_scheduled(&self, looks: Vec<Look>) -> (bool, Option<Decided>) {
+    /// The scheduled path: read a window of each type's queued tasks, decide
+    /// which goes to which agent, claim those by id, and send them. Returns
+    /// whether the store failed.
+    async fn run_scheduled(&self, looks: Vec<Look>) -> bool {
         let peeks = looks
             .iter()
             .map(|l| self.store.peek_queued(&l.task_type, l.window));
@@ -1611,7 +1574,7 @@ impl Dispatcher {
             let mut st = self.lock();
             let st = &mut *st;
             for (look, window) in looks.iter().zip(windows) {
-                let mut window = match window {
+                let window = match window {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(error = %e, task_type = %look.task_type, "could not read queued tasks");
@@ -1624,13 +1587,6 @@ impl Dispatcher {
                         st.has_work.remove(&look.task_type);
                     }
                     continue;
-                }
-                if !st.claiming.is_empty() {
-                    window.retain(|r| !st.claiming.contains(&r.spec.task_id));
-                    if window.is_empty() {
-                        // All being claimed already: look again once that is written.
-                        continue;
-                    }
                 }
                 let mut slots = Vec::new();
                 let mut budget = self.opts.max_workers.saturating_sub(st.running);
@@ -1684,11 +1640,7 @@ impl Dispatcher {
                         s.reserved += 1;
                     }
                     st.running += 1;
-                    st.claiming.insert(window[p.index].spec.task_id.clone());
                 }
-                *st.claiming_per_type
-                    .entry(look.task_type.clone())
-                    .or_insert(0) += decision.placements.len();
                 decided.push((window, decision.placements));
             }
         }
@@ -1696,26 +1648,8 @@ impl Dispatcher {
             self.preempt_for(&task_type, level).await;
         }
         if decided.is_empty() {
-            return (store_failed, None);
+            return store_failed;
         }
-        (
-            store_failed,
-            Some(Decided {
-                looks: decided,
-                lease_deadline_ms,
-                now,
-            }),
-        )
-    }
-
-    /// The scheduled path, second half: claim what [`Dispatcher::decide_scheduled`]
-    /// placed, by id, and send it. Returns whether the store failed.
-    async fn claim_scheduled(self: Arc<Self>, decided: Decided) -> bool {
-        let Decided {
-            looks: mut decided,
-            lease_deadline_ms,
-            now,
-        } = decided;
         let selected: Vec<Selected> = decided
             .iter()
             .flat_map(|(window, placements)| {
@@ -1726,31 +1660,11 @@ impl Dispatcher {
                 })
             })
             .collect();
-        let outcomes = self
+        let outcomes = match self
             .store
             .claim_selected(selected, lease_deadline_ms, now)
-            .await;
+            .await
         {
-            // Written (or refused): the store says from here on whether each is
-            // queued, so the looks need not pass over them any more.
-            let mut st = self.lock();
-            let st = &mut *st;
-            for (window, placements) in &decided {
-                for p in placements {
-                    st.claiming.remove(&window[p.index].spec.task_id);
-                    if let Some(n) = st
-                        .claiming_per_type
-                        .get_mut(&window[p.index].spec.task_type)
-                    {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            st.claiming_per_type.remove(&window[p.index].spec.task_type);
-                        }
-                    }
-                }
-            }
-        }
-        let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim scheduled tasks");
@@ -1873,7 +1787,7 @@ impl Dispatcher {
             );
             self.fail_in_store(orphans, failure).await;
         }
-        false
+        store_failed
     }
 
     /// A fast-path type whose agents are all busy: if the head of its queue is
