@@ -456,13 +456,18 @@ pub(crate) async fn update(
             Err(refusal) => UpdateOutcome::Refused(refusal),
         });
     }
+    write_changed(tx, &tasks).await?;
+    Ok(out)
+}
+
+/// Writes back the loaded tasks marked changed.
+async fn write_changed(tx: &Tx<'_>, tasks: &HashMap<String, (Loaded, bool)>) -> Res<()> {
     let changed: Vec<&Loaded> = tasks
         .values()
         .filter(|(_, changed)| *changed)
         .map(|(task, _)| task)
         .collect();
-    write_back(tx, &changed).await?;
-    Ok(out)
+    write_back(tx, &changed).await
 }
 
 /// Claims the selected tasks that are still queued; see `Store::claim_selected`.
@@ -514,12 +519,7 @@ pub(crate) async fn claim_selected(
             Err(_) => SelectedOutcome::NotQueued,
         });
     }
-    let changed: Vec<&Loaded> = tasks
-        .values()
-        .filter(|(_, changed)| *changed)
-        .map(|(task, _)| task)
-        .collect();
-    write_back(tx, &changed).await?;
+    write_changed(tx, &tasks).await?;
     Ok(out)
 }
 

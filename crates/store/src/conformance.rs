@@ -805,21 +805,7 @@ pub async fn claim_selected_racing_replicas_claim_each_task_once<S: Store>(store
             (owner, got)
         }));
     }
-    let mut owner_of = BTreeMap::new();
-    for handle in handles {
-        let (owner, got) = handle.await.expect("replica task");
-        for task in got {
-            if let Some(previous) = owner_of.insert(task.clone(), owner.clone()) {
-                panic!("task {task} claimed by both {previous} and {owner}");
-            }
-        }
-    }
-    let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
-    assert_eq!(
-        owner_of.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
-        "every task claimed by some replica"
-    );
+    let owner_of = claimed_once_each(handles, &all).await;
     for (task, owner) in owner_of.iter().take(20) {
         let record = store.get(task).await.expect("get").expect("stored");
         assert_eq!(record.state.status, Status::Running);
@@ -1039,21 +1025,7 @@ pub async fn claim_concurrent_claimers_get_disjoint_tasks<S: Store>(store: Arc<S
         }));
     }
 
-    let mut owner_of = BTreeMap::new();
-    for handle in handles {
-        let (owner, got) = handle.await.expect("claimer task");
-        for task in got {
-            if let Some(previous) = owner_of.insert(task.clone(), owner.clone()) {
-                panic!("task {task} claimed by both {previous} and {owner}");
-            }
-        }
-    }
-    let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
-    assert_eq!(
-        owner_of.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
-        "every task claimed"
-    );
+    let owner_of = claimed_once_each(handles, &all).await;
     for (task, owner) in &owner_of {
         let record = get(&*store, task.as_str()).await;
         assert_eq!(
@@ -2768,4 +2740,28 @@ pub async fn runs_active_lists_unfinished_oldest_first(store: &dyn Store) {
         .map(|r| r.run_id)
         .collect();
     assert_eq!(active, vec!["c"]);
+}
+
+/// Gathers what each concurrent claimer got, fails if one task went to two of
+/// them or if a task of `all` went to none, and returns each task's claimer.
+async fn claimed_once_each(
+    handles: Vec<tokio::task::JoinHandle<(String, Vec<TaskId>)>>,
+    all: &[TaskSpec],
+) -> BTreeMap<TaskId, String> {
+    let mut owner_of = BTreeMap::new();
+    for handle in handles {
+        let (owner, got) = handle.await.expect("claimer task");
+        for task in got {
+            if let Some(previous) = owner_of.insert(task.clone(), owner.clone()) {
+                panic!("task {task} claimed by both {previous} and {owner}");
+            }
+        }
+    }
+    let expected: BTreeSet<TaskId> = all.iter().map(|s| s.task_id.clone()).collect();
+    assert_eq!(
+        owner_of.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "every task claimed by some claimer"
+    );
+    owner_of
 }
