@@ -41,24 +41,40 @@ fn decode_parts(
     state: ValueRef<'_>,
     lease_deadline: Option<i64>,
 ) -> Result<Loaded> {
-    let spec_bytes = spec
+    let spec = decode_spec(seq, column_bytes(seq, spec, "spec")?)?;
+    let state = decode_state(seq, column_bytes(seq, state, "state")?, lease_deadline)?;
+    Ok(Loaded { seq, spec, state })
+}
+
+/// The bytes of row `seq`'s `what` column.
+pub(crate) fn column_bytes<'a>(seq: i64, value: ValueRef<'a>, what: &str) -> Result<&'a [u8]> {
+    value
         .as_bytes()
-        .map_err(|e| Error::Corrupt(format!("task row {seq}: spec column: {e}")))?;
-    let state_bytes = state
-        .as_bytes()
-        .map_err(|e| Error::Corrupt(format!("task row {seq}: state column: {e}")))?;
-    let spec: TaskSpec = serde_json::from_slice(spec_bytes).map_err(|e| {
+        .map_err(|e| Error::Corrupt(format!("task row {seq}: {what} column: {e}")))
+}
+
+/// Row `seq`'s spec, or the part of it `T` names.
+pub(crate) fn decode_spec<T: serde::de::DeserializeOwned>(seq: i64, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
         Error::Corrupt(format!(
             "task row {seq}: spec is not a valid task spec: {e}"
         ))
-    })?;
-    let mut state: TaskState = serde_json::from_slice(state_bytes).map_err(|e| {
+    })
+}
+
+/// Row `seq`'s state, with its lease deadline from its own column.
+pub(crate) fn decode_state(
+    seq: i64,
+    bytes: &[u8],
+    lease_deadline: Option<i64>,
+) -> Result<TaskState> {
+    let mut state: TaskState = serde_json::from_slice(bytes).map_err(|e| {
         Error::Corrupt(format!(
             "task row {seq}: state is not a valid task state: {e}"
         ))
     })?;
     state.lease_deadline_ms = lease_deadline.map(|d| d as Millis);
-    Ok(Loaded { seq, spec, state })
+    Ok(state)
 }
 
 impl Loaded {

@@ -7,7 +7,10 @@
 //! row, a bug) is rolled back alone and the others still commit. If the commit
 //! itself fails, every operation of the batch gets the error.
 
-use crate::codec::{copy_error, decode_record, encode_json, millis, opt_millis, sql_error, Loaded};
+use crate::codec::{
+    column_bytes, copy_error, decode_record, decode_spec, decode_state, encode_json, millis,
+    opt_millis, sql_error, Loaded,
+};
 use crate::tally::{Delta, Tally};
 use baton_core::lifecycle::{
     apply, Command, Ctx, Failure, FailureKind, Refusal, TaskState, Transition,
@@ -217,16 +220,23 @@ impl Session<'_> {
         let ctx = Ctx::for_spec(&loaded.spec, now, self.jitter.sample());
         match apply(&loaded.state, command, ctx) {
             Ok(transition) => {
-                self.write_back(loaded.seq, &transition.state)?;
-                self.delta.moved(
+                self.record(
+                    loaded.seq,
                     &loaded.spec.task_type,
                     loaded.state.status,
-                    transition.state.status,
-                );
+                    &transition.state,
+                )?;
                 Ok(Ok(transition))
             }
             Err(refusal) => Ok(Err(refusal)),
         }
+    }
+
+    /// Writes row `seq`'s new state back and counts its move from `from`.
+    fn record(&mut self, seq: i64, task_type: &str, from: Status, state: &TaskState) -> Result<()> {
+        self.write_back(seq, state)?;
+        self.delta.moved(task_type, from, state.status);
+        Ok(())
     }
 
     pub(crate) fn submit(
@@ -398,21 +408,12 @@ impl Session<'_> {
             let seq: i64 = row.get(0).map_err(sql_error)?;
             let task_type: String = row.get(1).map_err(sql_error)?;
             let lease_deadline: Option<i64> = row.get(3).map_err(sql_error)?;
-            let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-                Error::Corrupt(format!("task row {seq}: {what}: {e}"))
+            let column = |i: usize, what: &str| -> Result<&[u8]> {
+                column_bytes(seq, row.get_ref(i).map_err(sql_error)?, what)
             };
-            let bytes = |i: usize, what: &str| -> Result<&[u8]> {
-                row.get_ref(i)
-                    .map_err(sql_error)?
-                    .as_bytes()
-                    .map_err(|e| corrupt(what, &e))
-            };
-            let mut state: TaskState = serde_json::from_slice(bytes(2, "state column")?)
-                .map_err(|e| corrupt("state is not a valid task state", &e))?;
-            state.lease_deadline_ms = lease_deadline.map(|d| d as Millis);
-            let spec_bytes = bytes(4, "spec column")?;
-            let policy: SpecPolicy = serde_json::from_slice(spec_bytes)
-                .map_err(|e| corrupt("spec is not a valid task spec", &e))?;
+            let state = decode_state(seq, column(2, "state")?, lease_deadline)?;
+            let spec_bytes = column(4, "spec")?;
+            let policy: SpecPolicy = decode_spec(seq, spec_bytes)?;
             let command = Command::Claim {
                 agent_id,
                 lease_owner,
@@ -432,20 +433,16 @@ impl Session<'_> {
                     attempt: transition.state.attempt,
                 }
             } else {
-                let spec: TaskSpec = serde_json::from_slice(spec_bytes)
-                    .map_err(|e| corrupt("spec is not a valid task spec", &e))?;
                 SelectedOutcome::Finished {
                     record: TaskRecord {
-                        spec,
+                        spec: decode_spec(seq, spec_bytes)?,
                         state: transition.state.clone(),
                     },
                     effects: transition.effects,
                 }
             };
             drop(rows);
-            self.write_back(seq, &transition.state)?;
-            self.delta
-                .moved(&task_type, state.status, transition.state.status);
+            self.record(seq, &task_type, state.status, &transition.state)?;
             out.push(outcome);
         }
         Ok(out)
