@@ -331,11 +331,20 @@ pub fn print_task(v: &Value) {
         println!("priority   {}", s(&v["priority"]));
     }
     if !v["attempt"].is_null() {
-        println!(
-            "attempt    {} of {}",
-            s(&v["attempt"]),
-            s(&v["max_attempts"])
-        );
+        match v["attempt_floor"].as_u64() {
+            // Reprocessed or preempted: the earlier attempts no longer count.
+            Some(floor) => println!(
+                "attempt    {} ({} of {} counted)",
+                s(&v["attempt"]),
+                v["attempt"].as_u64().unwrap_or(0).saturating_sub(floor),
+                s(&v["max_attempts"])
+            ),
+            None => println!(
+                "attempt    {} of {}",
+                s(&v["attempt"]),
+                s(&v["max_attempts"])
+            ),
+        }
     }
     println!("created    {}", s(&v["created_at"]));
     if !v["finished_at"].is_null() {

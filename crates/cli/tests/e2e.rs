@@ -128,6 +128,10 @@ async fn exhausted_retries_dead_letter_then_reprocess_succeeds() {
         t["attempt"], 4,
         "attempt numbers keep growing after reprocess"
     );
+    assert_eq!(
+        t["attempt_floor"], 3,
+        "the attempts before the reprocess no longer count: {t}"
+    );
     assert!(api.get("/api/v1/dlq").await.body["tasks"]
         .as_array()
         .unwrap()

@@ -248,3 +248,56 @@ async fn grpc_submit_of_a_use_case_starts_its_flow_like_rest() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_task_and_a_plain_task_cannot_share_an_id() {
+    let dir = TempDir::new("usecase-ids");
+    let server = Server::start(&dir.0);
+    let api = Api::new(&server.http);
+    let flow = |id: &str| {
+        serde_json::json!({"task_id": id, "task_type": "report_generation",
+            "inputs": [{"type": "text", "data": "1 2 3"}]})
+    };
+    let plain = |id: &str| serde_json::json!({"task_id": id, "task_type": "echo"});
+
+    // A plain task may not take a flow task's id, alone or in a batch...
+    assert_eq!(api.post("/api/v1/tasks", &flow("shared")).await.status, 201);
+    let refused = api.post("/api/v1/tasks", &plain("shared")).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.body["error"]["details"]["task_id"], "shared");
+    let batch = api
+        .post(
+            "/api/v1/tasks/batch",
+            &serde_json::json!({"tasks": [plain("before"), plain("shared"), plain("after")]}),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    let items = batch.body["tasks"].as_array().expect("items").clone();
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["before", "shared", "after"], "{}", batch.body);
+    assert_eq!(items[0]["created"], true, "{}", batch.body);
+    assert!(items[1]["error"]["message"].is_string(), "{}", batch.body);
+    assert_eq!(items[2]["created"], true, "{}", batch.body);
+    // ...and the flow task is what its id still shows.
+    let shown = api.get("/api/v1/tasks/shared").await;
+    assert_eq!(
+        shown.body["task_type"], "report_generation",
+        "{}",
+        shown.body
+    );
+    // The same flow task again is the existing one.
+    assert_eq!(api.post("/api/v1/tasks", &flow("shared")).await.status, 200);
+
+    // A flow task may not take a plain task's id, and starts no run.
+    assert_eq!(api.post("/api/v1/tasks", &plain("plain")).await.status, 201);
+    let refused = api.post("/api/v1/tasks", &flow("plain")).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(api.get("/api/v1/runs/plain").await.status, 404);
+    assert_eq!(
+        api.get("/api/v1/tasks/plain").await.body["task_type"],
+        "echo"
+    );
+}

@@ -29,6 +29,16 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// The message of an error whose details list every problem: the first, then how
+/// many more there are.
+pub fn summarize_problems(first: &str, total: usize) -> String {
+    match total {
+        0 | 1 => first.to_string(),
+        2 => format!("{first} (and 1 more problem)"),
+        n => format!("{first} (and {} more problems)", n - 1),
+    }
+}
+
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -104,5 +114,23 @@ impl Error {
             .as_array()
             .map(|ps| ps.iter().filter_map(|p| p["field"].as_str()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize_problems;
+
+    #[test]
+    fn problem_counts_read_as_english() {
+        assert_eq!(summarize_problems("a is bad", 1), "a is bad");
+        assert_eq!(
+            summarize_problems("a is bad", 2),
+            "a is bad (and 1 more problem)"
+        );
+        assert_eq!(
+            summarize_problems("a is bad", 4),
+            "a is bad (and 3 more problems)"
+        );
     }
 }

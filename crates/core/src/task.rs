@@ -112,11 +112,7 @@ impl Problems {
             return Ok(ok());
         }
         let first = format!("{} {}", self.0[0].0, self.0[0].1);
-        let message = if self.0.len() == 1 {
-            first
-        } else {
-            format!("{first} (and {} more problems)", self.0.len() - 1)
-        };
+        let message = crate::error::summarize_problems(&first, self.0.len());
         let list: Vec<Value> = self
             .0
             .iter()

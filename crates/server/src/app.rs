@@ -84,6 +84,32 @@ impl App {
         (admitted, refused)
     }
 
+    /// Task ids are one space with the runs started from flows (seed 000: a flow
+    /// task's id is its run's id): a task may not take such a run's id. One store
+    /// read for the whole batch; the refused keep their position in the request.
+    /// (The check and the insert are not one transaction: a plain task and a flow
+    /// task submitted with the same id at the same instant can both get in.)
+    async fn refuse_flow_ids(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<(Vec<TaskSpec>, Vec<(usize, Error)>), Error> {
+        let ids: Vec<String> = specs.iter().map(|s| s.task_id.to_string()).collect();
+        let taken = self.store.flow_run_ids(&ids).await?;
+        if taken.is_empty() {
+            return Ok((specs, Vec::new()));
+        }
+        let mut admitted = Vec::with_capacity(specs.len());
+        let mut refused = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            if taken.iter().any(|t| t == spec.task_id.as_str()) {
+                refused.push((i, flow_id_conflict(spec.task_id.as_str())));
+            } else {
+                admitted.push(spec);
+            }
+        }
+        Ok((admitted, refused))
+    }
+
     /// Stores tasks durably. Every spec must already be valid. A conflicting id is
     /// reported per task; nothing else is affected by it.
     pub async fn submit(
@@ -96,7 +122,22 @@ impl App {
                 format!("a batch may hold at most {} tasks", self.max_batch_tasks),
             ));
         }
-        let (specs, refused) = self.shed(specs);
+        let (mut specs, mut refused) = self.refuse_flow_ids(specs).await?;
+        if refused.is_empty() {
+            let (admitted, shed) = self.shed(specs);
+            refused = shed;
+            specs = admitted;
+        } else {
+            // Shed positions are among the tasks left: map them back to the request's.
+            let mut kept: Vec<usize> = (0..specs.len() + refused.len()).collect();
+            for (i, _) in refused.iter().rev() {
+                kept.remove(*i);
+            }
+            let (admitted, shed) = self.shed(specs);
+            specs = admitted;
+            refused.extend(shed.into_iter().map(|(i, e)| (kept[i], e)));
+            refused.sort_by_key(|(i, _)| *i);
+        }
         self.dispatcher.note_submitted(&specs);
         let outcomes = if specs.is_empty() {
             Vec::new()
@@ -380,6 +421,14 @@ impl App {
         if !self.engine.is_flow(&spec.task_type).await {
             return Ok(None);
         }
+        if let Some(existing) = self.store.get(&spec.task_id).await? {
+            // The id is a plain task's: a flow task may not shadow it.
+            return Err(Error::conflict(format!(
+                "task {} already exists as a task of type {}",
+                spec.task_id, existing.spec.task_type
+            ))
+            .with_details(serde_json::json!({"task_id": spec.task_id})));
+        }
         let (run, created) = self
             .engine
             .start(crate::workflows::StartRequest {
@@ -443,4 +492,12 @@ impl App {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// A plain task's id is already a flow task's (a run started from a flow).
+fn flow_id_conflict(task_id: &str) -> Error {
+    Error::conflict(format!(
+        "task {task_id} already exists as a run started from a flow (GET /api/v1/runs/{task_id})"
+    ))
+    .with_details(serde_json::json!({"task_id": task_id}))
 }

@@ -189,9 +189,7 @@ impl v1::baton_server::Baton for ClientApi {
                 .map(|e| serde_json::json!({"message": e.message, "details": e.details}))
                 .collect();
             let mut e = first.clone();
-            if problems.len() > 1 {
-                e.message = format!("{} (and {} more problems)", e.message, problems.len() - 1);
-            }
+            e.message = baton_core::error::summarize_problems(&e.message, problems.len());
             return Err(status(
                 e.with_details(serde_json::json!({"problems": list})),
             ));

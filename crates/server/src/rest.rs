@@ -358,15 +358,13 @@ async fn submit_batch(
     }
     if !problems.is_empty() {
         let first = problems[0].clone();
-        let msg = format!(
-            "{} {}{}",
-            first["field"].as_str().unwrap_or(""),
-            first["message"].as_str().unwrap_or(""),
-            if problems.len() > 1 {
-                format!(" (and {} more problems)", problems.len() - 1)
-            } else {
-                String::new()
-            }
+        let msg = baton_core::error::summarize_problems(
+            &format!(
+                "{} {}",
+                first["field"].as_str().unwrap_or(""),
+                first["message"].as_str().unwrap_or("")
+            ),
+            problems.len(),
         );
         return Err(ApiError(
             Error::invalid(msg).with_details(serde_json::json!({"problems": problems})),

@@ -843,7 +843,7 @@ pub fn validate_hints(metadata: &serde_json::Map<String, serde_json::Value>) -> 
                 all[0]["field"].as_str().unwrap_or_default(),
                 all[0]["message"].as_str().unwrap_or_default()
             );
-            let message = format!("{first} (and {} more problems)", all.len() - 1);
+            let message = baton_core::error::summarize_problems(&first, all.len());
             Err(Error::invalid(message).with_details(serde_json::json!({ "problems": all })))
         }
     }
@@ -1189,7 +1189,7 @@ mod tests {
         let e = validate_hints(&m(json!({"resources": 5, "min_health": 3}))).unwrap_err();
         let fields = e.problem_fields();
         assert_eq!(fields, ["metadata.min_health", "metadata.resources"]);
-        assert!(e.message.contains("(and 1 more problems)"), "{}", e.message);
+        assert!(e.message.contains("(and 1 more problem)"), "{}", e.message);
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct TaskView {
     /// Attempts started so far (the current one while running).
     pub attempt: u32,
     pub max_attempts: u32,
+    /// Attempts up to this one do not count against `max_attempts`: the task was
+    /// reprocessed from the dead-letter queue after them, or they were handed back
+    /// (preempted) without counting. Absent when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attempt_floor: u32,
     pub timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
@@ -196,6 +201,10 @@ pub(crate) fn event_view(ev: &TaskEvent) -> EventView {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 pub fn task_view(record: &TaskRecord, now: Millis, include_inputs: bool) -> TaskView {
     let s = &record.state;
     let spec = &record.spec;
@@ -209,6 +218,7 @@ pub fn task_view(record: &TaskRecord, now: Millis, include_inputs: bool) -> Task
             .map(|m| format!("{m:?}").to_ascii_lowercase()),
         attempt: s.attempt,
         max_attempts: spec.retry.max_attempts,
+        attempt_floor: s.attempt_floor,
         timeout_ms: spec.timeout_ms,
         deadline: spec.deadline_ms.map(rfc3339),
         metadata: spec.metadata.clone(),

@@ -102,6 +102,7 @@ macro_rules! store_conformance_tests {
             runs_write_submits_tasks_atomically,
             runs_list_filters_and_paginates,
             runs_active_lists_unfinished_oldest_first,
+            runs_flow_run_ids_names_only_runs_from_flows,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2710,6 +2711,35 @@ pub async fn runs_list_filters_and_paginates(store: &dyn Store) {
         })
         .await;
     assert!(matches!(bad, Err(Error::InvalidCursor)), "{bad:?}");
+}
+
+pub async fn runs_flow_run_ids_names_only_runs_from_flows(store: &dyn Store) {
+    let from_flow = run_record("from-flow", "running", true, 1, 100);
+    let mut inline = run_record("inline", "running", true, 1, 100);
+    inline.flow_name = None;
+    store
+        .write_runs(
+            vec![write(from_flow, None, vec![]), write(inline, None, vec![])],
+            100,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = ["inline", "missing", "from-flow", "from-flow"]
+        .map(String::from)
+        .to_vec();
+    let mut found = store.flow_run_ids(&ids).await.unwrap();
+    found.dedup();
+    assert_eq!(found, vec!["from-flow".to_string()]);
+    assert!(store.flow_run_ids(&[]).await.unwrap().is_empty());
+    // Many ids in one call (a batch submit checks all of its ids at once).
+    let many: Vec<String> = (0..2_000)
+        .map(|i| format!("x{i}"))
+        .chain(["from-flow".into()])
+        .collect();
+    assert_eq!(
+        store.flow_run_ids(&many).await.unwrap(),
+        vec!["from-flow".to_string()]
+    );
 }
 
 pub async fn runs_active_lists_unfinished_oldest_first(store: &dyn Store) {

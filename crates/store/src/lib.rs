@@ -527,6 +527,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
 
+    /// Of `ids`, those that are runs started from a registered flow, in no
+    /// particular order. Such a run is also a task (seed 000's flow tasks: the task
+    /// id is the run id), so a plain task may not take its id.
+    async fn flow_run_ids(&self, ids: &[String]) -> Result<Vec<String>>;
+
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;
 
     /// Every run with `active` set, oldest first (what the engine resumes after a restart).

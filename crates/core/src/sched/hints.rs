@@ -153,16 +153,10 @@ impl Hints {
         if problems.is_empty() {
             return Ok(hints);
         }
-        let message = if problems.len() == 1 {
-            format!("{} {}", problems[0].0, problems[0].1)
-        } else {
-            format!(
-                "{} {} (and {} more problems)",
-                problems[0].0,
-                problems[0].1,
-                problems.len() - 1
-            )
-        };
+        let message = crate::error::summarize_problems(
+            &format!("{} {}", problems[0].0, problems[0].1),
+            problems.len(),
+        );
         let list: Vec<Value> = problems
             .iter()
             .map(|(f, m)| serde_json::json!({"field": f, "message": m}))

@@ -125,10 +125,7 @@ impl Resources {
         }
         // The shape of the other metadata keys' errors (`sched::Hints`).
         let (field, msg) = &p.0[0];
-        let message = match p.0.len() {
-            1 => format!("{field} {msg}"),
-            n => format!("{field} {msg} (and {} more problems)", n - 1),
-        };
+        let message = crate::error::summarize_problems(&format!("{field} {msg}"), p.0.len());
         let list: Vec<Value> =
             p.0.iter()
                 .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
@@ -294,14 +291,10 @@ impl Problems {
 
 fn to_error(problems: Vec<(String, String)>) -> Error {
     let first = format!("{}: {}", problems[0].0, problems[0].1);
-    let message = if problems.len() == 1 {
-        format!("invalid flow definition: {first}")
-    } else {
-        format!(
-            "invalid flow definition: {first} (and {} more problems)",
-            problems.len() - 1
-        )
-    };
+    let message = crate::error::summarize_problems(
+        &format!("invalid flow definition: {first}"),
+        problems.len(),
+    );
     let list: Vec<Value> = problems
         .iter()
         .map(|(f, m)| serde_json::json!({"field": f, "message": m}))

@@ -118,11 +118,7 @@ pub fn parse_rules<S: AsRef<str>>(lines: &[S]) -> Result<Vec<Rule>, Error> {
         problems[0]["field"].as_str().unwrap_or_default(),
         problems[0]["message"].as_str().unwrap_or_default()
     );
-    let message = if problems.len() == 1 {
-        first
-    } else {
-        format!("{first} (and {} more problems)", problems.len() - 1)
-    };
+    let message = crate::error::summarize_problems(&first, problems.len());
     Err(Error::invalid(message).with_details(serde_json::json!({ "problems": problems })))
 }
 
