@@ -84,32 +84,6 @@ impl App {
         (admitted, refused)
     }
 
-    /// Task ids are one space with the runs started from flows (seed 000: a flow
-    /// task's id is its run's id): a task may not take such a run's id. One store
-    /// read for the whole batch; the refused keep their position in the request.
-    /// (The check and the insert are not one transaction: a plain task and a flow
-    /// task submitted with the same id at the same instant can both get in.)
-    async fn refuse_flow_ids(
-        &self,
-        specs: Vec<TaskSpec>,
-    ) -> Result<(Vec<TaskSpec>, Vec<(usize, Error)>), Error> {
-        let ids: Vec<String> = specs.iter().map(|s| s.task_id.to_string()).collect();
-        let taken = self.store.flow_run_ids(&ids).await?;
-        if taken.is_empty() {
-            return Ok((specs, Vec::new()));
-        }
-        let mut admitted = Vec::with_capacity(specs.len());
-        let mut refused = Vec::new();
-        for (i, spec) in specs.into_iter().enumerate() {
-            if taken.iter().any(|t| t == spec.task_id.as_str()) {
-                refused.push((i, flow_id_conflict(spec.task_id.as_str())));
-            } else {
-                admitted.push(spec);
-            }
-        }
-        Ok((admitted, refused))
-    }
-
     /// Stores tasks durably. Every spec must already be valid. A conflicting id is
     /// reported per task; nothing else is affected by it.
     pub async fn submit(
@@ -122,22 +96,7 @@ impl App {
                 format!("a batch may hold at most {} tasks", self.max_batch_tasks),
             ));
         }
-        let (mut specs, mut refused) = self.refuse_flow_ids(specs).await?;
-        if refused.is_empty() {
-            let (admitted, shed) = self.shed(specs);
-            refused = shed;
-            specs = admitted;
-        } else {
-            // Shed positions are among the tasks left: map them back to the request's.
-            let mut kept: Vec<usize> = (0..specs.len() + refused.len()).collect();
-            for (i, _) in refused.iter().rev() {
-                kept.remove(*i);
-            }
-            let (admitted, shed) = self.shed(specs);
-            specs = admitted;
-            refused.extend(shed.into_iter().map(|(i, e)| (kept[i], e)));
-            refused.sort_by_key(|(i, _)| *i);
-        }
+        let (specs, refused) = self.shed(specs);
         self.dispatcher.note_submitted(&specs);
         let outcomes = if specs.is_empty() {
             Vec::new()
@@ -167,6 +126,8 @@ impl App {
                     record.spec.task_id
                 ))
                 .with_details(serde_json::json!({"task_id": record.spec.task_id}))),
+                // Task ids are one space with flow tasks' (a flow task's id is its run's).
+                SubmitOutcome::FlowRun(task_id) => Err(flow_id_conflict(task_id.as_str())),
             })
             .collect::<Vec<_>>();
         // Shed tasks take their place in the answer, in submission order.

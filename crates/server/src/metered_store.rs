@@ -184,10 +184,6 @@ impl Store for MeteredStore {
         self.inner.get_run(run_id).await
     }
 
-    async fn flow_run_ids(&self, ids: &[String]) -> Result<Vec<String>> {
-        self.inner.flow_run_ids(ids).await
-    }
-
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
         self.inner.list_runs(filter).await
     }

@@ -702,16 +702,6 @@ impl Store for PgStore {
             .map_err(Fault::into_store)
     }
 
-    async fn flow_run_ids(&self, ids: &[String]) -> Result<Vec<String>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await.map_err(Fault::into_store)?;
-        runs::flow_run_ids(&client, ids)
-            .await
-            .map_err(Fault::into_store)
-    }
-
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
         codec::decode_cursor(filter.cursor.as_deref())?;
         let client = self.client().await.map_err(Fault::into_store)?;

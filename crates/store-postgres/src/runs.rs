@@ -245,16 +245,6 @@ pub(crate) async fn get_run(client: &impl GenericClient, run_id: &str) -> Res<Op
     run(client, run_id).await
 }
 
-pub(crate) async fn flow_run_ids(client: &impl GenericClient, ids: &[String]) -> Res<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT run_id FROM runs WHERE flow_name IS NOT NULL AND run_id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 pub(crate) async fn list_runs(client: &impl GenericClient, filter: &RunFilter) -> Res<RunPage> {
     let before = decode_cursor(filter.cursor.as_deref())?;
     let limit = match filter.limit {

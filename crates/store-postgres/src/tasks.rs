@@ -54,7 +54,9 @@ const INSERT: &str = "WITH input AS (
             WITH ORDINALITY AS i (id, task_type, status, priority, state, spec, ord)
     ), inserted AS (
         INSERT INTO tasks (id, task_type, status, priority, state)
-        SELECT id, task_type, status, priority, state FROM input ORDER BY ord
+        SELECT id, task_type, status, priority, state FROM input
+        WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = input.id AND r.flow_name IS NOT NULL)
+        ORDER BY ord
         ON CONFLICT (id) DO NOTHING
         RETURNING seq, id
     ), specs AS (
@@ -366,9 +368,11 @@ pub(crate) async fn submit(
                 continue;
             }
         }
-        let record = stored.get(id).cloned().ok_or_else(|| {
-            Error::Corrupt(format!("task {id} conflicted on insert but cannot be read"))
-        })?;
+        let Some(record) = stored.get(id).cloned() else {
+            // Neither inserted nor a task's: a flow run's id (see INSERT).
+            out.push(SubmitOutcome::FlowRun(spec.task_id.clone()));
+            continue;
+        };
         out.push(if record.spec == *spec {
             SubmitOutcome::Existing(record)
         } else {

@@ -523,17 +523,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn flow_run_ids(&self, ids: &[String]) -> Result<Vec<String>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = serde_json::to_string(ids)
-            .map_err(|e| baton_store::Error::Other(format!("cannot encode ids: {e}")))?;
-        self.readers
-            .run(move |conn| runs::flow_run_ids(conn, &ids))
-            .await
-    }
-
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
         if let Some(cursor) = &filter.cursor {
             codec::decode_cursor(cursor)?;

@@ -156,22 +156,6 @@ pub(crate) fn get_run(conn: &Connection, run_id: &str) -> Result<Option<RunRecor
     Ok(row.transpose()?.map(|(_, r)| r))
 }
 
-/// The runs started from a flow among `ids`, a JSON array of strings: one
-/// statement whatever the number of ids.
-pub(crate) fn flow_run_ids(conn: &Connection, ids: &str) -> Result<Vec<String>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT run_id FROM runs WHERE flow_name IS NOT NULL
-             AND run_id IN (SELECT value FROM json_each(?1))",
-        )
-        .map_err(sql_error)?;
-    let rows = stmt
-        .query_map(params![ids], |row| row.get::<_, String>(0))
-        .map_err(sql_error)?;
-    rows.collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)
-}
-
 /// A run's document and definition as the text columns hold them.
 pub(crate) struct RunText {
     body: Document,

@@ -127,8 +127,11 @@ pub(crate) struct Session<'c> {
 /// task does not pin its size in memory for good.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
+/// Inserts nothing when the id is taken by a task or by a run started from a flow
+/// (seed 000's flow tasks: the run is the task).
 const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, state)
-    VALUES (?1, ?2, ?3, ?4, ?5)
+    SELECT ?1, ?2, ?3, ?4, ?5
+    WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1 AND flow_name IS NOT NULL)
     ON CONFLICT (id) DO NOTHING";
 const INSERT_SPEC: &str = "INSERT INTO task_specs (seq, spec) VALUES (?1, ?2)";
 
@@ -269,12 +272,11 @@ impl Session<'_> {
                 out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
                 continue;
             }
-            let existing = self.load_by_id(spec.task_id.as_str())?.ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "task {} conflicted on insert but cannot be read",
-                    spec.task_id
-                ))
-            })?;
+            let Some(existing) = self.load_by_id(spec.task_id.as_str())? else {
+                // Not a task's id: a flow run's (see INSERT).
+                out.push(SubmitOutcome::FlowRun(spec.task_id));
+                continue;
+            };
             let same = existing.spec == spec;
             let record = existing.into_record();
             out.push(if same {

@@ -102,7 +102,7 @@ macro_rules! store_conformance_tests {
             runs_write_submits_tasks_atomically,
             runs_list_filters_and_paginates,
             runs_active_lists_unfinished_oldest_first,
-            runs_flow_run_ids_names_only_runs_from_flows,
+            runs_submit_refuses_the_id_of_a_run_from_a_flow,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2713,7 +2713,7 @@ pub async fn runs_list_filters_and_paginates(store: &dyn Store) {
     assert!(matches!(bad, Err(Error::InvalidCursor)), "{bad:?}");
 }
 
-pub async fn runs_flow_run_ids_names_only_runs_from_flows(store: &dyn Store) {
+pub async fn runs_submit_refuses_the_id_of_a_run_from_a_flow(store: &dyn Store) {
     let from_flow = run_record("from-flow", "running", true, 1, 100);
     let mut inline = run_record("inline", "running", true, 1, 100);
     inline.flow_name = None;
@@ -2724,21 +2724,39 @@ pub async fn runs_flow_run_ids_names_only_runs_from_flows(store: &dyn Store) {
         )
         .await
         .unwrap();
-    let ids: Vec<String> = ["inline", "missing", "from-flow", "from-flow"]
-        .map(String::from)
-        .to_vec();
-    let mut found = store.flow_run_ids(&ids).await.unwrap();
-    found.dedup();
-    assert_eq!(found, vec!["from-flow".to_string()]);
-    assert!(store.flow_run_ids(&[]).await.unwrap().is_empty());
-    // Many ids in one call (a batch submit checks all of its ids at once).
-    let many: Vec<String> = (0..2_000)
-        .map(|i| format!("x{i}"))
-        .chain(["from-flow".into()])
-        .collect();
+    let out = store
+        .submit(
+            vec![
+                spec("before", "work"),
+                spec("from-flow", "work"),
+                spec("inline", "work"),
+                spec("from-flow", "work"),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], SubmitOutcome::Created(_)), "{out:?}");
     assert_eq!(
-        store.flow_run_ids(&many).await.unwrap(),
-        vec!["from-flow".to_string()]
+        out[1],
+        SubmitOutcome::FlowRun(TaskId::from_trusted("from-flow"))
+    );
+    // A run from an inline definition is not a task: its id is free.
+    assert!(matches!(&out[2], SubmitOutcome::Created(_)), "{out:?}");
+    assert_eq!(
+        out[3],
+        SubmitOutcome::FlowRun(TaskId::from_trusted("from-flow"))
+    );
+    assert!(store
+        .get(&TaskId::from_trusted("from-flow"))
+        .await
+        .unwrap()
+        .is_none());
+    let c = store.counts().await.unwrap();
+    assert_eq!(
+        c.by_status.get("queued").copied(),
+        Some(2),
+        "nothing else stored"
     );
 }
 

@@ -70,6 +70,9 @@ pub enum SubmitOutcome {
     Existing(TaskRecord),
     /// The same id exists with a different spec: nothing changed.
     Conflict(TaskRecord),
+    /// The id is that of a run started from a registered flow, which is also a
+    /// task (seed 000's flow tasks: the task id is the run id): nothing changed.
+    FlowRun(TaskId),
 }
 
 /// Ask for up to `max` queued tasks of `task_type`, highest priority first and FIFO
@@ -405,6 +408,7 @@ pub struct RunPage {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores new tasks as queued, durably, before returning. Idempotent per task id.
+    /// An id that is a run's started from a flow is refused (`SubmitOutcome::FlowRun`).
     async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>>;
 
     /// Claims queued tasks (see [`ClaimRequest`]). Tasks whose deadline passed are
@@ -526,11 +530,6 @@ pub trait Store: Send + Sync + 'static {
     async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>>;
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
-
-    /// Of `ids`, those that are runs started from a registered flow, in no
-    /// particular order. Such a run is also a task (seed 000's flow tasks: the task
-    /// id is the run id), so a plain task may not take its id.
-    async fn flow_run_ids(&self, ids: &[String]) -> Result<Vec<String>>;
 
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;
 
