@@ -121,13 +121,15 @@ impl App {
                     record,
                     created: false,
                 }),
-                SubmitOutcome::Conflict(record) => Err(Error::conflict(format!(
-                    "task {} already exists with different content",
-                    record.spec.task_id
-                ))
-                .with_details(serde_json::json!({"task_id": record.spec.task_id}))),
+                SubmitOutcome::Conflict(record) => Err(id_taken(
+                    record.spec.task_id.as_str(),
+                    "with different content",
+                )),
                 // Task ids are one space with flow tasks' (a flow task's id is its run's).
-                SubmitOutcome::FlowRun(task_id) => Err(flow_id_conflict(task_id.as_str())),
+                SubmitOutcome::FlowRun(task_id) => Err(id_taken(
+                    task_id.as_str(),
+                    &format!("as a run started from a flow (GET /api/v1/runs/{task_id})"),
+                )),
             })
             .collect::<Vec<_>>();
         // Shed tasks take their place in the answer, in submission order.
@@ -384,11 +386,10 @@ impl App {
         }
         if let Some(existing) = self.store.get(&spec.task_id).await? {
             // The id is a plain task's: a flow task may not shadow it.
-            return Err(Error::conflict(format!(
-                "task {} already exists as a task of type {}",
-                spec.task_id, existing.spec.task_type
-            ))
-            .with_details(serde_json::json!({"task_id": spec.task_id})));
+            return Err(id_taken(
+                spec.task_id.as_str(),
+                &format!("as a task of type {}", existing.spec.task_type),
+            ));
         }
         let (run, created) = self
             .engine
@@ -455,10 +456,8 @@ impl App {
     }
 }
 
-/// A plain task's id is already a flow task's (a run started from a flow).
-fn flow_id_conflict(task_id: &str) -> Error {
-    Error::conflict(format!(
-        "task {task_id} already exists as a run started from a flow (GET /api/v1/runs/{task_id})"
-    ))
-    .with_details(serde_json::json!({"task_id": task_id}))
+/// The 409 for a submitted id that is taken: `how` says by what.
+fn id_taken(task_id: &str, how: &str) -> Error {
+    Error::conflict(format!("task {task_id} already exists {how}"))
+        .with_details(serde_json::json!({"task_id": task_id}))
 }
