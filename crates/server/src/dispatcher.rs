@@ -220,6 +220,22 @@ pub struct Dispatcher {
 /// checked for a task urgent enough to preempt.
 const PREEMPT_CHECK_MS: u64 = 200;
 
+/// How many tasks of a look's window of `len` the next look must read besides
+/// its free slots: those the decision held back (keys, limits, routing). When
+/// the placements took every free slot, those are the tasks skipped before the
+/// last one placed (the tasks after it were not reached); otherwise, every task
+/// not placed was held.
+fn held_ahead(len: usize, placements: &[Placement], free_slots: usize) -> usize {
+    if placements.len() < free_slots {
+        return len - placements.len();
+    }
+    let Some(last) = placements.iter().map(|p| p.index).max() else {
+        return 0;
+    };
+    let placed_before = placements.iter().filter(|p| p.index < last).count();
+    last - placed_before
+}
+
 #[derive(Default)]
 struct Plan {
     claims: Vec<PlannedClaim>,
@@ -1568,7 +1584,7 @@ impl Dispatcher {
         let lease_deadline_ms = now + self.opts.lease_ms;
         let mut store_failed = false;
         // Per look: the window and what was decided.
-        let mut decided: Vec<(Vec<TaskRecord>, Vec<Placement>)> = Vec::new();
+        let mut decided: Vec<(Vec<TaskSpec>, Vec<Placement>)> = Vec::new();
         let mut starving: Vec<(String, Priority)> = Vec::new();
         {
             let mut st = self.lock();
@@ -1590,6 +1606,7 @@ impl Dispatcher {
                 }
                 let mut slots = Vec::new();
                 let mut budget = self.opts.max_workers.saturating_sub(st.running);
+                let mut free_slots = 0;
                 for id in st.by_type.get(&look.task_type).into_iter().flatten() {
                     let Some(s) = st.sessions.get(id) else {
                         continue;
@@ -1600,6 +1617,7 @@ impl Dispatcher {
                     // The global limit: offer no more slots than it leaves.
                     let free = s.free().min(budget);
                     budget -= free;
+                    free_slots += free;
                     let used = s.max_concurrent - free;
                     slots.push(Slot {
                         view: st.sched.view(&s.agent_id, used, s.max_concurrent, now),
@@ -1608,7 +1626,7 @@ impl Dispatcher {
                 }
                 if window
                     .iter()
-                    .any(|r| crate::scheduler::has_resources(&r.spec.metadata))
+                    .any(|spec| crate::scheduler::has_resources(&spec.metadata))
                 {
                     // A task only some agents may take can wait here for long:
                     // keep its type off the fast path meanwhile.
@@ -1617,7 +1635,7 @@ impl Dispatcher {
                 let decision = st.sched.decide(&look.task_type, &window, slots, now);
                 st.sched_left.insert(
                     look.task_type.clone(),
-                    window.len() - decision.placements.len(),
+                    held_ahead(window.len(), &decision.placements, free_slots),
                 );
                 if let Some(at) = decision.wake_at {
                     st.sched_wake = Some(st.sched_wake.map_or(at, |w| w.min(at)));
@@ -1654,7 +1672,7 @@ impl Dispatcher {
             .iter()
             .flat_map(|(window, placements)| {
                 placements.iter().map(|p| Selected {
-                    task_id: window[p.index].spec.task_id.clone(),
+                    task_id: window[p.index].task_id.clone(),
                     agent_id: p.agent_id.clone(),
                     lease_owner: p.session_id.clone(),
                 })
@@ -1686,10 +1704,8 @@ impl Dispatcher {
         let mut finished = Vec::new();
         let mut outcomes = outcomes.into_iter();
         for (window, placements) in &mut decided {
-            let mut specs: Vec<Option<TaskSpec>> = std::mem::take(window)
-                .into_iter()
-                .map(|r| Some(r.spec))
-                .collect();
+            let mut specs: Vec<Option<TaskSpec>> =
+                std::mem::take(window).into_iter().map(Some).collect();
             for p in placements.iter() {
                 claimed.push(match outcomes.next() {
                     Some(SelectedOutcome::Claimed { attempt }) => {
@@ -1796,8 +1812,8 @@ impl Dispatcher {
         let Ok(head) = self.store.peek_queued(task_type, 1).await else {
             return;
         };
-        if let Some(r) = head.first() {
-            self.preempt_for(task_type, r.spec.priority).await;
+        if let Some(spec) = head.first() {
+            self.preempt_for(task_type, spec.priority).await;
         }
     }
 
@@ -2366,6 +2382,32 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    fn placed(indexes: &[usize]) -> Vec<Placement> {
+        indexes
+            .iter()
+            .map(|&index| Placement {
+                index,
+                session_id: "s".into(),
+                agent_id: AgentId::from_trusted("a"),
+                concurrency_key: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_next_window_rereads_only_what_was_held_ahead() {
+        // Every free slot taken by the first tasks: nothing to read again, so
+        // windows do not grow by their margin on every look.
+        assert_eq!(held_ahead(12, &placed(&[0, 1, 2, 3]), 4), 0);
+        // Slots taken, with tasks skipped (held by a key) before the last placed.
+        assert_eq!(held_ahead(12, &placed(&[0, 2, 5, 6]), 4), 3);
+        // Fewer placed than slots were free: everything else was held.
+        assert_eq!(held_ahead(12, &placed(&[1, 4]), 4), 10);
+        assert_eq!(held_ahead(5, &placed(&[]), 3), 5);
+        // No slot free and nothing placed: nothing was looked at.
+        assert_eq!(held_ahead(1, &placed(&[]), 0), 0);
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Store for MeteredStore {
         self.inner.queued_types().await
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
         self.timed("peek_queued", self.inner.peek_queued(task_type, limit))
             .await
     }

@@ -24,9 +24,8 @@ use baton_core::sched::routing::Strategy;
 use baton_core::sched::routing::{self, cost_score, parse_rules, AgentView, Router, Snapshot};
 use baton_core::sched::Hints;
 use baton_core::workflow::def::Resources;
-use baton_core::{AgentId, Error, Millis, Priority, TaskId};
+use baton_core::{AgentId, Error, Millis, Priority, TaskId, TaskSpec};
 use baton_proto::v1;
-use baton_store::TaskRecord;
 use std::collections::{BTreeSet, HashMap};
 
 /// The scheduler settings, checked: what [`SchedulerConfig`] says, parsed.
@@ -485,7 +484,7 @@ impl Sched {
     pub fn decide(
         &mut self,
         task_type: &str,
-        window: &[TaskRecord],
+        window: &[TaskSpec],
         slots: Vec<Slot>,
         now: Millis,
     ) -> Decision {
@@ -501,7 +500,7 @@ impl Sched {
     fn decide_with(
         &mut self,
         task_type: &str,
-        window: &[TaskRecord],
+        window: &[TaskSpec],
         slots: Vec<Slot>,
         now: Millis,
         running: &mut HashMap<String, u32>,
@@ -523,12 +522,8 @@ impl Sched {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let hints = Hints::from_metadata(&r.spec.metadata).unwrap_or_default();
-                (
-                    QueueKey::new(r.spec.priority, r.spec.deadline_ms, i as u64),
-                    i,
-                    hints,
-                )
+                let hints = Hints::from_metadata(&r.metadata).unwrap_or_default();
+                (QueueKey::new(r.priority, r.deadline_ms, i as u64), i, hints)
             })
             .collect();
         order.sort_by_key(|o| o.0);
@@ -541,11 +536,11 @@ impl Sched {
 
         let mut start = 0;
         while start < order.len() {
-            let level = window[order[start].1].spec.priority;
+            let level = window[order[start].1].priority;
             let end = start
                 + order[start..]
                     .iter()
-                    .take_while(|o| window[o.1].spec.priority == level)
+                    .take_while(|o| window[o.1].priority == level)
                     .count();
             // Keys take turns within the level; tasks without a key share one turn
             // with no limit of its own.
@@ -568,16 +563,16 @@ impl Sched {
                 }
             }
             while let Some((key, (i, hints))) = queue.next(running) {
-                let record = &window[i];
+                let spec = &window[i];
                 let key = (key != NO_KEY).then_some(key);
                 // Resource requirements: only agents whose labels satisfy them
                 // take part in this task's routing.
-                let need = match Resources::from_metadata(&record.spec.metadata) {
+                let need = match Resources::from_metadata(&spec.metadata) {
                     Ok(need) => need,
                     Err(e) => {
                         decision
                             .held
-                            .push((record.spec.task_id.clone(), e.message.clone()));
+                            .push((spec.task_id.clone(), e.message.clone()));
                         continue;
                     }
                 };
@@ -587,7 +582,7 @@ impl Sched {
                 };
                 let placed = self.place(
                     task_type,
-                    record,
+                    spec,
                     hints,
                     type_strategy,
                     &mut snap,
@@ -599,7 +594,7 @@ impl Sched {
                     // Held, not starved: preempting would not help it.
                     if let Some(need) = &need {
                         decision.held.push((
-                            record.spec.task_id.clone(),
+                            spec.task_id.clone(),
                             format!(
                                 "no connected agent of its type satisfies its resources {}",
                                 serde_json::to_string(need).unwrap_or_default()
@@ -677,14 +672,13 @@ impl Sched {
     fn place(
         &mut self,
         task_type: &str,
-        record: &TaskRecord,
+        spec: &TaskSpec,
         hints: Hints,
         type_strategy: Strategy,
         snap: &mut Snapshot,
         now: Millis,
         decision: &mut Decision,
     ) -> Placed {
-        let spec = &record.spec;
         let mut wake = |at: Millis| {
             decision.wake_at = Some(decision.wake_at.map_or(at, |w: Millis| w.min(at)));
         };
@@ -871,11 +865,10 @@ fn validate_routing_hints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::TaskSpec;
     use serde_json::json;
 
-    fn record(id: &str, priority: Priority, metadata: serde_json::Value) -> TaskRecord {
-        let spec = TaskSpec {
+    fn record(id: &str, priority: Priority, metadata: serde_json::Value) -> TaskSpec {
+        TaskSpec {
             task_id: TaskId::parse(id).unwrap(),
             task_type: "work".into(),
             inputs: Vec::new(),
@@ -887,9 +880,7 @@ mod tests {
             execution_mode: None,
             dependencies: Vec::new(),
             run_id: None,
-        };
-        let state = baton_core::lifecycle::TaskState::new_queued(0);
-        TaskRecord { spec, state }
+        }
     }
 
     fn sched(cfg: SchedulerConfig) -> Sched {
@@ -925,17 +916,17 @@ mod tests {
             .collect()
     }
 
-    fn ids(d: &Decision, window: &[TaskRecord]) -> Vec<String> {
+    fn ids(d: &Decision, window: &[TaskSpec]) -> Vec<String> {
         d.placements
             .iter()
-            .map(|p| window[p.index].spec.task_id.to_string())
+            .map(|p| window[p.index].task_id.to_string())
             .collect()
     }
 
     #[test]
     fn concurrency_keys_take_turns_and_respect_their_limit() {
         let mut s = sched(SchedulerConfig::default());
-        let window: Vec<TaskRecord> = ["a", "a", "a", "b", "b"]
+        let window: Vec<TaskSpec> = ["a", "a", "a", "b", "b"]
             .iter()
             .enumerate()
             .map(|(i, k)| {
@@ -967,9 +958,9 @@ mod tests {
     fn priority_then_deadline_order_and_starvation_is_reported() {
         let mut s = sched(SchedulerConfig::default());
         let mut late = record("late", Priority::High, json!({}));
-        late.spec.deadline_ms = Some(9_000);
+        late.deadline_ms = Some(9_000);
         let mut soon = record("soon", Priority::High, json!({}));
-        soon.spec.deadline_ms = Some(5_000);
+        soon.deadline_ms = Some(5_000);
         let window = vec![
             late,
             soon,
@@ -998,7 +989,7 @@ mod tests {
             ..Default::default()
         };
         let mut s = sched(cfg);
-        let window: Vec<TaskRecord> = (0..3)
+        let window: Vec<TaskSpec> = (0..3)
             .map(|i| {
                 record(
                     &format!("t{i}"),
@@ -1054,7 +1045,7 @@ mod tests {
             s.on_outcome(&a2, Outcome::TaskFault, 10, 1);
         }
         assert_eq!(s.admits_agent(&a2, 2), Some(usize::MAX));
-        let window: Vec<TaskRecord> = (0..4)
+        let window: Vec<TaskSpec> = (0..4)
             .map(|i| {
                 record(
                     &format!("t{i}"),
@@ -1104,7 +1095,7 @@ mod tests {
         let d = s.decide("work", &window, slots(&s, &[]), 1);
         let a2 = AgentId::parse("a2").unwrap();
         for p in &d.placements {
-            let id = window[p.index].spec.task_id.as_str();
+            let id = window[p.index].task_id.as_str();
             if id != "plain" {
                 assert_eq!(p.agent_id, a2, "{id} went to {}", p.agent_id);
             }
@@ -1158,7 +1149,7 @@ mod tests {
 
     #[test]
     fn resources_need_a_decision_and_are_checked_at_submission() {
-        let mut spec = record("r", Priority::Normal, json!({"resources": {"cpu": 2}})).spec;
+        let mut spec = record("r", Priority::Normal, json!({"resources": {"cpu": 2}}));
         assert!(needs_decision(&spec));
         spec.metadata.insert("resources".into(), json!({}));
         assert!(!needs_decision(&spec));

@@ -247,6 +247,13 @@ pub(crate) fn decode_task(row: &Row) -> Res<Loaded> {
     Ok(Loaded { seq, spec, state })
 }
 
+/// Decodes a `(seq, spec)` row.
+pub(crate) fn decode_spec_row(row: &Row) -> Res<TaskSpec> {
+    let seq: i64 = column(row, 0, "task row")?;
+    let spec: RawJson<'_> = column(row, 1, &format!("task row {seq}: spec column"))?;
+    spec.decode(|| format!("task row {seq}: spec is not a valid task spec"))
+}
+
 /// Decodes the columns of `runs::select_flows!`.
 pub(crate) fn decode_flow(row: &Row) -> Res<FlowRecord> {
     let name: String = column(row, 0, "flow row")?;

@@ -618,7 +618,7 @@ impl Store for PgStore {
             .map_err(Fault::into_store)
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
         let client = self.client().await.map_err(Fault::into_store)?;
         tasks::peek_queued(&client, task_type, limit)
             .await

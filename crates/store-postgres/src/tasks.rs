@@ -4,8 +4,8 @@
 //! one multi-row statement. Reads take a plain connection.
 
 use crate::codec::{
-    db_error, decode_cursor, decode_task, encode_cursor, millis, opt_millis, read_status, Fault,
-    JsonParam, Loaded, Res,
+    db_error, decode_cursor, decode_spec_row, decode_task, encode_cursor, millis, opt_millis,
+    read_status, Fault, JsonParam, Loaded, Res,
 };
 use baton_core::lifecycle::{apply, Command, Ctx, Failure, FailureKind, TaskState, Transition};
 use baton_core::{Millis, Status, TaskId, TaskSpec};
@@ -629,13 +629,13 @@ pub(crate) async fn peek_queued(
     client: &impl GenericClient,
     task_type: &str,
     limit: usize,
-) -> Res<Vec<TaskRecord>> {
-    const SQL: &str = from_tasks!(
-        "WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2"
-    );
+) -> Res<Vec<TaskSpec>> {
+    // Only the specs: the decision reads nothing of a queued task's state.
+    const SQL: &str = "SELECT t.seq, s.spec FROM tasks t JOIN task_specs s ON s.seq = t.seq \
+         WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2";
     let limit = limit.min(MAX_LIST_LIMIT) as i64;
-    let found = load_planned_for(client, SQL, &[&task_type, &limit]).await?;
-    Ok(found.into_iter().map(Loaded::into_record).collect())
+    let rows = client.query(SQL, &[&task_type, &limit]).await?;
+    rows.iter().map(decode_spec_row).collect()
 }
 
 pub(crate) async fn list(client: &impl GenericClient, filter: &ListFilter) -> Res<Page> {

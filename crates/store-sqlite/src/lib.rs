@@ -460,7 +460,7 @@ impl Store for SqliteStore {
         Ok(self.tally().queued_types())
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>> {
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
         let task_type = task_type.to_string();
         self.readers
             .run(move |conn| reader::peek_queued(conn, &task_type, limit))
@@ -587,6 +587,8 @@ mod tests {
         let conn = Connection::open(store.dir().join(DB_FILE)).expect("raw connection");
         let cases = [
             (writer::PICK, "tasks_queued"),
+            // Covering: the window reads no task row, only the specs.
+            (reader::PEEK, "COVERING INDEX tasks_queued"),
             (writer::OVERDUE, "tasks_running_owner"),
             (writer::HELD, "tasks_running_owner"),
             (writer::EXTEND, "tasks_running_owner"),

@@ -3,8 +3,10 @@
 //! committed state, and the writer answers only after committing, so a read that
 //! starts after a write returned sees that write.
 
-use crate::codec::{decode_cursor, decode_record, encode_cursor, sql_error};
-use baton_core::{Millis, Status, TaskId};
+use crate::codec::{
+    column_bytes, decode_cursor, decode_record, decode_spec, encode_cursor, sql_error,
+};
+use baton_core::{Millis, Status, TaskId, TaskSpec};
 use baton_store::{Error, ListFilter, Page, Result, TaskRecord};
 use rusqlite::{params, Connection};
 use std::sync::{Arc, Mutex};
@@ -200,19 +202,26 @@ pub(crate) fn ping(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The queued specs of a type in claim order. The queued index holds the
+/// order and the row id, so only the specs are read: not the task rows.
+pub(crate) const PEEK: &str =
+    "SELECT t.seq, (SELECT spec FROM task_specs WHERE task_specs.seq = t.seq) \
+     FROM tasks t INDEXED BY tasks_queued \
+     WHERE t.status = 0 AND t.task_type = ?1 ORDER BY t.priority DESC, t.seq LIMIT ?2";
+
 pub(crate) fn peek_queued(
     conn: &Connection,
     task_type: &str,
     limit: usize,
-) -> Result<Vec<TaskRecord>> {
+) -> Result<Vec<TaskSpec>> {
     let limit = limit.min(MAX_LIST_LIMIT) as i64;
-    let mut stmt = conn
-        .prepare_cached(crate::writer::PICK)
-        .map_err(sql_error)?;
+    let mut stmt = conn.prepare_cached(PEEK).map_err(sql_error)?;
     let mut rows = stmt.query(params![task_type, limit]).map_err(sql_error)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sql_error)? {
-        out.push(decode_record(row).map_err(sql_error)??.into_record());
+        let seq: i64 = row.get(0).map_err(sql_error)?;
+        let spec = row.get_ref(1).map_err(sql_error)?;
+        out.push(decode_spec(seq, column_bytes(seq, spec, "spec")?)?);
     }
     Ok(out)
 }

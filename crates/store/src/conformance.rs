@@ -563,14 +563,9 @@ pub async fn peek_queued_shows_claim_order_and_claims_nothing(store: &dyn Store)
     )
     .await;
     let peeked = store.peek_queued("work", 3).await.expect("peek");
-    let order: Vec<&str> = peeked.iter().map(|r| r.spec.task_id.as_str()).collect();
+    let order: Vec<&str> = peeked.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(order, ["c1", "n1", "n2"]);
-    assert!(peeked.iter().all(|r| r.state.status == Status::Queued));
-    assert_eq!(
-        peeked[0].spec,
-        p("c1", Priority::Critical),
-        "the whole spec"
-    );
+    assert_eq!(peeked[0], p("c1", Priority::Critical), "the whole spec");
     // Nothing was claimed: the claim sees the same order.
     assert_eq!(
         claimed_ids(&claim(store, "work", 4, T0 + 1).await),
@@ -607,7 +602,7 @@ pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
     // It is no longer queued, and the claim path skips it.
     let peeked = store.peek_queued("work", 10).await.expect("peek");
     assert_eq!(peeked.len(), 1);
-    assert_eq!(peeked[0].spec.task_id.as_str(), "a");
+    assert_eq!(peeked[0].task_id.as_str(), "a");
     assert_eq!(
         claimed_ids(&claim(store, "work", 5, T0 + 3).await),
         ids(&["a"])
@@ -729,7 +724,7 @@ pub async fn claim_selected_takes_only_queued_tasks(store: &dyn Store) {
 
     // What was not chosen is still queued, and the counts follow.
     let peeked = store.peek_queued("work", 10).await.expect("peek");
-    let left: Vec<&str> = peeked.iter().map(|r| r.spec.task_id.as_str()).collect();
+    let left: Vec<&str> = peeked.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(left, ["left"]);
     let counts = store.counts().await.expect("counts");
     assert_eq!(

@@ -472,12 +472,13 @@ pub trait Store: Send + Sync + 'static {
     /// Task types that have queued tasks.
     async fn queued_types(&self) -> Result<Vec<String>>;
 
-    /// Up to `limit` queued tasks of `task_type` in claim order (priority, then
-    /// submission), without claiming them: the scheduler reads them to decide
-    /// which task goes to which agent, then claims those by id with
-    /// [`Store::claim_selected`], which skips any another replica took
-    /// meanwhile.
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskRecord>>;
+    /// The specs of up to `limit` queued tasks of `task_type` in claim order
+    /// (priority, then submission), without claiming them: the scheduler reads
+    /// them to decide which task goes to which agent, then claims those by id
+    /// with [`Store::claim_selected`], which skips any another replica took
+    /// meanwhile. Only specs: a queued task's state holds nothing the decision
+    /// reads, and the scheduler reads this window on every look.
+    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>>;
 
     /// Claims the tasks the scheduler chose from a [`Store::peek_queued`] window,
     /// each for its own agent and lease owner, durably and in one write. Each is
