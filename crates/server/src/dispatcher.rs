@@ -229,11 +229,11 @@ fn held_ahead(len: usize, placements: &[Placement], free_slots: usize) -> usize 
     if placements.len() < free_slots {
         return len - placements.len();
     }
-    let Some(last) = placements.iter().map(|p| p.index).max() else {
-        return 0;
-    };
-    let placed_before = placements.iter().filter(|p| p.index < last).count();
-    last - placed_before
+    // Indexes are distinct, so all placements but the last are before it.
+    match placements.iter().map(|p| p.index).max() {
+        Some(last) => last + 1 - placements.len(),
+        None => 0,
+    }
 }
 
 #[derive(Default)]

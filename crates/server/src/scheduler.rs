@@ -521,9 +521,13 @@ impl Sched {
         let mut order: Vec<(QueueKey, usize, Hints)> = window
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let hints = Hints::from_metadata(&r.metadata).unwrap_or_default();
-                (QueueKey::new(r.priority, r.deadline_ms, i as u64), i, hints)
+            .map(|(i, spec)| {
+                let hints = Hints::from_metadata(&spec.metadata).unwrap_or_default();
+                (
+                    QueueKey::new(spec.priority, spec.deadline_ms, i as u64),
+                    i,
+                    hints,
+                )
             })
             .collect();
         order.sort_by_key(|o| o.0);
@@ -867,7 +871,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record(id: &str, priority: Priority, metadata: serde_json::Value) -> TaskSpec {
+    fn task(id: &str, priority: Priority, metadata: serde_json::Value) -> TaskSpec {
         TaskSpec {
             task_id: TaskId::parse(id).unwrap(),
             task_type: "work".into(),
@@ -930,7 +934,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                record(
+                task(
                     &format!("t{i}"),
                     Priority::Normal,
                     json!({"concurrency_key": k}),
@@ -957,15 +961,15 @@ mod tests {
     #[test]
     fn priority_then_deadline_order_and_starvation_is_reported() {
         let mut s = sched(SchedulerConfig::default());
-        let mut late = record("late", Priority::High, json!({}));
+        let mut late = task("late", Priority::High, json!({}));
         late.deadline_ms = Some(9_000);
-        let mut soon = record("soon", Priority::High, json!({}));
+        let mut soon = task("soon", Priority::High, json!({}));
         soon.deadline_ms = Some(5_000);
         let window = vec![
             late,
             soon,
-            record("crit", Priority::Critical, json!({})),
-            record("normal", Priority::Normal, json!({})),
+            task("crit", Priority::Critical, json!({})),
+            task("normal", Priority::Normal, json!({})),
         ];
         let slots = slots(&s, &[("a1", 2), ("a2", 1)]);
         let d = s.decide("work", &window, slots, 1);
@@ -991,13 +995,13 @@ mod tests {
         let mut s = sched(cfg);
         let window: Vec<TaskSpec> = (0..3)
             .map(|i| {
-                record(
+                task(
                     &format!("t{i}"),
                     Priority::Normal,
                     json!({"rate_limit_key": "tenant-1"}),
                 )
             })
-            .chain([record("free", Priority::Normal, json!({}))])
+            .chain([task("free", Priority::Normal, json!({}))])
             .collect();
         let slots = slots(&s, &[]);
         let d = s.decide("work", &window, slots, 1_000);
@@ -1010,12 +1014,12 @@ mod tests {
     fn task_budget_prefers_a_cheaper_agent_or_holds_the_task() {
         let mut s = sched(SchedulerConfig::default());
         let window = vec![
-            record(
+            task(
                 "cheap-enough",
                 Priority::Normal,
                 json!({"cost_budget": 100.0}),
             ),
-            record(
+            task(
                 "too-poor",
                 Priority::Normal,
                 json!({"cost_budget": 0.0, "estimated_complexity": 5.0}),
@@ -1047,7 +1051,7 @@ mod tests {
         assert_eq!(s.admits_agent(&a2, 2), Some(usize::MAX));
         let window: Vec<TaskSpec> = (0..4)
             .map(|i| {
-                record(
+                task(
                     &format!("t{i}"),
                     Priority::Normal,
                     json!({"routing_strategy": "round_robin"}),
@@ -1083,14 +1087,14 @@ mod tests {
     fn resources_keep_tasks_to_agents_whose_labels_satisfy_them() {
         let mut s = labelled();
         let window = vec![
-            record("gpu-0", Priority::Normal, json!({"resources": {"gpu": 1}})),
-            record("plain", Priority::Normal, json!({})),
-            record(
+            task("gpu-0", Priority::Normal, json!({"resources": {"gpu": 1}})),
+            task("plain", Priority::Normal, json!({})),
+            task(
                 "eu",
                 Priority::Normal,
                 json!({"resources": {"labels": {"zone": "eu"}}}),
             ),
-            record("gpu-1", Priority::Normal, json!({"resources": {"gpu": 2}})),
+            task("gpu-1", Priority::Normal, json!({"resources": {"gpu": 2}})),
         ];
         let d = s.decide("work", &window, slots(&s, &[]), 1);
         let a2 = AgentId::parse("a2").unwrap();
@@ -1116,13 +1120,13 @@ mod tests {
     fn a_requirement_no_agent_satisfies_is_held_with_why() {
         let mut s = labelled();
         let window = vec![
-            record("big", Priority::Critical, json!({"resources": {"gpu": 8}})),
-            record(
+            task("big", Priority::Critical, json!({"resources": {"gpu": 8}})),
+            task(
                 "zone",
                 Priority::Normal,
                 json!({"resources": {"labels": {"zone": "us"}}}),
             ),
-            record("plain", Priority::Normal, json!({})),
+            task("plain", Priority::Normal, json!({})),
         ];
         let d = s.decide("work", &window, slots(&s, &[]), 1);
         assert_eq!(ids(&d, &window), ["plain"]);
@@ -1133,7 +1137,7 @@ mod tests {
         // A critical task nobody can serve does not preempt anything.
         assert_eq!(d.starved, None);
         // A malformed requirement (stored before validation existed) is held too.
-        let bad = vec![record(
+        let bad = vec![task(
             "bad",
             Priority::Normal,
             json!({"resources": {"gpu": "x"}}),
@@ -1149,7 +1153,7 @@ mod tests {
 
     #[test]
     fn resources_need_a_decision_and_are_checked_at_submission() {
-        let mut spec = record("r", Priority::Normal, json!({"resources": {"cpu": 2}}));
+        let mut spec = task("r", Priority::Normal, json!({"resources": {"cpu": 2}}));
         assert!(needs_decision(&spec));
         spec.metadata.insert("resources".into(), json!({}));
         assert!(!needs_decision(&spec));
