@@ -26,13 +26,22 @@ use baton_proto::v1;
 use baton_store::{
     ClaimRequest, Selected, SelectedOutcome, Store, TaskRecord, Update, UpdateOutcome,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Most tasks handed to one agent in one claim.
 const MAX_CLAIM: usize = 512;
+
+/// Dispatch rounds (claims, looks) in flight at once. A round mostly waits for
+/// its claim to commit; letting the next one plan, read and decide meanwhile
+/// keeps the agents' freed slots from idling behind that commit, and the store
+/// writer commits the claims that queue up together.
+const MAX_ROUNDS: usize = 4;
+
+/// How long dispatching pauses after a round the store failed.
+const STORE_BACKOFF_MS: u64 = 200;
 
 pub type Outbound = mpsc::UnboundedSender<Result<v1::ServerMessage, tonic::Status>>;
 
@@ -122,6 +131,15 @@ struct State {
     next_wake: Option<Millis>,
     /// When the scheduled path wants another look (a rate limit refills).
     sched_wake: Option<Millis>,
+    /// Scheduled types with a look reading or deciding: one at a time per type,
+    /// so two looks never decide over the same window.
+    looking: HashSet<String>,
+    /// Per scheduled type: the tasks placed by a look whose claim has not
+    /// returned yet. The next look leaves them out of its window (they still
+    /// read as queued) instead of placing them twice.
+    claiming: HashMap<String, HashSet<TaskId>>,
+    /// No dispatching before this (the store failed a round).
+    backoff_until: Millis,
 }
 
 impl State {
@@ -140,6 +158,9 @@ impl State {
             running: 0,
             next_wake: None,
             sched_wake: None,
+            looking: HashSet::new(),
+            claiming: HashMap::new(),
+            backoff_until: 0,
         }
     }
 
@@ -155,10 +176,67 @@ impl State {
 /// Results taken from one frame, waiting to be made durable.
 pub struct PendingResults {
     acks: Vec<v1::ResultAck>,
+    /// Taken by the first try to record them.
     updates: Vec<Update>,
+    /// The results the updates were made from, to make them again should the
+    /// store fail (cheaper than a copy of every output kept just in case).
+    results: Vec<v1::Result>,
     /// Where each update's ack sits in `acks`.
     positions: Vec<usize>,
     tx: Outbound,
+}
+
+impl PendingResults {
+    fn remake_updates(&self) -> impl Iterator<Item = Update> + '_ {
+        self.results.iter().map(|r| Update {
+            task_id: TaskId::from_trusted(r.task_id.clone()),
+            command: command_of(r),
+        })
+    }
+}
+
+/// The command an agent's result stands for.
+fn command_of(r: &v1::Result) -> Command {
+    match &r.outcome {
+        Some(v1::result::Outcome::Success(ok)) => match parse_output(&ok.output_json) {
+            Ok(output) => Command::Succeed {
+                attempt: r.attempt,
+                output,
+            },
+            Err(msg) => Command::Fail {
+                attempt: r.attempt,
+                failure: Failure::new(FailureKind::Permanent, msg),
+            },
+        },
+        Some(v1::result::Outcome::Failure(f)) => {
+            let kind = match v1::FailureKind::try_from(f.kind).unwrap_or(v1::FailureKind::Retryable)
+            {
+                v1::FailureKind::Permanent => FailureKind::Permanent,
+                v1::FailureKind::Timeout => FailureKind::Timeout,
+                v1::FailureKind::Retryable => FailureKind::Retryable,
+            };
+            let mut failure = Failure::new(
+                kind,
+                if f.message.is_empty() {
+                    "the handler failed".to_string()
+                } else {
+                    f.message.clone()
+                },
+            );
+            failure.retry_after_ms = (f.retry_after_ms > 0).then_some(f.retry_after_ms);
+            Command::Fail {
+                attempt: r.attempt,
+                failure,
+            }
+        }
+        None => Command::Fail {
+            attempt: r.attempt,
+            failure: Failure::new(
+                FailureKind::Retryable,
+                "the agent sent a result with no outcome",
+            ),
+        },
+    }
 }
 
 /// What an agent is, as the API shows it.
@@ -735,6 +813,7 @@ impl Dispatcher {
     ) -> Option<PendingResults> {
         let mut acks = Vec::with_capacity(results.len());
         let mut updates = Vec::with_capacity(results.len());
+        let mut kept = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
         let (tx, spans, changed) = {
             let mut st = self.lock();
@@ -774,51 +853,12 @@ impl Dispatcher {
                 }
                 st.holders.remove(&task_id);
                 freed += 1;
-                let command = match r.outcome {
-                    Some(v1::result::Outcome::Success(ok)) => {
-                        s.completed += 1;
-                        match parse_output(&ok.output_json) {
-                            Ok(output) => Command::Succeed {
-                                attempt: r.attempt,
-                                output,
-                            },
-                            Err(msg) => Command::Fail {
-                                attempt: r.attempt,
-                                failure: Failure::new(FailureKind::Permanent, msg),
-                            },
-                        }
-                    }
-                    Some(v1::result::Outcome::Failure(f)) => {
-                        s.failed += 1;
-                        let kind = match v1::FailureKind::try_from(f.kind)
-                            .unwrap_or(v1::FailureKind::Retryable)
-                        {
-                            v1::FailureKind::Permanent => FailureKind::Permanent,
-                            v1::FailureKind::Timeout => FailureKind::Timeout,
-                            v1::FailureKind::Retryable => FailureKind::Retryable,
-                        };
-                        let mut failure = Failure::new(
-                            kind,
-                            if f.message.is_empty() {
-                                "the handler failed".to_string()
-                            } else {
-                                f.message
-                            },
-                        );
-                        failure.retry_after_ms = (f.retry_after_ms > 0).then_some(f.retry_after_ms);
-                        Command::Fail {
-                            attempt: r.attempt,
-                            failure,
-                        }
-                    }
-                    None => Command::Fail {
-                        attempt: r.attempt,
-                        failure: Failure::new(
-                            FailureKind::Retryable,
-                            "the agent sent a result with no outcome",
-                        ),
-                    },
-                };
+                match &r.outcome {
+                    Some(v1::result::Outcome::Success(_)) => s.completed += 1,
+                    Some(v1::result::Outcome::Failure(_)) => s.failed += 1,
+                    None => {}
+                }
+                let command = command_of(&r);
                 let outcome = match &command {
                     Command::Fail { failure, .. } => Outcome::from_failure(failure.kind),
                     _ => Outcome::Success,
@@ -838,6 +878,7 @@ impl Dispatcher {
                 positions.push(acks.len());
                 acks.push(ack(&r.task_id, r.attempt, None));
                 updates.push(Update { task_id, command });
+                kept.push(r);
             }
             st.running = st.running.saturating_sub(freed);
             st.releases += 1;
@@ -857,6 +898,7 @@ impl Dispatcher {
         Some(PendingResults {
             acks,
             updates,
+            results: kept,
             positions,
             tx,
         })
@@ -906,9 +948,9 @@ impl Dispatcher {
     /// Records accepted results in one store call, however many frames they came
     /// in, and sends each frame's acknowledgements once they are durable.
     pub async fn record_results(&self, session_id: &str, mut batch: Vec<PendingResults>) {
-        let updates: Vec<Update> = batch
-            .iter()
-            .flat_map(|p| p.updates.iter().cloned())
+        let mut updates: Vec<Update> = batch
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.updates))
             .collect();
         if !updates.is_empty() {
             // Results the store could not take are tried again while the agent is
@@ -917,12 +959,20 @@ impl Dispatcher {
             // stale the second time, which the agent treats as done.
             let mut delay = Duration::from_millis(100);
             let recorded = loop {
-                match self.store.update(updates.clone(), now_ms()).await {
+                match self
+                    .store
+                    .update(std::mem::take(&mut updates), now_ms())
+                    .await
+                {
                     Ok(outcomes) => break Ok(outcomes),
                     Err(e) if self.lock().sessions.contains_key(session_id) => {
                         tracing::warn!(session_id, error = %e, retry_in_ms = delay.as_millis() as u64, "could not record results; trying again");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
+                        updates = batch
+                            .iter()
+                            .flat_map(PendingResults::remake_updates)
+                            .collect();
                     }
                     Err(e) => break Err(e),
                 }
@@ -932,11 +982,7 @@ impl Dispatcher {
                     let mut outcomes = outcomes.into_iter();
                     let mut applied = Vec::new();
                     for pending in &mut batch {
-                        for (_u, pos) in pending
-                            .updates
-                            .iter()
-                            .zip(pending.positions.iter().copied())
-                        {
+                        for pos in pending.positions.iter().copied() {
                             let Some(o) = outcomes.next() else { break };
                             let acks = &mut pending.acks;
                             match o {
@@ -1253,13 +1299,13 @@ impl Dispatcher {
         let st = &mut *st;
         let mut plan = Plan::default();
         let mut budget = self.opts.max_workers.saturating_sub(st.running);
-        if st.has_work.is_empty() {
+        if st.has_work.is_empty() || now < st.backoff_until {
             return plan;
         }
         // Scheduled types: looked at unless nothing changed since the last look
         // that placed nothing.
         for (t, generation) in &st.has_work {
-            if !st.sched.is_scheduled(t, now) {
+            if !st.sched.is_scheduled(t, now) || st.looking.contains(t) {
                 continue;
             }
             let idle = st
@@ -1283,6 +1329,8 @@ impl Dispatcher {
             if (free == 0 || budget == 0) && !can_preempt {
                 continue;
             }
+            // Those still being claimed read as queued and are left out.
+            let claiming = st.claiming.get(t).map_or(0, HashSet::len);
             plan.scheduled.push(Look {
                 task_type: t.clone(),
                 // As many as the free slots, plus those the last look left
@@ -1292,10 +1340,13 @@ impl Dispatcher {
                     1
                 } else {
                     let left = st.sched_left.get(t).copied().unwrap_or(0);
-                    (free + left + 8).min(1_000)
+                    (free + left + 8).min(1_000) + claiming
                 },
                 generation: *generation,
             });
+        }
+        for look in &plan.scheduled {
+            st.looking.insert(look.task_type.clone());
         }
         if budget == 0 {
             return plan;
@@ -1386,41 +1437,63 @@ impl Dispatcher {
     }
 
     /// The dispatch loop: claim for free slots whenever work or slots appear.
+    /// Up to [`MAX_ROUNDS`] rounds run at once; each reserves its slots (and
+    /// marks its tasks) before the next is planned, so rounds never share one.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut rounds = tokio::task::JoinSet::new();
         loop {
-            let plan = self.plan();
-            if plan.is_empty() {
-                let now = now_ms();
-                let nap = self
-                    .lock()
-                    .sched_wake
-                    .take()
-                    .map_or(250, |at| at.saturating_sub(now).clamp(1, 250));
+            while rounds.try_join_next().is_some() {}
+            if rounds.len() >= MAX_ROUNDS {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
-                    _ = shutdown.changed() => return,
+                    _ = rounds.join_next() => {}
+                    _ = shutdown.changed() => break,
                 }
                 continue;
             }
-            let Plan {
-                claims,
-                scheduled,
-                preempt_checks,
-            } = plan;
-            let mut store_failed = false;
-            if !claims.is_empty() {
-                store_failed |= self.run_claims(claims).await;
+            let plan = self.plan();
+            if plan.is_empty() {
+                let now = now_ms();
+                let nap = {
+                    let mut st = self.lock();
+                    let backoff = st.backoff_until.saturating_sub(now);
+                    st.sched_wake
+                        .take()
+                        .map_or(250, |at| at.saturating_sub(now).clamp(1, 250))
+                        .max(backoff)
+                };
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
+                    _ = rounds.join_next(), if !rounds.is_empty() => {}
+                    _ = shutdown.changed() => break,
+                }
+                continue;
             }
-            if !scheduled.is_empty() {
-                store_failed |= self.run_scheduled(scheduled).await;
-            }
-            for t in preempt_checks {
-                self.check_preempt(&t).await;
-            }
-            if store_failed {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let this = self.clone();
+            rounds.spawn(async move { this.run_round(plan).await });
+        }
+        // Rounds that claimed hand their tasks out before the loop ends.
+        while rounds.join_next().await.is_some() {}
+    }
+
+    async fn run_round(&self, plan: Plan) {
+        let Plan {
+            claims,
+            scheduled,
+            preempt_checks,
+        } = plan;
+        let mut store_failed = false;
+        if !claims.is_empty() {
+            store_failed |= self.run_claims(claims).await;
+        }
+        if !scheduled.is_empty() {
+            store_failed |= self.run_scheduled(scheduled).await;
+        }
+        for t in preempt_checks {
+            self.check_preempt(&t).await;
+        }
+        if store_failed {
+            self.lock().backoff_until = now_ms() + STORE_BACKOFF_MS;
         }
     }
 
@@ -1590,7 +1663,8 @@ impl Dispatcher {
             let mut st = self.lock();
             let st = &mut *st;
             for (look, window) in looks.iter().zip(windows) {
-                let window = match window {
+                st.looking.remove(&look.task_type);
+                let mut window = match window {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(error = %e, task_type = %look.task_type, "could not read queued tasks");
@@ -1603,6 +1677,19 @@ impl Dispatcher {
                         st.has_work.remove(&look.task_type);
                     }
                     continue;
+                }
+                let claiming = st.claiming.entry(look.task_type.clone()).or_default();
+                if !claiming.is_empty() {
+                    window.retain(|spec| !claiming.contains(&spec.task_id));
+                    if window.is_empty() {
+                        // All being claimed by a round still in flight: look
+                        // again once it returns (it counts as a release).
+                        st.sched_idle.insert(
+                            look.task_type.clone(),
+                            (look.generation, st.releases, now + 1_000),
+                        );
+                        continue;
+                    }
                 }
                 let mut slots = Vec::new();
                 let mut budget = self.opts.max_workers.saturating_sub(st.running);
@@ -1653,6 +1740,10 @@ impl Dispatcher {
                     continue;
                 }
                 st.sched_idle.remove(&look.task_type);
+                let claiming = st.claiming.entry(look.task_type.clone()).or_default();
+                for p in &decision.placements {
+                    claiming.insert(window[p.index].task_id.clone());
+                }
                 for p in &decision.placements {
                     if let Some(s) = st.sessions.get_mut(&p.session_id) {
                         s.reserved += 1;
@@ -1687,6 +1778,7 @@ impl Dispatcher {
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim scheduled tasks");
                 let mut st = self.lock();
+                claimed_back(&mut st, &decided);
                 for (_, placements) in &decided {
                     for p in placements {
                         unreserve(&mut st, p);
@@ -1698,6 +1790,7 @@ impl Dispatcher {
                 return true;
             }
         };
+        claimed_back(&mut self.lock(), &decided);
         // Per placement, in order: the spec (from the window: the claim does not
         // read it back) and attempt of each task claimed.
         let mut claimed: Vec<Option<(TaskSpec, u32)>> = Vec::with_capacity(outcomes.len());
@@ -2181,6 +2274,22 @@ fn agent_info(sched: &Sched, session_id: &str, s: &Session, now: Millis) -> Agen
 }
 
 /// Gives back a slot reserved for a scheduled placement.
+/// The claim of these placements returned: their tasks are no longer left out
+/// of the next look's window, and a look that found only them looks again.
+fn claimed_back(st: &mut State, decided: &[(Vec<TaskSpec>, Vec<Placement>)]) {
+    for (window, placements) in decided {
+        let Some(t) = window.first().map(|spec| spec.task_type.as_str()) else {
+            continue;
+        };
+        if let Some(claiming) = st.claiming.get_mut(t) {
+            for p in placements {
+                claiming.remove(&window[p.index].task_id);
+            }
+        }
+    }
+    st.releases += 1;
+}
+
 fn unreserve(st: &mut State, p: &Placement) {
     if let Some(s) = st.sessions.get_mut(&p.session_id) {
         s.reserved = s.reserved.saturating_sub(1);

@@ -311,9 +311,29 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
+        self.queue(weight, false, work).await
+    }
+
+    /// Like [`Self::write`], for bulk work (submissions, run writes): the writer
+    /// commits it after the other work it found waiting, so that claims and
+    /// results do not wait behind a large insert.
+    async fn write_bulk<T, F>(&self, weight: usize, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
+    {
+        self.queue(weight, true, work).await
+    }
+
+    async fn queue<T, F>(&self, weight: usize, bulk: bool, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let op = Op {
             weight: weight.max(1),
+            bulk,
             job: Box::new(Pending::new(work, reply)),
         };
         let ops = self.ops.as_ref().ok_or_else(stopped)?;
@@ -350,7 +370,8 @@ impl Store for SqliteStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(tasks.len(), move |s| s.submit(tasks, now)).await
+        self.write_bulk(tasks.len(), move |s| s.submit(tasks, now))
+            .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
@@ -512,7 +533,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|w| runs::RunText::encode(&w.record))
             .collect::<Result<Vec<_>>>()?;
-        self.write(weight, move |s| s.write_runs(writes, texts, now))
+        self.write_bulk(weight, move |s| s.write_runs(writes, texts, now))
             .await
     }
 

@@ -1,7 +1,10 @@
 //! The writer thread: the only connection that writes. It takes the first queued
 //! operation, drains whatever else is waiting (up to `max_batch` items), runs them
 //! all in one transaction, commits once and only then answers every caller — group
-//! commit, so a reply always means "durable".
+//! commit, so a reply always means "durable". Bulk operations (submissions, run
+//! writes) found waiting beside others go into a second transaction, committed
+//! after the first: a claim or a result never waits for a large insert queued
+//! just before it.
 //!
 //! Each operation runs inside its own savepoint: an operation that fails (a corrupt
 //! row, a bug) is rolled back alone and the others still commit. If the commit
@@ -28,9 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-/// One queued write: its size (for batching) and the work.
+/// One queued write: its size (for batching), whether it is bulk work, and the work.
 pub(crate) struct Op {
     pub weight: usize,
+    pub bulk: bool,
     pub job: Box<dyn Job>,
 }
 
@@ -601,6 +605,7 @@ pub(crate) fn run(
         delta: Delta::default(),
     };
     let mut batch: Vec<Op> = Vec::new();
+    let mut bulk: Vec<Op> = Vec::new();
     let mut batch_delta = Delta::default();
     while let Some(first) = ops.blocking_recv() {
         let mut weight = first.weight;
@@ -614,38 +619,60 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(&mut session, &mut batch, &mut batch_delta);
-        for buf in [&mut session.spec_buf, &mut session.state_buf] {
-            if buf.capacity() > KEEP_BUFFER_BYTES {
-                *buf = Vec::new();
+        if batch.iter().any(|op| op.bulk) && batch.iter().any(|op| !op.bulk) {
+            // Both kinds: the small ones commit first (see the module's doc).
+            let (small, large): (Vec<Op>, Vec<Op>) = batch.drain(..).partition(|op| !op.bulk);
+            batch = small;
+            bulk = large;
+        }
+        for part in [&mut batch, &mut bulk] {
+            if !part.is_empty() {
+                commit(&mut session, part, &mut batch_delta, &counters, &tally);
             }
-        }
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, ops = batch.len(), "sqlite write batch failed");
-            if !conn.is_autocommit() {
-                if let Err(rollback) = exec(&conn, "ROLLBACK") {
-                    tracing::error!(error = %rollback, "sqlite rollback failed");
-                }
-            }
-        }
-        let commit = outcome.as_ref().map(|_| ());
-        if commit.is_ok() {
-            // Before any caller hears of the commit, so that its next read sees it.
-            tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply(&batch_delta);
-            counters.transactions.fetch_add(1, Ordering::Relaxed);
-            counters
-                .operations
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        batch_delta.clear();
-        for op in batch.drain(..) {
-            op.job.finish(commit);
         }
     }
     tracing::debug!("sqlite writer stopped");
+}
+
+/// Runs `batch` in one transaction, then answers each of its callers.
+fn commit(
+    session: &mut Session<'_>,
+    batch: &mut Vec<Op>,
+    batch_delta: &mut Delta,
+    counters: &Counters,
+    tally: &Mutex<Tally>,
+) {
+    let conn = session.conn;
+    let outcome = run_batch(session, batch, batch_delta);
+    for buf in [&mut session.spec_buf, &mut session.state_buf] {
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            *buf = Vec::new();
+        }
+    }
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, ops = batch.len(), "sqlite write batch failed");
+        if !conn.is_autocommit() {
+            if let Err(rollback) = exec(conn, "ROLLBACK") {
+                tracing::error!(error = %rollback, "sqlite rollback failed");
+            }
+        }
+    }
+    let commit = outcome.as_ref().map(|_| ());
+    if commit.is_ok() {
+        // Before any caller hears of the commit, so that its next read sees it.
+        tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(batch_delta);
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+        counters
+            .operations
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+    batch_delta.clear();
+    for op in batch.drain(..) {
+        op.job.finish(commit);
+    }
 }
 
 /// Runs a batch in one transaction; `delta` collects the count changes of the
@@ -681,6 +708,66 @@ fn run_batch(session: &mut Session<'_>, batch: &mut [Op], delta: &mut Delta) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_operations_commit_before_bulk_ones_queued_ahead_of_them() {
+        type Answer = oneshot::Receiver<Result<()>>;
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let small = |name: &'static str| -> (Op, Answer) {
+            let (reply, answer) = oneshot::channel();
+            let log = log.clone();
+            let work = move |_: &mut Session<'_>| {
+                log.lock().unwrap().push(format!("ran {name}"));
+                Ok(())
+            };
+            let op = Op {
+                weight: 1,
+                bulk: false,
+                job: Box::new(Pending::new(work, reply)),
+            };
+            (op, answer)
+        };
+        let (claim, claim_answer) = small("claim");
+        let (result, result_answer) = small("result");
+        // The bulk operation notes, as it runs, whether the small ones were
+        // already answered (their transaction committed).
+        let (reply, submit_answer) = oneshot::channel();
+        let seen = log.clone();
+        let mut waiting: Vec<Answer> = vec![claim_answer, result_answer];
+        let work = move |_: &mut Session<'_>| {
+            let answered = waiting
+                .iter_mut()
+                .map(|a| a.try_recv())
+                .filter(|r| matches!(r, Ok(Ok(()))))
+                .count();
+            seen.lock()
+                .unwrap()
+                .push(format!("ran submit after {answered} answered"));
+            Ok(())
+        };
+        let submit = Op {
+            weight: 1_000,
+            bulk: true,
+            job: Box::new(Pending::new(work, reply)),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        for op in [submit, claim, result] {
+            tx.try_send(op).unwrap();
+        }
+        drop(tx);
+        run(
+            Connection::open_in_memory().unwrap(),
+            rx,
+            4096,
+            Arc::default(),
+            Arc::default(),
+        );
+        assert!(matches!(submit_answer.blocking_recv(), Ok(Ok(()))));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["ran claim", "ran result", "ran submit after 2 answered"]
+        );
+    }
 
     #[test]
     fn jitter_samples_are_in_the_unit_interval() {
