@@ -314,15 +314,17 @@ impl SqliteStore {
         self.queue(weight, false, work).await
     }
 
-    /// Like [`Self::write`], for bulk work (submissions, run writes): the writer
-    /// commits it after the other work it found waiting, so that claims and
-    /// results do not wait behind a large insert.
+    /// Like [`Self::write`], for work that may be bulk (submissions, run writes):
+    /// from [`BULK_WEIGHT`] tasks, the writer commits it after the other work
+    /// it found waiting, so that claims and results do not wait behind a large
+    /// insert. A small one stays in the first transaction: a single submission
+    /// is as eager for its reply as a claim.
     async fn write_bulk<T, F>(&self, weight: usize, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
-        self.queue(weight, true, work).await
+        self.queue(weight, weight >= BULK_WEIGHT, work).await
     }
 
     async fn queue<T, F>(&self, weight: usize, bulk: bool, work: F) -> Result<T>
@@ -341,6 +343,9 @@ impl SqliteStore {
         answer.await.map_err(|_| stopped())?
     }
 }
+
+/// Tasks from which a submission or run write is bulk work for the writer.
+const BULK_WEIGHT: usize = 64;
 
 impl SqliteStore {
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
