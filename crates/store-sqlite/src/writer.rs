@@ -1,8 +1,8 @@
 //! The writer thread: the only connection that writes. It takes the first queued
 //! operation, drains whatever else is waiting (up to `max_batch` items), runs them
 //! all in one transaction, commits once and only then answers every caller — group
-//! commit, so a reply always means "durable". Bulk operations (submissions, run
-//! writes) found waiting beside others go into a second transaction, committed
+//! commit, so a reply always means "durable". Bulk operations (submissions and run
+//! writes of `BULK_WEIGHT` tasks or more) found waiting beside others go into a second transaction, committed
 //! after the first: a claim or a result never waits for a large insert queued
 //! just before it.
 //!
