@@ -327,10 +327,12 @@ impl Plan {
     }
 }
 
-/// A scheduled-path type to look at: how many queued tasks to read.
+/// A scheduled-path type to look at: how many queued tasks to read, leaving
+/// out those an earlier round is still claiming.
 struct Look {
     task_type: String,
     window: usize,
+    skip: Vec<TaskId>,
     generation: u64,
 }
 
@@ -1329,8 +1331,12 @@ impl Dispatcher {
             if (free == 0 || budget == 0) && !can_preempt {
                 continue;
             }
-            // Those still being claimed read as queued and are left out.
-            let claiming = st.claiming.get(t).map_or(0, HashSet::len);
+            // Those still being claimed read as queued: the store leaves them out.
+            let skip: Vec<TaskId> = st
+                .claiming
+                .get(t)
+                .map(|c| c.iter().cloned().collect())
+                .unwrap_or_default();
             plan.scheduled.push(Look {
                 task_type: t.clone(),
                 // As many as the free slots, plus those the last look left
@@ -1340,8 +1346,9 @@ impl Dispatcher {
                     1
                 } else {
                     let left = st.sched_left.get(t).copied().unwrap_or(0);
-                    (free + left + 8).min(1_000) + claiming
+                    (free + left + 8).min(1_000)
                 },
+                skip,
                 generation: *generation,
             });
         }
@@ -1648,10 +1655,11 @@ impl Dispatcher {
     /// The scheduled path: read a window of each type's queued tasks, decide
     /// which goes to which agent, claim those by id, and send them. Returns
     /// whether the store failed.
-    async fn run_scheduled(&self, looks: Vec<Look>) -> bool {
-        let peeks = looks
-            .iter()
-            .map(|l| self.store.peek_queued(&l.task_type, l.window));
+    async fn run_scheduled(&self, mut looks: Vec<Look>) -> bool {
+        let peeks = looks.iter_mut().map(|l| {
+            self.store
+                .peek_queued(&l.task_type, l.window, std::mem::take(&mut l.skip))
+        });
         let windows = futures::future::join_all(peeks).await;
         let now = now_ms();
         let lease_deadline_ms = now + self.opts.lease_ms;
@@ -1664,7 +1672,7 @@ impl Dispatcher {
             let st = &mut *st;
             for (look, window) in looks.iter().zip(windows) {
                 st.looking.remove(&look.task_type);
-                let mut window = match window {
+                let window = match window {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(error = %e, task_type = %look.task_type, "could not read queued tasks");
@@ -1673,23 +1681,22 @@ impl Dispatcher {
                     }
                 };
                 if window.is_empty() {
-                    if st.has_work.get(&look.task_type) == Some(&look.generation) {
-                        st.has_work.remove(&look.task_type);
-                    }
-                    continue;
-                }
-                let claiming = st.claiming.entry(look.task_type.clone()).or_default();
-                if !claiming.is_empty() {
-                    window.retain(|spec| !claiming.contains(&spec.task_id));
-                    if window.is_empty() {
-                        // All being claimed by a round still in flight: look
-                        // again once it returns (it counts as a release).
+                    if st
+                        .claiming
+                        .get(&look.task_type)
+                        .is_some_and(|c| !c.is_empty())
+                    {
+                        // All being claimed by a round still in flight (or none
+                        // left): look again once it returns (it counts as a
+                        // release), in case its claim fails.
                         st.sched_idle.insert(
                             look.task_type.clone(),
                             (look.generation, st.releases, now + 1_000),
                         );
-                        continue;
+                    } else if st.has_work.get(&look.task_type) == Some(&look.generation) {
+                        st.has_work.remove(&look.task_type);
                     }
+                    continue;
                 }
                 let mut slots = Vec::new();
                 let mut budget = self.opts.max_workers.saturating_sub(st.running);
@@ -1902,7 +1909,7 @@ impl Dispatcher {
     /// A fast-path type whose agents are all busy: if the head of its queue is
     /// urgent enough, make room.
     async fn check_preempt(&self, task_type: &str) {
-        let Ok(head) = self.store.peek_queued(task_type, 1).await else {
+        let Ok(head) = self.store.peek_queued(task_type, 1, Vec::new()).await else {
             return;
         };
         if let Some(spec) = head.first() {
@@ -2273,7 +2280,6 @@ fn agent_info(sched: &Sched, session_id: &str, s: &Session, now: Millis) -> Agen
     }
 }
 
-/// Gives back a slot reserved for a scheduled placement.
 /// The claim of these placements returned: their tasks are no longer left out
 /// of the next look's window, and a look that found only them looks again.
 fn claimed_back(st: &mut State, decided: &[(Vec<TaskSpec>, Vec<Placement>)]) {
@@ -2290,6 +2296,7 @@ fn claimed_back(st: &mut State, decided: &[(Vec<TaskSpec>, Vec<Placement>)]) {
     st.releases += 1;
 }
 
+/// Gives back a slot reserved for a scheduled placement.
 fn unreserve(st: &mut State, p: &Placement) {
     if let Some(s) = st.sessions.get_mut(&p.session_id) {
         s.reserved = s.reserved.saturating_sub(1);

@@ -132,9 +132,17 @@ impl Store for MeteredStore {
         self.inner.queued_types().await
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
-        self.timed("peek_queued", self.inner.peek_queued(task_type, limit))
-            .await
+    async fn peek_queued(
+        &self,
+        task_type: &str,
+        limit: usize,
+        skip: Vec<TaskId>,
+    ) -> Result<Vec<TaskSpec>> {
+        self.timed(
+            "peek_queued",
+            self.inner.peek_queued(task_type, limit, skip),
+        )
+        .await
     }
 
     async fn queued_by_priority(&self) -> Result<BTreeMap<String, u64>> {

@@ -618,9 +618,14 @@ impl Store for PgStore {
             .map_err(Fault::into_store)
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
+    async fn peek_queued(
+        &self,
+        task_type: &str,
+        limit: usize,
+        skip: Vec<TaskId>,
+    ) -> Result<Vec<TaskSpec>> {
         let client = self.client().await.map_err(Fault::into_store)?;
-        tasks::peek_queued(&client, task_type, limit)
+        tasks::peek_queued(&client, task_type, limit, &skip)
             .await
             .map_err(Fault::into_store)
     }

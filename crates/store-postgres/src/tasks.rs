@@ -629,12 +629,15 @@ pub(crate) async fn peek_queued(
     client: &impl GenericClient,
     task_type: &str,
     limit: usize,
+    skip: &[TaskId],
 ) -> Res<Vec<TaskSpec>> {
     // Only the specs: the decision reads nothing of a queued task's state.
     const SQL: &str = "SELECT t.seq, s.spec FROM tasks t JOIN task_specs s ON s.seq = t.seq \
-         WHERE t.status = 0 AND t.task_type = $1 ORDER BY t.priority DESC, t.seq LIMIT $2";
+         WHERE t.status = 0 AND t.task_type = $1 AND NOT (t.id = ANY($3)) \
+         ORDER BY t.priority DESC, t.seq LIMIT $2";
     let limit = limit.min(MAX_LIST_LIMIT) as i64;
-    let rows = client.query(SQL, &[&task_type, &limit]).await?;
+    let skip: Vec<&str> = skip.iter().map(TaskId::as_str).collect();
+    let rows = client.query(SQL, &[&task_type, &limit, &skip]).await?;
     rows.iter().map(decode_spec_row).collect()
 }
 

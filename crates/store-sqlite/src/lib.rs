@@ -486,10 +486,15 @@ impl Store for SqliteStore {
         Ok(self.tally().queued_types())
     }
 
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>> {
+    async fn peek_queued(
+        &self,
+        task_type: &str,
+        limit: usize,
+        skip: Vec<TaskId>,
+    ) -> Result<Vec<TaskSpec>> {
         let task_type = task_type.to_string();
         self.readers
-            .run(move |conn| reader::peek_queued(conn, &task_type, limit))
+            .run(move |conn| reader::peek_queued(conn, &task_type, limit, &skip))
             .await
     }
 

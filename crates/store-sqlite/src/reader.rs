@@ -209,19 +209,62 @@ pub(crate) const PEEK: &str =
      FROM tasks t INDEXED BY tasks_queued \
      WHERE t.status = 0 AND t.task_type = ?1 ORDER BY t.priority DESC, t.seq LIMIT ?2";
 
+/// The same order with the task ids, for a peek that leaves some tasks out:
+/// the id is read from the task row, and a spec only for a task kept.
+const PEEK_IDS: &str = "SELECT t.seq, t.id FROM tasks t INDEXED BY tasks_queued \
+     WHERE t.status = 0 AND t.task_type = ?1 ORDER BY t.priority DESC, t.seq LIMIT ?2";
+
+const SPEC: &str = "SELECT spec FROM task_specs WHERE seq = ?1";
+
 pub(crate) fn peek_queued(
     conn: &Connection,
     task_type: &str,
     limit: usize,
+    skip: &[TaskId],
 ) -> Result<Vec<TaskSpec>> {
-    let limit = limit.min(MAX_LIST_LIMIT) as i64;
-    let mut stmt = conn.prepare_cached(PEEK).map_err(sql_error)?;
-    let mut rows = stmt.query(params![task_type, limit]).map_err(sql_error)?;
+    let limit = limit.min(MAX_LIST_LIMIT);
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql_error)? {
+    if skip.is_empty() {
+        let mut stmt = conn.prepare_cached(PEEK).map_err(sql_error)?;
+        let mut rows = stmt
+            .query(params![task_type, limit as i64])
+            .map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            let seq: i64 = row.get(0).map_err(sql_error)?;
+            let spec = row.get_ref(1).map_err(sql_error)?;
+            out.push(decode_spec(seq, column_bytes(seq, spec, "spec")?)?);
+        }
+        return Ok(out);
+    }
+    let skip: std::collections::HashSet<&str> = skip.iter().map(TaskId::as_str).collect();
+    // At most `skip.len()` of these rows are left out, so `limit` are kept
+    // whenever that many are queued.
+    let rows_needed = (limit + skip.len()) as i64;
+    let mut ids = conn.prepare_cached(PEEK_IDS).map_err(sql_error)?;
+    let mut specs = conn.prepare_cached(SPEC).map_err(sql_error)?;
+    let mut rows = ids
+        .query(params![task_type, rows_needed])
+        .map_err(sql_error)?;
+    while out.len() < limit {
+        let Some(row) = rows.next().map_err(sql_error)? else {
+            break;
+        };
         let seq: i64 = row.get(0).map_err(sql_error)?;
-        let spec = row.get_ref(1).map_err(sql_error)?;
-        out.push(decode_spec(seq, column_bytes(seq, spec, "spec")?)?);
+        let id = row
+            .get_ref(1)
+            .map_err(sql_error)?
+            .as_str()
+            .map_err(|e| Error::Corrupt(format!("task row {seq}: id column: {e}")))?;
+        if skip.contains(id) {
+            continue;
+        }
+        let spec = specs
+            .query_row(params![seq], |row| {
+                let spec = row.get_ref(0)?;
+                Ok(column_bytes(seq, spec, "spec").and_then(|b| decode_spec(seq, b)))
+            })
+            .map_err(sql_error)??;
+        out.push(spec);
     }
     Ok(out)
 }

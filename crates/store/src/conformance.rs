@@ -69,6 +69,7 @@ macro_rules! store_conformance_tests {
             claim_fails_tasks_past_deadline,
             claim_never_returns_a_task_twice,
             peek_queued_shows_claim_order_and_claims_nothing,
+            peek_queued_leaves_out_the_tasks_it_is_told_to_skip,
             claim_by_id_takes_only_a_queued_task,
             claim_selected_takes_only_queued_tasks,
             yield_requeues_without_counting_the_attempt,
@@ -562,7 +563,10 @@ pub async fn peek_queued_shows_claim_order_and_claims_nothing(store: &dyn Store)
         T0,
     )
     .await;
-    let peeked = store.peek_queued("work", 3).await.expect("peek");
+    let peeked = store
+        .peek_queued("work", 3, Vec::new())
+        .await
+        .expect("peek");
     let order: Vec<&str> = peeked.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(order, ["c1", "n1", "n2"]);
     assert_eq!(peeked[0], p("c1", Priority::Critical), "the whole spec");
@@ -572,15 +576,61 @@ pub async fn peek_queued_shows_claim_order_and_claims_nothing(store: &dyn Store)
         ids(&["c1", "n1", "n2", "l1"])
     );
     assert!(store
-        .peek_queued("work", 10)
+        .peek_queued("work", 10, Vec::new())
         .await
         .expect("peek")
         .is_empty());
     assert!(store
-        .peek_queued("none", 10)
+        .peek_queued("none", 10, Vec::new())
         .await
         .expect("peek")
         .is_empty());
+}
+
+pub async fn peek_queued_leaves_out_the_tasks_it_is_told_to_skip(store: &dyn Store) {
+    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
+    submit(
+        store,
+        vec![
+            p("n1", Priority::Normal),
+            p("h1", Priority::High),
+            p("n2", Priority::Normal),
+            p("n3", Priority::Normal),
+            spec("other", "elsewhere"),
+            p("n4", Priority::Normal),
+        ],
+        T0,
+    )
+    .await;
+    let peek = |limit: usize, skip: &[&str]| {
+        let skip = skip.iter().map(|s| id(s)).collect();
+        async move {
+            let peeked = store.peek_queued("work", limit, skip).await.expect("peek");
+            peeked
+                .into_iter()
+                .map(|s| s.task_id.as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // The skipped do not count towards the limit: the window is still full.
+    assert_eq!(peek(3, &["h1", "n2"]).await, ["n1", "n3", "n4"]);
+    assert_eq!(peek(2, &["n3"]).await, ["h1", "n1"]);
+    // Ids that are not queued (or of another type) change nothing.
+    assert_eq!(peek(2, &["other", "missing"]).await, ["h1", "n1"]);
+    assert_eq!(
+        peek(10, &["h1", "n1", "n2", "n3", "n4"]).await,
+        Vec::<String>::new()
+    );
+    let whole = store
+        .peek_queued("work", 1, vec![id("h1")])
+        .await
+        .expect("peek");
+    assert_eq!(whole[0], p("n1", Priority::Normal), "the whole spec");
+    // Nothing was claimed.
+    assert_eq!(
+        claimed_ids(&claim(store, "work", 5, T0 + 1).await),
+        ids(&["h1", "n1", "n2", "n3", "n4"])
+    );
 }
 
 pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
@@ -600,7 +650,10 @@ pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
         UpdateOutcome::Refused(_)
     ));
     // It is no longer queued, and the claim path skips it.
-    let peeked = store.peek_queued("work", 10).await.expect("peek");
+    let peeked = store
+        .peek_queued("work", 10, Vec::new())
+        .await
+        .expect("peek");
     assert_eq!(peeked.len(), 1);
     assert_eq!(peeked[0].task_id.as_str(), "a");
     assert_eq!(
@@ -723,7 +776,10 @@ pub async fn claim_selected_takes_only_queued_tasks(store: &dyn Store) {
         .is_empty());
 
     // What was not chosen is still queued, and the counts follow.
-    let peeked = store.peek_queued("work", 10).await.expect("peek");
+    let peeked = store
+        .peek_queued("work", 10, Vec::new())
+        .await
+        .expect("peek");
     let left: Vec<&str> = peeked.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(left, ["left"]);
     let counts = store.counts().await.expect("counts");

@@ -478,7 +478,17 @@ pub trait Store: Send + Sync + 'static {
     /// with [`Store::claim_selected`], which skips any another replica took
     /// meanwhile. Only specs: a queued task's state holds nothing the decision
     /// reads, and the scheduler reads this window on every look.
-    async fn peek_queued(&self, task_type: &str, limit: usize) -> Result<Vec<TaskSpec>>;
+    ///
+    /// Tasks named in `skip` are left out and do not count towards `limit`:
+    /// the scheduler passes those it is still claiming (they read as queued
+    /// until the claim commits), so that the window holds only tasks it can
+    /// decide over and no spec is read for nothing.
+    async fn peek_queued(
+        &self,
+        task_type: &str,
+        limit: usize,
+        skip: Vec<TaskId>,
+    ) -> Result<Vec<TaskSpec>>;
 
     /// Claims the tasks the scheduler chose from a [`Store::peek_queued`] window,
     /// each for its own agent and lease owner, durably and in one write. Each is
