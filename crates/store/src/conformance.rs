@@ -515,7 +515,7 @@ pub async fn claim_only_requested_type_up_to_max(store: &dyn Store) {
 }
 
 pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
-    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
+    let p = work_at;
     submit(
         store,
         vec![
@@ -550,87 +550,93 @@ pub async fn claim_highest_priority_first_then_fifo(store: &dyn Store) {
 }
 
 pub async fn peek_queued_shows_claim_order_and_claims_nothing(store: &dyn Store) {
-    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
-    submit(
-        store,
-        vec![
-            p("n1", Priority::Normal),
-            p("l1", Priority::Low),
-            p("c1", Priority::Critical),
-            spec("other", "elsewhere"),
-            p("n2", Priority::Normal),
-        ],
-        T0,
-    )
-    .await;
+    use Priority::*;
+    let queue = [
+        ("n1", Normal),
+        ("l1", Low),
+        ("c1", Critical),
+        ("n2", Normal),
+    ];
+    submit_work(store, &queue).await;
     let peeked = store
         .peek_queued("work", 3, Vec::new())
         .await
         .expect("peek");
     let order: Vec<&str> = peeked.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(order, ["c1", "n1", "n2"]);
-    assert_eq!(peeked[0], p("c1", Priority::Critical), "the whole spec");
+    assert_eq!(peeked[0], work_at("c1", Critical), "the whole spec");
     // Nothing was claimed: the claim sees the same order.
     assert_eq!(
         claimed_ids(&claim(store, "work", 4, T0 + 1).await),
         ids(&["c1", "n1", "n2", "l1"])
     );
-    assert!(store
-        .peek_queued("work", 10, Vec::new())
-        .await
-        .expect("peek")
-        .is_empty());
-    assert!(store
-        .peek_queued("none", 10, Vec::new())
-        .await
-        .expect("peek")
-        .is_empty());
+    assert!(peeked_ids(store, "work", 10, &[]).await.is_empty());
+    assert!(peeked_ids(store, "none", 10, &[]).await.is_empty());
 }
 
 pub async fn peek_queued_leaves_out_the_tasks_it_is_told_to_skip(store: &dyn Store) {
-    let p = |name: &str, priority: Priority| spec_with(name, "work", |s| s.priority = priority);
-    submit(
-        store,
-        vec![
-            p("n1", Priority::Normal),
-            p("h1", Priority::High),
-            p("n2", Priority::Normal),
-            p("n3", Priority::Normal),
-            spec("other", "elsewhere"),
-            p("n4", Priority::Normal),
-        ],
-        T0,
-    )
-    .await;
-    let peek = |limit: usize, skip: &[&str]| {
-        let skip = skip.iter().map(|s| id(s)).collect();
-        async move {
-            let peeked = store.peek_queued("work", limit, skip).await.expect("peek");
-            peeked
-                .into_iter()
-                .map(|s| s.task_id.as_str().to_string())
-                .collect::<Vec<_>>()
-        }
-    };
+    use Priority::*;
+    let queue = [
+        ("n1", Normal),
+        ("h1", High),
+        ("n2", Normal),
+        ("n3", Normal),
+        ("n4", Normal),
+    ];
+    submit_work(store, &queue).await;
     // The skipped do not count towards the limit: the window is still full.
-    assert_eq!(peek(3, &["h1", "n2"]).await, ["n1", "n3", "n4"]);
-    assert_eq!(peek(2, &["n3"]).await, ["h1", "n1"]);
-    // Ids that are not queued (or of another type) change nothing.
-    assert_eq!(peek(2, &["other", "missing"]).await, ["h1", "n1"]);
     assert_eq!(
-        peek(10, &["h1", "n1", "n2", "n3", "n4"]).await,
-        Vec::<String>::new()
+        peeked_ids(store, "work", 3, &["h1", "n2"]).await,
+        ["n1", "n3", "n4"]
     );
+    assert_eq!(peeked_ids(store, "work", 2, &["n3"]).await, ["h1", "n1"]);
+    // Ids that are not queued (or of another type) change nothing.
+    assert_eq!(
+        peeked_ids(store, "work", 2, &["other", "missing"]).await,
+        ["h1", "n1"]
+    );
+    let all = ["h1", "n1", "n2", "n3", "n4"];
+    assert!(peeked_ids(store, "work", 10, &all).await.is_empty());
     let whole = store
         .peek_queued("work", 1, vec![id("h1")])
         .await
         .expect("peek");
-    assert_eq!(whole[0], p("n1", Priority::Normal), "the whole spec");
+    assert_eq!(whole[0], work_at("n1", Normal), "the whole spec");
     // Nothing was claimed.
     assert_eq!(
         claimed_ids(&claim(store, "work", 5, T0 + 1).await),
-        ids(&["h1", "n1", "n2", "n3", "n4"])
+        ids(&all)
     );
+}
+
+/// A task of type `work` at `priority`.
+fn work_at(name: &str, priority: Priority) -> TaskSpec {
+    spec_with(name, "work", |s| s.priority = priority)
+}
+
+/// Submits `work` tasks in this order, with one of another type among them.
+async fn submit_work(store: &dyn Store, queue: &[(&str, Priority)]) {
+    let mut specs: Vec<TaskSpec> = queue.iter().map(|(n, p)| work_at(n, *p)).collect();
+    specs.insert(specs.len() / 2, spec("other", "elsewhere"));
+    submit(store, specs, T0).await;
+}
+
+/// The ids `peek_queued` returns, in its order.
+async fn peeked_ids(
+    store: &dyn Store,
+    task_type: &str,
+    limit: usize,
+    skip: &[&str],
+) -> Vec<String> {
+    let skip = skip.iter().map(|s| id(s)).collect();
+    let peeked = store
+        .peek_queued(task_type, limit, skip)
+        .await
+        .expect("peek");
+    peeked
+        .into_iter()
+        .map(|s| s.task_id.as_str().to_string())
+        .collect()
 }
 
 pub async fn claim_by_id_takes_only_a_queued_task(store: &dyn Store) {
