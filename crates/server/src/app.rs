@@ -98,11 +98,26 @@ impl App {
         }
         let (specs, refused) = self.shed(specs);
         self.dispatcher.note_submitted(&specs);
-        let outcomes = if specs.is_empty() {
-            Vec::new()
-        } else {
-            self.store.submit(specs, now_ms()).await?
-        };
+        let outcomes =
+            if specs.is_empty() {
+                Vec::new()
+            } else {
+                // Tasks an idle agent can take start at once, in the same commit.
+                let starts = self
+                    .dispatcher
+                    .reserve_starts(&specs.iter().collect::<Vec<_>>());
+                let submitted = self
+                    .store
+                    .submit_starting(specs, starts.clone(), now_ms())
+                    .await;
+                let outcomes = submitted.as_deref().ok();
+                self.dispatcher
+                    .started(starts.iter().enumerate().filter_map(|(i, s)| {
+                        s.as_ref().map(|s| (s, outcomes.and_then(|o| o.get(i))))
+                    }))
+                    .await;
+                submitted?
+            };
         self.dispatcher.held_added(
             outcomes
                 .iter()
@@ -148,7 +163,10 @@ impl App {
         for o in out.iter().flatten() {
             if o.created && o.record.state.status == Status::Waiting {
                 self.engine.watch_dependencies(&o.record).await;
-            } else if o.created && !types.contains(&o.record.spec.task_type.as_str()) {
+            } else if o.created
+                && o.record.state.status == Status::Queued
+                && !types.contains(&o.record.spec.task_type.as_str())
+            {
                 types.push(&o.record.spec.task_type);
             }
         }

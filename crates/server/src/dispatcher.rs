@@ -24,7 +24,8 @@ use baton_core::sched::flow::{RunningTask, ShedPolicy};
 use baton_core::{AgentId, Millis, Priority, Status, TaskId, TaskSpec};
 use baton_proto::v1;
 use baton_store::{
-    ClaimRequest, Selected, SelectedOutcome, Store, TaskRecord, Update, UpdateOutcome,
+    ClaimRequest, Selected, SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update,
+    UpdateOutcome,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -1079,6 +1080,177 @@ impl Dispatcher {
         }
     }
 
+    /// For tasks about to be submitted: which start at once on a free slot
+    /// ([`baton_store::StartAt`]), so that they skip the queue and a claim's
+    /// commit. Only a task the fast path would claim as it is (no dependencies,
+    /// no per-task decision, no input filled in at dispatch) of a type with
+    /// nothing queued here, so that none overtakes queued work; within the
+    /// batch, higher priorities get the free slots first. Each start reserves
+    /// its slot until [`Dispatcher::started`] is told how the submit went.
+    pub fn reserve_starts(&self, specs: &[&TaskSpec]) -> Vec<Option<StartAt>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut budget = self.opts.max_workers.saturating_sub(st.running);
+        if budget == 0 || now < st.backoff_until || st.sessions.is_empty() {
+            return Vec::new();
+        }
+        let mut order: Vec<usize> = (0..specs.len())
+            .filter(|&i| {
+                let spec = &specs[i];
+                spec.dependencies.is_empty()
+                    && !st.has_work.contains_key(&spec.task_type)
+                    && !st.sched.is_scheduled(&spec.task_type, now)
+                    && !crate::scheduler::needs_decision(spec)
+                    && !spec
+                        .metadata
+                        .contains_key(baton_core::workflow::refs::INPUT_REFS)
+            })
+            .collect();
+        if order.is_empty() {
+            return Vec::new();
+        }
+        order.sort_by_key(|&i| (std::cmp::Reverse(specs[i].priority.rank()), i));
+        let lease_deadline_ms = now + self.opts.lease_ms;
+        let mut starts: Vec<Option<StartAt>> = vec![None; specs.len()];
+        // Per type: its sessions with a free slot whose breaker is closed (a
+        // half-open breaker's probe is left to the claim path, which counts it).
+        let mut candidates: HashMap<&str, Vec<String>> = HashMap::new();
+        for i in order {
+            if budget == 0 {
+                break;
+            }
+            let task_type = specs[i].task_type.as_str();
+            let ids = candidates.entry(task_type).or_insert_with(|| {
+                st.by_type
+                    .get(task_type)
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| {
+                        st.sessions.get(*id).is_some_and(|s| {
+                            s.free() > 0
+                                && st
+                                    .sched
+                                    .admits_agent(&s.agent_id, now)
+                                    .is_some_and(|cap| cap > 1)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            });
+            let Some((k, id)) = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(k, id)| st.sessions.get(id).map(|s| (k, id, s)))
+                .filter(|(_, _, s)| s.free() > 0)
+                .min_by(|a, b| a.2.load().total_cmp(&b.2.load()))
+                .map(|(k, id, _)| (k, id.clone()))
+            else {
+                ids.clear();
+                continue;
+            };
+            let Some(s) = st.sessions.get_mut(&id) else {
+                ids.swap_remove(k);
+                continue;
+            };
+            s.reserved += 1;
+            st.running += 1;
+            budget -= 1;
+            starts[i] = Some(StartAt {
+                agent_id: s.agent_id.clone(),
+                lease_owner: id,
+                lease_deadline_ms,
+            });
+        }
+        if starts.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        starts
+    }
+
+    /// After a submit that asked for starts ([`Dispatcher::reserve_starts`]),
+    /// given each start with its task's outcome (`None` when the submit
+    /// failed): the reservations are given back, and each task that was
+    /// created running is sent to its agent.
+    pub async fn started<'a>(
+        &self,
+        starts: impl IntoIterator<Item = (&'a StartAt, Option<&'a SubmitOutcome>)>,
+    ) {
+        let now = now_ms();
+        let mut by_session: BTreeMap<&str, Vec<baton_store::Claimed>> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            for (start, outcome) in starts {
+                st.running = st.running.saturating_sub(1);
+                if let Some(s) = st.sessions.get_mut(&start.lease_owner) {
+                    s.reserved = s.reserved.saturating_sub(1);
+                }
+                let Some(SubmitOutcome::Created(record)) = outcome else {
+                    continue;
+                };
+                let state = &record.state;
+                if state.status != Status::Running
+                    || state.lease_owner.as_deref() != Some(start.lease_owner.as_str())
+                {
+                    continue;
+                }
+                let claimed = baton_store::Claimed {
+                    spec: record.spec.clone(),
+                    attempt: state.attempt,
+                };
+                if st.sessions.contains_key(&start.lease_owner) {
+                    by_session
+                        .entry(start.lease_owner.as_str())
+                        .or_default()
+                        .push(claimed);
+                } else {
+                    orphans.push((claimed.spec.task_id, claimed.attempt));
+                }
+            }
+            for (session_id, claimed) in by_session {
+                let Some(s) = st.sessions.get_mut(session_id) else {
+                    orphans.extend(claimed.into_iter().map(|c| (c.spec.task_id, c.attempt)));
+                    continue;
+                };
+                let mut assignments = Vec::with_capacity(claimed.len());
+                for c in &claimed {
+                    let task_type: Arc<str> = c.spec.task_type.as_str().into();
+                    self.metrics.tasks_scheduled(&task_type, 1);
+                    let traced = if crate::telemetry::enabled() {
+                        crate::telemetry::start_attempt(
+                            c.spec.task_id.as_str(),
+                            &task_type,
+                            c.attempt,
+                            s.agent_id.as_str(),
+                        )
+                    } else {
+                        None
+                    };
+                    assignments.push(fly(
+                        s,
+                        &mut st.holders,
+                        session_id,
+                        &task_type,
+                        c,
+                        traced,
+                        now,
+                    ));
+                }
+                st.running += assignments.len();
+                send_assignments(s, assignments);
+            }
+        }
+        if !orphans.is_empty() {
+            let failure = Failure::new(
+                FailureKind::AgentLost,
+                "the agent left before the task reached it",
+            );
+            self.fail_in_store(orphans, failure).await;
+        }
+    }
+
     /// The connected agents.
     pub fn agents(&self) -> Vec<AgentInfo> {
         let now = now_ms();
@@ -1592,44 +1764,19 @@ impl Dispatcher {
                             to_yield.push((c.spec.task_id, c.attempt));
                             continue;
                         }
-                        let mut assignment = assignment(&c);
-                        let span = traced.pop_front().flatten().map(|(span, traceparent)| {
-                            assignment.traceparent = traceparent;
-                            span
-                        });
-                        s.in_flight.insert(
-                            c.spec.task_id.clone(),
-                            InFlight {
-                                attempt: c.attempt,
-                                task_type: p.task_type.clone(),
-                                run_id: c.spec.run_id.as_deref().map(Arc::from),
-                                span,
-                                assigned_at: now,
-                                timeout_at: now + c.spec.timeout_ms,
-                                priority: c.spec.priority,
-                                concurrency_key: None,
-                            },
-                        );
-                        st.holders
-                            .insert(c.spec.task_id.clone(), p.session_id.clone());
-                        tracing::debug!(
-                            task_id = %c.spec.task_id,
-                            run_id = c.spec.run_id.as_deref(),
-                            agent_id = %p.agent_id,
-                            attempt = c.attempt,
-                            "attempt assigned"
-                        );
-                        assignments.push(assignment);
+                        let traced = traced.pop_front().flatten();
+                        assignments.push(fly(
+                            s,
+                            &mut st.holders,
+                            &p.session_id,
+                            &p.task_type,
+                            &c,
+                            traced,
+                            now,
+                        ));
                     }
                     st.running += assignments.len();
-                    for frame in frames(assignments) {
-                        let msg = v1::ServerMessage {
-                            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments {
-                                assignments: frame,
-                            })),
-                        };
-                        let _ = s.tx.send(Ok(msg));
-                    }
+                    send_assignments(s, assignments);
                 }
             }
             if !orphans.is_empty() {
@@ -2441,6 +2588,58 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Splits assignments into frames that stay under [`MAX_FRAME_BYTES`].
+/// Puts a claimed attempt in its session's flight (the caller counts it in
+/// `running`) and returns the assignment to send.
+fn fly(
+    s: &mut Session,
+    holders: &mut HashMap<TaskId, String>,
+    session_id: &str,
+    task_type: &Arc<str>,
+    c: &baton_store::Claimed,
+    traced: Option<(crate::telemetry::AttemptSpan, String)>,
+    now: Millis,
+) -> v1::Assignment {
+    let mut assignment = assignment(c);
+    let span = traced.map(|(span, traceparent)| {
+        assignment.traceparent = traceparent;
+        span
+    });
+    s.in_flight.insert(
+        c.spec.task_id.clone(),
+        InFlight {
+            attempt: c.attempt,
+            task_type: task_type.clone(),
+            run_id: c.spec.run_id.as_deref().map(Arc::from),
+            span,
+            assigned_at: now,
+            timeout_at: now + c.spec.timeout_ms,
+            priority: c.spec.priority,
+            concurrency_key: None,
+        },
+    );
+    holders.insert(c.spec.task_id.clone(), session_id.to_string());
+    tracing::debug!(
+        task_id = %c.spec.task_id,
+        run_id = c.spec.run_id.as_deref(),
+        agent_id = %s.agent_id,
+        attempt = c.attempt,
+        "attempt assigned"
+    );
+    assignment
+}
+
+/// Sends assignments to a session's agent, in frames under the size limit.
+fn send_assignments(s: &Session, assignments: Vec<v1::Assignment>) {
+    for frame in frames(assignments) {
+        let msg = v1::ServerMessage {
+            msg: Some(v1::server_message::Msg::Assignments(v1::Assignments {
+                assignments: frame,
+            })),
+        };
+        let _ = s.tx.send(Ok(msg));
+    }
+}
+
 fn frames(assignments: Vec<v1::Assignment>) -> Vec<Vec<v1::Assignment>> {
     let mut out = vec![Vec::new()];
     let mut size = 0;

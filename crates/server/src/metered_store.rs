@@ -9,7 +9,7 @@ use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter, Page,
     Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome,
-    Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,8 +35,14 @@ impl MeteredStore {
 
 #[async_trait]
 impl Store for MeteredStore {
-    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
-        self.timed("submit", self.inner.submit(tasks, now)).await
+    async fn submit_starting(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+    ) -> Result<Vec<SubmitOutcome>> {
+        self.timed("submit", self.inner.submit_starting(tasks, starts, now))
+            .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {

@@ -14,7 +14,7 @@ use baton_core::workflow::{FlowDef, Run, RunCommand};
 use baton_core::{Error, ErrorCode, Priority, Status, TaskId};
 use baton_store::{
     Document, FlowOutcome, FlowRecord, ListFilter, RunFilter, RunPage, RunRecord, RunWrite,
-    RunWriteOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    RunWriteOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -39,8 +39,6 @@ struct Round {
     /// The run before the round, restored if the write does not happen.
     snapshot: Run,
     cancel: Vec<TaskId>,
-    /// Task types of the tasks it submits (to wake the dispatcher).
-    types: Vec<String>,
 }
 
 /// What a run was before it moved: whether it was active, and its events seen.
@@ -489,7 +487,7 @@ impl Engine {
         if writes.is_empty() {
             return;
         }
-        let outcomes = match self.store.write_runs(writes, now).await {
+        let outcomes = match self.write_runs(writes, now).await {
             Ok(o) if o.len() == planned.len() => o,
             Ok(_) => {
                 tracing::warn!(
@@ -527,6 +525,42 @@ impl Engine {
             }
         }
         self.cancel_tasks(cancel).await;
+    }
+
+    /// Stores runs with the tasks they start ([`Store::write_runs`]); those an
+    /// idle agent can take start at once, in the same commit (see
+    /// [`Dispatcher::reserve_starts`]), and are sent to it.
+    async fn write_runs(
+        &self,
+        mut writes: Vec<RunWrite>,
+        now: u64,
+    ) -> baton_store::Result<Vec<RunWriteOutcome>> {
+        let specs: Vec<&baton_core::TaskSpec> =
+            writes.iter().flat_map(|w| w.tasks.iter()).collect();
+        let starts = self.dispatcher.reserve_starts(&specs);
+        if starts.is_empty() {
+            return self.store.write_runs(writes, now).await;
+        }
+        let mut starts = starts.into_iter();
+        for w in &mut writes {
+            w.starts = starts.by_ref().take(w.tasks.len()).collect();
+        }
+        let kept: Vec<Vec<Option<StartAt>>> = writes.iter().map(|w| w.starts.clone()).collect();
+        let result = self.store.write_runs(writes, now).await;
+        let mut pairs = Vec::new();
+        for (k, starts) in kept.iter().enumerate() {
+            let tasks = match result.as_ref().map(|o| o.get(k)) {
+                Ok(Some(RunWriteOutcome::Written(tasks))) => Some(tasks),
+                _ => None,
+            };
+            for (i, start) in starts.iter().enumerate() {
+                if let Some(start) = start {
+                    pairs.push((start, tasks.and_then(|t| t.get(i))));
+                }
+            }
+        }
+        self.dispatcher.started(pairs).await;
+        result
     }
 
     /// The in-memory slot of a run, loading it from the store if needed.
@@ -581,7 +615,7 @@ impl Engine {
         let mut pending = cmds;
         for _ in 0..64 {
             let (write, round) = self.plan(slot, pending, now)?;
-            let outcome = match self.store.write_runs(vec![write], now).await {
+            let outcome = match self.write_runs(vec![write], now).await {
                 Ok(mut o) => o.pop(),
                 Err(e) => {
                     slot.run = round.snapshot;
@@ -627,8 +661,6 @@ impl Engine {
                 }
             }
         }
-        let mut types: Vec<String> = Vec::new();
-        add_types(&mut types, &submit);
         self.dispatcher.note_submitted(&submit);
         let record = match record_of(&slot.run, slot.revision + 1, !slot.def_stored) {
             Ok(r) => r,
@@ -641,15 +673,9 @@ impl Engine {
             record,
             expected_revision: Some(slot.revision),
             tasks: submit,
+            starts: Vec::new(),
         };
-        Ok((
-            write,
-            Round {
-                snapshot,
-                cancel,
-                types,
-            },
-        ))
+        Ok((write, Round { snapshot, cancel }))
     }
 
     /// After a round's write: the run's new revision and the tasks to cancel, or
@@ -668,8 +694,7 @@ impl Engine {
                 slot.revision += 1;
                 slot.def_stored = true;
                 slot.advanced = Instant::now();
-                self.dispatcher
-                    .work_arrived(round.types.iter().map(String::as_str));
+                self.dispatcher.work_arrived(queued_types(&tasks));
                 let mut pending = Vec::new();
                 for t in tasks {
                     if let SubmitOutcome::Existing(r) = t {
@@ -886,22 +911,24 @@ impl Engine {
                     record: record_of(&run, 1, true)?,
                     expected_revision: None,
                     tasks,
+                    starts: Vec::new(),
                 });
                 runs.push((i, run));
             }
-            let mut types: Vec<String> = Vec::new();
             for w in &writes {
                 self.dispatcher.note_submitted(&w.tasks);
-                add_types(&mut types, &w.tasks);
             }
-            let outcomes = self.store.write_runs(writes, now).await?;
+            let outcomes = self.write_runs(writes, now).await?;
             if outcomes.len() != runs.len() {
                 return Err(Error::internal(
                     "the store answered the wrong number of outcomes",
                 ));
             }
             self.dispatcher
-                .work_arrived(types.iter().map(String::as_str));
+                .work_arrived(outcomes.iter().flat_map(|o| match o {
+                    RunWriteOutcome::Written(tasks) => queued_types(tasks),
+                    RunWriteOutcome::Conflict(_) => Vec::new(),
+                }));
             for ((i, run), outcome) in runs.into_iter().zip(outcomes) {
                 out[i] = Some(self.started(run, outcome, now));
             }
@@ -1402,16 +1429,26 @@ impl Engine {
     }
 }
 
-/// Counts the tasks a run write newly stored as submitted.
-/// Adds the task types of `specs` not in `types` yet.
-fn add_types(types: &mut Vec<String>, specs: &[baton_core::TaskSpec]) {
-    for t in specs {
-        if !types.contains(&t.task_type) {
-            types.push(t.task_type.clone());
+/// The task types of submitted tasks that may wait in a queue: all but those
+/// created running (started at once) and flow runs' ids.
+fn queued_types(outcomes: &[SubmitOutcome]) -> Vec<&str> {
+    let mut types: Vec<&str> = Vec::new();
+    for o in outcomes {
+        let r = match o {
+            SubmitOutcome::Created(r) if r.state.status == Status::Running => continue,
+            SubmitOutcome::Created(r) | SubmitOutcome::Existing(r) | SubmitOutcome::Conflict(r) => {
+                r
+            }
+            SubmitOutcome::FlowRun(_) => continue,
+        };
+        if !types.contains(&r.spec.task_type.as_str()) {
+            types.push(&r.spec.task_type);
         }
     }
+    types
 }
 
+/// Counts the tasks a run write newly stored as submitted.
 fn count_submitted(dispatcher: &Dispatcher, outcomes: &[SubmitOutcome]) {
     let mut created: Vec<(&str, u64)> = Vec::new();
     for o in outcomes {

@@ -128,7 +128,7 @@ use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
     Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
-    SelectedOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use codec::{db_error, describe, Fault, Res};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -477,13 +477,18 @@ impl Drop for PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+    async fn submit_starting(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+    ) -> Result<Vec<SubmitOutcome>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
         transaction!(self, |tx| {
             let mut work = Work::default();
-            let out = tasks::submit(tx, &tasks, now, &mut work).await?;
+            let out = tasks::submit(tx, &tasks, &starts, now, &mut work).await?;
             work.announce(tx).await?;
             out
         })

@@ -235,7 +235,7 @@ pub(crate) async fn write_runs(
             out.push(RunWriteOutcome::Conflict(stored));
             continue;
         }
-        let submitted = tasks::submit(tx, &write.tasks, now, work).await?;
+        let submitted = tasks::submit(tx, &write.tasks, &write.starts, now, work).await?;
         out.push(RunWriteOutcome::Written(submitted));
     }
     Ok(out)

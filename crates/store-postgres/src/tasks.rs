@@ -10,8 +10,8 @@ use crate::codec::{
 use baton_core::lifecycle::{apply, Command, Ctx, Failure, FailureKind, TaskState, Transition};
 use baton_core::{Millis, Status, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Selected, SelectedOutcome,
-    SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    initial_state, ClaimRequest, Claimed, Counts, Error, ListFilter, Page, Selected,
+    SelectedOutcome, StartAt, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use deadpool_postgres::GenericClient;
 use std::collections::{BTreeSet, HashMap};
@@ -50,11 +50,12 @@ macro_rules! from_tasks {
 /// is FIFO order), and its spec; returns the ids it inserted. An id that exists
 /// already, or that a concurrent transaction is inserting, is left alone.
 const INSERT: &str = "WITH input AS (
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::int2[], $5::json[], $6::json[])
-            WITH ORDINALITY AS i (id, task_type, status, priority, state, spec, ord)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::int2[], $5::json[], $6::json[],
+                $7::text[], $8::int8[])
+            WITH ORDINALITY AS i (id, task_type, status, priority, state, spec, lease_owner, lease_deadline, ord)
     ), inserted AS (
-        INSERT INTO tasks (id, task_type, status, priority, state)
-        SELECT id, task_type, status, priority, state FROM input
+        INSERT INTO tasks (id, task_type, status, priority, state, lease_owner, lease_deadline)
+        SELECT id, task_type, status, priority, state, lease_owner, lease_deadline FROM input
         WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = input.id AND r.flow_name IS NOT NULL)
         ORDER BY ord
         ON CONFLICT (id) DO NOTHING
@@ -276,9 +277,12 @@ fn transition(
 
 /// Stores new tasks; see `Store::submit`. Duplicates within `tasks` compare with
 /// the first occurrence.
+/// Stores new tasks; task `i` starts running at once on `starts[i]`, if given,
+/// when it is created (see [`baton_store::initial_state`]).
 pub(crate) async fn submit(
     tx: &Tx<'_>,
     tasks: &[TaskSpec],
+    starts: &[Option<StartAt>],
     now: Millis,
     work: &mut Work,
 ) -> Res<Vec<SubmitOutcome>> {
@@ -296,7 +300,7 @@ pub(crate) async fn submit(
     }
     let states: Vec<TaskState> = fresh
         .iter()
-        .map(|&i| TaskState::new_for(&tasks[i], now))
+        .map(|&i| initial_state(&tasks[i], starts.get(i).and_then(Option::as_ref), now))
         .collect();
     let n = fresh.len();
     let (mut ids, mut types, mut statuses, mut priorities, mut state_json, mut spec_json) = (
@@ -307,6 +311,7 @@ pub(crate) async fn submit(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut owners, mut deadlines) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (&i, state) in fresh.iter().zip(&states) {
         let spec = &tasks[i];
         ids.push(spec.task_id.as_str());
@@ -315,6 +320,8 @@ pub(crate) async fn submit(
         priorities.push(i16::from(spec.priority.rank()));
         state_json.push(JsonParam::encode(state)?);
         spec_json.push(JsonParam::encode(spec)?);
+        owners.push(state.lease_owner.as_deref());
+        deadlines.push(state.lease_deadline_ms.map(millis));
     }
     let stmt = tx.prepare_cached(INSERT).await?;
     let rows = tx
@@ -327,6 +334,8 @@ pub(crate) async fn submit(
                 &priorities,
                 &state_json,
                 &spec_json,
+                &owners,
+                &deadlines,
             ],
         )
         .await?;

@@ -95,7 +95,7 @@ use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
     Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
-    SelectedOutcome, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -371,11 +371,16 @@ impl Drop for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+    async fn submit_starting(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+    ) -> Result<Vec<SubmitOutcome>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_bulk(tasks.len(), move |s| s.submit(tasks, now))
+        self.write_bulk(tasks.len(), move |s| s.submit(tasks, starts, now))
             .await
     }
 

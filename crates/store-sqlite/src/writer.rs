@@ -20,9 +20,9 @@ use baton_core::lifecycle::{
 };
 use baton_core::{Millis, RetryPolicy, Status, TaskId, TaskSpec};
 use baton_store::{
-    next_leadership, ClaimRequest, Claimed, Error, Fence, FlowOutcome, Leadership, Result,
-    RunWrite, RunWriteOutcome, Selected, SelectedOutcome, SubmitOutcome, TaskRecord, Update,
-    UpdateOutcome,
+    initial_state, next_leadership, ClaimRequest, Claimed, Error, Fence, FlowOutcome, Leadership,
+    Result, RunWrite, RunWriteOutcome, Selected, SelectedOutcome, StartAt, SubmitOutcome,
+    TaskRecord, Update, UpdateOutcome,
 };
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
@@ -133,8 +133,9 @@ const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
 /// Inserts nothing when the id is taken by a task or by a run started from a flow
 /// (seed 000's flow tasks: the run is the task).
-const INSERT: &str = "INSERT INTO tasks (id, task_type, status, priority, state)
-    SELECT ?1, ?2, ?3, ?4, ?5
+const INSERT: &str =
+    "INSERT INTO tasks (id, task_type, status, priority, state, lease_owner, lease_deadline)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
     WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1 AND flow_name IS NOT NULL)
     ON CONFLICT (id) DO NOTHING";
 const INSERT_SPEC: &str = "INSERT INTO task_specs (seq, spec) VALUES (?1, ?2)";
@@ -246,16 +247,21 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Stores new tasks; task `i` starts running at once on `starts[i]`, if
+    /// given, when it is created (see [`baton_store::initial_state`]).
     pub(crate) fn submit(
         &mut self,
         tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>> {
         let mut out = Vec::with_capacity(tasks.len());
         let mut insert = self.conn.prepare_cached(INSERT).map_err(sql_error)?;
         let mut insert_spec = self.conn.prepare_cached(INSERT_SPEC).map_err(sql_error)?;
+        let mut starts = starts.into_iter();
         for spec in tasks {
-            let state = TaskState::new_for(&spec, now);
+            let start = starts.next().flatten();
+            let state = initial_state(&spec, start.as_ref(), now);
             let state_json = encode_json(&mut self.state_buf, &state)?;
             let inserted = insert
                 .execute(params![
@@ -264,6 +270,8 @@ impl Session<'_> {
                     state.status.code(),
                     spec.priority.rank(),
                     state_json,
+                    state.lease_owner.as_deref(),
+                    opt_millis(state.lease_deadline_ms),
                 ])
                 .map_err(sql_error)?;
             if inserted == 1 {
@@ -318,7 +326,11 @@ impl Session<'_> {
                 &text,
                 write.expected_revision,
             )? {
-                Ok(()) => out.push(RunWriteOutcome::Written(self.submit(write.tasks, now)?)),
+                Ok(()) => out.push(RunWriteOutcome::Written(self.submit(
+                    write.tasks,
+                    write.starts,
+                    now,
+                )?)),
                 Err(current) => out.push(RunWriteOutcome::Conflict(current)),
             }
         }

@@ -35,9 +35,9 @@
 //!   `queued_types` lists each type once.
 
 use crate::{
-    ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership, ListFilter, RunFilter,
-    RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome, Store, SubmitOutcome,
-    TaskRecord, Update, UpdateOutcome,
+    initial_state, ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership,
+    ListFilter, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -62,6 +62,7 @@ macro_rules! store_conformance_tests {
             submit_different_spec_is_conflict,
             submit_batch_keeps_order,
             submit_duplicate_ids_in_one_batch,
+            submit_starting_stores_running_attempts,
             get_unknown_task_is_none,
             claim_only_requested_type_up_to_max,
             claim_highest_priority_first_then_fifo,
@@ -366,6 +367,97 @@ pub async fn submit_creates_queued_tasks(store: &dyn Store) {
     );
     assert_eq!(get(store, "a").await, rec_a);
     assert_eq!(get(store, "b").await, rec_b);
+}
+
+/// A submit that names where tasks start stores each of those it creates as a
+/// running attempt, the same as a claim would have left it: not claimable,
+/// held by its lease owner (extended, expired and released with it), and
+/// completed by a result for its attempt. Tasks that cannot start (waiting on
+/// a dependency, past their deadline, already stored) are stored or left as
+/// a plain submit would.
+pub async fn submit_starting_stores_running_attempts(store: &dyn Store) {
+    let at = |owner: &str| {
+        Some(StartAt {
+            agent_id: agent(&format!("agent-{owner}")),
+            lease_owner: owner.into(),
+            lease_deadline_ms: T0 + 30_000,
+        })
+    };
+    submit(store, vec![spec("old", "echo")], T0).await;
+    let old = get(store, "old").await;
+    let late = spec_with("late", "echo", |s| s.deadline_ms = Some(T0));
+    let child = spec_with("child", "echo", |s| s.dependencies = ids(&["old"]));
+    let tasks = vec![
+        spec("a", "echo"),
+        spec("b", "echo"),
+        spec("c", "other"),
+        late.clone(),
+        child.clone(),
+        spec("old", "echo"),
+    ];
+    let starts = vec![at("S"), None, at("S"), at("S"), at("S"), at("S")];
+    let out = store
+        .submit_starting(tasks.clone(), starts.clone(), T0 + 1)
+        .await
+        .expect("submit_starting");
+    assert_eq!(out.len(), 6, "one outcome per task");
+    for (i, t) in ["a", "b", "c", "late", "child"].iter().enumerate() {
+        let want = TaskRecord {
+            spec: tasks[i].clone(),
+            state: initial_state(&tasks[i], starts[i].as_ref(), T0 + 1),
+        };
+        assert_eq!(out[i], SubmitOutcome::Created(want.clone()), "{t}");
+        assert_eq!(get(store, t).await, want, "{t}");
+    }
+    assert_eq!(out[5], SubmitOutcome::Existing(old.clone()));
+    assert_eq!(
+        get(store, "old").await,
+        old,
+        "an existing task is not started"
+    );
+
+    for t in ["a", "c"] {
+        let state = get(store, t).await.state;
+        assert_eq!(state.status, Status::Running, "{t}");
+        assert_eq!(state.attempt, 1, "{t}");
+        assert_eq!(state.agent_id, Some(agent("agent-S")), "{t}");
+        assert_eq!(state.lease_owner.as_deref(), Some("S"), "{t}");
+        assert_eq!(state.lease_deadline_ms, Some(T0 + 30_000), "{t}");
+        assert_eq!(
+            event_kinds(&get(store, t).await),
+            vec![EventKind::Submitted, EventKind::Started],
+            "{t}"
+        );
+    }
+    assert_eq!(get(store, "late").await.state.status, Status::Queued);
+    assert_eq!(get(store, "child").await.state.status, Status::Waiting);
+
+    // Only what was not started is claimable.
+    let claimed = claim(store, "echo", 10, T0 + 2).await;
+    assert_eq!(id_set(&claimed_ids(&claimed)), id_set(&ids(&["old", "b"])));
+    assert!(claim(store, "other", 10, T0 + 2).await.is_empty());
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.by_status.get("running"), Some(&4), "{counts:?}");
+
+    // The started attempts are held by their owner like claimed ones.
+    let held = store
+        .extend_leases(&strings(&["S"]), T0 + 40_000)
+        .await
+        .expect("extend");
+    assert_eq!(held, 2);
+    assert_eq!(
+        get(store, "a").await.state.lease_deadline_ms,
+        Some(T0 + 40_000)
+    );
+    let (record, _) = applied(update_one(store, "a", succeed(1), T0 + 3).await);
+    assert_eq!(record.state.status, Status::Completed);
+    let lost = Failure::new(FailureKind::AgentLost, "agent disconnected");
+    let released = store
+        .release_owner("S", lost, T0 + 4)
+        .await
+        .expect("release");
+    assert_eq!(released, ids(&["c"]));
+    assert_eq!(get(store, "c").await.state.status, Status::RetryWait);
 }
 
 pub async fn submit_same_spec_is_existing(store: &dyn Store) {
@@ -2576,6 +2668,7 @@ fn write(record: RunRecord, expected: Option<u64>, tasks: Vec<TaskSpec>) -> RunW
         record,
         expected_revision: expected,
         tasks,
+        starts: Vec::new(),
     }
 }
 

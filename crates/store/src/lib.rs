@@ -75,6 +75,44 @@ pub enum SubmitOutcome {
     FlowRun(TaskId),
 }
 
+/// Where a task being submitted starts at once, as a running attempt, instead of
+/// waiting in its queue ([`Store::submit_starting`]): the dispatcher asks for it
+/// when an agent serving the type has a free slot and nothing of the type is
+/// queued, so the task skips a claim, and its commit, on its way to the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartAt {
+    pub agent_id: AgentId,
+    /// Who must keep extending the lease: an agent session on some replica.
+    pub lease_owner: String,
+    pub lease_deadline_ms: Millis,
+}
+
+/// The state a new task is stored in (the rule every backend applies): queued,
+/// or waiting when it has dependencies; with `start`, its first attempt running
+/// on that agent, exactly as a claim would leave it, when it could be claimed
+/// (it is queued and its deadline has not passed). Otherwise `start` is ignored
+/// and the task is queued as usual.
+pub fn initial_state(spec: &TaskSpec, start: Option<&StartAt>, now: Millis) -> TaskState {
+    let state = TaskState::new_for(spec, now);
+    let Some(start) = start else {
+        return state;
+    };
+    if state.status != Status::Queued {
+        return state;
+    }
+    let command = Command::Claim {
+        agent_id: start.agent_id.clone(),
+        lease_owner: start.lease_owner.clone(),
+        lease_deadline_ms: start.lease_deadline_ms,
+    };
+    // A claim needs no jitter: only failures draw a backoff.
+    let ctx = baton_core::lifecycle::Ctx::for_spec(spec, now, 0.0);
+    match baton_core::lifecycle::apply(&state, command, ctx) {
+        Ok(t) if t.state.status == Status::Running => t.state,
+        _ => state,
+    }
+}
+
 /// Ask for up to `max` queued tasks of `task_type`, highest priority first and FIFO
 /// within a priority, each to become a running attempt on `agent_id`.
 #[derive(Debug, Clone)]
@@ -377,8 +415,10 @@ pub struct RunWrite {
     /// `None`: the run must not exist yet. `Some(r)`: the stored revision must be `r`;
     /// `record.revision` must be greater.
     pub expected_revision: Option<u64>,
-    /// Submitted exactly as by [`Store::submit`], in the same transaction.
+    /// Submitted exactly as by [`Store::submit_starting`], in the same transaction.
     pub tasks: Vec<TaskSpec>,
+    /// Which of `tasks` start at once (may be shorter than `tasks`).
+    pub starts: Vec<Option<StartAt>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -409,7 +449,20 @@ pub struct RunPage {
 pub trait Store: Send + Sync + 'static {
     /// Stores new tasks as queued, durably, before returning. Idempotent per task id.
     /// An id that is a run's started from a flow is refused (`SubmitOutcome::FlowRun`).
-    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>>;
+    async fn submit(&self, tasks: Vec<TaskSpec>, now: Millis) -> Result<Vec<SubmitOutcome>> {
+        self.submit_starting(tasks, Vec::new(), now).await
+    }
+
+    /// [`Store::submit`], where task `i` with `starts[i]` set is stored already
+    /// running on that agent (see [`initial_state`]) when it is created; `starts`
+    /// may be shorter than `tasks`. An existing task is never started by this: the
+    /// caller tells from each `Created` record's state whether it started.
+    async fn submit_starting(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+    ) -> Result<Vec<SubmitOutcome>>;
 
     /// Claims queued tasks (see [`ClaimRequest`]). Tasks whose deadline passed are
     /// failed instead of claimed and are not returned.
