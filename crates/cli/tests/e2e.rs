@@ -67,6 +67,61 @@ async fn task_runs_on_an_agent_and_reports_seed_000_shape() {
     assert!(openapi.body["paths"]["/api/v1/dlq/{task_id}/reprocess"]["post"].is_object());
 }
 
+/// A task submitted while an agent of its type has a free slot and nothing of
+/// the type is queued starts in its submit's own commit: the submit already
+/// answers `running`, on that agent. Tasks submitted while every slot is taken
+/// wait in the queue (highest priority first) and still run exactly once.
+#[tokio::test]
+async fn a_task_for_an_idle_agent_starts_at_submit_and_busy_agents_queue() {
+    let dir = TempDir::new("start-at-submit");
+    let server = Server::start(&dir.0);
+    let _agent = AgentProc::start(&server.grpc, "sleep", 1, "sleepy-1");
+    let api = Api::new(&server.http);
+    api.wait_agents(1).await;
+
+    let first = api
+        .submit(json!({"task_id": "first", "task_type": "sleep", "metadata": {"sleep_ms": 600}}))
+        .await;
+    assert_eq!(first["status"], "running", "{first}");
+    let kinds: Vec<&str> = first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["submitted", "started"], "{first}");
+    assert_eq!(first["events"][1]["agent_id"], "sleepy-1", "{first}");
+
+    // The only slot is taken: these wait, and the higher priority goes first.
+    let low = api
+        .submit(json!({"task_id": "low", "task_type": "sleep", "priority": "low"}))
+        .await;
+    let high = api
+        .submit(json!({"task_id": "high", "task_type": "sleep", "priority": "high"}))
+        .await;
+    assert_eq!(low["status"], "queued", "{low}");
+    assert_eq!(high["status"], "queued", "{high}");
+
+    let mut started = Vec::new();
+    for id in ["first", "low", "high"] {
+        let t = api.wait_done(id, LONG).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["agent_executions"].as_array().unwrap().len(), 1, "{t}");
+        assert_eq!(t["metrics"]["retry_count"], 0, "{t}");
+        // RFC 3339 times in one format: they order as text.
+        started.push(
+            t["agent_executions"][0]["started_at"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(
+        started[0] <= started[2] && started[2] <= started[1],
+        "first, then high, then low: {started:?}"
+    );
+}
+
 #[tokio::test]
 async fn retry_then_success() {
     let dir = TempDir::new("retry");

@@ -159,6 +159,12 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Bound on waiting for a free pooled connection (default 30 s).
     pub wait_timeout: Duration,
+    /// PostgreSQL ends a session left idle inside a transaction this long
+    /// (`idle_in_transaction_session_timeout`, default 2 s; a URL's own
+    /// `options` may set another). A replica stalled mid-transaction (stopped,
+    /// swapped out) would otherwise hold its row locks for good: the
+    /// leadership row's among them, and no other replica could take over.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for Options {
@@ -168,6 +174,7 @@ impl Default for Options {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -363,10 +370,14 @@ impl PgStore {
         })?;
         // Later `-c` settings win over earlier ones, so the URL's own options stay
         // in force except for the search path.
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            options.idle_in_transaction_timeout.as_millis().max(1)
+        );
         let search_path = format!("-c search_path={}", options.schema);
         let startup = match config.get_options() {
-            Some(given) if !given.is_empty() => format!("{given} {search_path}"),
-            _ => search_path,
+            Some(given) if !given.is_empty() => format!("{idle} {given} {search_path}"),
+            _ => format!("{idle} {search_path}"),
         };
         config.options(startup);
         if config.get_application_name().is_none() {
