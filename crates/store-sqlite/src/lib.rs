@@ -237,6 +237,23 @@ impl SqliteStore {
             readers.push(reader);
         }
 
+        // Full durability: the WAL is synced after every commit through a handle
+        // of our own (an fsync of any descriptor flushes the file), in the
+        // writer's syncer thread.
+        let wal = match options.synchronous {
+            Synchronous::Full => {
+                let wal_path = dir.join(format!("{DB_FILE}-wal"));
+                let wal = File::options()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(&wal_path);
+                Some(wal.map_err(|e| {
+                    Error::Unavailable(format!("cannot open {}: {e}", wal_path.display()))
+                })?)
+            }
+            Synchronous::Normal => None,
+        };
         let (tx, rx) = mpsc::channel(1024);
         let max_batch = options.max_batch;
         let counters = Arc::new(writer::Counters::default());
@@ -244,7 +261,7 @@ impl SqliteStore {
         let writer_tally = Arc::clone(&tally);
         let writer = std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch, writer_counters, writer_tally))
+            .spawn(move || writer::run(conn, rx, max_batch, writer_counters, writer_tally, wal))
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start the sqlite writer thread: {e}"))
             })?;

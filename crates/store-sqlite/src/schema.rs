@@ -1,7 +1,7 @@
 //! Connection settings and versioned schema migrations (`PRAGMA user_version`).
 
 use crate::codec::sql_error;
-use crate::{Options, Synchronous};
+use crate::Options;
 use baton_store::{Error, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
@@ -137,11 +137,12 @@ pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Resu
             "sqlite refused WAL mode (journal_mode is {mode})"
         )));
     }
-    let synchronous = match options.synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
+    // The connection runs NORMAL whatever the options say (it still syncs the
+    // WAL before every checkpoint and the database after it): `Synchronous::Full`
+    // is kept by the writer's syncer thread, which syncs the WAL after each
+    // commit while the writer goes on with the next transaction, and answers
+    // the commit's callers only then (see `writer::run`).
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql_error)?;
     common(conn, options).map_err(sql_error)?;
     // A bigger WAL between checkpoints (16 MiB of 4 KiB pages instead of 4 MiB):

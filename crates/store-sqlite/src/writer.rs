@@ -6,6 +6,16 @@
 //! after the first: a claim or a result never waits for a large insert queued
 //! just before it.
 //!
+//! With full durability the commit itself does not wait for the disk: the
+//! batch goes to the syncer thread, which syncs the WAL (one fsync for every
+//! batch committed since its last one) and only then answers the batch's
+//! callers, while the writer already runs the next transaction. A reply still
+//! means "durable"; what the syncer has not synced yet is visible to reads a
+//! moment before it is, as it would be between SQLite's write of the WAL and
+//! its fsync inside COMMIT. A batch that fails to sync is answered with the
+//! error (its writes may or may not survive a power failure; a retried
+//! submit is idempotent).
+//!
 //! Each operation runs inside its own savepoint: an operation that fails (a corrupt
 //! row, a bug) is rolled back alone and the others still commit. If the commit
 //! itself fails, every operation of the batch gets the error.
@@ -602,13 +612,53 @@ pub(crate) struct Counters {
     pub operations: AtomicU64,
 }
 
+/// Syncs the WAL, then answers the callers of the batches committed before
+/// the sync began, in commit order.
+fn sync_loop(wal: std::fs::File, batches: std::sync::mpsc::Receiver<Vec<Op>>) {
+    while let Ok(first) = batches.recv() {
+        let mut synced = vec![first];
+        synced.extend(batches.try_iter());
+        let outcome = wal.sync_data().map_err(|e| {
+            tracing::error!(error = %e, "cannot sync the sqlite WAL");
+            Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
+        });
+        for batch in synced {
+            for op in batch {
+                op.job.finish(outcome.as_ref().map(|_| ()));
+            }
+        }
+    }
+}
+
 pub(crate) fn run(
     conn: Connection,
     mut ops: mpsc::Receiver<Op>,
     max_batch: usize,
     counters: Arc<Counters>,
     tally: Arc<Mutex<Tally>>,
+    wal: Option<std::fs::File>,
 ) {
+    let syncer = wal.map(|wal| {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Op>>();
+        let thread = wal.try_clone().and_then(|own| {
+            std::thread::Builder::new()
+                .name("baton-sqlite-sync".into())
+                .spawn(move || sync_loop(own, rx))
+        });
+        (tx, wal, thread)
+    });
+    let (to_sync, sync_thread) = match syncer {
+        Some((tx, wal, Ok(thread))) => (Some((tx, wal)), Some(thread)),
+        Some((_, _, Err(e))) => {
+            // Without the thread each commit syncs on its own: still durable.
+            tracing::error!(error = %e, "cannot start the sqlite sync thread; committing with fsync");
+            if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+                tracing::error!(error = %e, "cannot set synchronous = FULL");
+            }
+            (None, None)
+        }
+        None => (None, None),
+    };
     let mut session = Session {
         conn: &conn,
         jitter: Jitter::seeded(),
@@ -639,20 +689,36 @@ pub(crate) fn run(
         }
         for part in [&mut batch, &mut bulk] {
             if !part.is_empty() {
-                commit(&mut session, part, &mut batch_delta, &counters, &tally);
+                commit(
+                    &mut session,
+                    part,
+                    &mut batch_delta,
+                    &counters,
+                    &tally,
+                    to_sync.as_ref().map(|(tx, wal)| (tx, wal)),
+                );
             }
+        }
+    }
+    // The syncer answers what it holds, then stops.
+    drop(to_sync);
+    if let Some(thread) = sync_thread {
+        if thread.join().is_err() {
+            tracing::error!("sqlite sync thread panicked");
         }
     }
     tracing::debug!("sqlite writer stopped");
 }
 
-/// Runs `batch` in one transaction, then answers each of its callers.
+/// Runs `batch` in one transaction, then answers each of its callers (through
+/// the syncer, when there is one, once the commit is on disk).
 fn commit(
     session: &mut Session<'_>,
     batch: &mut Vec<Op>,
     batch_delta: &mut Delta,
     counters: &Counters,
     tally: &Mutex<Tally>,
+    to_sync: Option<(&std::sync::mpsc::Sender<Vec<Op>>, &std::fs::File)>,
 ) {
     let conn = session.conn;
     let outcome = run_batch(session, batch, batch_delta);
@@ -682,6 +748,22 @@ fn commit(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     batch_delta.clear();
+    if let (Ok(()), Some((to_sync, wal))) = (commit, to_sync) {
+        match to_sync.send(batch.drain(..).collect()) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(unsent)) => {
+                // The syncer is gone (it cannot fail, but if it did): sync here.
+                tracing::error!("sqlite sync thread stopped; syncing in the writer");
+                let outcome = wal.sync_data().map_err(|e| {
+                    Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
+                });
+                for op in unsent {
+                    op.job.finish(outcome.as_ref().map(|_| ()));
+                }
+                return;
+            }
+        }
+    }
     for op in batch.drain(..) {
         op.job.finish(commit);
     }
@@ -773,12 +855,65 @@ mod tests {
             4096,
             Arc::default(),
             Arc::default(),
+            None,
         );
         assert!(matches!(submit_answer.blocking_recv(), Ok(Ok(()))));
         assert_eq!(
             *log.lock().unwrap(),
             ["ran claim", "ran result", "ran submit after 2 answered"]
         );
+    }
+
+    #[test]
+    fn the_syncer_answers_every_operation_of_every_batch_sent_to_it() {
+        let log = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let mut answers = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Op>>();
+        for b in 0..3 {
+            let mut batch = Vec::new();
+            for k in 0..4 {
+                let n = b * 4 + k;
+                let (reply, answer) = oneshot::channel();
+                let mut job: Box<dyn Job> = Box::new(Pending::new(
+                    move |_: &mut Session<'_>| -> Result<usize> { Ok(n) },
+                    reply,
+                ));
+                // Run as the writer would have, inside its transaction.
+                let conn = Connection::open_in_memory().unwrap();
+                let mut session = Session {
+                    conn: &conn,
+                    jitter: Jitter::seeded(),
+                    spec_buf: Vec::new(),
+                    state_buf: Vec::new(),
+                    delta: Delta::default(),
+                };
+                assert!(job.run(&mut session));
+                let log = log.clone();
+                answers.push(std::thread::spawn(move || {
+                    let got = answer.blocking_recv().unwrap().unwrap();
+                    log.lock().unwrap().push(got);
+                    got
+                }));
+                batch.push(Op {
+                    weight: 1,
+                    bulk: false,
+                    job,
+                });
+            }
+            tx.send(batch).unwrap();
+        }
+        drop(tx);
+        let dir = std::env::temp_dir().join(format!("baton-sync-{}", std::process::id()));
+        let wal = std::fs::File::create(&dir).unwrap();
+        sync_loop(wal, rx);
+        let _ = std::fs::remove_file(&dir);
+        let got: Vec<usize> = answers.into_iter().map(|a| a.join().unwrap()).collect();
+        assert_eq!(
+            got,
+            (0..12).collect::<Vec<_>>(),
+            "each caller gets its own answer"
+        );
+        assert_eq!(log.lock().unwrap().len(), 12);
     }
 
     #[test]
