@@ -749,7 +749,7 @@ fn commit(
     }
     batch_delta.clear();
     if let (Ok(()), Some((to_sync, wal))) = (commit, to_sync) {
-        match to_sync.send(batch.drain(..).collect()) {
+        match to_sync.send(std::mem::take(batch)) {
             Ok(()) => return,
             Err(std::sync::mpsc::SendError(unsent)) => {
                 // The syncer is gone (it cannot fail, but if it did): sync here.
