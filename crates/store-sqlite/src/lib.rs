@@ -110,7 +110,9 @@ use writer::{Op, Pending, Session};
 /// How hard SQLite works to make each commit survive a power failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// fsync the WAL on every commit: a task is on disk before `submit` returns.
+    /// fsync the WAL after every commit, before answering its callers: a task
+    /// is on disk before `submit` returns. The sync runs in a thread of its
+    /// own while the writer goes on with the next transaction.
     #[default]
     Full,
     /// fsync only at checkpoints: faster, and still safe against a crash of the
