@@ -79,6 +79,7 @@ macro_rules! select_records {
     };
 }
 
+mod checkpoint;
 mod codec;
 mod reader;
 mod runs;
@@ -134,6 +135,12 @@ pub struct Options {
     /// Page cache of each connection, in KiB. Bigger is not better for the writer:
     /// SQLite walks the cache's hash table at the end of every transaction.
     pub cache_size_kib: u32,
+    /// WAL pages (4 KiB) past which the writer copies the WAL into the
+    /// database itself (default 16,000: 64 MiB). A checkpointer thread does
+    /// that beside the writer every few milliseconds, so the writer reaches
+    /// this only when the checkpointer cannot keep up (bulk loads); it bounds
+    /// the WAL then. At least 100.
+    pub wal_backstop_pages: u32,
 }
 
 impl Default for Options {
@@ -143,6 +150,7 @@ impl Default for Options {
             max_batch: 4096,
             readers: 2,
             cache_size_kib: 8 * 1024,
+            wal_backstop_pages: 16_000,
         }
     }
 }
@@ -168,6 +176,8 @@ pub struct SqliteStore {
     options: Options,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Copies the WAL into the database beside the writer (see `checkpoint`).
+    checkpointer: Option<checkpoint::Checkpointer>,
     readers: Arc<Readers>,
     counters: Arc<writer::Counters>,
     tally: Arc<Mutex<Tally>>,
@@ -193,6 +203,11 @@ impl SqliteStore {
         if options.max_batch == 0 || options.readers == 0 {
             return Err(Error::Other(
                 "sqlite options: max_batch and readers must be at least 1".into(),
+            ));
+        }
+        if options.wal_backstop_pages < 100 {
+            return Err(Error::Other(
+                "sqlite options: wal_backstop_pages must be at least 100".into(),
             ));
         }
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -267,12 +282,14 @@ impl SqliteStore {
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start the sqlite writer thread: {e}"))
             })?;
+        let checkpointer = checkpoint::Checkpointer::start(&db_path, &options)?;
         tracing::info!(dir = %dir.display(), synchronous = ?options.synchronous, "sqlite store open");
         Ok(SqliteStore {
             dir: dir.to_path_buf(),
             options,
             ops: Some(tx),
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
             readers: Arc::new(Readers::new(readers)),
             counters,
             tally,
@@ -385,6 +402,7 @@ impl Drop for SqliteStore {
                 tracing::error!(dir = %self.dir.display(), "sqlite writer thread panicked");
             }
         }
+        self.checkpointer.take();
     }
 }
 

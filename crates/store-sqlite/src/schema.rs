@@ -106,9 +106,6 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN definition TEXT;",
 ];
 
-/// Pages in the WAL that make the writer run a (passive) checkpoint after a commit.
-/// WAL pages after which the writer checkpoints (16 MiB of 4 KiB pages).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 4_000;
 /// WAL file size kept after a reset.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
@@ -145,16 +142,24 @@ pub(crate) fn configure_writer(conn: &mut Connection, options: &Options) -> Resu
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql_error)?;
     common(conn, options).map_err(sql_error)?;
-    // A bigger WAL between checkpoints (16 MiB of 4 KiB pages instead of 4 MiB):
-    // hot pages rewritten by many commits are copied to the database once per
-    // checkpoint, and checkpoints stall the writer less often. The checkpoint runs
+    // The checkpointer thread copies the WAL beside the writer (see
+    // `checkpoint`); the writer checkpoints itself only past this backstop, which
+    // bounds the WAL when the checkpointer cannot keep up. Its checkpoint runs
     // between two transactions, so it finishes and the WAL restarts from its start.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+    conn.pragma_update(None, "wal_autocheckpoint", options.wal_backstop_pages)
         .map_err(sql_error)?;
     // After a checkpoint resets the WAL, trim the file back to this size.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
         .map_err(sql_error)?;
     migrate(conn)
+}
+
+/// The checkpointer's connection: it never writes a row and never checkpoints
+/// on a commit of its own.
+pub(crate) fn configure_checkpointer(conn: &Connection, options: &Options) -> Result<()> {
+    common(conn, options).map_err(sql_error)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sql_error)
 }
 
 pub(crate) fn configure_reader(conn: &Connection, options: &Options) -> Result<()> {
