@@ -1242,13 +1242,20 @@ impl Dispatcher {
                 send_assignments(s, assignments);
             }
         }
-        if !orphans.is_empty() {
-            let failure = Failure::new(
-                FailureKind::AgentLost,
-                "the agent left before the task reached it",
-            );
-            self.fail_in_store(orphans, failure).await;
+        self.give_back_orphans(orphans).await;
+    }
+
+    /// Attempts claimed for an agent that left before they were sent: failed
+    /// as lost now rather than when their leases expire.
+    async fn give_back_orphans(&self, orphans: Vec<(TaskId, u32)>) {
+        if orphans.is_empty() {
+            return;
         }
+        let failure = Failure::new(
+            FailureKind::AgentLost,
+            "the agent left before the task reached it",
+        );
+        self.fail_in_store(orphans, failure).await;
     }
 
     /// The connected agents.
@@ -1779,15 +1786,7 @@ impl Dispatcher {
                     send_assignments(s, assignments);
                 }
             }
-            if !orphans.is_empty() {
-                // The agent left while we claimed for it: give the attempts back now
-                // rather than waiting for their leases to expire.
-                let failure = Failure::new(
-                    FailureKind::AgentLost,
-                    "the agent left before the task reached it",
-                );
-                self.fail_in_store(orphans, failure).await;
-            }
+            self.give_back_orphans(orphans).await;
             if !to_yield.is_empty() {
                 self.yield_attempts(
                     to_yield,
@@ -2043,13 +2042,7 @@ impl Dispatcher {
                 finished.iter().map(|(r, e)| (r, e.as_slice())).collect();
             self.handle_effects_batch(&refs);
         }
-        if !orphans.is_empty() {
-            let failure = Failure::new(
-                FailureKind::AgentLost,
-                "the agent left before the task reached it",
-            );
-            self.fail_in_store(orphans, failure).await;
-        }
+        self.give_back_orphans(orphans).await;
         store_failed
     }
 

@@ -193,6 +193,18 @@ const WRITE_BACK: &str = "UPDATE tasks SET status = ?2, ready_at = ?3, lease_own
         lease_deadline = ?5, state = ?6
     WHERE seq = ?1";
 
+impl<'c> Session<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Session {
+            conn,
+            jitter: Jitter::seeded(),
+            spec_buf: Vec::new(),
+            state_buf: Vec::new(),
+            delta: Delta::default(),
+        }
+    }
+}
+
 impl Session<'_> {
     fn load_by_id(&self, task_id: &str) -> Result<Option<Loaded>> {
         let mut stmt = self.conn.prepare_cached(BY_ID).map_err(sql_error)?;
@@ -659,13 +671,7 @@ pub(crate) fn run(
         }
         None => (None, None),
     };
-    let mut session = Session {
-        conn: &conn,
-        jitter: Jitter::seeded(),
-        spec_buf: Vec::new(),
-        state_buf: Vec::new(),
-        delta: Delta::default(),
-    };
+    let mut session = Session::new(&conn);
     let mut batch: Vec<Op> = Vec::new();
     let mut bulk: Vec<Op> = Vec::new();
     let mut batch_delta = Delta::default();
@@ -880,13 +886,7 @@ mod tests {
                 ));
                 // Run as the writer would have, inside its transaction.
                 let conn = Connection::open_in_memory().unwrap();
-                let mut session = Session {
-                    conn: &conn,
-                    jitter: Jitter::seeded(),
-                    spec_buf: Vec::new(),
-                    state_buf: Vec::new(),
-                    delta: Delta::default(),
-                };
+                let mut session = Session::new(&conn);
                 assert!(job.run(&mut session));
                 let log = log.clone();
                 answers.push(std::thread::spawn(move || {
