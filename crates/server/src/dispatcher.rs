@@ -1215,9 +1215,19 @@ impl Dispatcher {
                     continue;
                 };
                 let mut assignments = Vec::with_capacity(claimed.len());
+                // Tasks of one submit mostly share a type: one name and one
+                // count per run of them.
+                let mut task_type: Arc<str> = Arc::from("");
+                let mut run = 0;
                 for c in &claimed {
-                    let task_type: Arc<str> = c.spec.task_type.as_str().into();
-                    self.metrics.tasks_scheduled(&task_type, 1);
+                    if *task_type != *c.spec.task_type {
+                        if run > 0 {
+                            self.metrics.tasks_scheduled(&task_type, run);
+                        }
+                        task_type = c.spec.task_type.as_str().into();
+                        run = 0;
+                    }
+                    run += 1;
                     let traced = if crate::telemetry::enabled() {
                         crate::telemetry::start_attempt(
                             c.spec.task_id.as_str(),
@@ -1237,6 +1247,9 @@ impl Dispatcher {
                         traced,
                         now,
                     ));
+                }
+                if run > 0 {
+                    self.metrics.tasks_scheduled(&task_type, run);
                 }
                 st.running += assignments.len();
                 send_assignments(s, assignments);
