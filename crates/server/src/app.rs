@@ -98,26 +98,25 @@ impl App {
         }
         let (specs, refused) = self.shed(specs);
         self.dispatcher.note_submitted(&specs);
-        let outcomes =
-            if specs.is_empty() {
-                Vec::new()
-            } else {
-                // Tasks an idle agent can take start at once, in the same commit.
-                let starts = self
-                    .dispatcher
-                    .reserve_starts(&specs.iter().collect::<Vec<_>>());
-                let submitted = self
-                    .store
-                    .submit_starting(specs, starts.clone(), now_ms())
-                    .await;
-                let outcomes = submitted.as_deref().ok();
-                self.dispatcher
-                    .started(starts.iter().enumerate().filter_map(|(i, s)| {
-                        s.as_ref().map(|s| (s, outcomes.and_then(|o| o.get(i))))
-                    }))
-                    .await;
-                submitted?
-            };
+        let outcomes = if specs.is_empty() {
+            Vec::new()
+        } else {
+            // Tasks an idle agent can take start at once, in the same commit.
+            let starts = self
+                .dispatcher
+                .reserve_starts(&specs.iter().collect::<Vec<_>>());
+            let submitted = self
+                .store
+                .submit_starting(specs, starts.clone(), now_ms())
+                .await;
+            self.dispatcher
+                .started(crate::dispatcher::start_outcomes(
+                    &starts,
+                    submitted.as_deref().ok(),
+                ))
+                .await;
+            submitted?
+        };
         self.dispatcher.held_added(
             outcomes
                 .iter()

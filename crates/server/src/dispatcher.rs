@@ -2594,6 +2594,20 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Splits assignments into frames that stay under [`MAX_FRAME_BYTES`].
+/// Each start asked for ([`Dispatcher::reserve_starts`]) with its task's
+/// outcome, for [`Dispatcher::started`]; `outcomes` is `None` when the
+/// submit failed.
+pub fn start_outcomes<'a>(
+    starts: &'a [Option<StartAt>],
+    outcomes: Option<&'a [SubmitOutcome]>,
+) -> impl Iterator<Item = (&'a StartAt, Option<&'a SubmitOutcome>)> {
+    starts.iter().enumerate().filter_map(move |(i, start)| {
+        start
+            .as_ref()
+            .map(|start| (start, outcomes.and_then(|o| o.get(i))))
+    })
+}
+
 /// Puts a claimed attempt in its session's flight (the caller counts it in
 /// `running`) and returns the assignment to send.
 fn fly(

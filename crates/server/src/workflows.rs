@@ -547,18 +547,13 @@ impl Engine {
         }
         let kept: Vec<Vec<Option<StartAt>>> = writes.iter().map(|w| w.starts.clone()).collect();
         let result = self.store.write_runs(writes, now).await;
-        let mut pairs = Vec::new();
-        for (k, starts) in kept.iter().enumerate() {
+        let pairs = kept.iter().enumerate().flat_map(|(k, starts)| {
             let tasks = match result.as_ref().map(|o| o.get(k)) {
-                Ok(Some(RunWriteOutcome::Written(tasks))) => Some(tasks),
+                Ok(Some(RunWriteOutcome::Written(tasks))) => Some(tasks.as_slice()),
                 _ => None,
             };
-            for (i, start) in starts.iter().enumerate() {
-                if let Some(start) = start {
-                    pairs.push((start, tasks.and_then(|t| t.get(i))));
-                }
-            }
-        }
+            crate::dispatcher::start_outcomes(starts, tasks)
+        });
         self.dispatcher.started(pairs).await;
         result
     }

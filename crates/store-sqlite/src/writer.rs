@@ -630,15 +630,18 @@ fn sync_loop(wal: std::fs::File, batches: std::sync::mpsc::Receiver<Vec<Op>>) {
     while let Ok(first) = batches.recv() {
         let mut synced = vec![first];
         synced.extend(batches.try_iter());
-        let outcome = wal.sync_data().map_err(|e| {
-            tracing::error!(error = %e, "cannot sync the sqlite WAL");
-            Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
-        });
-        for batch in synced {
-            for op in batch {
-                op.job.finish(outcome.as_ref().map(|_| ()));
-            }
-        }
+        sync_and_answer(&wal, synced.into_iter().flatten());
+    }
+}
+
+/// Syncs the WAL once, then answers every operation committed before.
+fn sync_and_answer(wal: &std::fs::File, ops: impl IntoIterator<Item = Op>) {
+    let outcome = wal.sync_data().map_err(|e| {
+        tracing::error!(error = %e, "cannot sync the sqlite WAL");
+        Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
+    });
+    for op in ops {
+        op.job.finish(outcome.as_ref().map(|_| ()));
     }
 }
 
@@ -760,12 +763,7 @@ fn commit(
             Err(std::sync::mpsc::SendError(unsent)) => {
                 // The syncer is gone (it cannot fail, but if it did): sync here.
                 tracing::error!("sqlite sync thread stopped; syncing in the writer");
-                let outcome = wal.sync_data().map_err(|e| {
-                    Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
-                });
-                for op in unsent {
-                    op.job.finish(outcome.as_ref().map(|_| ()));
-                }
+                sync_and_answer(wal, unsent);
                 return;
             }
         }
