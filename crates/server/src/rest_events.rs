@@ -260,9 +260,18 @@ async fn flow_task(
             },
             ev = run_events.recv() => match ev {
                 Ok(live) if live.run_id == run_id => {
-                    seen += 1;
-                    if !send(&tx, json_event("status", &live.event)).await {
-                        return;
+                    // Events are numbered in the run: one the first read already
+                    // held (published between the subscription and the read) is
+                    // not sent again, and a gap is filled from the stored run.
+                    let seq = usize::try_from(live.seq).unwrap_or(usize::MAX);
+                    if seq > seen {
+                        active = catch_up(&app, &run_id, &mut seen, &tx).await;
+                    }
+                    if seq >= seen {
+                        seen = seq + 1;
+                        if !send(&tx, json_event("status", &live.event)).await {
+                            return;
+                        }
                     }
                     // The run ended in the batch this event came from: the events
                     // after it in that batch are read from the stored run.
