@@ -91,9 +91,23 @@ burst = 1
         "metadata": {"sleep_ms": 300, "concurrency_key": "tenant-y"}}))
         .await;
     let mut spans = Vec::new();
-    for id in &keyed {
+    for (i, id) in keyed.iter().enumerate() {
         let t = api.wait_done(id, Duration::from_secs(30)).await;
         assert_eq!(t["status"], "completed", "{t}");
+        // The type starts on the fast path, which takes tenant-x's first task
+        // and hands the second back (its key is full): never sent, so neither
+        // an execution nor a retry.
+        let kinds: Vec<&str> = t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        if i == 1 {
+            assert!(kinds.contains(&"handed_back"), "{t}");
+        }
+        assert_eq!(t["agent_executions"].as_array().unwrap().len(), 1, "{t}");
+        assert_eq!(t["metrics"]["retry_count"], 0, "{t}");
         let e = &t["agent_executions"][0];
         spans.push((ms(&e["started_at"]), ms(&e["finished_at"])));
     }
@@ -384,6 +398,8 @@ async fn a_critical_task_preempts_and_the_stopped_task_keeps_its_attempts() {
         .collect();
     assert!(kinds.contains(&"preempted"), "{kinds:?}");
     assert_eq!(long["agent_executions"].as_array().unwrap().len(), 2);
+    assert_eq!(long["agent_executions"][0]["status"], "preempted", "{long}");
+    assert_eq!(long["agent_executions"][1]["status"], "completed", "{long}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,9 @@ pub enum EventKind {
     /// The running attempt was stopped to make room for more urgent work and the
     /// task went back to the queue; the attempt does not count against its budget.
     Preempted,
+    /// The attempt was claimed but never sent to an agent (the dispatcher found
+    /// it may not run yet) and the task went back to the queue, not counted.
+    HandedBack,
 }
 
 /// One recorded transition: when, which attempt, which agent, from and to which status.
@@ -238,6 +241,13 @@ pub enum Command {
         attempt: u32,
         reason: String,
     },
+    /// Queue the task again from an attempt that was claimed but never sent to
+    /// an agent (the dispatcher found it may not run yet): like `Yield`, the
+    /// attempt is not counted, and its event says it never reached the agent.
+    HandBack {
+        attempt: u32,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -251,6 +261,7 @@ impl Command {
             Command::Reprocess => "reprocess",
             Command::Release => "release",
             Command::Yield { .. } => "yield",
+            Command::HandBack { .. } => "hand_back",
         }
     }
 }
@@ -564,14 +575,19 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
             event(&mut next, EventKind::Reprocessed, None, None);
             effects.push(Effect::Ready);
         }
-        Command::Yield { attempt, reason } => {
+        Command::Yield { attempt, reason } | Command::HandBack { attempt, reason } => {
             running_attempt(state, attempt)?;
+            let kind = if command_name == "yield" {
+                EventKind::Preempted
+            } else {
+                EventKind::HandedBack
+            };
             let agent = next.agent_id.take();
             next.status = Status::Queued;
             next.lease_owner = None;
             next.lease_deadline_ms = None;
             next.attempt_floor += 1;
-            event(&mut next, EventKind::Preempted, agent, Some(reason));
+            event(&mut next, kind, agent, Some(reason));
             effects.push(Effect::Ready);
         }
         Command::Release => {
@@ -842,6 +858,10 @@ mod tests {
             (0u32..6).prop_map(|attempt| Command::Yield {
                 attempt,
                 reason: "preempted".into()
+            }),
+            (0u32..6).prop_map(|attempt| Command::HandBack {
+                attempt,
+                reason: "key at its limit".into()
             }),
         ]
     }

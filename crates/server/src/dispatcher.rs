@@ -11,13 +11,17 @@
 //! deadline, a type policy from the config) take the scheduled path: a window of
 //! queued tasks is read without claiming ([`Store::peek_queued`]), the scheduler
 //! ([`crate::scheduler::Sched::decide`]) picks an agent for each, and those are
-//! claimed by id (refused if another replica took them first). A task that
-//! needs a decision but was claimed in bulk anyway is handed back (`Yield`,
-//! the attempt not counted) and its type switches path.
+//! claimed by id (refused if another replica took them first). A task whose
+//! only needs are a concurrency or rate-limit key stays on the fast path while
+//! its keys have room: the room is checked and taken as it is claimed
+//! ([`crate::scheduler::Sched::admit_keys`]), so keys that never bind cost no
+//! per-task look. A task that needs a decision, or whose key is at its limit,
+//! but was claimed in bulk is handed back (`HandBack`, the attempt not counted,
+//! never sent) and its type switches path for a while, where keys take turns.
 
 use crate::clock::now_ms;
 use crate::metrics::{self, Metrics};
-use crate::scheduler::{Placement, Sched, Slot};
+use crate::scheduler::{Need, Placement, Sched, Slot};
 use baton_core::lifecycle::{Command, Effect, Failure, FailureKind};
 use baton_core::sched::breaker::{Outcome, Phase};
 use baton_core::sched::flow::{RunningTask, ShedPolicy};
@@ -1065,18 +1069,21 @@ impl Dispatcher {
         self.lock().held += n;
     }
 
-    /// Submissions that need per-task decisions switch their type to the
-    /// scheduled path before their work is announced.
+    /// Submissions that need per-task decisions (more than room in their keys)
+    /// switch their type to the scheduled path before their work is announced.
     pub fn note_submitted(&self, specs: &[TaskSpec]) {
-        if !specs.iter().any(crate::scheduler::needs_decision) {
+        let decided: Vec<&str> = specs
+            .iter()
+            .filter(|spec| crate::scheduler::need_of(spec) == Need::Decision)
+            .map(|spec| spec.task_type.as_str())
+            .collect();
+        if decided.is_empty() {
             return;
         }
         let mut st = self.lock();
         let now = now_ms();
-        for spec in specs {
-            if crate::scheduler::needs_decision(spec) {
-                st.sched.mark_scheduled(&spec.task_type, now);
-            }
+        for task_type in decided {
+            st.sched.mark_scheduled(task_type, now);
         }
     }
 
@@ -1241,8 +1248,11 @@ impl Dispatcher {
                     assignments.push(fly(
                         s,
                         &mut st.holders,
-                        session_id,
-                        &task_type,
+                        Flown {
+                            session_id,
+                            task_type: &task_type,
+                            concurrency_key: None,
+                        },
                         c,
                         traced,
                         now,
@@ -1776,20 +1786,37 @@ impl Dispatcher {
                             traced.pop_front();
                             continue;
                         }
-                        if crate::scheduler::needs_decision(&c.spec) {
-                            // Claimed in bulk but asks for a per-task decision:
-                            // hand it back and switch its type.
-                            st.sched.mark_scheduled(&c.spec.task_type, now);
-                            traced.pop_front();
-                            to_yield.push((c.spec.task_id, c.attempt));
-                            continue;
-                        }
+                        // A task whose only needs are its keys runs here while
+                        // they have room. Claimed in bulk but asking for a
+                        // per-task decision, or for a key at its limit: it goes
+                        // back, and its type switches to the per-task path
+                        // (where keys take turns) for a while.
+                        let concurrency_key = match crate::scheduler::need_of(&c.spec) {
+                            Need::Nothing => None,
+                            Need::Keys(hints) if st.sched.admit_keys(&hints, now) => {
+                                hints.concurrency_key
+                            }
+                            need => {
+                                st.sched.mark_scheduled(&c.spec.task_type, now);
+                                traced.pop_front();
+                                let reason = if need == Need::Decision {
+                                    YIELD_DECISION
+                                } else {
+                                    YIELD_KEYS
+                                };
+                                to_yield.push((reason, (c.spec.task_id, c.attempt)));
+                                continue;
+                            }
+                        };
                         let traced = traced.pop_front().flatten();
                         assignments.push(fly(
                             s,
                             &mut st.holders,
-                            &p.session_id,
-                            &p.task_type,
+                            Flown {
+                                session_id: &p.session_id,
+                                task_type: &p.task_type,
+                                concurrency_key,
+                            },
                             &c,
                             traced,
                             now,
@@ -1800,12 +1827,15 @@ impl Dispatcher {
                 }
             }
             self.give_back_orphans(orphans).await;
-            if !to_yield.is_empty() {
-                self.yield_attempts(
-                    to_yield,
-                    "handed back: it needs a per-task scheduling decision",
-                )
-                .await;
+            for reason in [YIELD_DECISION, YIELD_KEYS] {
+                let attempts: Vec<(TaskId, u32)> = to_yield
+                    .iter()
+                    .filter(|(r, _)| *r == reason)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                if !attempts.is_empty() {
+                    self.hand_back(attempts, reason).await;
+                }
             }
             store_failed
         }
@@ -2182,7 +2212,7 @@ impl Dispatcher {
             }
         }
         if !hand_back.is_empty() {
-            self.yield_attempts(
+            self.hand_back(
                 hand_back,
                 "handed back: the outputs its input refers to could not be read",
             )
@@ -2191,16 +2221,32 @@ impl Dispatcher {
         skip
     }
 
-    /// Sends attempts back to the queue without counting them (`Yield`).
+    /// Stops running attempts and sends their tasks back to the queue without
+    /// counting them (`Yield`: preemption).
     async fn yield_attempts(&self, attempts: Vec<(TaskId, u32)>, reason: &str) {
+        self.requeue(attempts, |attempt| Command::Yield {
+            attempt,
+            reason: reason.to_string(),
+        })
+        .await;
+    }
+
+    /// Sends claimed attempts that were never sent to an agent back to the
+    /// queue, not counted (`HandBack`).
+    async fn hand_back(&self, attempts: Vec<(TaskId, u32)>, reason: &str) {
+        self.requeue(attempts, |attempt| Command::HandBack {
+            attempt,
+            reason: reason.to_string(),
+        })
+        .await;
+    }
+
+    async fn requeue(&self, attempts: Vec<(TaskId, u32)>, command: impl Fn(u32) -> Command) {
         let updates = attempts
             .into_iter()
             .map(|(task_id, attempt)| Update {
                 task_id,
-                command: Command::Yield {
-                    attempt,
-                    reason: reason.to_string(),
-                },
+                command: command(attempt),
             })
             .collect();
         self.apply_updates(
@@ -2610,11 +2656,22 @@ pub fn start_outcomes<'a>(
 
 /// Puts a claimed attempt in its session's flight (the caller counts it in
 /// `running`) and returns the assignment to send.
+/// Why a task the fast path claimed goes back to the queue.
+const YIELD_DECISION: &str = "handed back: it needs a per-task scheduling decision";
+const YIELD_KEYS: &str = "handed back: its concurrency or rate-limit key is at its limit";
+
+/// Where a claimed attempt flies: the session, its type, and the concurrency
+/// key it counts against (released when it stops running).
+struct Flown<'a> {
+    session_id: &'a str,
+    task_type: &'a Arc<str>,
+    concurrency_key: Option<String>,
+}
+
 fn fly(
     s: &mut Session,
     holders: &mut HashMap<TaskId, String>,
-    session_id: &str,
-    task_type: &Arc<str>,
+    to: Flown<'_>,
     c: &baton_store::Claimed,
     traced: Option<(crate::telemetry::AttemptSpan, String)>,
     now: Millis,
@@ -2628,16 +2685,16 @@ fn fly(
         c.spec.task_id.clone(),
         InFlight {
             attempt: c.attempt,
-            task_type: task_type.clone(),
+            task_type: to.task_type.clone(),
             run_id: c.spec.run_id.as_deref().map(Arc::from),
             span,
             assigned_at: now,
             timeout_at: now + c.spec.timeout_ms,
             priority: c.spec.priority,
-            concurrency_key: None,
+            concurrency_key: to.concurrency_key,
         },
     );
-    holders.insert(c.spec.task_id.clone(), session_id.to_string());
+    holders.insert(c.spec.task_id.clone(), to.session_id.to_string());
     tracing::debug!(
         task_id = %c.spec.task_id,
         run_id = c.spec.run_id.as_deref(),

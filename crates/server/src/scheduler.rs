@@ -237,14 +237,50 @@ pub fn needs_scheduling(hints: &Hints) -> bool {
         || hints.min_health != DEFAULT_MIN_HEALTH
 }
 
-/// Whether a task needs the scheduled path: a deadline (earliest deadline first
-/// within its priority), resource requirements (only some agents may take it) or
-/// scheduling metadata only a per-task decision honours.
+/// What a task needs before it may run on an agent the fast path chose.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// Nothing: any free agent of its type may take it.
+    Nothing,
+    /// Only its concurrency and rate-limit keys' room ([`Sched::admit_keys`]):
+    /// the fast path may take it while its keys have room, in queue order.
+    Keys(Hints),
+    /// A per-task decision: a deadline (earliest deadline first within its
+    /// priority), resource requirements (only some agents may take it), or
+    /// routing, health or cost hints.
+    Decision,
+}
+
+/// What `spec` needs before it may run (see [`Need`]).
+pub fn need_of(spec: &baton_core::TaskSpec) -> Need {
+    if spec.deadline_ms.is_some() || has_resources(&spec.metadata) {
+        return Need::Decision;
+    }
+    if !may_need_scheduling(&spec.metadata) {
+        return Need::Nothing;
+    }
+    match Hints::from_metadata(&spec.metadata) {
+        Ok(h) if !needs_scheduling(&h) => Need::Nothing,
+        Ok(h) if keys_only(&h) => Need::Keys(h),
+        Ok(_) => Need::Decision,
+        // Refused at submission; a stored one is routed as if it had none.
+        Err(_) => Need::Nothing,
+    }
+}
+
+/// Whether the only hints needing a decision are keys (no routing, health or
+/// cost hint).
+fn keys_only(hints: &Hints) -> bool {
+    hints.strategy.is_none_or(|s| s == Strategy::LeastLoaded)
+        && hints.preferred_agents.is_empty()
+        && hints.cost_budget.is_none()
+        && hints.min_health == DEFAULT_MIN_HEALTH
+}
+
+/// Whether a task needs anything before it runs: a per-task decision or room
+/// in its keys.
 pub fn needs_decision(spec: &baton_core::TaskSpec) -> bool {
-    spec.deadline_ms.is_some()
-        || has_resources(&spec.metadata)
-        || (may_need_scheduling(&spec.metadata)
-            && Hints::from_metadata(&spec.metadata).is_ok_and(|h| needs_scheduling(&h)))
+    need_of(spec) != Need::Nothing
 }
 
 /// Whether the metadata names resource requirements (a non-empty `resources`).
@@ -413,6 +449,34 @@ impl Sched {
         }
     }
 
+    /// A task the fast path claimed whose only needs are its keys: whether
+    /// they have room now. If so, the room is taken (one running attempt on
+    /// its concurrency key, one token of its rate-limit key) as a placement by
+    /// [`Sched::decide`] would take it; if not, nothing changes and the task
+    /// goes back to the queue for the per-task path, where keys take turns.
+    pub fn admit_keys(&mut self, hints: &Hints, now: Millis) -> bool {
+        if let Some(k) = &hints.concurrency_key {
+            let limit = self
+                .policies
+                .key_concurrency_overrides
+                .get(k)
+                .copied()
+                .unwrap_or(self.policies.key_concurrency);
+            if self.running_per_key.get(k).copied().unwrap_or(0) >= limit {
+                return false;
+            }
+        }
+        if let Some(k) = &hints.rate_limit_key {
+            if self.key_rates.try_take(k, now).is_err() {
+                return false;
+            }
+        }
+        if let Some(k) = &hints.concurrency_key {
+            *self.running_per_key.entry(k.clone()).or_insert(0) += 1;
+        }
+        true
+    }
+
     /// Whether the fast path may let this agent claim: its breaker is not open
     /// and it is healthy enough for a task that names no minimum. `Some(1)`
     /// limits a half-open agent to one probe.
@@ -442,10 +506,13 @@ impl Sched {
 
     /// Whether tasks of this type are decided one by one now.
     pub fn is_scheduled(&self, task_type: &str, now: Millis) -> bool {
-        self.policies
-            .types
-            .get(task_type)
-            .is_some_and(TypePolicy::needs_scheduling)
+        // Hourly budgets are counted per placement, which only a decision makes.
+        !self.policies.hourly_budgets.is_empty()
+            || self
+                .policies
+                .types
+                .get(task_type)
+                .is_some_and(TypePolicy::needs_scheduling)
             || self
                 .scheduled_until
                 .get(task_type)
@@ -956,6 +1023,79 @@ mod tests {
         let slots3 = self::slots(&s, &[("a1", 1)]);
         let d = s.decide("work", &window[1..3], slots3, 3);
         assert_eq!(d.placements.len(), 1);
+    }
+
+    #[test]
+    fn keys_alone_are_checked_on_the_fast_path_anything_more_needs_a_decision() {
+        let keyed = |m: serde_json::Value| need_of(&task("k", Priority::Normal, m));
+        assert_eq!(keyed(json!({})), Need::Nothing);
+        assert_eq!(keyed(json!({"tenant": "a"})), Need::Nothing);
+        match keyed(json!({"concurrency_key": "a", "rate_limit_key": "r"})) {
+            Need::Keys(h) => {
+                assert_eq!(h.concurrency_key.as_deref(), Some("a"));
+                assert_eq!(h.rate_limit_key.as_deref(), Some("r"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            keyed(json!({"concurrency_key": "a", "routing_strategy": "least_loaded"})),
+            Need::Keys(_)
+        ));
+        for more in [
+            json!({"concurrency_key": "a", "routing_strategy": "round_robin"}),
+            json!({"rate_limit_key": "r", "preferred_agents": ["a1"]}),
+            json!({"concurrency_key": "a", "cost_budget": 5.0}),
+            json!({"concurrency_key": "a", "min_health": 0.9}),
+            json!({"concurrency_key": "a", "resources": {"gpu": 1}}),
+        ] {
+            assert_eq!(keyed(more.clone()), Need::Decision, "{more}");
+        }
+        let mut dated = task("d", Priority::Normal, json!({"concurrency_key": "a"}));
+        dated.deadline_ms = Some(5);
+        assert_eq!(need_of(&dated), Need::Decision);
+    }
+
+    #[test]
+    fn admitting_keys_takes_their_room_and_refuses_without_taking_any() {
+        let mut cfg = SchedulerConfig::default();
+        cfg.key_concurrency = 2;
+        cfg.keys.insert(
+            "solo".into(),
+            crate::config::KeyPolicyConfig {
+                concurrency: Some(1),
+                ..Default::default()
+            },
+        );
+        cfg.keys.insert(
+            "api".into(),
+            crate::config::KeyPolicyConfig {
+                rate_per_s: Some(1.0),
+                burst: Some(1),
+                ..Default::default()
+            },
+        );
+        let mut s = sched(cfg);
+        let hints = |m: serde_json::Value| Hints::from_metadata(m.as_object().unwrap()).unwrap();
+        let t = hints(json!({"concurrency_key": "t"}));
+        // The default limit (2), then refused; a release makes room again.
+        assert!(s.admit_keys(&t, 1));
+        assert!(s.admit_keys(&t, 1));
+        assert!(!s.admit_keys(&t, 1));
+        assert_eq!(s.running_per_key.get("t"), Some(&2));
+        s.release_key("t");
+        assert!(s.admit_keys(&t, 1));
+        // An overridden limit.
+        let solo = hints(json!({"concurrency_key": "solo"}));
+        assert!(s.admit_keys(&solo, 1));
+        assert!(!s.admit_keys(&solo, 1));
+        // A rate-limit key: one token, then none until it refills; a refusal
+        // by the rate takes no room on the concurrency key.
+        let both = hints(json!({"concurrency_key": "c", "rate_limit_key": "api"}));
+        assert!(s.admit_keys(&both, 1));
+        assert!(!s.admit_keys(&both, 2));
+        assert_eq!(s.running_per_key.get("c"), Some(&1));
+        assert!(s.admit_keys(&both, 1_100));
+        assert_eq!(s.running_per_key.get("c"), Some(&2));
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn ends_attempt(kind: EventKind) -> bool {
             | EventKind::DeadLettered
             | EventKind::Cancelled
             | EventKind::DeadlineExceeded
+            | EventKind::Preempted
     )
 }
 
@@ -138,6 +139,14 @@ pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
                 started_ms: ev.at_ms,
                 finished_ms: None,
             });
+        } else if ev.kind == EventKind::HandedBack {
+            // Claimed but never sent to an agent: not an execution.
+            if let Some(i) = out
+                .iter()
+                .rposition(|e| e.attempt == ev.attempt && e.finished_ms.is_none())
+            {
+                out.remove(i);
+            }
         } else if ends_attempt(ev.kind) && ev.from == Some(Status::Running) {
             if let Some(ex) = out
                 .iter_mut()
@@ -150,6 +159,7 @@ pub fn executions(events: &[TaskEvent]) -> Vec<AgentExecution> {
                 ex.status = match ev.kind {
                     EventKind::Succeeded => "completed".into(),
                     EventKind::Cancelled => "cancelled".into(),
+                    EventKind::Preempted => "preempted".into(),
                     _ => ev
                         .message
                         .as_deref()
@@ -407,4 +417,46 @@ pub fn run_view(
         "finished_at": run.finished_at_ms.map(rfc3339),
         "error": run.error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(at_ms: Millis, kind: EventKind, from: Status, to: Status, attempt: u32) -> TaskEvent {
+        TaskEvent {
+            at_ms,
+            kind,
+            from: Some(from),
+            to,
+            attempt,
+            agent_id: Some(baton_core::AgentId::parse("a1").unwrap()),
+            message: Some("why".into()),
+        }
+    }
+
+    #[test]
+    fn a_handed_back_claim_is_no_execution_and_a_preempted_one_ends() {
+        use EventKind::*;
+        use Status::*;
+        let events = [
+            ev(1, Started, Queued, Running, 1),
+            ev(2, HandedBack, Running, Queued, 1),
+            ev(3, Started, Queued, Running, 2),
+            ev(4, Preempted, Running, Queued, 2),
+            ev(5, Started, Queued, Running, 3),
+            ev(9, Succeeded, Running, Completed, 3),
+        ];
+        let ex = executions(&events);
+        let seen: Vec<(u32, &str, Option<u64>)> = ex
+            .iter()
+            .map(|e| (e.attempt, e.status.as_str(), e.duration_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [(2, "preempted", Some(1)), (3, "completed", Some(4))],
+            "{ex:?}"
+        );
+        assert_eq!(ex[0].error.as_deref(), Some("why"));
+    }
 }
