@@ -1916,10 +1916,13 @@ impl Dispatcher {
                     st.sched.mark_scheduled(&look.task_type, now);
                 }
                 let decision = st.sched.decide(&look.task_type, &window, slots, now);
-                st.sched_left.insert(
-                    look.task_type.clone(),
-                    held_ahead(window.len(), &decision.placements, free_slots),
-                );
+                let held = held_ahead(window.len(), &decision.placements, free_slots);
+                if held > 0 {
+                    // Keys or limits bind: the type stays on this path while
+                    // they do (the fast path would claim and hand back).
+                    st.sched.mark_scheduled(&look.task_type, now);
+                }
+                st.sched_left.insert(look.task_type.clone(), held);
                 if let Some(at) = decision.wake_at {
                     st.sched_wake = Some(st.sched_wake.map_or(at, |w| w.min(at)));
                 }
