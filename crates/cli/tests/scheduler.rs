@@ -226,6 +226,71 @@ burst = 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hourly_budget_per_agent_type_holds_plain_tasks_once_spent() {
+    let dir = TempDir::new("sched-budget");
+    let server = start_with_config(&dir, "[scheduler.hourly_budgets]\nbilled = 3.0\n");
+    let api = Api::new(&server.http);
+    // One hour of this agent's work costs 3,600,000: a task of the default
+    // estimate (1 s, until its own average is known) costs 1,000, more than the
+    // whole budget; nothing of its type may run.
+    let _billed = AgentProc::start_args(
+        &server.grpc,
+        "echo",
+        4,
+        "billed-1",
+        &["--agent-type", "billed", "--cost-factor", "3600000"],
+    );
+    api.wait_agents(1).await;
+    for i in 0..3 {
+        // Plain tasks: no cost_budget, no scheduling metadata at all.
+        api.submit(json!({"task_id": format!("budget-{i}"), "task_type": "echo"}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = api.get("/api/v1/scheduler").await.body;
+        let echo = view["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["task_type"] == "echo")
+            .cloned()
+            .unwrap_or_default();
+        if echo["held"].as_array().is_some_and(|h| !h.is_empty()) || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let echo = view["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["task_type"] == "echo")
+        .unwrap();
+    assert_eq!(echo["path"], "scheduled", "{view}");
+    let reason = echo["held"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("budget"), "{view}");
+    assert_eq!(view["budgets"][0]["agent_type"], "billed", "{view}");
+    assert_eq!(view["budgets"][0]["spent_last_hour"], 0.0, "{view}");
+    for i in 0..3 {
+        let t = api.get(&format!("/api/v1/tasks/budget-{i}")).await.body;
+        assert_eq!(
+            t["status"], "queued",
+            "ran past its agent type's budget: {t}"
+        );
+    }
+    // An agent of another type serving the same task type is not limited by it.
+    let _free = AgentProc::start(&server.grpc, "echo", 4, "free-1");
+    for i in 0..3 {
+        let t = api
+            .wait_done(&format!("budget-{i}"), Duration::from_secs(20))
+            .await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(agent_of(&t), "free-1", "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_scheduling_input_is_refused_and_changes_nothing() {
     let dir = TempDir::new("sched-bad");
     let server = Server::start(&dir.0);

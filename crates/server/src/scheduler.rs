@@ -651,6 +651,8 @@ impl Sched {
                     Some(need) => self.exclude_unfit(&mut snap, need),
                     None => (Vec::new(), false),
                 };
+                let (priced_out, over_budget) =
+                    self.exclude_over_budget(&mut snap, hints.estimated_complexity, now);
                 let placed = self.place(
                     task_type,
                     spec,
@@ -660,7 +662,18 @@ impl Sched {
                     now,
                     &mut decision,
                 );
+                restore_routable(&mut snap, &priced_out);
                 restore_routable(&mut snap, &excluded);
+                if let (Placed::NoAgent, Some(refusal)) = (&placed, over_budget) {
+                    // Only agents whose type's hourly budget is spent could
+                    // take it: held until the budget's window frees enough.
+                    if let Some(ms) = refusal.retry_after_ms {
+                        let at = now + ms;
+                        decision.wake_at = Some(decision.wake_at.map_or(at, |w| w.min(at)));
+                    }
+                    decision.held.push((spec.task_id.clone(), refusal.message));
+                    continue;
+                }
                 if none_fits && matches!(placed, Placed::NoAgent) {
                     // Held, not starved: preempting would not help it.
                     if let Some(need) = &need {
@@ -725,6 +738,39 @@ impl Sched {
             snap.set_routable(p, false);
         }
         (excluded, none_fits)
+    }
+
+    /// Takes the routable agents whose type's hourly budget cannot pay for a
+    /// task of this complexity now out of routing, so that the task goes to an
+    /// agent that can take it. Returns their positions (for
+    /// [`restore_routable`]) and the first refusal, if any agent was taken out.
+    fn exclude_over_budget(
+        &self,
+        snap: &mut Snapshot,
+        complexity: f64,
+        now: Millis,
+    ) -> (Vec<usize>, Option<baton_core::sched::flow::Refusal>) {
+        if self.policies.hourly_budgets.is_empty() {
+            return (Vec::new(), None);
+        }
+        let mut out = Vec::new();
+        let mut first = None;
+        for (p, a) in snap.agents().iter().enumerate() {
+            if !a.routable || a.free_slots() == 0 {
+                continue;
+            }
+            if let Err(r) = self
+                .budgets
+                .check(&a.agent_type, cost_score(a, complexity), now)
+            {
+                out.push(p);
+                first.get_or_insert(r);
+            }
+        }
+        for &p in &out {
+            snap.set_routable(p, false);
+        }
+        (out, first)
     }
 
     fn finish(&mut self, task_type: &str, decision: Decision) -> Decision {

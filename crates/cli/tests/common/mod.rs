@@ -133,6 +133,28 @@ impl AgentProc {
         id: &str,
         env: &[(&str, &str)],
     ) -> AgentProc {
+        Self::spawn(grpc, types, concurrency, id, env, &[])
+    }
+
+    /// With extra `baton agent` flags.
+    pub fn start_args(
+        grpc: &str,
+        types: &str,
+        concurrency: usize,
+        id: &str,
+        args: &[&str],
+    ) -> AgentProc {
+        Self::spawn(grpc, types, concurrency, id, &[], args)
+    }
+
+    fn spawn(
+        grpc: &str,
+        types: &str,
+        concurrency: usize,
+        id: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> AgentProc {
         let child = Command::new(BATON)
             .envs(env.iter().copied())
             .args([
@@ -150,6 +172,7 @@ impl AgentProc {
                 "--log-level",
                 "info",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
