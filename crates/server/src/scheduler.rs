@@ -1103,8 +1103,10 @@ mod tests {
 
     #[test]
     fn admitting_keys_takes_their_room_and_refuses_without_taking_any() {
-        let mut cfg = SchedulerConfig::default();
-        cfg.key_concurrency = 2;
+        let mut cfg = SchedulerConfig {
+            key_concurrency: 2,
+            ..Default::default()
+        };
         cfg.keys.insert(
             "solo".into(),
             crate::config::KeyPolicyConfig {
