@@ -42,12 +42,7 @@ async fn task_runs_on_an_agent_and_reports_seed_000_shape() {
     assert_eq!(t["metrics"]["retry_count"], 0);
     assert_eq!(t["metrics"]["agents_used"], 1);
     assert!(t["metrics"]["total_duration_ms"].is_u64());
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = common::event_kinds(&t);
     assert_eq!(kinds, ["submitted", "started", "succeeded"]);
 
     let h = api.get("/health").await;
@@ -83,12 +78,7 @@ async fn a_task_for_an_idle_agent_starts_at_submit_and_busy_agents_queue() {
         .submit(json!({"task_id": "first", "task_type": "sleep", "metadata": {"sleep_ms": 600}}))
         .await;
     assert_eq!(first["status"], "running", "{first}");
-    let kinds: Vec<&str> = first["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = common::event_kinds(&first);
     assert_eq!(kinds, ["submitted", "started"], "{first}");
     assert_eq!(first["events"][1]["agent_id"], "sleepy-1", "{first}");
 

@@ -24,6 +24,15 @@ fn agent_of(task: &Value) -> String {
         .to_string()
 }
 
+/// A task type's queue in the scheduler view (null when absent).
+fn queue_of(view: &Value, task_type: &str) -> Value {
+    view["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["task_type"] == task_type))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn start_with_config(dir: &TempDir, toml: &str) -> Server {
     let path = dir.0.join("baton.toml");
     std::fs::write(&path, toml).unwrap();
@@ -97,12 +106,7 @@ burst = 1
         // The type starts on the fast path, which takes tenant-x's first task
         // and hands the second back (its key is full): never sent, so neither
         // an execution nor a retry.
-        let kinds: Vec<&str> = t["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
+        let kinds = common::event_kinds(&t);
         if i == 1 {
             assert!(kinds.contains(&"handed_back"), "{t}");
         }
@@ -145,8 +149,7 @@ burst = 1
     // The scheduler view shows the paths, the keys and the agents.
     let view = api.get("/api/v1/scheduler").await;
     assert_eq!(view.status, 200);
-    let queues = view.body["queues"].as_array().unwrap();
-    let echo = queues.iter().find(|q| q["task_type"] == "echo").unwrap();
+    let echo = queue_of(&view.body, "echo");
     assert_eq!(echo["path"], "scheduled", "{echo}");
     assert_eq!(echo["agents"], 2);
     assert_eq!(view.body["agents"].as_array().unwrap().len(), 2);
@@ -247,26 +250,14 @@ async fn an_hourly_budget_per_agent_type_holds_plain_tasks_once_spent() {
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let view = loop {
+    let (view, echo) = loop {
         let view = api.get("/api/v1/scheduler").await.body;
-        let echo = view["queues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["task_type"] == "echo")
-            .cloned()
-            .unwrap_or_default();
+        let echo = queue_of(&view, "echo");
         if echo["held"].as_array().is_some_and(|h| !h.is_empty()) || Instant::now() > deadline {
-            break view;
+            break (view, echo);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let echo = view["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["task_type"] == "echo")
-        .unwrap();
     assert_eq!(echo["path"], "scheduled", "{view}");
     let reason = echo["held"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("budget"), "{view}");
@@ -455,12 +446,7 @@ async fn a_critical_task_preempts_and_the_stopped_task_keeps_its_attempts() {
     // counted; it runs again and completes.
     let long = api.wait_done("long", Duration::from_secs(20)).await;
     assert_eq!(long["status"], "completed", "{long}");
-    let kinds: Vec<&str> = long["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = common::event_kinds(&long);
     assert!(kinds.contains(&"preempted"), "{kinds:?}");
     assert_eq!(long["agent_executions"].as_array().unwrap().len(), 2);
     assert_eq!(long["agent_executions"][0]["status"], "preempted", "{long}");

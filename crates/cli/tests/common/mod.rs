@@ -474,3 +474,11 @@ pub async fn next_msg(
         .msg
         .unwrap()
 }
+
+/// The kinds of a task's events, in order.
+pub fn event_kinds(task: &Value) -> Vec<&str> {
+    task["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default()
+}
