@@ -455,3 +455,70 @@ async fn queued_and_running_tasks_are_listed_and_counted_without_the_status_inde
     assert_eq!(after.by_status.get("running"), Some(&1));
     assert_eq!(after.by_status.get("completed"), Some(&1));
 }
+
+#[tokio::test]
+async fn run_documents_are_stored_compressed_and_plain_ones_still_read() {
+    use baton_store::conformance::run_record;
+    use baton_store::RunWrite;
+    let store = SqliteStore::open_temp().expect("open");
+    let mut record = run_record("r-big", "running", true, 1, T0);
+    // A document like the engine's: steps and events that repeat their shape.
+    let steps: Vec<serde_json::Value> = (0..50)
+        .map(|i| serde_json::json!({"id": format!("s{i}"), "status": "completed", "started_at_ms": T0 + i}))
+        .collect();
+    record.body = serde_json::json!({"run": {"steps": steps, "events": []}}).into();
+    let text_len = record.body.as_str().len();
+    store
+        .write_runs(
+            vec![RunWrite {
+                record: record.clone(),
+                expected_revision: None,
+                tasks: vec![],
+                starts: vec![],
+            }],
+            T0,
+        )
+        .await
+        .expect("write");
+    let conn = raw(&store);
+    let (kind, stored_len): (String, i64) = conn
+        .query_row(
+            "SELECT typeof(body), length(body) FROM runs WHERE run_id = 'r-big'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("stored row");
+    assert_eq!(kind, "blob");
+    assert!(
+        (stored_len as usize) * 3 < text_len,
+        "{stored_len} bytes stored for {text_len} of JSON"
+    );
+    let back = store.get_run("r-big").await.expect("get").expect("found");
+    assert_eq!(back.body, record.body);
+
+    // A run an earlier build wrote as JSON text reads the same.
+    conn.execute(
+        "UPDATE runs SET body = ?1 WHERE run_id = 'r-big'",
+        [record.body.as_str()],
+    )
+    .expect("plain text body");
+    let back = store.get_run("r-big").await.expect("get").expect("found");
+    assert_eq!(back.body, record.body);
+    let listed = store
+        .list_runs(Default::default())
+        .await
+        .expect("list")
+        .runs;
+    assert_eq!(listed[0].body, record.body);
+
+    // A blob that is not a compressed document is corrupt, not a panic.
+    conn.execute(
+        "UPDATE runs SET body = x'0500000001' WHERE run_id = 'r-big'",
+        [],
+    )
+    .expect("bad blob");
+    assert!(matches!(
+        store.get_run("r-big").await,
+        Err(Error::Corrupt(_))
+    ));
+}
