@@ -1268,17 +1268,14 @@ impl Dispatcher {
         self.give_back_orphans(orphans).await;
     }
 
-    /// Attempts claimed for an agent that left before they were sent: failed
-    /// as lost now rather than when their leases expire.
+    /// Attempts claimed for an agent that left before they were sent: back to
+    /// the queue now (not counted), rather than when their leases expire.
     async fn give_back_orphans(&self, orphans: Vec<(TaskId, u32)>) {
         if orphans.is_empty() {
             return;
         }
-        let failure = Failure::new(
-            FailureKind::AgentLost,
-            "the agent left before the task reached it",
-        );
-        self.fail_in_store(orphans, failure).await;
+        // Never sent: back to the queue, the attempt not counted.
+        self.hand_back(orphans, BACK_AGENT_LEFT).await;
     }
 
     /// The connected agents.
@@ -1746,7 +1743,7 @@ impl Dispatcher {
                 }
             }
             let mut orphans = Vec::new();
-            let mut to_yield = Vec::new();
+            let mut to_hand_back = Vec::new();
             let mut store_failed = false;
             {
                 let mut st = self.lock();
@@ -1800,11 +1797,11 @@ impl Dispatcher {
                                 st.sched.mark_scheduled(&c.spec.task_type, now);
                                 traced.pop_front();
                                 let reason = if need == Need::Decision {
-                                    YIELD_DECISION
+                                    BACK_FOR_DECISION
                                 } else {
-                                    YIELD_KEYS
+                                    BACK_FOR_KEYS
                                 };
-                                to_yield.push((reason, (c.spec.task_id, c.attempt)));
+                                to_hand_back.push((reason, (c.spec.task_id, c.attempt)));
                                 continue;
                             }
                         };
@@ -1827,8 +1824,8 @@ impl Dispatcher {
                 }
             }
             self.give_back_orphans(orphans).await;
-            for reason in [YIELD_DECISION, YIELD_KEYS] {
-                let attempts: Vec<(TaskId, u32)> = to_yield
+            for reason in [BACK_FOR_DECISION, BACK_FOR_KEYS] {
+                let attempts: Vec<(TaskId, u32)> = to_hand_back
                     .iter()
                     .filter(|(r, _)| *r == reason)
                     .map(|(_, a)| a.clone())
@@ -2660,8 +2657,9 @@ pub fn start_outcomes<'a>(
 /// Puts a claimed attempt in its session's flight (the caller counts it in
 /// `running`) and returns the assignment to send.
 /// Why a task the fast path claimed goes back to the queue.
-const YIELD_DECISION: &str = "handed back: it needs a per-task scheduling decision";
-const YIELD_KEYS: &str = "handed back: its concurrency or rate-limit key is at its limit";
+const BACK_FOR_DECISION: &str = "handed back: it needs a per-task scheduling decision";
+const BACK_FOR_KEYS: &str = "handed back: its concurrency or rate-limit key is at its limit";
+const BACK_AGENT_LEFT: &str = "handed back: the agent left before the task reached it";
 
 /// Where a claimed attempt flies: the session, its type, and the concurrency
 /// key it counts against (released when it stops running).
