@@ -1147,6 +1147,51 @@ mod tests {
     }
 
     #[test]
+    fn admitted_keys_never_exceed_their_limits_under_random_admits_and_releases() {
+        let mut cfg = SchedulerConfig {
+            key_concurrency: 3,
+            ..Default::default()
+        };
+        cfg.keys.insert(
+            "k0".into(),
+            crate::config::KeyPolicyConfig {
+                concurrency: Some(1),
+                ..Default::default()
+            },
+        );
+        let mut s = sched(cfg);
+        let limit = |k: &str| if k == "k0" { 1 } else { 3 };
+        let mut running: HashMap<String, u32> = HashMap::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % 5);
+            if (x >> 8).is_multiple_of(3) {
+                if running.get(&key).copied().unwrap_or(0) > 0 {
+                    s.release_key(&key);
+                    *running.get_mut(&key).unwrap() -= 1;
+                }
+                continue;
+            }
+            let hints = Hints {
+                concurrency_key: Some(key.clone()),
+                ..Hints::default()
+            };
+            let had = running.get(&key).copied().unwrap_or(0);
+            let admitted = s.admit_keys(&hints, 1);
+            assert_eq!(admitted, had < limit(&key), "{key} with {had} running");
+            if admitted {
+                *running.entry(key.clone()).or_insert(0) += 1;
+            }
+            let counted = s.running_per_key.get(&key).copied().unwrap_or(0);
+            assert_eq!(counted, running.get(&key).copied().unwrap_or(0));
+            assert!(counted <= limit(&key));
+        }
+    }
+
+    #[test]
     fn priority_then_deadline_order_and_starvation_is_reported() {
         let mut s = sched(SchedulerConfig::default());
         let mut late = task("late", Priority::High, json!({}));
