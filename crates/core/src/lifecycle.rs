@@ -406,6 +406,12 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
     next.updated_at_ms = now;
     let mut effects = Vec::new();
     let command_name = command.name();
+    // Yield and HandBack queue a running attempt again alike; only their event differs.
+    let requeue_kind = if matches!(command, Command::HandBack { .. }) {
+        EventKind::HandedBack
+    } else {
+        EventKind::Preempted
+    };
     let illegal = || Refusal::Illegal {
         from,
         command: command_name,
@@ -577,17 +583,12 @@ pub fn apply(state: &TaskState, command: Command, ctx: Ctx<'_>) -> Result<Transi
         }
         Command::Yield { attempt, reason } | Command::HandBack { attempt, reason } => {
             running_attempt(state, attempt)?;
-            let kind = if command_name == "yield" {
-                EventKind::Preempted
-            } else {
-                EventKind::HandedBack
-            };
             let agent = next.agent_id.take();
             next.status = Status::Queued;
             next.lease_owner = None;
             next.lease_deadline_ms = None;
             next.attempt_floor += 1;
-            event(&mut next, kind, agent, Some(reason));
+            event(&mut next, requeue_kind, agent, Some(reason));
             effects.push(Effect::Ready);
         }
         Command::Release => {

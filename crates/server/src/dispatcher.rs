@@ -1275,7 +1275,13 @@ impl Dispatcher {
             return;
         }
         // Never sent: back to the queue, the attempt not counted.
-        self.hand_back(orphans, BACK_AGENT_LEFT).await;
+        self.hand_back(
+            orphans
+                .into_iter()
+                .map(|(task_id, attempt)| (task_id, attempt, BACK_AGENT_LEFT))
+                .collect(),
+        )
+        .await;
     }
 
     /// The connected agents.
@@ -1401,13 +1407,7 @@ impl Dispatcher {
         let concurrency: Vec<serde_json::Value> = keys
             .iter()
             .map(|(k, n)| {
-                let limit = st
-                    .sched
-                    .policies
-                    .key_concurrency_overrides
-                    .get(k)
-                    .copied()
-                    .unwrap_or(st.sched.policies.key_concurrency);
+                let limit = st.sched.policies.key_limit(k);
                 serde_json::json!({"key": k, "running": n, "limit": limit})
             })
             .collect();
@@ -1801,7 +1801,7 @@ impl Dispatcher {
                                 } else {
                                     BACK_FOR_KEYS
                                 };
-                                to_hand_back.push((reason, (c.spec.task_id, c.attempt)));
+                                to_hand_back.push((c.spec.task_id, c.attempt, reason));
                                 continue;
                             }
                         };
@@ -1824,16 +1824,7 @@ impl Dispatcher {
                 }
             }
             self.give_back_orphans(orphans).await;
-            for reason in [BACK_FOR_DECISION, BACK_FOR_KEYS] {
-                let attempts: Vec<(TaskId, u32)> = to_hand_back
-                    .iter()
-                    .filter(|(r, _)| *r == reason)
-                    .map(|(_, a)| a.clone())
-                    .collect();
-                if !attempts.is_empty() {
-                    self.hand_back(attempts, reason).await;
-                }
-            }
+            self.hand_back(to_hand_back).await;
             store_failed
         }
     }
@@ -2207,48 +2198,50 @@ impl Dispatcher {
                 }
                 crate::input_refs::Unfilled::Unreadable(e) => {
                     tracing::warn!(task_id = %task_id, error = %e, "could not read the outputs an input refers to");
-                    hand_back.push((task_id, attempt));
+                    hand_back.push((task_id, attempt, BACK_UNREADABLE));
                 }
             }
         }
-        if !hand_back.is_empty() {
-            self.hand_back(
-                hand_back,
-                "handed back: the outputs its input refers to could not be read",
-            )
-            .await;
-        }
+        self.hand_back(hand_back).await;
         skip
     }
 
     /// Stops running attempts and sends their tasks back to the queue without
     /// counting them (`Yield`: preemption).
     async fn yield_attempts(&self, attempts: Vec<(TaskId, u32)>, reason: &str) {
-        self.requeue(attempts, |attempt| Command::Yield {
-            attempt,
-            reason: reason.to_string(),
-        })
+        let reason = reason.to_string();
+        self.requeue(attempts.into_iter().map(|(task_id, attempt)| Update {
+            task_id,
+            command: Command::Yield {
+                attempt,
+                reason: reason.clone(),
+            },
+        }))
         .await;
     }
 
     /// Sends claimed attempts that were never sent to an agent back to the
-    /// queue, not counted (`HandBack`).
-    async fn hand_back(&self, attempts: Vec<(TaskId, u32)>, reason: &str) {
-        self.requeue(attempts, |attempt| Command::HandBack {
-            attempt,
-            reason: reason.to_string(),
-        })
+    /// queue, not counted (`HandBack`), each with its reason, in one write.
+    async fn hand_back(&self, attempts: Vec<(TaskId, u32, &'static str)>) {
+        self.requeue(
+            attempts
+                .into_iter()
+                .map(|(task_id, attempt, reason)| Update {
+                    task_id,
+                    command: Command::HandBack {
+                        attempt,
+                        reason: reason.to_string(),
+                    },
+                }),
+        )
         .await;
     }
 
-    async fn requeue(&self, attempts: Vec<(TaskId, u32)>, command: impl Fn(u32) -> Command) {
-        let updates = attempts
-            .into_iter()
-            .map(|(task_id, attempt)| Update {
-                task_id,
-                command: command(attempt),
-            })
-            .collect();
+    async fn requeue(&self, updates: impl Iterator<Item = Update>) {
+        let updates: Vec<Update> = updates.collect();
+        if updates.is_empty() {
+            return;
+        }
         self.apply_updates(
             updates,
             "could not hand attempts back; their leases will expire",
@@ -2660,6 +2653,7 @@ pub fn start_outcomes<'a>(
 const BACK_FOR_DECISION: &str = "handed back: it needs a per-task scheduling decision";
 const BACK_FOR_KEYS: &str = "handed back: its concurrency or rate-limit key is at its limit";
 const BACK_AGENT_LEFT: &str = "handed back: the agent left before the task reached it";
+const BACK_UNREADABLE: &str = "handed back: the outputs its input refers to could not be read";
 
 /// Where a claimed attempt flies: the session, its type, and the concurrency
 /// key it counts against (released when it stops running).

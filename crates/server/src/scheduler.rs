@@ -67,6 +67,14 @@ impl Default for Policies {
 }
 
 impl Policies {
+    /// How many attempts with concurrency key `key` may run at once.
+    pub fn key_limit(&self, key: &str) -> u32 {
+        self.key_concurrency_overrides
+            .get(key)
+            .copied()
+            .unwrap_or(self.key_concurrency)
+    }
+
     /// Checks every setting; the error names the first bad one.
     pub fn from_config(c: &SchedulerConfig) -> Result<Policies, Error> {
         let breaker = breaker::Options {
@@ -456,13 +464,7 @@ impl Sched {
     /// goes back to the queue for the per-task path, where keys take turns.
     pub fn admit_keys(&mut self, hints: &Hints, now: Millis) -> bool {
         if let Some(k) = &hints.concurrency_key {
-            let limit = self
-                .policies
-                .key_concurrency_overrides
-                .get(k)
-                .copied()
-                .unwrap_or(self.policies.key_concurrency);
-            if self.running_per_key.get(k).copied().unwrap_or(0) >= limit {
+            if self.running_per_key.get(k).copied().unwrap_or(0) >= self.policies.key_limit(k) {
                 return false;
             }
         }
@@ -1101,19 +1103,25 @@ mod tests {
         assert_eq!(need_of(&dated), Need::Decision);
     }
 
-    #[test]
-    fn admitting_keys_takes_their_room_and_refuses_without_taking_any() {
+    /// Default key concurrency `n`, and `key` limited to one at a time.
+    fn keyed_config(n: u32, key: &str) -> SchedulerConfig {
         let mut cfg = SchedulerConfig {
-            key_concurrency: 2,
+            key_concurrency: n,
             ..Default::default()
         };
         cfg.keys.insert(
-            "solo".into(),
+            key.into(),
             crate::config::KeyPolicyConfig {
                 concurrency: Some(1),
                 ..Default::default()
             },
         );
+        cfg
+    }
+
+    #[test]
+    fn admitting_keys_takes_their_room_and_refuses_without_taking_any() {
+        let mut cfg = keyed_config(2, "solo");
         cfg.keys.insert(
             "api".into(),
             crate::config::KeyPolicyConfig {
@@ -1148,18 +1156,7 @@ mod tests {
 
     #[test]
     fn admitted_keys_never_exceed_their_limits_under_random_admits_and_releases() {
-        let mut cfg = SchedulerConfig {
-            key_concurrency: 3,
-            ..Default::default()
-        };
-        cfg.keys.insert(
-            "k0".into(),
-            crate::config::KeyPolicyConfig {
-                concurrency: Some(1),
-                ..Default::default()
-            },
-        );
-        let mut s = sched(cfg);
+        let mut s = sched(keyed_config(3, "k0"));
         let limit = |k: &str| if k == "k0" { 1 } else { 3 };
         let mut running: HashMap<String, u32> = HashMap::new();
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
