@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 // documents, records, frames) across threads; glibc's malloc spent about a third
 // of the server's CPU on them under load (consolidating and unlinking chunks).
 // Built with `no_thp` (Cargo.toml): mimalloc's huge-page advice made the kernel
-// zero a fresh 2 MiB page each time purged memory was touched again.
+// zero a fresh 2 MiB page each time purged memory was touched again. On hosts
+// whose transparent huge pages are `always` (not `madvise`), `main` turns them
+// off for the process and its children (the agents it starts) as well.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -96,6 +98,11 @@ fn write_samples(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn main() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Only slower: freed memory touched again may come back as zeroed huge pages.
+        eprintln!("baton: cannot turn transparent huge pages off ({e}); going on");
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
