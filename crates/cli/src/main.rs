@@ -23,6 +23,9 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Why transparent huge pages could not be turned off, if they could not.
+static THP_OFF_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[derive(Parser)]
 #[command(
     name = "baton",
@@ -100,8 +103,9 @@ fn write_samples(dir: &std::path::Path) -> anyhow::Result<()> {
 fn main() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        // Only slower: freed memory touched again may come back as zeroed huge pages.
-        eprintln!("baton: cannot turn transparent huge pages off ({e}); going on");
+        // Only slower, never wrong: the long-running commands log it once
+        // their logging is set up (`serve::init_logging`).
+        let _ = THP_OFF_ERROR.set(e.to_string());
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -122,6 +122,9 @@ pub fn init_logging(
         .with(fmt)
         .with(otel_layer)
         .try_init();
+    if let Some(e) = crate::THP_OFF_ERROR.get() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off: memory freed and touched again may come back as zeroed 2 MiB pages (slower, not wrong)");
+    }
 }
 
 async fn shutdown_signal() {
