@@ -2647,9 +2647,8 @@ pub fn start_outcomes<'a>(
     })
 }
 
-/// Puts a claimed attempt in its session's flight (the caller counts it in
-/// `running`) and returns the assignment to send.
-/// Why a task the fast path claimed goes back to the queue.
+// Why an attempt that was claimed but never sent goes back to the queue
+// (`HandBack`, the event's reason).
 const BACK_FOR_DECISION: &str = "handed back: it needs a per-task scheduling decision";
 const BACK_FOR_KEYS: &str = "handed back: its concurrency or rate-limit key is at its limit";
 const BACK_AGENT_LEFT: &str = "handed back: the agent left before the task reached it";
@@ -2663,6 +2662,8 @@ struct Flown<'a> {
     concurrency_key: Option<String>,
 }
 
+/// Puts a claimed attempt in its session's flight (the caller counts it in
+/// `running`) and returns the assignment to send.
 fn fly(
     s: &mut Session,
     holders: &mut HashMap<TaskId, String>,

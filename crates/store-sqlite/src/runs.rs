@@ -49,20 +49,19 @@ fn compress_body(text: &str) -> Vec<u8> {
 /// The JSON text of a stored run document: a compressed blob, or the plain
 /// text an earlier build wrote.
 fn body_text(value: ValueRef<'_>, run_id: &str) -> Result<String> {
-    match value {
-        ValueRef::Text(text) => String::from_utf8(text.to_vec())
-            .map_err(|e| Error::Corrupt(format!("run {run_id}: body is not UTF-8: {e}"))),
+    let bytes = match value {
+        ValueRef::Text(text) => text.to_vec(),
         ValueRef::Blob(blob) => lz4_flex::block::decompress_size_prepended(blob)
-            .map_err(|e| Error::Corrupt(format!("run {run_id}: body does not decompress: {e}")))
-            .and_then(|bytes| {
-                String::from_utf8(bytes)
-                    .map_err(|e| Error::Corrupt(format!("run {run_id}: body is not UTF-8: {e}")))
-            }),
-        other => Err(Error::Corrupt(format!(
-            "run {run_id}: body is a {:?}, not a document",
-            other.data_type()
-        ))),
-    }
+            .map_err(|e| Error::Corrupt(format!("run {run_id}: body does not decompress: {e}")))?,
+        other => {
+            return Err(Error::Corrupt(format!(
+                "run {run_id}: body is a {:?}, not a document",
+                other.data_type()
+            )))
+        }
+    };
+    String::from_utf8(bytes)
+        .map_err(|e| Error::Corrupt(format!("run {run_id}: body is not UTF-8: {e}")))
 }
 
 fn decode_run(row: &Row<'_>) -> rusqlite::Result<Result<(i64, RunRecord)>> {
