@@ -101,20 +101,31 @@ impl App {
         let outcomes = if specs.is_empty() {
             Vec::new()
         } else {
-            // Tasks an idle agent can take start at once, in the same commit.
+            // Tasks an idle agent can take start at once, in the same commit,
+            // and are sent to it as soon as that commit is made: the agent's
+            // work overlaps the sync the answer waits for.
             let starts = self
                 .dispatcher
                 .reserve_starts(&specs.iter().collect::<Vec<_>>());
-            let submitted = self
-                .store
-                .submit_starting(specs, starts.clone(), now_ms())
-                .await;
-            self.dispatcher
-                .started(crate::dispatcher::start_outcomes(
-                    &starts,
-                    submitted.as_deref().ok(),
-                ))
-                .await;
+            let (committed_tx, committed) = tokio::sync::oneshot::channel();
+            let picks = starts.clone();
+            let at_commit: baton_store::AtCommit = Box::new(move |outcomes| {
+                let _ = committed_tx.send(crate::dispatcher::started_records(&picks, outcomes));
+            });
+            let submit =
+                self.store
+                    .submit_starting_then(specs, starts.clone(), now_ms(), at_commit);
+            let send = async {
+                // Never committed: the reservations are released all the same.
+                let records = committed.await.ok();
+                self.dispatcher
+                    .started(crate::dispatcher::start_records(
+                        &starts,
+                        records.as_deref(),
+                    ))
+                    .await;
+            };
+            let (submitted, ()) = tokio::join!(submit, send);
             submitted?
         };
         self.dispatcher.held_added(
@@ -197,7 +208,12 @@ impl App {
                 return Ok(record);
             }
             tokio::select! {
-                _ = waiter => {}
+                // The finishing write's own record: no second read.
+                finished = waiter => {
+                    if let Ok(record) = finished {
+                        return Ok(record);
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => return self.get(task_id).await,
                 // Terminal transitions made elsewhere (another replica) are seen by polling.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}

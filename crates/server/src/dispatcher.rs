@@ -290,7 +290,7 @@ pub struct Dispatcher {
     opts: Options,
     state: Mutex<State>,
     wake: Notify,
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>>,
     finish_hook: std::sync::OnceLock<FinishHook>,
     leader: crate::leader::Leader,
     metrics: Arc<Metrics>,
@@ -410,8 +410,9 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    /// Resolves when the task finishes or on timeout; the caller re-reads the store.
-    pub fn waiter(&self, task_id: &TaskId) -> oneshot::Receiver<()> {
+    /// Resolves with the task's record (as committed) when it finishes; dropped
+    /// with the dispatcher.
+    pub fn waiter(&self, task_id: &TaskId) -> oneshot::Receiver<TaskRecord> {
         let (tx, rx) = oneshot::channel();
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         let list = w.entry(task_id.clone()).or_default();
@@ -422,7 +423,8 @@ impl Dispatcher {
 
     /// Wakes the requests waiting for this task to finish, and lets its event
     /// topic go.
-    fn finished(&self, task_id: &TaskId) {
+    fn finished(&self, record: &TaskRecord) {
+        let task_id = &record.spec.task_id;
         self.progress.end(task_id.as_str());
         let list = self
             .waiters
@@ -430,7 +432,7 @@ impl Dispatcher {
             .unwrap_or_else(|p| p.into_inner())
             .remove(task_id);
         for tx in list.into_iter().flatten() {
-            let _ = tx.send(());
+            let _ = tx.send(record.clone());
         }
     }
 
@@ -486,7 +488,7 @@ impl Dispatcher {
         for effect in effects {
             match effect {
                 Effect::Finished(_) => {
-                    self.finished(task_id);
+                    self.finished(record);
                     if let Some(hook) = self.finish_hook.get() {
                         hook(record);
                     }
@@ -690,7 +692,7 @@ impl Dispatcher {
         self.metrics.tasks_finished(now_ms(), &finished);
         for rec in &records {
             if rec.state.status.is_terminal() {
-                self.finished(&rec.spec.task_id);
+                self.finished(rec);
             }
         }
     }
@@ -2644,6 +2646,38 @@ pub fn start_outcomes<'a>(
         start
             .as_ref()
             .map(|start| (start, outcomes.and_then(|o| o.get(i))))
+    })
+}
+
+/// The created records of the tasks `starts` asks to start, in the order of
+/// the starts (what [`start_records`] pairs back with them); cloned on the
+/// store's writer at commit, so only the few started ones are.
+pub fn started_records(
+    starts: &[Option<StartAt>],
+    outcomes: &[SubmitOutcome],
+) -> Vec<Option<SubmitOutcome>> {
+    starts
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_some())
+        .map(|(i, _)| match outcomes.get(i) {
+            Some(o @ SubmitOutcome::Created(_)) => Some(o.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each start asked for with what [`started_records`] kept for it, for
+/// [`Dispatcher::started`]; `records` is `None` when the submit did not commit.
+pub fn start_records<'a>(
+    starts: &'a [Option<StartAt>],
+    records: Option<&'a [Option<SubmitOutcome>]>,
+) -> impl Iterator<Item = (&'a StartAt, Option<&'a SubmitOutcome>)> {
+    starts.iter().flatten().enumerate().map(move |(k, start)| {
+        (
+            start,
+            records.and_then(|r| r.get(k)).and_then(Option::as_ref),
+        )
     })
 }
 

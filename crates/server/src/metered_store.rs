@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter, Page,
-    Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected, SelectedOutcome,
-    StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    AtCommit, ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership,
+    ListFilter, Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +43,21 @@ impl Store for MeteredStore {
     ) -> Result<Vec<SubmitOutcome>> {
         self.timed("submit", self.inner.submit_starting(tasks, starts, now))
             .await
+    }
+
+    async fn submit_starting_then(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit,
+    ) -> Result<Vec<SubmitOutcome>> {
+        self.timed(
+            "submit",
+            self.inner
+                .submit_starting_then(tasks, starts, now, at_commit),
+        )
+        .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {

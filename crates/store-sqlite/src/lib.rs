@@ -94,8 +94,8 @@ use async_trait::async_trait;
 use baton_core::lifecycle::Failure;
 use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
-    ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership, ListFilter,
-    Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
+    AtCommit, ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership,
+    ListFilter, Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
     SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
@@ -368,11 +368,27 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
+        self.queue_hooked(weight, bulk, None, work).await
+    }
+
+    /// Queues `work` for the writer; `at_commit` runs on the writer thread with
+    /// its result once committed, before the sync the answer waits for.
+    async fn queue_hooked<T, F>(
+        &self,
+        weight: usize,
+        bulk: bool,
+        at_commit: Option<writer::Hook<T>>,
+        work: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let op = Op {
             weight: weight.max(1),
             bulk,
-            job: Box::new(Pending::new(work, reply)),
+            job: Box::new(Pending::new(work, reply).with_hook(at_commit)),
         };
         let ops = self.ops.as_ref().ok_or_else(stopped)?;
         ops.send(op).await.map_err(|_| stopped())?;
@@ -414,11 +430,27 @@ impl Store for SqliteStore {
         starts: Vec<Option<StartAt>>,
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>> {
+        self.submit_starting_then(tasks, starts, now, Box::new(|_| {}))
+            .await
+    }
+
+    async fn submit_starting_then(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit,
+    ) -> Result<Vec<SubmitOutcome>> {
         if tasks.is_empty() {
+            at_commit(&[]);
             return Ok(Vec::new());
         }
-        self.write_bulk(tasks.len(), move |s| s.submit(tasks, starts, now))
-            .await
+        let bulk = tasks.len() >= BULK_WEIGHT;
+        let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
+        self.queue_hooked(tasks.len(), bulk, Some(hook), move |s| {
+            s.submit(tasks, starts, now)
+        })
+        .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {

@@ -12,7 +12,9 @@
 //! callers, while the writer already runs the next transaction. A reply still
 //! means "durable"; what the syncer has not synced yet is visible to reads a
 //! moment before it is, as it would be between SQLite's write of the WAL and
-//! its fsync inside COMMIT. A batch that fails to sync is answered with the
+//! its fsync inside COMMIT. An operation may carry a hook that the writer
+//! runs with its result right after the commit, before the sync (a submit's
+//! assignments go out to agents while the sync is in flight). A batch that fails to sync is answered with the
 //! error (its writes may or may not survive a power failure; a retried
 //! submit is idempotent).
 //!
@@ -52,14 +54,21 @@ pub(crate) struct Op {
 pub(crate) trait Job: Send {
     /// Runs the operation; returns whether it succeeded (so its savepoint is kept).
     fn run(&mut self, session: &mut Session<'_>) -> bool;
+    /// Called once the batch has committed, before it is synced: runs the
+    /// caller's hook, if it gave one.
+    fn committed(&mut self) {}
     /// Answers the caller once the batch's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), &Error>);
 }
+
+/// A caller's hook on its operation's result, run on the writer thread at commit.
+pub(crate) type Hook<T> = Box<dyn FnOnce(&T) + Send>;
 
 pub(crate) struct Pending<T, F> {
     work: Option<F>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
+    at_commit: Option<Hook<T>>,
 }
 
 impl<T, F> Pending<T, F> {
@@ -68,7 +77,13 @@ impl<T, F> Pending<T, F> {
             work: Some(work),
             result: None,
             reply,
+            at_commit: None,
         }
+    }
+
+    pub(crate) fn with_hook(mut self, at_commit: Option<Hook<T>>) -> Self {
+        self.at_commit = at_commit;
+        self
     }
 }
 
@@ -89,6 +104,15 @@ where
         let ok = result.is_ok();
         self.result = Some(result);
         ok
+    }
+
+    fn committed(&mut self) {
+        if let (Some(hook), Some(Ok(result))) = (self.at_commit.take(), &self.result) {
+            // A caller's bug must not take the writer down.
+            if catch_unwind(AssertUnwindSafe(|| hook(result))).is_err() {
+                tracing::error!("a commit hook panicked");
+            }
+        }
     }
 
     fn finish(self: Box<Self>, commit: Result<(), &Error>) {
@@ -755,6 +779,9 @@ fn commit(
         counters
             .operations
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for op in batch.iter_mut() {
+            op.job.committed();
+        }
     }
     batch_delta.clear();
     if let (Ok(()), Some((to_sync, wal))) = (commit, to_sync) {

@@ -1,5 +1,5 @@
 //! SQLite-specific behaviour the conformance suite cannot express: the data
-//! directory lock, commit before reply, schema versions, and a failing operation
+//! directory lock, commit before reply, the commit hook, schema versions, and a failing operation
 //! not taking its batch down with it.
 
 use baton_core::lifecycle::Command;
@@ -67,6 +67,33 @@ async fn a_submitted_task_is_committed_before_submit_returns() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
     assert_eq!(version, SCHEMA_VERSION as i64);
+}
+
+#[tokio::test]
+async fn the_commit_hook_sees_the_tasks_committed() {
+    let store = SqliteStore::open_temp().expect("open");
+    let db = store.dir().join(DB_FILE);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = store
+        .submit_starting_then(
+            vec![spec("a", "echo")],
+            Vec::new(),
+            T0,
+            Box::new(move |outcomes| {
+                // On the writer thread, after COMMIT: another connection sees it.
+                let conn = Connection::open(&db).expect("raw connection");
+                let stored: i64 = conn
+                    .query_row("SELECT COUNT(*) FROM tasks WHERE id = 'a'", [], |r| {
+                        r.get(0)
+                    })
+                    .expect("count");
+                let _ = tx.send((stored, outcomes.len()));
+            }),
+        )
+        .await
+        .expect("submit");
+    assert_eq!(out.len(), 1);
+    assert_eq!(rx.try_recv(), Ok((1, 1)), "the hook ran, after the commit");
 }
 
 #[tokio::test]

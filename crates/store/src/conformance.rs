@@ -47,7 +47,7 @@ use baton_core::{AgentId, InputPart, Millis, Priority, RetryPolicy, Status, Task
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The fake clock every case starts from.
 pub const T0: Millis = 1_700_000_000_000;
@@ -63,6 +63,7 @@ macro_rules! store_conformance_tests {
             submit_batch_keeps_order,
             submit_duplicate_ids_in_one_batch,
             submit_starting_stores_running_attempts,
+            submit_starting_then_hands_the_outcomes_over_once,
             get_unknown_task_is_none,
             claim_only_requested_type_up_to_max,
             claim_highest_priority_first_then_fifo,
@@ -367,6 +368,45 @@ pub async fn submit_creates_queued_tasks(store: &dyn Store) {
     );
     assert_eq!(get(store, "a").await, rec_a);
     assert_eq!(get(store, "b").await, rec_b);
+}
+
+/// `submit_starting_then` calls its hook exactly once, before it answers, with
+/// the outcomes it answers (created, started, existing alike); an empty submit
+/// calls it with none.
+pub async fn submit_starting_then_hands_the_outcomes_over_once(store: &dyn Store) {
+    let run = |tasks: Vec<TaskSpec>, starts: Vec<Option<StartAt>>| async move {
+        let seen = Arc::new(Mutex::new(Vec::<Vec<SubmitOutcome>>::new()));
+        let hook_seen = seen.clone();
+        let out = store
+            .submit_starting_then(
+                tasks,
+                starts,
+                T0 + 1,
+                Box::new(move |o| hook_seen.lock().unwrap().push(o.to_vec())),
+            )
+            .await
+            .expect("submit_starting_then");
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        (out, seen)
+    };
+    submit(store, vec![spec("old", "echo")], T0).await;
+    let start = Some(StartAt {
+        agent_id: agent("agent-S"),
+        lease_owner: "S".into(),
+        lease_deadline_ms: T0 + 30_000,
+    });
+    let (out, seen) = run(
+        vec![spec("a", "echo"), spec("b", "echo"), spec("old", "echo")],
+        vec![start, None, None],
+    )
+    .await;
+    assert_eq!(seen, vec![out.clone()], "called once, with the answer");
+    assert!(matches!(&out[0], SubmitOutcome::Created(r) if r.state.status == Status::Running));
+    assert!(matches!(&out[1], SubmitOutcome::Created(r) if r.state.status == Status::Queued));
+    assert!(matches!(&out[2], SubmitOutcome::Existing(_)));
+    let (out, seen) = run(Vec::new(), Vec::new()).await;
+    assert!(out.is_empty());
+    assert_eq!(seen, vec![Vec::new()], "an empty submit calls it with none");
 }
 
 /// A submit that names where tasks start stores each of those it creates as a

@@ -39,6 +39,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What [`Store::submit_starting_then`] calls with a submit's outcomes once
+/// they are committed.
+pub type AtCommit = Box<dyn FnOnce(&[SubmitOutcome]) + Send>;
+
 impl From<Error> for baton_core::Error {
     fn from(e: Error) -> Self {
         match e {
@@ -463,6 +467,26 @@ pub trait Store: Send + Sync + 'static {
         starts: Vec<Option<StartAt>>,
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>>;
+
+    /// [`Store::submit_starting`], calling `at_commit` with the outcomes as soon
+    /// as they are committed (visible to every reader), which may come before
+    /// they are durable: the answer still waits for durability. A caller starts
+    /// work there that need not wait for the disk (an assignment to an agent: a
+    /// result for a task lost in a crash before the sync is refused, and the
+    /// submitter, never answered, submits again). Not called if the write does
+    /// not commit. The default, for a store whose commit is durable, calls it
+    /// just before answering.
+    async fn submit_starting_then(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit,
+    ) -> Result<Vec<SubmitOutcome>> {
+        let outcomes = self.submit_starting(tasks, starts, now).await?;
+        at_commit(&outcomes);
+        Ok(outcomes)
+    }
 
     /// Claims queued tasks (see [`ClaimRequest`]). Tasks whose deadline passed are
     /// failed instead of claimed and are not returned.
