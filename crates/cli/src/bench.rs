@@ -353,9 +353,6 @@ async fn throughput_seq(
     Ok(())
 }
 
-/// Starts `n` runs of `def`, one request each with `connections` in flight, and
-/// waits until all their tasks completed.
-#[allow(clippy::too_many_arguments)]
 /// How the workflow scenarios start their runs.
 #[derive(Clone, Copy)]
 struct RunLoad {
@@ -365,6 +362,9 @@ struct RunLoad {
     connections: usize,
 }
 
+/// Starts `n` runs of `def` (in batches, or one request each with
+/// `connections` in flight, as `load` says) and waits until all their tasks
+/// completed.
 #[allow(clippy::too_many_arguments)]
 async fn runs(
     client: &Arc<Client>,

@@ -2634,7 +2634,6 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
 /// Largest assignments frame we build; a single larger task still goes alone.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Splits assignments into frames that stay under [`MAX_FRAME_BYTES`].
 /// Each start asked for ([`Dispatcher::reserve_starts`]) with its task's
 /// outcome, for [`Dispatcher::started`]; `outcomes` is `None` when the
 /// submit failed.
@@ -2747,6 +2746,7 @@ fn send_assignments(s: &Session, assignments: Vec<v1::Assignment>) {
     }
 }
 
+/// Splits assignments into frames that stay under [`MAX_FRAME_BYTES`].
 fn frames(assignments: Vec<v1::Assignment>) -> Vec<Vec<v1::Assignment>> {
     let mut out = vec![Vec::new()];
     let mut size = 0;

@@ -640,7 +640,6 @@ fn exec(conn: &Connection, sql: &str) -> Result<()> {
         .map_err(sql_error)
 }
 
-/// The writer thread's loop. Returns when every sender is gone.
 /// Counters of the writer's work, shared with the store.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -669,6 +668,7 @@ fn sync_and_answer(wal: &std::fs::File, ops: impl IntoIterator<Item = Op>) {
     }
 }
 
+/// The writer thread's loop. Returns when every sender is gone.
 pub(crate) fn run(
     conn: Connection,
     mut ops: mpsc::Receiver<Op>,
