@@ -109,7 +109,7 @@ impl App {
                 .reserve_starts(&specs.iter().collect::<Vec<_>>());
             let (committed_tx, committed) = tokio::sync::oneshot::channel();
             let picks = starts.clone();
-            let at_commit: baton_store::AtCommit = Box::new(move |outcomes| {
+            let at_commit: baton_store::AtCommit<SubmitOutcome> = Box::new(move |outcomes| {
                 let _ = committed_tx.send(crate::dispatcher::started_records(&picks, outcomes));
             });
             let submit =

@@ -2634,20 +2634,6 @@ fn cancels(attempts: Vec<(TaskId, u32)>) -> v1::ServerMessage {
 /// Largest assignments frame we build; a single larger task still goes alone.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Each start asked for ([`Dispatcher::reserve_starts`]) with its task's
-/// outcome, for [`Dispatcher::started`]; `outcomes` is `None` when the
-/// submit failed.
-pub fn start_outcomes<'a>(
-    starts: &'a [Option<StartAt>],
-    outcomes: Option<&'a [SubmitOutcome]>,
-) -> impl Iterator<Item = (&'a StartAt, Option<&'a SubmitOutcome>)> {
-    starts.iter().enumerate().filter_map(move |(i, start)| {
-        start
-            .as_ref()
-            .map(|start| (start, outcomes.and_then(|o| o.get(i))))
-    })
-}
-
 /// The created records of the tasks `starts` asks to start, in the order of
 /// the starts (what [`start_records`] pairs back with them); cloned on the
 /// store's writer at commit, so only the few started ones are.

@@ -50,7 +50,7 @@ impl Store for MeteredStore {
         tasks: Vec<TaskSpec>,
         starts: Vec<Option<StartAt>>,
         now: Millis,
-        at_commit: AtCommit,
+        at_commit: AtCommit<SubmitOutcome>,
     ) -> Result<Vec<SubmitOutcome>> {
         self.timed(
             "submit",
@@ -207,6 +207,19 @@ impl Store for MeteredStore {
     async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>> {
         self.timed("write_runs", self.inner.write_runs(writes, now))
             .await
+    }
+
+    async fn write_runs_then(
+        &self,
+        writes: Vec<RunWrite>,
+        now: Millis,
+        at_commit: AtCommit<RunWriteOutcome>,
+    ) -> Result<Vec<RunWriteOutcome>> {
+        self.timed(
+            "write_runs",
+            self.inner.write_runs_then(writes, now, at_commit),
+        )
+        .await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {

@@ -529,7 +529,8 @@ impl Engine {
 
     /// Stores runs with the tasks they start ([`Store::write_runs`]); those an
     /// idle agent can take start at once, in the same commit (see
-    /// [`Dispatcher::reserve_starts`]), and are sent to it.
+    /// [`Dispatcher::reserve_starts`]), and are sent to it as soon as that
+    /// commit is made, as a submit's are (`App::submit`).
     async fn write_runs(
         &self,
         mut writes: Vec<RunWrite>,
@@ -546,15 +547,32 @@ impl Engine {
             w.starts = starts.by_ref().take(w.tasks.len()).collect();
         }
         let kept: Vec<Vec<Option<StartAt>>> = writes.iter().map(|w| w.starts.clone()).collect();
-        let result = self.store.write_runs(writes, now).await;
-        let pairs = kept.iter().enumerate().flat_map(|(k, starts)| {
-            let tasks = match result.as_ref().map(|o| o.get(k)) {
-                Ok(Some(RunWriteOutcome::Written(tasks))) => Some(tasks.as_slice()),
-                _ => None,
-            };
-            crate::dispatcher::start_outcomes(starts, tasks)
+        let (committed_tx, committed) = tokio::sync::oneshot::channel();
+        let picks = kept.clone();
+        let at_commit: baton_store::AtCommit<RunWriteOutcome> = Box::new(move |outcomes| {
+            let records: Vec<Vec<Option<SubmitOutcome>>> = picks
+                .iter()
+                .zip(outcomes)
+                .map(|(starts, outcome)| match outcome {
+                    RunWriteOutcome::Written(tasks) => {
+                        crate::dispatcher::started_records(starts, tasks)
+                    }
+                    RunWriteOutcome::Conflict(_) => Vec::new(),
+                })
+                .collect();
+            let _ = committed_tx.send(records);
         });
-        self.dispatcher.started(pairs).await;
+        let write = self.store.write_runs_then(writes, now, at_commit);
+        let send = async {
+            // Never committed: the reservations are released all the same.
+            let records = committed.await.ok();
+            let pairs = kept.iter().enumerate().flat_map(|(k, starts)| {
+                let kept = records.as_ref().and_then(|r| r.get(k)).map(Vec::as_slice);
+                crate::dispatcher::start_records(starts, kept)
+            });
+            self.dispatcher.started(pairs).await;
+        };
+        let (result, ()) = tokio::join!(write, send);
         result
     }
 

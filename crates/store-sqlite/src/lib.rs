@@ -354,13 +354,19 @@ impl SqliteStore {
     /// from [`BULK_WEIGHT`] tasks, the writer commits it after the other work
     /// it found waiting, so that claims and results do not wait behind a large
     /// insert. A small one stays in the first transaction: a single submission
-    /// is as eager for its reply as a claim.
-    async fn write_bulk<T, F>(&self, weight: usize, work: F) -> Result<T>
+    /// is as eager for its reply as a claim. `at_commit` runs at its commit.
+    async fn write_bulk<T, F>(
+        &self,
+        weight: usize,
+        at_commit: Option<writer::Hook<T>>,
+        work: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
-        self.queue(weight, weight >= BULK_WEIGHT, work).await
+        self.queue_hooked(weight, weight >= BULK_WEIGHT, at_commit, work)
+            .await
     }
 
     async fn queue<T, F>(&self, weight: usize, bulk: bool, work: F) -> Result<T>
@@ -439,15 +445,14 @@ impl Store for SqliteStore {
         tasks: Vec<TaskSpec>,
         starts: Vec<Option<StartAt>>,
         now: Millis,
-        at_commit: AtCommit,
+        at_commit: AtCommit<SubmitOutcome>,
     ) -> Result<Vec<SubmitOutcome>> {
         if tasks.is_empty() {
             at_commit(&[]);
             return Ok(Vec::new());
         }
-        let bulk = tasks.len() >= BULK_WEIGHT;
         let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
-        self.queue_hooked(tasks.len(), bulk, Some(hook), move |s| {
+        self.write_bulk(tasks.len(), Some(hook), move |s| {
             s.submit(tasks, starts, now)
         })
         .await
@@ -608,17 +613,30 @@ impl Store for SqliteStore {
     }
 
     async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>> {
+        self.write_runs_then(writes, now, Box::new(|_| {})).await
+    }
+
+    async fn write_runs_then(
+        &self,
+        writes: Vec<RunWrite>,
+        now: Millis,
+        at_commit: AtCommit<RunWriteOutcome>,
+    ) -> Result<Vec<RunWriteOutcome>> {
         if writes.is_empty() {
+            at_commit(&[]);
             return Ok(Vec::new());
         }
-        let weight = writes.iter().map(|w| 1 + w.tasks.len()).sum();
+        let weight: usize = writes.iter().map(|w| 1 + w.tasks.len()).sum();
         // Encoded here, on the caller's thread, not on the one writer thread.
         let texts = writes
             .iter()
             .map(|w| runs::RunText::encode(&w.record))
             .collect::<Result<Vec<_>>>()?;
-        self.write_bulk(weight, move |s| s.write_runs(writes, texts, now))
-            .await
+        let hook: writer::Hook<Vec<RunWriteOutcome>> = Box::new(move |o| at_commit(o));
+        self.write_bulk(weight, Some(hook), move |s| {
+            s.write_runs(writes, texts, now)
+        })
+        .await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {

@@ -102,6 +102,7 @@ macro_rules! store_conformance_tests {
             flows_get_versions_and_are_immutable,
             flows_list_every_version,
             runs_create_once_then_compare_and_set,
+            write_runs_then_hands_the_outcomes_over_once,
             runs_write_submits_tasks_atomically,
             runs_list_filters_and_paginates,
             runs_active_lists_unfinished_oldest_first,
@@ -2710,6 +2711,35 @@ fn write(record: RunRecord, expected: Option<u64>, tasks: Vec<TaskSpec>) -> RunW
         tasks,
         starts: Vec::new(),
     }
+}
+
+/// `write_runs_then` calls its hook exactly once, before it answers, with the
+/// outcomes it answers: a written run with its tasks, a conflict alike.
+pub async fn write_runs_then_hands_the_outcomes_over_once(store: &dyn Store) {
+    let seen = Arc::new(Mutex::new(Vec::<Vec<RunWriteOutcome>>::new()));
+    let hook_seen = seen.clone();
+    let r1 = run_record("hooked", "running", true, 1, 10);
+    let mut task = spec("hooked-a", "echo");
+    task.run_id = Some("hooked".into());
+    let out = store
+        .write_runs_then(
+            vec![
+                write(r1.clone(), None, vec![task]),
+                write(r1.clone(), Some(7), vec![]),
+            ],
+            10,
+            Box::new(move |o| hook_seen.lock().unwrap().push(o.to_vec())),
+        )
+        .await
+        .expect("write_runs_then");
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[0], RunWriteOutcome::Written(t) if t.len() == 1));
+    assert!(matches!(&out[1], RunWriteOutcome::Conflict(_)));
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![out],
+        "called once, with the answer"
+    );
 }
 
 pub async fn runs_create_once_then_compare_and_set(store: &dyn Store) {

@@ -39,9 +39,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What [`Store::submit_starting_then`] calls with a submit's outcomes once
-/// they are committed.
-pub type AtCommit = Box<dyn FnOnce(&[SubmitOutcome]) + Send>;
+/// What [`Store::submit_starting_then`] and [`Store::write_runs_then`] call
+/// with their outcomes once they are committed.
+pub type AtCommit<T> = Box<dyn FnOnce(&[T]) + Send>;
 
 impl From<Error> for baton_core::Error {
     fn from(e: Error) -> Self {
@@ -481,7 +481,7 @@ pub trait Store: Send + Sync + 'static {
         tasks: Vec<TaskSpec>,
         starts: Vec<Option<StartAt>>,
         now: Millis,
-        at_commit: AtCommit,
+        at_commit: AtCommit<SubmitOutcome>,
     ) -> Result<Vec<SubmitOutcome>> {
         let outcomes = self.submit_starting(tasks, starts, now).await?;
         at_commit(&outcomes);
@@ -616,6 +616,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes runs (see [`RunWrite`]), each atomically with its tasks; outcomes in order.
     async fn write_runs(&self, writes: Vec<RunWrite>, now: Millis) -> Result<Vec<RunWriteOutcome>>;
+
+    /// [`Store::write_runs`], calling `at_commit` with the outcomes once they
+    /// are committed, as [`Store::submit_starting_then`] does.
+    async fn write_runs_then(
+        &self,
+        writes: Vec<RunWrite>,
+        now: Millis,
+        at_commit: AtCommit<RunWriteOutcome>,
+    ) -> Result<Vec<RunWriteOutcome>> {
+        let outcomes = self.write_runs(writes, now).await?;
+        at_commit(&outcomes);
+        Ok(outcomes)
+    }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
 
