@@ -97,6 +97,33 @@ async fn the_commit_hook_sees_the_tasks_committed() {
 }
 
 #[tokio::test]
+async fn a_panicking_commit_hook_does_not_stop_the_writer() {
+    let store = SqliteStore::open_temp().expect("open");
+    let out = store
+        .submit_starting_then(
+            vec![spec("a", "echo")],
+            Vec::new(),
+            T0,
+            Box::new(|_| panic!("a caller's bug")),
+        )
+        .await
+        .expect("the submit is answered");
+    assert!(matches!(&out[0], SubmitOutcome::Created(_)));
+    store
+        .submit(vec![spec("b", "echo")], T0)
+        .await
+        .expect("the writer still works");
+    assert_eq!(
+        store
+            .claim(claim_request("echo", 10))
+            .await
+            .expect("claim")
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn a_database_from_a_newer_build_is_refused() {
     let store = SqliteStore::open_temp().expect("open");
     raw(&store)
