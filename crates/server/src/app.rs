@@ -107,25 +107,17 @@ impl App {
             let starts = self
                 .dispatcher
                 .reserve_starts(&specs.iter().collect::<Vec<_>>());
-            let (committed_tx, committed) = tokio::sync::oneshot::channel();
-            let picks = starts.clone();
-            let at_commit: baton_store::AtCommit<SubmitOutcome> = Box::new(move |outcomes| {
-                let _ = committed_tx.send(crate::dispatcher::started_records(&picks, outcomes));
-            });
-            let submit =
-                self.store
-                    .submit_starting_then(specs, starts.clone(), now_ms(), at_commit);
-            let send = async {
-                // Never committed: the reservations are released all the same.
-                let records = committed.await.ok();
-                self.dispatcher
-                    .started(crate::dispatcher::start_records(
-                        &starts,
-                        records.as_deref(),
-                    ))
-                    .await;
-            };
-            let (submitted, ()) = tokio::join!(submit, send);
+            let submitted = self
+                .dispatcher
+                .write_and_send_at_commit(
+                    vec![starts.clone()],
+                    |outcomes| vec![Some(outcomes)],
+                    |at_commit| {
+                        self.store
+                            .submit_starting_then(specs, starts, now_ms(), at_commit)
+                    },
+                )
+                .await;
             submitted?
         };
         self.dispatcher.held_added(

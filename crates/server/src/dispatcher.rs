@@ -1177,6 +1177,49 @@ impl Dispatcher {
         starts
     }
 
+    /// Runs a store write that stores tasks already started
+    /// ([`Dispatcher::reserve_starts`]) with a commit hook, and sends those
+    /// tasks to their agents from that hook, while the write still waits for
+    /// durability. `groups[k]` are the starts of the tasks of the write's `k`th
+    /// outcome, and `tasks_of` gives each outcome's task outcomes (`None`: none
+    /// created). A write that never commits gives the reservations back.
+    pub async fn write_and_send_at_commit<O, R, W>(
+        &self,
+        groups: Vec<Vec<Option<StartAt>>>,
+        tasks_of: for<'o> fn(&'o [O]) -> Vec<Option<&'o [SubmitOutcome]>>,
+        write: impl FnOnce(baton_store::AtCommit<O>) -> W,
+    ) -> R
+    where
+        O: 'static,
+        W: std::future::Future<Output = R>,
+    {
+        let (committed_tx, committed) = oneshot::channel();
+        let picks = groups.clone();
+        let at_commit: baton_store::AtCommit<O> = Box::new(move |outcomes| {
+            let tasks = tasks_of(outcomes);
+            let records: Vec<Vec<Option<SubmitOutcome>>> = picks
+                .iter()
+                .enumerate()
+                .map(|(k, starts)| match tasks.get(k).copied().flatten() {
+                    Some(tasks) => started_records(starts, tasks),
+                    None => Vec::new(),
+                })
+                .collect();
+            let _ = committed_tx.send(records);
+        });
+        let send = async {
+            // Never committed: the reservations are released all the same.
+            let records = committed.await.ok();
+            let pairs = groups.iter().enumerate().flat_map(|(k, starts)| {
+                let kept = records.as_ref().and_then(|r| r.get(k)).map(Vec::as_slice);
+                start_records(starts, kept)
+            });
+            self.started(pairs).await;
+        };
+        let (out, ()) = tokio::join!(write(at_commit), send);
+        out
+    }
+
     /// After a submit that asked for starts ([`Dispatcher::reserve_starts`]),
     /// given each start with its task's outcome (`None` when the submit
     /// failed): the reservations are given back, and each task that was
@@ -2637,7 +2680,7 @@ const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// The created records of the tasks `starts` asks to start, in the order of
 /// the starts (what [`start_records`] pairs back with them); cloned on the
 /// store's writer at commit, so only the few started ones are.
-pub fn started_records(
+fn started_records(
     starts: &[Option<StartAt>],
     outcomes: &[SubmitOutcome],
 ) -> Vec<Option<SubmitOutcome>> {
@@ -2654,7 +2697,7 @@ pub fn started_records(
 
 /// Each start asked for with what [`started_records`] kept for it, for
 /// [`Dispatcher::started`]; `records` is `None` when the submit did not commit.
-pub fn start_records<'a>(
+fn start_records<'a>(
     starts: &'a [Option<StartAt>],
     records: Option<&'a [Option<SubmitOutcome>]>,
 ) -> impl Iterator<Item = (&'a StartAt, Option<&'a SubmitOutcome>)> {

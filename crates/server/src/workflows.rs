@@ -546,34 +546,22 @@ impl Engine {
         for w in &mut writes {
             w.starts = starts.by_ref().take(w.tasks.len()).collect();
         }
-        let kept: Vec<Vec<Option<StartAt>>> = writes.iter().map(|w| w.starts.clone()).collect();
-        let (committed_tx, committed) = tokio::sync::oneshot::channel();
-        let picks = kept.clone();
-        let at_commit: baton_store::AtCommit<RunWriteOutcome> = Box::new(move |outcomes| {
-            let records: Vec<Vec<Option<SubmitOutcome>>> = picks
-                .iter()
-                .zip(outcomes)
-                .map(|(starts, outcome)| match outcome {
-                    RunWriteOutcome::Written(tasks) => {
-                        crate::dispatcher::started_records(starts, tasks)
-                    }
-                    RunWriteOutcome::Conflict(_) => Vec::new(),
-                })
-                .collect();
-            let _ = committed_tx.send(records);
-        });
-        let write = self.store.write_runs_then(writes, now, at_commit);
-        let send = async {
-            // Never committed: the reservations are released all the same.
-            let records = committed.await.ok();
-            let pairs = kept.iter().enumerate().flat_map(|(k, starts)| {
-                let kept = records.as_ref().and_then(|r| r.get(k)).map(Vec::as_slice);
-                crate::dispatcher::start_records(starts, kept)
-            });
-            self.dispatcher.started(pairs).await;
-        };
-        let (result, ()) = tokio::join!(write, send);
-        result
+        let groups: Vec<Vec<Option<StartAt>>> = writes.iter().map(|w| w.starts.clone()).collect();
+        self.dispatcher
+            .write_and_send_at_commit(
+                groups,
+                |outcomes: &[RunWriteOutcome]| {
+                    outcomes
+                        .iter()
+                        .map(|o| match o {
+                            RunWriteOutcome::Written(tasks) => Some(tasks.as_slice()),
+                            RunWriteOutcome::Conflict(_) => None,
+                        })
+                        .collect()
+                },
+                |at_commit| self.store.write_runs_then(writes, now, at_commit),
+            )
+            .await
     }
 
     /// The in-memory slot of a run, loading it from the store if needed.
