@@ -575,11 +575,12 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
             let scheduled_wall = wall_start + (interval * i as u32).as_secs_f64() * 1000.0;
             handles.push(runtime.spawn(async move {
                 let id = format!("{tag}-{i}");
-                client.post("/api/v1/tasks", &noop(i, &tag)).await?;
+                // Submit and wait in one request, as a user waiting for a result
+                // would; a wait that runs out goes on with GETs.
+                let mut v = client
+                    .post("/api/v1/tasks?wait_ms=30000", &noop(i, &tag))
+                    .await?;
                 loop {
-                    let v = client
-                        .get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id)))
-                        .await?;
                     let status = v["status"].as_str().unwrap_or("");
                     if status == "completed" {
                         let complete = scheduled.elapsed();
@@ -592,6 +593,9 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
                     if matches!(status, "failed" | "dead_lettered" | "cancelled") {
                         bail!("task {id} ended {status}");
                     }
+                    v = client
+                        .get(&format!("/api/v1/tasks/{}?wait_ms=30000", enc(&id)))
+                        .await?;
                 }
             }));
         }

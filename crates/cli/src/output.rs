@@ -198,7 +198,16 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     let mut ids = Vec::with_capacity(tasks.len());
     let mut submitted = Vec::new();
     if tasks.len() == 1 {
-        let v = client.post("/api/v1/tasks", &tasks[0]).await?;
+        // With --wait, the one request also waits for the result.
+        let path = if a.wait {
+            format!(
+                "/api/v1/tasks?wait_ms={}",
+                (a.wait_timeout_s * 1000).min(30_000)
+            )
+        } else {
+            "/api/v1/tasks".to_string()
+        };
+        let v = client.post(&path, &tasks[0]).await?;
         ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
         submitted.push(v);
     } else {
@@ -242,8 +251,15 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     let pb = (!a.c.json && ids.len() > 1).then(|| progress(ids.len() as u64, "waiting"));
     let mut finished = Vec::with_capacity(ids.len());
     let mut failures = 0;
+    // A single task may have finished within its submit's own wait.
+    let mut answered = submitted
+        .into_iter()
+        .filter(|v| ids.len() == 1 && is_terminal(v["status"].as_str().unwrap_or("")));
     for id in &ids {
         let v = loop {
+            if let Some(v) = answered.next() {
+                break v;
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 bail!(

@@ -15,6 +15,9 @@ pub const MAX_LIST_LIMIT: usize = 1_000;
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 /// Longest a client may wait for a task to finish in one request.
 pub const MAX_WAIT_MS: u64 = 60_000;
+/// How often a wait reads the task again, for finishes it is not told of
+/// (another replica's).
+const WAITER_POLL: Duration = Duration::from_millis(500);
 
 pub struct App {
     pub store: Arc<dyn Store>,
@@ -176,6 +179,39 @@ impl App {
         Ok(out)
     }
 
+    /// Submits one task and then waits up to `wait_ms` for it to finish, in one
+    /// call: the answer is the task as it stands when it finished or the wait ran
+    /// out. The wait is taken before the submit, so an agent that finishes the
+    /// task before the submit's own answer is not missed, and no second read is
+    /// made when it finishes here.
+    pub async fn submit_wait(&self, spec: TaskSpec, wait_ms: u64) -> Result<Submitted, Error> {
+        let id = spec.task_id.clone();
+        let waiter = (wait_ms > 0).then(|| self.dispatcher.waiter(&id));
+        let start = Instant::now();
+        let mut submitted = self
+            .submit(vec![spec])
+            .await?
+            .pop()
+            .expect("one outcome per task")?;
+        let Some(waiter) = waiter else {
+            return Ok(submitted);
+        };
+        if submitted.record.state.status.is_terminal() {
+            return Ok(submitted);
+        }
+        let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        // Finished here: its own record. Not yet, or finished by another
+        // replica: the polling wait takes the rest of the time.
+        match tokio::time::timeout(wait.min(WAITER_POLL), waiter).await {
+            Ok(Ok(record)) => submitted.record = record,
+            _ => {
+                let left = wait.saturating_sub(start.elapsed()).as_millis() as u64;
+                submitted.record = self.get_wait(id.as_str(), left.max(1)).await?;
+            }
+        }
+        Ok(submitted)
+    }
+
     pub async fn get(&self, task_id: &str) -> Result<TaskRecord, Error> {
         let id = TaskId::parse(task_id)?;
         self.store
@@ -208,7 +244,7 @@ impl App {
                 }
                 _ = tokio::time::sleep_until(deadline) => return self.get(task_id).await,
                 // Terminal transitions made elsewhere (another replica) are seen by polling.
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(WAITER_POLL) => {}
             }
         }
     }

@@ -290,7 +290,7 @@ pub struct Dispatcher {
     opts: Options,
     state: Mutex<State>,
     wake: Notify,
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>>,
+    waiters: Waiters,
     finish_hook: std::sync::OnceLock<FinishHook>,
     leader: crate::leader::Leader,
     metrics: Arc<Metrics>,
@@ -411,14 +411,9 @@ impl Dispatcher {
     }
 
     /// Resolves with the task's record (as committed) when it finishes; dropped
-    /// with the dispatcher.
-    pub fn waiter(&self, task_id: &TaskId) -> oneshot::Receiver<TaskRecord> {
-        let (tx, rx) = oneshot::channel();
-        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let list = w.entry(task_id.clone()).or_default();
-        list.retain(|s| !s.is_closed());
-        list.push(tx);
-        rx
+    /// with the dispatcher. Dropped before that, it leaves the table of waiters.
+    pub fn waiter(&self, task_id: &TaskId) -> Waiter<'_> {
+        Waiter::new(&self.waiters, task_id)
     }
 
     /// Wakes the requests waiting for this task to finish, and lets its event
@@ -426,14 +421,7 @@ impl Dispatcher {
     fn finished(&self, record: &TaskRecord) {
         let task_id = &record.spec.task_id;
         self.progress.end(task_id.as_str());
-        let list = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(task_id);
-        for tx in list.into_iter().flatten() {
-            let _ = tx.send(record.clone());
-        }
+        wake_waiters(&self.waiters, record);
     }
 
     /// Calls `hook` with every task that reaches a terminal status (the workflow
@@ -2820,6 +2808,69 @@ fn assignment(c: &baton_store::Claimed) -> v1::Assignment {
     }
 }
 
+type Waiters = Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>>;
+
+/// One request's wait for a task to finish ([`Dispatcher::waiter`]): resolves
+/// with the record of the write that finished it. Dropped unresolved (a
+/// timeout, a client gone, a task that does not exist), it takes its entry out
+/// of the dispatcher's table, so waits on tasks that never finish cost nothing
+/// once they end.
+pub struct Waiter<'a> {
+    rx: oneshot::Receiver<TaskRecord>,
+    waiters: &'a Waiters,
+    task_id: TaskId,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(waiters: &'a Waiters, task_id: &TaskId) -> Waiter<'a> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let list = w.entry(task_id.clone()).or_default();
+        list.retain(|s| !s.is_closed());
+        list.push(tx);
+        Waiter {
+            rx,
+            waiters,
+            task_id: task_id.clone(),
+        }
+    }
+}
+
+/// Resolves every wait on the task `record` is of.
+fn wake_waiters(waiters: &Waiters, record: &TaskRecord) {
+    let list = waiters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&record.spec.task_id);
+    for tx in list.into_iter().flatten() {
+        let _ = tx.send(record.clone());
+    }
+}
+
+impl std::future::Future for Waiter<'_> {
+    type Output = Result<TaskRecord, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = w.get_mut(&self.task_id) {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                w.remove(&self.task_id);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2859,6 +2910,55 @@ mod tests {
         assert_eq!(held_ahead(5, &placed(&[]), 3), 5);
         // No slot free and nothing placed: nothing was looked at.
         assert_eq!(held_ahead(1, &placed(&[]), 0), 0);
+    }
+
+    fn record(id: &str) -> TaskRecord {
+        let spec = TaskSpec {
+            task_id: TaskId::parse(id).unwrap(),
+            task_type: "echo".into(),
+            inputs: Vec::new(),
+            priority: Priority::default(),
+            timeout_ms: 1_000,
+            metadata: Default::default(),
+            retry: Default::default(),
+            deadline_ms: None,
+            execution_mode: None,
+            dependencies: Vec::new(),
+            run_id: None,
+        };
+        TaskRecord {
+            state: baton_store::initial_state(&spec, None, 0),
+            spec,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_is_answered_with_the_finishing_record_and_leaves_the_table() {
+        let table: Waiters = Mutex::new(HashMap::new());
+        let id = TaskId::parse("t-1").unwrap();
+        let first = Waiter::new(&table, &id);
+        let second = Waiter::new(&table, &id);
+        wake_waiters(&table, &record("t-1"));
+        assert_eq!(first.await.unwrap().spec.task_id, id);
+        assert_eq!(second.await.unwrap().spec.task_id, id);
+        assert!(table.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_wait_given_up_leaves_no_entry_behind() {
+        // A wait on a task that does not exist, or that times out, must not
+        // stay in the table for ever.
+        let table: Waiters = Mutex::new(HashMap::new());
+        let id = TaskId::parse("missing").unwrap();
+        let kept = Waiter::new(&table, &id);
+        drop(Waiter::new(&table, &id));
+        assert_eq!(
+            table.lock().unwrap()[&id].len(),
+            1,
+            "only the live wait stays"
+        );
+        drop(kept);
+        assert!(table.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -246,6 +246,11 @@ struct GetQuery {
 }
 
 #[derive(Deserialize, Default)]
+struct SubmitQuery {
+    wait_ms: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
 struct ListQuery {
     status: Option<String>,
     task_type: Option<String>,
@@ -293,36 +298,41 @@ pub(crate) fn query<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
-/// Submit a task.
+/// Submit a task. With `wait_ms`, the answer waits (up to that long) for the
+/// task to finish and shows it as it then stands: submit and result in one call.
 #[utoipa::path(post, path = "/api/v1/tasks", request_body = SubmitTaskRequest,
+    params(("wait_ms" = Option<u64>, Query, description = "after the submit, wait up to this long (max 60000) for the task to finish")),
     responses((status = 201, description = "accepted and durable", body = TaskView),
               (status = 200, description = "the same task was already submitted", body = TaskView),
               (status = 400, body = ErrorBody), (status = 409, description = "the id exists with different content", body = ErrorBody),
               (status = 413, body = ErrorBody)))]
 async fn submit_task(
     State(app): State<AppState>,
+    q: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    let wait_ms: u64 = parse_num(query(q)?.wait_ms.as_deref(), "wait_ms")?.unwrap_or(0);
     let spec = app.parse(&body, "")?;
-    if let Some((run_id, created)) = app.start_flow_task(&spec).await? {
-        let status = if created {
+    let created_status = |created| {
+        if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
-        };
-        return Ok((status, Json(app.flow_task_view(&run_id).await?)).into_response());
-    }
-    let result = app
-        .submit(vec![spec])
-        .await?
-        .pop()
-        .expect("one outcome per task")?;
-    let status = if result.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+        }
     };
-    Ok((status, Json(task_view(&result.record, now_ms(), false))).into_response())
+    if let Some((run_id, created)) = app.start_flow_task(&spec).await? {
+        let view = match app.flow_task_wait(&run_id, wait_ms).await? {
+            Some(view) => view,
+            None => app.flow_task_view(&run_id).await?,
+        };
+        return Ok((created_status(created), Json(view)).into_response());
+    }
+    let result = app.submit_wait(spec, wait_ms).await?;
+    Ok((
+        created_status(result.created),
+        Json(task_view(&result.record, now_ms(), false)),
+    )
+        .into_response())
 }
 
 /// Submit many tasks in one request. Invalid input rejects the whole batch (nothing
