@@ -112,7 +112,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(async move {
+    // The command runs as a task on the runtime's workers, not on this thread
+    // (`block_on` polls its future here): a long-running loop such as an
+    // agent's then hands its messages to and from the other tasks without a
+    // thread switch each way.
+    let command = runtime.spawn(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve::serve(a).await,
             Cmd::Dev(a) => serve::dev(a).await,
@@ -132,6 +136,9 @@ fn main() {
             Cmd::Samples { dir } => write_samples(&dir),
         }
     });
+    let result = runtime
+        .block_on(command)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the command stopped: {e}")));
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -234,7 +234,7 @@ impl AgentBuilder {
     pub async fn run_until<H, F>(self, handler: H, shutdown: F) -> Result<(), Error>
     where
         H: Handler,
-        F: Future + Send,
+        F: Future + Send + 'static,
     {
         self.start(
             handler,
@@ -245,17 +245,28 @@ impl AgentBuilder {
         .await
     }
 
-    async fn start<'a, H: Handler>(
+    async fn start<H: Handler>(
         self,
         handler: H,
-        shutdown: impl futures::Stream<Item = ()> + Send + 'a,
+        shutdown: impl futures::Stream<Item = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let config = self.validate()?;
         let span = info_span!("agent", agent_id = %config.agent_id);
-        Runner::new(config, Arc::new(handler), shutdown.boxed())
-            .run()
-            .instrument(span)
-            .await
+        // The agent's loop runs as a task of its own on the runtime's workers:
+        // awaited in place, it would run wherever the caller is polled — the
+        // main thread under `#[tokio::main]` — and every message between it and
+        // the connection's tasks would cost a thread switch each way.
+        let runner = tokio::spawn(
+            Runner::new(config, Arc::new(handler), shutdown.boxed())
+                .run()
+                .instrument(span),
+        );
+        match runner.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime itself shuts down.
+            Err(_) => Ok(()),
+        }
     }
 
     fn validate(self) -> Result<Config, Error> {
