@@ -72,7 +72,7 @@ pub struct Engine {
     dispatcher: Arc<Dispatcher>,
     limits: Limits,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    finished_tx: mpsc::UnboundedSender<TaskRecord>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
     /// Live run events, for watchers (server-sent events, gRPC `WatchRun`).
     events: broadcast::Sender<LiveEvent>,
     /// parent task id -> waiting children.
@@ -400,7 +400,7 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&record.spec.task_id);
         if watched {
-            let _ = self.finished_tx.send(record.clone());
+            let _ = self.finished_tx.send(Finished::of(record));
         }
     }
 
@@ -420,15 +420,15 @@ impl Engine {
 
     /// Delivers finished tasks to their runs and dependents: every run a batch
     /// moves is advanced, and all of them are stored in one store write.
-    async fn feed(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<TaskRecord>) {
+    async fn feed(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Finished>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 4096).await > 0 {
-            let mut by_run: HashMap<String, Vec<TaskRecord>> = HashMap::new();
+            let mut by_run: HashMap<String, Vec<Finished>> = HashMap::new();
             let mut parents = Vec::new();
-            for record in batch.drain(..) {
-                parents.push(record.spec.task_id.clone());
-                if let Some(run_id) = record.spec.run_id.clone() {
-                    by_run.entry(run_id).or_default().push(record);
+            for mut finished in batch.drain(..) {
+                parents.push(finished.task_id.clone());
+                if let Some(run_id) = finished.run_id.take() {
+                    by_run.entry(run_id).or_default().push(finished);
                 }
             }
             self.deliver(by_run).await;
@@ -439,7 +439,7 @@ impl Engine {
     /// Advances each run by its finished tasks: one round per run, all the runs'
     /// writes in one `write_runs` call (so one writer operation, not one per run);
     /// a run with more to do after it (tasks found already finished) goes on alone.
-    async fn deliver(&self, by_run: HashMap<String, Vec<TaskRecord>>) {
+    async fn deliver(&self, by_run: HashMap<String, Vec<Finished>>) {
         let mut held = Vec::with_capacity(by_run.len());
         let mut ids: Vec<_> = by_run.into_iter().collect();
         // One lock order for every multi-run caller.
@@ -452,7 +452,7 @@ impl Engine {
             }
         }
         let mut guards = Vec::with_capacity(held.len());
-        for (slot, records) in &held {
+        for (slot, records) in &mut held {
             guards.push((slot.lock().await, records));
         }
         let now = now_ms();
@@ -460,15 +460,14 @@ impl Engine {
         let mut writes = Vec::with_capacity(guards.len());
         for (k, (slot, records)) in guards.iter_mut().enumerate() {
             let mut cmds = Vec::new();
-            for r in records.iter() {
-                if !slot.run.owns(r.spec.task_id.as_str()) {
+            for f in records.drain(..) {
+                if !slot.run.owns(f.task_id.as_str()) {
                     continue;
                 }
-                if let Some(out) = &r.state.output {
-                    slot.outputs
-                        .insert(r.spec.task_id.as_str().to_string(), out.clone());
+                if let Some(out) = f.output {
+                    slot.outputs.insert(f.outcome.task_id.clone(), out);
                 }
-                cmds.push(RunCommand::TaskFinished(outcome_of(r)));
+                cmds.push(RunCommand::TaskFinished(f.outcome));
             }
             if cmds.is_empty() {
                 continue;
@@ -1057,7 +1056,7 @@ impl Engine {
                 for t in tasks {
                     if let SubmitOutcome::Existing(r) = t {
                         if r.state.status.is_terminal() {
-                            let _ = self.finished_tx.send(r);
+                            let _ = self.finished_tx.send(Finished::of(&r));
                         }
                     }
                 }
@@ -1325,7 +1324,7 @@ impl Engine {
         for id in open {
             if let Some(r) = self.store.get(&TaskId::from_trusted(id)).await? {
                 if r.state.status.is_terminal() {
-                    done.push(r);
+                    done.push(Finished::of(&r));
                 }
             }
         }
@@ -1462,6 +1461,27 @@ fn count_submitted(dispatcher: &Dispatcher, outcomes: &[SubmitOutcome]) {
         }
     }
     dispatcher.metrics().tasks_submitted(created);
+}
+
+/// What the engine needs of a finished task, taken from its record where it
+/// finished (instead of a copy of the whole record with its inputs and events).
+struct Finished {
+    task_id: TaskId,
+    /// The run it is a step of, if any.
+    run_id: Option<String>,
+    output: Option<Value>,
+    outcome: TaskOutcome,
+}
+
+impl Finished {
+    fn of(r: &TaskRecord) -> Finished {
+        Finished {
+            task_id: r.spec.task_id.clone(),
+            run_id: r.spec.run_id.clone(),
+            output: r.state.output.clone(),
+            outcome: outcome_of(r),
+        }
+    }
 }
 
 fn outcome_of(r: &TaskRecord) -> TaskOutcome {
