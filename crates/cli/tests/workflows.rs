@@ -347,6 +347,38 @@ async fn pause_holds_new_steps_and_resume_finishes_the_run() {
 }
 
 #[tokio::test]
+async fn a_step_whose_agent_dies_on_its_last_attempt_fails_the_run_at_once() {
+    let (_d, _s, mut agent, api) = setup("wf-lost", "sleep").await;
+    let def = json!({"steps": [
+        {"id": "a", "task_type": "sleep", "metadata": {"sleep_ms": 30000},
+         "retry": {"max_attempts": 1}},
+        {"id": "b", "task_type": "sleep", "dependencies": ["a"]}
+    ]});
+    let r = api
+        .post(
+            "/api/v1/runs",
+            &json!({"definition": def, "run_id": "lost-1"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_run(&api, "lost-1", |r| step(r, "a")["status"] == "running").await;
+    let killed = std::time::Instant::now();
+    agent.kill();
+    // The lost agent's attempt fails where the server notices the stream end,
+    // and the run hears of it then: not at its next reconcile, which comes
+    // only once the run has been quiet for 2 s.
+    let run = wait_finished(&api, "lost-1").await;
+    let took = killed.elapsed();
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_ne!(step(&run, "a")["status"], "completed", "{run}");
+    assert_ne!(step(&run, "b")["status"], "completed", "{run}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the run took {took:?} to hear of its lost step"
+    );
+}
+
+#[tokio::test]
 async fn retry_reruns_only_the_failed_steps() {
     let (_d, _s, _a, api) = setup("wf-retry", "echo,fail").await;
     // b always fails; a retry must submit b again (a new task) and nothing else.

@@ -681,6 +681,10 @@ impl Dispatcher {
         for rec in &records {
             if rec.state.status.is_terminal() {
                 self.finished(rec);
+                // Runs and dependents hear of it now, not at their next reconcile.
+                if let Some(hook) = self.finish_hook.get() {
+                    hook(rec);
+                }
             }
         }
     }

@@ -30,8 +30,39 @@ struct Slot {
     outputs: HashMap<String, Value>,
     /// Whether the stored record holds the definition in its own column.
     def_stored: bool,
-    /// When the run last moved; only runs quiet for a while are reconciled.
-    advanced: Instant,
+    /// When the run is next reconciled, unless it moves before: a run that
+    /// moves is looked at again only once it has been quiet for
+    /// [`RECONCILE_EVERY`], and each reconcile that finds nothing doubles the
+    /// wait (up to [`RECONCILE_MAX`]), so that a backlog of queued runs is not
+    /// read again every round.
+    reconcile_at: Instant,
+    /// The wait before the next reconcile after one that finds nothing.
+    reconcile_backoff: Duration,
+}
+
+impl Slot {
+    fn new(run: Run, revision: u64, outputs: HashMap<String, Value>, def_stored: bool) -> Slot {
+        Slot {
+            run,
+            revision,
+            outputs,
+            def_stored,
+            reconcile_at: Instant::now() + RECONCILE_EVERY,
+            reconcile_backoff: RECONCILE_EVERY,
+        }
+    }
+
+    /// The run moved: its next reconcile waits for a quiet spell again.
+    fn moved(&mut self) {
+        self.reconcile_backoff = RECONCILE_EVERY;
+        self.reconcile_at = Instant::now() + RECONCILE_EVERY;
+    }
+
+    /// A reconcile found nothing to deliver: wait twice as long for the next.
+    fn reconciled_in_vain(&mut self) {
+        self.reconcile_backoff = (self.reconcile_backoff * 2).min(RECONCILE_MAX);
+        self.reconcile_at = Instant::now() + self.reconcile_backoff;
+    }
 }
 
 /// One round of a run's advance, between its planning and its write's outcome.
@@ -66,6 +97,8 @@ const WATCH_POLL: Duration = Duration::from_secs(2);
 
 /// How often active runs are reconciled, and how long a run must have been quiet.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// The longest a quiet active run goes without a reconcile.
+const RECONCILE_MAX: Duration = Duration::from_secs(30);
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -574,13 +607,12 @@ impl Engine {
         };
         let (run, def_stored) = load_run(&record)?;
         let outputs = self.load_outputs(&run).await?;
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(
             run,
-            revision: record.revision,
+            record.revision,
             outputs,
             def_stored,
-            advanced: Instant::now(),
-        }));
+        )));
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Some(
             slots.entry(run_id.to_string()).or_insert(slot).clone(),
@@ -693,7 +725,7 @@ impl Engine {
                 count_submitted(&self.dispatcher, &tasks);
                 slot.revision += 1;
                 slot.def_stored = true;
-                slot.advanced = Instant::now();
+                slot.moved();
                 self.dispatcher.work_arrived(queued_types(&tasks));
                 let mut pending = Vec::new();
                 for t in tasks {
@@ -1039,13 +1071,12 @@ impl Engine {
                         .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
                 }
                 if run.status.is_active() {
-                    let slot = Arc::new(tokio::sync::Mutex::new(Slot {
-                        run: run.clone(),
-                        revision: 1,
-                        outputs: HashMap::new(),
-                        def_stored: true,
-                        advanced: Instant::now(),
-                    }));
+                    let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(
+                        run.clone(),
+                        1,
+                        HashMap::new(),
+                        true,
+                    )));
                     self.slots
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -1277,7 +1308,7 @@ impl Engine {
         let n = active.len();
         for record in active {
             let run_id = record.run_id.clone();
-            if let Err(e) = self.reconcile(&run_id, Duration::ZERO).await {
+            if let Err(e) = self.reconcile(&run_id, true).await {
                 tracing::warn!(run_id = %run_id, error = %e, "could not resume run");
             }
         }
@@ -1306,18 +1337,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Feeds a run every task that finished without it hearing.
-    /// Only a run that has not moved for `quiet` is checked: one whose tasks keep
-    /// finishing hears of them anyway.
-    async fn reconcile(&self, run_id: &str, quiet: Duration) -> Result<(), Error> {
+    /// Feeds a run every task that finished without it hearing. Unless
+    /// `always` (at recovery), only a run that is due is checked (see
+    /// [`Slot::reconcile_at`]): one whose tasks keep finishing hears of them anyway.
+    async fn reconcile(&self, run_id: &str, always: bool) -> Result<(), Error> {
         let Some(slot) = self.slot(run_id).await? else {
             return Ok(());
         };
         let open = {
-            let s = slot.lock().await;
-            if s.advanced.elapsed() < quiet {
+            let mut s = slot.lock().await;
+            if !always && Instant::now() < s.reconcile_at {
                 return Ok(());
             }
+            // Pushed back now; a delivery below resets it.
+            s.reconciled_in_vain();
             s.run.open_tasks()
         };
         let mut done = Vec::new();
@@ -1351,7 +1384,7 @@ impl Engine {
                 .cloned()
                 .collect();
             for id in ids {
-                if let Err(e) = self.reconcile(&id, RECONCILE_EVERY).await {
+                if let Err(e) = self.reconcile(&id, false).await {
                     tracing::debug!(run_id = %id, error = %e, "reconcile failed");
                 }
             }
