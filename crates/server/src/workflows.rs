@@ -32,7 +32,7 @@ struct Slot {
     def_stored: bool,
     /// When the run is next reconciled, unless it moves before: a run that
     /// moves is looked at again only once it has been quiet for
-    /// [`RECONCILE_EVERY`], and each reconcile that finds nothing doubles the
+    /// [`RECONCILE_QUIET`], and each reconcile that finds nothing doubles the
     /// wait (up to [`RECONCILE_MAX`]), so that a backlog of queued runs is not
     /// read again every round.
     reconcile_at: Instant,
@@ -47,15 +47,15 @@ impl Slot {
             revision,
             outputs,
             def_stored,
-            reconcile_at: Instant::now() + RECONCILE_EVERY,
-            reconcile_backoff: RECONCILE_EVERY,
+            reconcile_at: Instant::now() + RECONCILE_QUIET,
+            reconcile_backoff: RECONCILE_QUIET,
         }
     }
 
     /// The run moved: its next reconcile waits for a quiet spell again.
     fn moved(&mut self) {
-        self.reconcile_backoff = RECONCILE_EVERY;
-        self.reconcile_at = Instant::now() + RECONCILE_EVERY;
+        self.reconcile_backoff = RECONCILE_QUIET;
+        self.reconcile_at = Instant::now() + RECONCILE_QUIET;
     }
 
     /// A reconcile found nothing to deliver: wait twice as long for the next.
@@ -95,10 +95,15 @@ pub const MAX_BATCH_RUNS: usize = 1_000;
 /// How long a watcher waits for a live event before it reads the run itself.
 const WATCH_POLL: Duration = Duration::from_secs(2);
 
-/// How often active runs are reconciled, and how long a run must have been quiet.
+/// How often the engine looks for runs due a reconcile.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How long a run must have been quiet for its first reconcile. Every finish
+/// reaches its run through the finish hook, so a reconcile is only the safety
+/// net for one that did not (a replica that died between a task's end and its
+/// run's write); a run queued behind a backlog is not read again and again.
+const RECONCILE_QUIET: Duration = Duration::from_secs(5);
 /// The longest a quiet active run goes without a reconcile.
-const RECONCILE_MAX: Duration = Duration::from_secs(30);
+const RECONCILE_MAX: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -1341,7 +1346,14 @@ impl Engine {
     /// `always` (at recovery), only a run that is due is checked (see
     /// [`Slot::reconcile_at`]): one whose tasks keep finishing hears of them anyway.
     async fn reconcile(&self, run_id: &str, always: bool) -> Result<(), Error> {
-        let Some(slot) = self.slot(run_id).await? else {
+        // A run that left memory since the round began has ended: it is not
+        // read back only to find nothing open.
+        let slot = if always {
+            self.slot(run_id).await?
+        } else {
+            self.cached(run_id)
+        };
+        let Some(slot) = slot else {
             return Ok(());
         };
         let open = {
