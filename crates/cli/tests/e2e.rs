@@ -62,10 +62,8 @@ async fn task_runs_on_an_agent_and_reports_seed_000_shape() {
     assert!(openapi.body["paths"]["/api/v1/dlq/{task_id}/reprocess"]["post"].is_object());
 }
 
-/// A task submitted while an agent of its type has a free slot and nothing of
-/// the type is queued starts in its submit's own commit: the submit already
-/// answers `running`, on that agent. Tasks submitted while every slot is taken
-/// wait in the queue (highest priority first) and still run exactly once.
+/// `POST /api/v1/tasks?wait_ms=` submits and waits in one request: it answers
+/// with the task as it stands when it finished or when the wait ran out.
 #[tokio::test]
 async fn a_submit_with_wait_ms_answers_with_the_result() {
     let dir = TempDir::new("submit-wait");
@@ -73,52 +71,36 @@ async fn a_submit_with_wait_ms_answers_with_the_result() {
     let _agent = AgentProc::start(&server.grpc, "sleep", 4, "sleep-1");
     let api = Api::new(&server.http);
     api.wait_agents(1).await;
+    let submit_wait = |wait: &str, id: &str, sleep_ms: u64| {
+        let path = format!("/api/v1/tasks?wait_ms={wait}");
+        let task = json!({"task_id": id, "task_type": "sleep", "metadata": {"sleep_ms": sleep_ms}});
+        let api = &api;
+        async move { api.post(&path, &task).await }
+    };
 
     // Finished within the wait: the answer is the finished task, still 201.
-    let r = api
-        .post(
-            "/api/v1/tasks?wait_ms=30000",
-            &json!({"task_id": "sw-1", "task_type": "sleep", "metadata": {"sleep_ms": 200}}),
-        )
-        .await;
+    let r = submit_wait("30000", "sw-1", 200).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["status"], "completed", "{}", r.body);
     assert_eq!(r.body["agent_executions"][0]["agent_id"], "sleep-1");
-    assert_eq!(
-        common::event_kinds(&r.body),
-        ["submitted", "started", "succeeded"]
-    );
+    let kinds = common::event_kinds(&r.body);
+    assert_eq!(kinds, ["submitted", "started", "succeeded"]);
 
     // The same submit again: the existing task (200), already finished.
-    let again = api
-        .post(
-            "/api/v1/tasks?wait_ms=30000",
-            &json!({"task_id": "sw-1", "task_type": "sleep", "metadata": {"sleep_ms": 200}}),
-        )
-        .await;
+    let again = submit_wait("30000", "sw-1", 200).await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["status"], "completed");
 
     // A wait that runs out answers with the task as it stands; it still runs.
     let started = std::time::Instant::now();
-    let r = api
-        .post(
-            "/api/v1/tasks?wait_ms=150",
-            &json!({"task_id": "sw-2", "task_type": "sleep", "metadata": {"sleep_ms": 1500}}),
-        )
-        .await;
+    let r = submit_wait("150", "sw-2", 1500).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["status"], "running", "{}", r.body);
     assert!(started.elapsed() >= Duration::from_millis(150));
     assert_eq!(api.wait_done("sw-2", LONG).await["status"], "completed");
 
     // A bad wait is refused and submits nothing.
-    let bad = api
-        .post(
-            "/api/v1/tasks?wait_ms=soon",
-            &json!({"task_id": "sw-3", "task_type": "sleep"}),
-        )
-        .await;
+    let bad = submit_wait("soon", "sw-3", 1).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(
         bad.body["error"]["code"], "invalid_argument",
@@ -128,23 +110,25 @@ async fn a_submit_with_wait_ms_answers_with_the_result() {
     assert_eq!(api.get("/api/v1/tasks/sw-3").await.status, 404);
 
     // The CLI's `submit --wait` uses it: one request, the result printed.
-    let (ok, out, err) = baton(
-        &server,
-        &[
-            "submit",
-            "--type",
-            "sleep",
-            "--task-id",
-            "sw-4",
-            "--wait",
-            "--json",
-        ],
-    );
+    let args = [
+        "submit",
+        "--type",
+        "sleep",
+        "--task-id",
+        "sw-4",
+        "--wait",
+        "--json",
+    ];
+    let (ok, out, err) = baton(&server, &args);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "completed", "{v}");
 }
 
+/// A task submitted while an agent of its type has a free slot and nothing of
+/// the type is queued starts in its submit's own commit: the submit already
+/// answers `running`, on that agent. Tasks submitted while every slot is taken
+/// wait in the queue (highest priority first) and still run exactly once.
 #[tokio::test]
 async fn a_task_for_an_idle_agent_starts_at_submit_and_busy_agents_queue() {
     let dir = TempDir::new("start-at-submit");
