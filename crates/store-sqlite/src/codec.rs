@@ -13,6 +13,8 @@ pub(crate) struct Loaded {
     pub seq: i64,
     pub spec: TaskSpec,
     pub state: TaskState,
+    /// The stored spec's size in bytes.
+    pub spec_bytes: usize,
 }
 
 /// Times are `u64` in the model and `i64` in SQLite; times beyond year 292 million
@@ -41,9 +43,15 @@ fn decode_parts(
     state: ValueRef<'_>,
     lease_deadline: Option<i64>,
 ) -> Result<Loaded> {
-    let spec = decode_spec(seq, column_bytes(seq, spec, "spec")?)?;
+    let spec_column = column_bytes(seq, spec, "spec")?;
+    let spec = decode_spec(seq, spec_column)?;
     let state = decode_state(seq, column_bytes(seq, state, "state")?, lease_deadline)?;
-    Ok(Loaded { seq, spec, state })
+    Ok(Loaded {
+        seq,
+        spec,
+        state,
+        spec_bytes: spec_column.len(),
+    })
 }
 
 /// The bytes of row `seq`'s `what` column.

@@ -84,6 +84,7 @@ mod codec;
 mod reader;
 mod runs;
 mod schema;
+mod spec_cache;
 mod tally;
 mod writer;
 

@@ -159,6 +159,8 @@ pub(crate) struct Session<'c> {
     state_buf: Vec<u8>,
     /// Count changes of the operation running now.
     delta: Delta,
+    /// Specs of tasks handed out running, for their results' updates.
+    specs: crate::spec_cache::SpecCache,
 }
 
 /// Encoding buffers above this size are released after a batch, so that one huge
@@ -229,6 +231,7 @@ impl<'c> Session<'c> {
             spec_buf: Vec::new(),
             state_buf: Vec::new(),
             delta: Delta::default(),
+            specs: Default::default(),
         }
     }
 }
@@ -241,6 +244,29 @@ impl Session<'_> {
             Some(row) => decode_record(row).map_err(sql_error)?.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// A task by id for an update: its spec from the specs handed out running
+    /// when it is there (see `spec_cache`), decoded from the row otherwise.
+    fn load_for_update(&mut self, task_id: &str) -> Result<Option<Loaded>> {
+        let mut stmt = self.conn.prepare_cached(BY_ID).map_err(sql_error)?;
+        let mut rows = stmt.query(params![task_id]).map_err(sql_error)?;
+        let Some(row) = rows.next().map_err(sql_error)? else {
+            return Ok(None);
+        };
+        let seq: i64 = row.get(0).map_err(sql_error)?;
+        let Some(spec) = self.specs.take(seq, task_id) else {
+            return decode_record(row).map_err(sql_error)?.map(Some);
+        };
+        let lease_deadline: Option<i64> = row.get(3).map_err(sql_error)?;
+        let state_column = column_bytes(seq, row.get_ref(2).map_err(sql_error)?, "state")?;
+        let state = decode_state(seq, state_column, lease_deadline)?;
+        Ok(Some(Loaded {
+            seq,
+            spec,
+            state,
+            spec_bytes: 0,
+        }))
     }
 
     fn load_many(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Loaded>> {
@@ -335,9 +361,13 @@ impl Session<'_> {
             if inserted == 1 {
                 let seq = self.conn.last_insert_rowid();
                 let spec_json = encode_json(&mut self.spec_buf, &spec)?;
+                let spec_bytes = spec_json.len();
                 insert_spec
                     .execute(params![seq, spec_json])
                     .map_err(sql_error)?;
+                if state.status == Status::Running {
+                    self.specs.stage(seq, &spec, spec_bytes);
+                }
                 self.delta.added(&spec.task_type, state.status);
                 out.push(SubmitOutcome::Created(TaskRecord { spec, state }));
                 continue;
@@ -419,6 +449,8 @@ impl Session<'_> {
                             ))
                         })?;
                 if transition.state.status == Status::Running {
+                    self.specs
+                        .stage(loaded.seq, &loaded.spec, loaded.spec_bytes);
                     out.push(Claimed {
                         attempt: transition.state.attempt,
                         spec: loaded.spec,
@@ -439,7 +471,7 @@ impl Session<'_> {
     ) -> Result<Vec<UpdateOutcome>> {
         let mut out = Vec::with_capacity(updates.len());
         for Update { task_id, command } in updates {
-            let Some(loaded) = self.load_by_id(task_id.as_str())? else {
+            let Some(loaded) = self.load_for_update(task_id.as_str())? else {
                 out.push(UpdateOutcome::NotFound);
                 continue;
             };
@@ -768,6 +800,10 @@ fn commit(
 ) {
     let conn = session.conn;
     let outcome = run_batch(session, batch, batch_delta);
+    match outcome {
+        Ok(()) => session.specs.committed(),
+        Err(_) => session.specs.rolled_back(),
+    }
     for buf in [&mut session.spec_buf, &mut session.state_buf] {
         if buf.capacity() > KEEP_BUFFER_BYTES {
             *buf = Vec::new();
@@ -827,15 +863,18 @@ fn run_batch(session: &mut Session<'_>, batch: &mut [Op], delta: &mut Delta) -> 
             exec(conn, "COMMIT")
         } else {
             session.delta.clear();
+            session.specs.rolled_back();
             exec(conn, "ROLLBACK")
         };
     }
     for op in batch.iter_mut() {
         exec(conn, "SAVEPOINT op")?;
+        let staged = session.specs.mark();
         if op.job.run(session) {
             delta.absorb(&mut session.delta);
         } else {
             session.delta.clear();
+            session.specs.unstage(staged);
             exec(conn, "ROLLBACK TO op")?;
         }
         exec(conn, "RELEASE op")?;
