@@ -19,6 +19,11 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// (another replica's).
 const WAITER_POLL: Duration = Duration::from_millis(500);
 
+/// When a wait of `wait_ms` (at most [`MAX_WAIT_MS`]) started now ends.
+fn wait_deadline(wait_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS))
+}
+
 pub struct App {
     pub store: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
@@ -186,30 +191,18 @@ impl App {
     /// made when it finishes here.
     pub async fn submit_wait(&self, spec: TaskSpec, wait_ms: u64) -> Result<Submitted, Error> {
         let id = spec.task_id.clone();
+        let deadline = wait_deadline(wait_ms);
         let waiter = (wait_ms > 0).then(|| self.dispatcher.waiter(&id));
-        let start = Instant::now();
-        let mut submitted = self
+        let Submitted { record, created } = self
             .submit(vec![spec])
             .await?
             .pop()
             .expect("one outcome per task")?;
-        let Some(waiter) = waiter else {
-            return Ok(submitted);
+        let record = match waiter {
+            Some(waiter) => self.wait_for(&id, deadline, Some((waiter, record))).await?,
+            None => record,
         };
-        if submitted.record.state.status.is_terminal() {
-            return Ok(submitted);
-        }
-        let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
-        // Finished here: its own record. Not yet, or finished by another
-        // replica: the polling wait takes the rest of the time.
-        match tokio::time::timeout(wait.min(WAITER_POLL), waiter).await {
-            Ok(Ok(record)) => submitted.record = record,
-            _ => {
-                let left = wait.saturating_sub(start.elapsed()).as_millis() as u64;
-                submitted.record = self.get_wait(id.as_str(), left.max(1)).await?;
-            }
-        }
-        Ok(submitted)
+        Ok(Submitted { record, created })
     }
 
     pub async fn get(&self, task_id: &str) -> Result<TaskRecord, Error> {
@@ -226,12 +219,27 @@ impl App {
             return self.get(task_id).await;
         }
         let id = TaskId::parse(task_id)?;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        self.wait_for(&id, wait_deadline(wait_ms), None).await
+    }
+
+    /// Waits until `deadline` for task `id` to reach a terminal status; `known`
+    /// is a wait already taken with the task as it stood after it (a submit's
+    /// answer), otherwise the task is read after subscribing.
+    async fn wait_for(
+        &self,
+        id: &TaskId,
+        deadline: tokio::time::Instant,
+        mut known: Option<(crate::dispatcher::Waiter<'_>, TaskRecord)>,
+    ) -> Result<TaskRecord, Error> {
         loop {
-            // Subscribe before reading, so a finish in between is not missed.
-            let waiter = self.dispatcher.waiter(&id);
-            let record = self.get(task_id).await?;
+            let (waiter, record) = match known.take() {
+                Some(known) => known,
+                None => {
+                    // Subscribe before reading, so a finish in between is not missed.
+                    let waiter = self.dispatcher.waiter(id);
+                    (waiter, self.get(id.as_str()).await?)
+                }
+            };
             if record.state.status.is_terminal() {
                 return Ok(record);
             }
@@ -242,7 +250,7 @@ impl App {
                         return Ok(record);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return self.get(task_id).await,
+                _ = tokio::time::sleep_until(deadline) => return self.get(id.as_str()).await,
                 // Terminal transitions made elsewhere (another replica) are seen by polling.
                 _ = tokio::time::sleep(WAITER_POLL) => {}
             }

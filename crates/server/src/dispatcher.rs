@@ -416,12 +416,16 @@ impl Dispatcher {
         Waiter::new(&self.waiters, task_id)
     }
 
-    /// Wakes the requests waiting for this task to finish, and lets its event
-    /// topic go.
+    /// A task ended, by a result or by an attempt failed in bulk (an agent
+    /// lost, a lease expired): wakes the requests waiting for it, lets its
+    /// event topic go, and tells the finish hook (runs and dependents).
     fn finished(&self, record: &TaskRecord) {
         let task_id = &record.spec.task_id;
         self.progress.end(task_id.as_str());
         wake_waiters(&self.waiters, record);
+        if let Some(hook) = self.finish_hook.get() {
+            hook(record);
+        }
     }
 
     /// Calls `hook` with every task that reaches a terminal status (the workflow
@@ -475,12 +479,7 @@ impl Dispatcher {
         let task_type = record.spec.task_type.as_str();
         for effect in effects {
             match effect {
-                Effect::Finished(_) => {
-                    self.finished(record);
-                    if let Some(hook) = self.finish_hook.get() {
-                        hook(record);
-                    }
-                }
+                Effect::Finished(_) => self.finished(record),
                 Effect::WakeAt(at) => {
                     let mut st = self.lock();
                     st.next_wake = Some(st.next_wake.map_or(*at, |w| w.min(*at)));
@@ -681,10 +680,6 @@ impl Dispatcher {
         for rec in &records {
             if rec.state.status.is_terminal() {
                 self.finished(rec);
-                // Runs and dependents hear of it now, not at their next reconcile.
-                if let Some(hook) = self.finish_hook.get() {
-                    hook(rec);
-                }
             }
         }
     }
@@ -2828,10 +2823,13 @@ pub struct Waiter<'a> {
 impl<'a> Waiter<'a> {
     fn new(waiters: &'a Waiters, task_id: &TaskId) -> Waiter<'a> {
         let (tx, rx) = oneshot::channel();
-        let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let list = w.entry(task_id.clone()).or_default();
-        list.retain(|s| !s.is_closed());
-        list.push(tx);
+        // Waits given up leave the table themselves (`Drop`).
+        waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(task_id.clone())
+            .or_default()
+            .push(tx);
         Waiter {
             rx,
             waiters,

@@ -30,11 +30,20 @@ pub(crate) fn opt_millis(value: Option<Millis>) -> Option<i64> {
 /// Decodes the columns of `select_records!`. The `lease_deadline` column is authoritative over the
 /// copy inside `state`: extending leases rewrites only the column.
 pub(crate) fn decode_record(row: &Row<'_>) -> rusqlite::Result<Result<Loaded>> {
+    decode_record_with(row, |_| None)
+}
+
+/// [`decode_record`], taking the spec from `known` (given the row's `seq`)
+/// instead of decoding it when `known` has it.
+pub(crate) fn decode_record_with(
+    row: &Row<'_>,
+    known: impl FnOnce(i64) -> Option<TaskSpec>,
+) -> rusqlite::Result<Result<Loaded>> {
     let seq: i64 = row.get(0)?;
     let spec = row.get_ref(1)?;
     let state = row.get_ref(2)?;
     let lease_deadline: Option<i64> = row.get(3)?;
-    Ok(decode_parts(seq, spec, state, lease_deadline))
+    Ok(decode_parts(seq, spec, state, lease_deadline, known(seq)))
 }
 
 fn decode_parts(
@@ -42,9 +51,13 @@ fn decode_parts(
     spec: ValueRef<'_>,
     state: ValueRef<'_>,
     lease_deadline: Option<i64>,
+    known: Option<TaskSpec>,
 ) -> Result<Loaded> {
     let spec_column = column_bytes(seq, spec, "spec")?;
-    let spec = decode_spec(seq, spec_column)?;
+    let spec = match known {
+        Some(spec) => spec,
+        None => decode_spec(seq, spec_column)?,
+    };
     let state = decode_state(seq, column_bytes(seq, state, "state")?, lease_deadline)?;
     Ok(Loaded {
         seq,

@@ -23,8 +23,8 @@
 //! itself fails, every operation of the batch gets the error.
 
 use crate::codec::{
-    column_bytes, copy_error, decode_record, decode_spec, decode_state, encode_json, millis,
-    opt_millis, sql_error, Loaded,
+    column_bytes, copy_error, decode_record, decode_record_with, decode_spec, decode_state,
+    encode_json, millis, opt_millis, sql_error, Loaded,
 };
 use crate::tally::{Delta, Tally};
 use baton_core::lifecycle::{
@@ -238,35 +238,14 @@ impl<'c> Session<'c> {
 
 impl Session<'_> {
     fn load_by_id(&self, task_id: &str) -> Result<Option<Loaded>> {
-        let mut stmt = self.conn.prepare_cached(BY_ID).map_err(sql_error)?;
-        let mut rows = stmt.query(params![task_id]).map_err(sql_error)?;
-        match rows.next().map_err(sql_error)? {
-            Some(row) => decode_record(row).map_err(sql_error)?.map(Some),
-            None => Ok(None),
-        }
+        load_one(self.conn, task_id, |_| None)
     }
 
     /// A task by id for an update: its spec from the specs handed out running
     /// when it is there (see `spec_cache`), decoded from the row otherwise.
     fn load_for_update(&mut self, task_id: &str) -> Result<Option<Loaded>> {
-        let mut stmt = self.conn.prepare_cached(BY_ID).map_err(sql_error)?;
-        let mut rows = stmt.query(params![task_id]).map_err(sql_error)?;
-        let Some(row) = rows.next().map_err(sql_error)? else {
-            return Ok(None);
-        };
-        let seq: i64 = row.get(0).map_err(sql_error)?;
-        let Some(spec) = self.specs.take(seq, task_id) else {
-            return decode_record(row).map_err(sql_error)?.map(Some);
-        };
-        let lease_deadline: Option<i64> = row.get(3).map_err(sql_error)?;
-        let state_column = column_bytes(seq, row.get_ref(2).map_err(sql_error)?, "state")?;
-        let state = decode_state(seq, state_column, lease_deadline)?;
-        Ok(Some(Loaded {
-            seq,
-            spec,
-            state,
-            spec_bytes: 0,
-        }))
+        let specs = &mut self.specs;
+        load_one(self.conn, task_id, |seq| specs.take(seq, task_id))
     }
 
     fn load_many(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Loaded>> {
@@ -710,6 +689,20 @@ fn sync_and_answer(wal: &std::fs::File, ops: impl IntoIterator<Item = Op>) {
     });
     for op in ops {
         op.job.finish(outcome.as_ref().map(|_| ()));
+    }
+}
+
+/// Task `task_id`'s row, its spec from `known` when that has it.
+fn load_one(
+    conn: &Connection,
+    task_id: &str,
+    known: impl FnOnce(i64) -> Option<TaskSpec>,
+) -> Result<Option<Loaded>> {
+    let mut stmt = conn.prepare_cached(BY_ID).map_err(sql_error)?;
+    let mut rows = stmt.query(params![task_id]).map_err(sql_error)?;
+    match rows.next().map_err(sql_error)? {
+        Some(row) => decode_record_with(row, known).map_err(sql_error)?.map(Some),
+        None => Ok(None),
     }
 }
 
