@@ -104,6 +104,7 @@ impl App {
                 format!("a batch may hold at most {} tasks", self.max_batch_tasks),
             ));
         }
+        let held_gate = self.dispatcher.held_gate().await;
         let (specs, refused) = self.shed(specs);
         self.dispatcher.note_submitted(&specs);
         let outcomes = if specs.is_empty() {
@@ -134,6 +135,7 @@ impl App {
                 .filter(|o| matches!(o, SubmitOutcome::Created(_)))
                 .count() as u64,
         );
+        drop(held_gate);
         let mut types: Vec<&str> = Vec::new();
         let mut out = outcomes
             .into_iter()

@@ -297,6 +297,13 @@ pub struct Dispatcher {
     progress: crate::progress::Hub,
     /// Outputs that claimed tasks' inputs refer to, read before assignment.
     outputs: crate::input_refs::Outputs,
+    /// Orders a refresh of `held` from the store's counts against this
+    /// replica's submits: a submit holds it shared from its admission to its
+    /// `held_added`, a refresh exclusively. Without it, a refresh that read the
+    /// counts after a submit's commit but before its `held_added` counted that
+    /// submit twice (and one that read them before the commit but set them
+    /// after `held_added` counted it not at all).
+    held_gate: tokio::sync::RwLock<()>,
 }
 
 /// How often a fast-path type whose agents are all busy has its queue head
@@ -374,6 +381,7 @@ impl Dispatcher {
             metrics,
             progress: crate::progress::Hub::default(),
             outputs: crate::input_refs::Outputs::default(),
+            held_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -687,6 +695,7 @@ impl Dispatcher {
     /// Tasks held, from the store's counts (what load shedding compares with
     /// the capacity).
     async fn refresh_held(&self) {
+        let _submits_settled = self.held_gate.write().await;
         if let Ok(counts) = self.store.counts().await {
             let held = ["queued", "running", "retry_wait", "waiting"]
                 .iter()
@@ -1051,6 +1060,16 @@ impl Dispatcher {
     pub fn held_load(&self) -> Option<(u64, u64, ShedPolicy)> {
         let p = &self.opts.policies;
         (p.capacity > 0).then(|| (self.lock().held, p.capacity, p.shed))
+    }
+
+    /// Held by a submit from before its admission until after its
+    /// [`Dispatcher::held_added`], so that a refresh of the held count sees the
+    /// submit either wholly before or wholly after; `None` when shedding is off.
+    pub async fn held_gate(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        if self.opts.policies.capacity == 0 {
+            return None;
+        }
+        Some(self.held_gate.read().await)
     }
 
     /// Newly stored tasks count as held until the next refresh from the store.
@@ -2944,6 +2963,40 @@ mod tests {
         assert_eq!(first.await.unwrap().spec.task_id, id);
         assert_eq!(second.await.unwrap().spec.task_id, id);
         assert!(table.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refresh_of_the_held_count_waits_for_a_submit_in_progress() {
+        let store: Arc<dyn Store> = Arc::new(baton_store_sqlite::SqliteStore::open_temp().unwrap());
+        let d = Dispatcher::new(
+            store.clone(),
+            Options {
+                max_workers: 4,
+                lease_ms: 30_000,
+                heartbeat_interval_ms: 5_000,
+                agent_timeout_ms: 15_000,
+                replica_id: "r".into(),
+                leader_lease_ms: 10_000,
+                policies: crate::scheduler::Policies {
+                    capacity: 10,
+                    ..Default::default()
+                },
+            },
+            Metrics::new(300_000, 0),
+        );
+        // A submit: admitted, committed, and not yet counted by `held_added`.
+        let gate = d.held_gate().await.expect("shedding is on");
+        store.submit(vec![record("t-1").spec], 1).await.unwrap();
+        let refresh = tokio::spawn({
+            let d = d.clone();
+            async move { d.refresh_held().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(d.held_load().unwrap().0, 0, "the refresh read mid-submit");
+        d.held_added(1);
+        drop(gate);
+        refresh.await.unwrap();
+        assert_eq!(d.held_load().unwrap().0, 1, "the task is counted once");
     }
 
     #[test]
