@@ -439,6 +439,16 @@ async fn json_logs_carry_task_and_agent_ids() {
         .wait_done("json-log-task", Duration::from_secs(30))
         .await;
     assert_eq!(done["status"], "failed");
+    // The log line is written beside the answer, not before it: give it time to
+    // reach the file before the server is killed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("\"task failed\"")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log_path).unwrap();
