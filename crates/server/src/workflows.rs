@@ -38,6 +38,11 @@ struct Slot {
     reconcile_at: Instant,
     /// The wait before the next reconcile after one that finds nothing.
     reconcile_backoff: Duration,
+    /// A round failed after it had changed the run in memory (an apply refused
+    /// midway, a write that did not happen): the run is read back from the
+    /// store ([`Engine::fresh`]) before anything uses it again. Cheaper than a
+    /// copy of the run before every round, which only failures need.
+    stale: bool,
 }
 
 impl Slot {
@@ -49,6 +54,7 @@ impl Slot {
             def_stored,
             reconcile_at: Instant::now() + RECONCILE_QUIET,
             reconcile_backoff: RECONCILE_QUIET,
+            stale: false,
         }
     }
 
@@ -67,8 +73,6 @@ impl Slot {
 
 /// One round of a run's advance, between its planning and its write's outcome.
 struct Round {
-    /// The run before the round, restored if the write does not happen.
-    snapshot: Run,
     cancel: Vec<TaskId>,
 }
 
@@ -491,7 +495,14 @@ impl Engine {
         }
         let mut guards = Vec::with_capacity(held.len());
         for (slot, records) in &mut held {
-            guards.push((slot.lock().await, records));
+            let mut guard = slot.lock().await;
+            match self.fresh(&mut guard).await {
+                Ok(()) => guards.push((guard, records)),
+                // Still stale: its next reconcile delivers these tasks again.
+                Err(e) => {
+                    tracing::warn!(run_id = %guard.run.run_id, error = %e, "could not reload run")
+                }
+            }
         }
         let now = now_ms();
         let mut planned = Vec::with_capacity(guards.len());
@@ -538,10 +549,10 @@ impl Engine {
             }
         };
         if outcomes.is_empty() {
-            // Nothing was stored: every run goes back to what is stored (the
-            // periodic reconcile delivers the tasks again).
-            for (k, _, round) in planned {
-                guards[k].0.run = round.snapshot;
+            // Nothing was stored: every run is read back from the store before
+            // its next use (its reconcile delivers the tasks again).
+            for (k, _, _) in planned {
+                guards[k].0.stale = true;
             }
             return;
         }
@@ -601,6 +612,23 @@ impl Engine {
             .await
     }
 
+    /// Reads a stale run (see [`Slot::stale`]) back from the store.
+    async fn fresh(&self, slot: &mut Slot) -> Result<(), Error> {
+        if !slot.stale {
+            return Ok(());
+        }
+        let run_id = slot.run.run_id.as_str();
+        let record = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
+        (slot.run, slot.def_stored) = load_run(&record)?;
+        slot.revision = record.revision;
+        slot.stale = false;
+        Ok(())
+    }
+
     /// The in-memory slot of a run, loading it from the store if needed.
     async fn slot(&self, run_id: &str) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Error> {
         let cached = self.cached(run_id);
@@ -655,7 +683,7 @@ impl Engine {
             let outcome = match self.write_runs(vec![write], now).await {
                 Ok(mut o) => o.pop(),
                 Err(e) => {
-                    slot.run = round.snapshot;
+                    slot.stale = true;
                     return Err(e.into());
                 }
             };
@@ -677,7 +705,6 @@ impl Engine {
         cmds: Vec<RunCommand>,
         now: u64,
     ) -> Result<(RunWrite, Round), Error> {
-        let snapshot = slot.run.clone();
         let mut submit = Vec::new();
         let mut cancel = Vec::new();
         for cmd in cmds {
@@ -693,7 +720,8 @@ impl Engine {
                     cancel.extend(acts.cancel);
                 }
                 Err(e) => {
-                    slot.run = snapshot;
+                    // Commands before it may have moved the run.
+                    slot.stale = true;
                     return Err(e.into());
                 }
             }
@@ -702,7 +730,7 @@ impl Engine {
         let record = match record_of(&slot.run, slot.revision + 1, !slot.def_stored) {
             Ok(r) => r,
             Err(e) => {
-                slot.run = snapshot;
+                slot.stale = true;
                 return Err(e);
             }
         };
@@ -712,7 +740,7 @@ impl Engine {
             tasks: submit,
             starts: Vec::new(),
         };
-        Ok((write, Round { snapshot, cancel }))
+        Ok((write, Round { cancel }))
     }
 
     /// After a round's write: the run's new revision and the tasks to cancel, or
@@ -749,10 +777,11 @@ impl Engine {
             }
             Some(RunWriteOutcome::Conflict(current)) => {
                 // Another writer moved the run: reload it and let the caller retry.
-                slot.run = round.snapshot;
+                slot.stale = true;
                 if let Some(rec) = current {
                     (slot.run, slot.def_stored) = load_run(&rec)?;
                     slot.revision = rec.revision;
+                    slot.stale = false;
                 }
                 Err(Error::new(
                     ErrorCode::Unavailable,
@@ -760,7 +789,7 @@ impl Engine {
                 ))
             }
             None => {
-                slot.run = round.snapshot;
+                slot.stale = true;
                 Err(Error::internal("the store answered no outcome"))
             }
         }
@@ -1254,7 +1283,9 @@ impl Engine {
     async fn run_only(&self, run_id: &str) -> Result<Run, Error> {
         let cached = self.cached(run_id);
         if let Some(slot) = cached {
-            return Ok(slot.lock().await.run.clone());
+            let mut s = slot.lock().await;
+            self.fresh(&mut s).await?;
+            return Ok(s.run.clone());
         }
         self.stored_run(run_id).await
     }
@@ -1262,7 +1293,8 @@ impl Engine {
     pub async fn get(&self, run_id: &str) -> Result<(Run, HashMap<String, Value>), Error> {
         let cached = self.cached(run_id);
         if let Some(slot) = cached {
-            let s = slot.lock().await;
+            let mut s = slot.lock().await;
+            self.fresh(&mut s).await?;
             return Ok((s.run.clone(), s.outputs.clone()));
         }
         let run = self.stored_run(run_id).await?;
@@ -1282,6 +1314,7 @@ impl Engine {
                 None => return Err(Error::not_found(format!("run {run_id} not found"))),
             };
             let mut s = slot.lock().await;
+            self.fresh(&mut s).await?;
             if !s.run.status.is_active() && !matches!(cmd, RunCommand::Retry) {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
@@ -1361,6 +1394,7 @@ impl Engine {
             if !always && Instant::now() < s.reconcile_at {
                 return Ok(());
             }
+            self.fresh(&mut s).await?;
             // Pushed back now; a delivery below resets it.
             s.reconciled_in_vain();
             s.run.open_tasks()
