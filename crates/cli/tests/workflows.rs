@@ -336,6 +336,10 @@ async fn pause_holds_new_steps_and_resume_finishes_the_run() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let run = api.get("/api/v1/runs/p1").await.body;
     assert_eq!(step(&run, "b")["status"], "pending", "{run}");
+    // The run is held in memory and never reads an output, so it keeps none:
+    // asked for, the completed step's output is read from the store.
+    let run = api.get("/api/v1/runs/p1?include_outputs=true").await.body;
+    assert_eq!(step(&run, "a")["output"]["slept_ms"], 300, "{run}");
     assert_eq!(
         api.post("/api/v1/runs/p1/pause", &json!({})).await.status,
         409

@@ -27,7 +27,11 @@ use tokio::sync::{broadcast, mpsc};
 struct Slot {
     run: Run,
     revision: u64,
+    /// Outputs of the run's completed tasks, when its flow reads outputs
+    /// ([`FlowDef::reads_outputs`]); otherwise empty, and read from the store
+    /// when asked for.
     outputs: HashMap<String, Value>,
+    keeps_outputs: bool,
     /// Whether the stored record holds the definition in its own column.
     def_stored: bool,
     /// When the run is next reconciled, unless it moves before: a run that
@@ -48,6 +52,7 @@ struct Slot {
 impl Slot {
     fn new(run: Run, revision: u64, outputs: HashMap<String, Value>, def_stored: bool) -> Slot {
         Slot {
+            keeps_outputs: run.def.reads_outputs(),
             run,
             revision,
             outputs,
@@ -69,6 +74,14 @@ impl Slot {
         self.reconcile_backoff = (self.reconcile_backoff * 2).min(RECONCILE_MAX);
         self.reconcile_at = Instant::now() + self.reconcile_backoff;
     }
+}
+
+/// An active run held in memory, and whether it keeps its tasks' outputs (told
+/// outside its lock, so that the finish hook does not copy an output for a run
+/// that drops it).
+struct Held {
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+    keeps_outputs: bool,
 }
 
 /// One round of a run's advance, between its planning and its write's outcome.
@@ -113,7 +126,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     dispatcher: Arc<Dispatcher>,
     limits: Limits,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<String, Held>>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     /// Live run events, for watchers (server-sent events, gRPC `WatchRun`).
     events: broadcast::Sender<LiveEvent>,
@@ -442,7 +455,17 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&record.spec.task_id);
         if watched {
-            let _ = self.finished_tx.send(Finished::of(record));
+            // A run in memory that never reads an output is not sent one.
+            let keeps_output = record.spec.run_id.as_deref().is_none_or(|run_id| {
+                self.slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(run_id)
+                    .is_none_or(|h| h.keeps_outputs)
+            });
+            let _ = self
+                .finished_tx
+                .send(Finished::with_output(record, keeps_output));
         }
     }
 
@@ -452,7 +475,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|slot| slot.try_lock().map_or(true, |s| s.run.status.is_active()))
+            .filter(|h| h.slot.try_lock().map_or(true, |s| s.run.status.is_active()))
             .count()
     }
 
@@ -513,7 +536,7 @@ impl Engine {
                 if !slot.run.owns(f.task_id.as_str()) {
                     continue;
                 }
-                if let Some(out) = f.output {
+                if let Some(out) = f.output.filter(|_| slot.keeps_outputs) {
                     slot.outputs.insert(f.outcome.task_id.clone(), out);
                 }
                 cmds.push(RunCommand::TaskFinished(f.outcome));
@@ -639,7 +662,12 @@ impl Engine {
             return Ok(None);
         };
         let (run, def_stored) = load_run(&record)?;
-        let outputs = self.load_outputs(&run).await?;
+        let keeps_outputs = run.def.reads_outputs();
+        let outputs = if keeps_outputs {
+            self.load_outputs(&run).await?
+        } else {
+            HashMap::new()
+        };
         let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(
             run,
             record.revision,
@@ -648,7 +676,14 @@ impl Engine {
         )));
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Some(
-            slots.entry(run_id.to_string()).or_insert(slot).clone(),
+            slots
+                .entry(run_id.to_string())
+                .or_insert(Held {
+                    slot,
+                    keeps_outputs,
+                })
+                .slot
+                .clone(),
         ))
     }
 
@@ -764,7 +799,9 @@ impl Engine {
                 for t in tasks {
                     if let SubmitOutcome::Existing(r) = t {
                         if r.state.status.is_terminal() {
-                            if let Some(out) = &r.state.output {
+                            if let Some(out) =
+                                r.state.output.as_ref().filter(|_| slot.keeps_outputs)
+                            {
                                 slot.outputs
                                     .insert(r.spec.task_id.as_str().to_string(), out.clone());
                             }
@@ -1105,16 +1142,15 @@ impl Engine {
                         .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
                 }
                 if run.status.is_active() {
-                    let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(
-                        run.clone(),
-                        1,
-                        HashMap::new(),
-                        true,
-                    )));
+                    let slot = Slot::new(run.clone(), 1, HashMap::new(), true);
+                    let held = Held {
+                        keeps_outputs: slot.keeps_outputs,
+                        slot: Arc::new(tokio::sync::Mutex::new(slot)),
+                    };
                     self.slots
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(run.run_id.clone(), slot);
+                        .insert(run.run_id.clone(), held);
                 }
                 self.publish(&run, 0);
                 // Cache hits: tasks that already finished reach the run like any other.
@@ -1266,7 +1302,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(run_id)
-            .cloned()
+            .map(|h| h.slot.clone())
     }
 
     /// The run as stored; not found if there is none.
@@ -1295,7 +1331,13 @@ impl Engine {
         if let Some(slot) = cached {
             let mut s = slot.lock().await;
             self.fresh(&mut s).await?;
-            return Ok((s.run.clone(), s.outputs.clone()));
+            if s.keeps_outputs {
+                return Ok((s.run.clone(), s.outputs.clone()));
+            }
+            let run = s.run.clone();
+            drop(s);
+            let outputs = self.load_outputs(&run).await?;
+            return Ok((run, outputs));
         }
         let run = self.stored_run(run_id).await?;
         let outputs = self.load_outputs(&run).await?;
@@ -1325,10 +1367,13 @@ impl Engine {
             match self.apply_locked(&mut s, vec![cmd.clone()]).await {
                 Ok(run) => {
                     if retrying && run.status.is_active() {
-                        self.slots
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(run_id.to_string(), slot.clone());
+                        self.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                            run_id.to_string(),
+                            Held {
+                                slot: slot.clone(),
+                                keeps_outputs: s.keeps_outputs,
+                            },
+                        );
                     }
                     return Ok(run);
                 }
@@ -1554,10 +1599,14 @@ struct Finished {
 
 impl Finished {
     fn of(r: &TaskRecord) -> Finished {
+        Finished::with_output(r, true)
+    }
+
+    fn with_output(r: &TaskRecord, output: bool) -> Finished {
         Finished {
             task_id: r.spec.task_id.clone(),
             run_id: r.spec.run_id.clone(),
-            output: r.state.output.clone(),
+            output: r.state.output.clone().filter(|_| output),
             outcome: outcome_of(r),
         }
     }

@@ -597,6 +597,32 @@ impl FlowDef {
 
     /// Rebuilds what is derived (parsed expressions, graph) after deserialising a
     /// definition this module wrote.
+    /// Whether running this flow ever reads a task's output: a template or
+    /// reference in a step's input, a condition, a compensation (its input is
+    /// its step's output), a saga, or a map, loop or scatter step (they
+    /// aggregate or chain their tasks' outputs). A run of a flow that never
+    /// does need not hold its outputs while it runs.
+    pub fn reads_outputs(&self) -> bool {
+        fn templated(v: &Value) -> bool {
+            match v {
+                Value::String(s) => s.contains("${"),
+                Value::Array(items) => items.iter().any(templated),
+                Value::Object(m) => m.values().any(templated),
+                _ => false,
+            }
+        }
+        self.saga.is_some()
+            || self.steps.iter().any(|s| {
+                s.when.is_some()
+                    || s.when_expr.is_some()
+                    || s.compensation.is_some()
+                    || s.map.is_some()
+                    || s.loop_.is_some()
+                    || s.scatter.is_some()
+                    || templated(&s.input)
+            })
+    }
+
     pub fn reload(value: &Value) -> Result<FlowDef, Error> {
         let mut def: FlowDef = serde_json::from_value(value.clone())
             .map_err(|e| Error::internal(format!("stored flow definition unreadable: {e}")))?;
@@ -1231,6 +1257,32 @@ mod tests {
 
     fn has(ps: &[(String, String)], field: &str, needle: &str) -> bool {
         ps.iter().any(|(f, m)| f == field && m.contains(needle))
+    }
+
+    #[test]
+    fn only_flows_that_never_read_an_output_are_told_they_need_none() {
+        let reads = |steps: Value| {
+            FlowDef::parse(&json!({"steps": steps}))
+                .unwrap()
+                .reads_outputs()
+        };
+        let plain = json!({"id": "a", "task_type": "t", "input": {"x": [1, "two"]}});
+        assert!(!reads(
+            json!([plain, {"id": "b", "task_type": "t", "dependencies": ["a"]}])
+        ));
+        for step in [
+            json!({"id": "b", "task_type": "t", "dependencies": ["a"], "input": {"x": ["${steps.a.output.v}"]}}),
+            json!({"id": "b", "task_type": "t", "input": "${input.v}"}),
+            json!({"id": "b", "task_type": "t", "when": "input.x > 1"}),
+            json!({"id": "b", "task_type": "t", "loop": {"max_iterations": 3, "until": "output.done == true"}}),
+            json!({"id": "b", "task_type": "t", "map": {"over": "${input.items}"}}),
+            json!({"id": "b", "task_type": "t", "scatter": {"count": 3, "aggregate": "all"}}),
+        ] {
+            assert!(reads(json!([plain, step])), "{step}");
+        }
+        let saga = json!({"saga": {"compensation": "backward"}, "steps": [
+            plain, {"id": "b", "task_type": "t", "compensation": "undo"}]});
+        assert!(FlowDef::parse(&saga).unwrap().reads_outputs());
     }
 
     #[test]
