@@ -167,6 +167,60 @@ async fn three_replicas_lose_nothing_when_one_is_killed() {
     eprintln!("all {TOTAL} tasks completed {recovery:?} after the SIGKILL");
 }
 
+/// Two replicas, each with an agent of its own type: a run's steps alternate
+/// between the types, so they finish on either replica, and the replica that
+/// hears of a step advances the run. Both write the same runs and each finds
+/// the other's writes (a revision conflict, then the run read back). Every run
+/// completes, and every step ran once, on the agent of its type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_advanced_by_two_replicas_complete_with_each_step_once() {
+    let schema = schema().await;
+    let dir = TempDir::new("replica-runs");
+    let servers: Vec<Server> = (0..2).map(|n| replica(&dir, &schema, n)).collect();
+    let apis: Vec<Api> = servers.iter().map(|s| Api::new(&s.http)).collect();
+    let types = ["echo", "sleep"];
+    let _agents: Vec<AgentProc> = (0..2)
+        .map(|i| AgentProc::start(&servers[i].grpc, types[i], 8, &format!("ra{i}")))
+        .collect();
+    for api in &apis {
+        api.wait_agents(1).await;
+    }
+    const RUNS: usize = 60;
+    let steps = ["a", "b", "c", "d", "e"];
+    let def = json!({"execution_mode": "sequential",
+        "steps": steps.iter().enumerate()
+            .map(|(k, id)| json!({"id": id, "task_type": types[k % 2]}))
+            .collect::<Vec<_>>()});
+    let started = Instant::now();
+    for i in 0..RUNS {
+        let r = apis[i % 2]
+            .post(
+                "/api/v1/runs",
+                &json!({"run_id": format!("rr{i}"), "definition": def}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    for i in 0..RUNS {
+        let run = wait_finished(&apis[(i + 1) % 2], &format!("rr{i}")).await;
+        assert_eq!(run["status"], "completed", "{run}");
+        for (k, id) in steps.iter().enumerate() {
+            let s = step(&run, id);
+            assert_eq!(s["status"], "completed", "{run}");
+            let tasks = s["tasks"].as_array().unwrap();
+            assert_eq!(tasks.len(), 1, "{run}");
+            assert_eq!(tasks[0]["attempts"], 1, "step {id} ran again: {run}");
+            let agent = format!("ra{}", k % 2);
+            assert_eq!(tasks[0]["agent_id"], json!(agent), "{run}");
+        }
+    }
+    // A replica hears at once of a step another replica started: not at the
+    // run's next reconcile, which comes only after 5 s quiet (each of these
+    // runs changes replica at every step).
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "the runs took {took:?}");
+}
+
 /// The leader stalls (SIGSTOP): another replica takes the role within the lease;
 /// the stalled one, resumed, finds itself a follower. Then the leader is killed:
 /// the last replica takes over and does the singleton duties (a retried task's

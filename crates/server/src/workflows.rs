@@ -496,7 +496,13 @@ impl Engine {
                     by_run.entry(run_id).or_default().push(finished);
                 }
             }
-            self.deliver(by_run).await;
+            // A run another replica moved meanwhile is read back by its
+            // conflict: its tasks are delivered again now, from the store.
+            for run_id in self.deliver(by_run).await {
+                if let Err(e) = self.reconcile(&run_id, true).await {
+                    tracing::warn!(run_id = %run_id, error = %e, "could not advance run");
+                }
+            }
             self.parents_finished(parents).await;
         }
     }
@@ -504,7 +510,8 @@ impl Engine {
     /// Advances each run by its finished tasks: one round per run, all the runs'
     /// writes in one `write_runs` call (so one writer operation, not one per run);
     /// a run with more to do after it (tasks found already finished) goes on alone.
-    async fn deliver(&self, by_run: HashMap<String, Vec<Finished>>) {
+    /// Returns the runs whose write met another writer's (see [`Engine::feed`]).
+    async fn deliver(&self, by_run: HashMap<String, Vec<Finished>>) -> Vec<String> {
         let mut held = Vec::with_capacity(by_run.len());
         let mut ids: Vec<_> = by_run.into_iter().collect();
         // One lock order for every multi-run caller.
@@ -531,6 +538,15 @@ impl Engine {
         let mut planned = Vec::with_capacity(guards.len());
         let mut writes = Vec::with_capacity(guards.len());
         for (k, (slot, records)) in guards.iter_mut().enumerate() {
+            if records.iter().any(|f| !slot.run.owns(f.task_id.as_str())) {
+                // A task the run in memory does not know of: another replica
+                // may have moved the run and started it. Read the run back.
+                slot.stale = true;
+                if let Err(e) = self.fresh(slot).await {
+                    tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not reload run");
+                    continue;
+                }
+            }
             let mut cmds = Vec::new();
             for f in records.drain(..) {
                 if !slot.run.owns(f.task_id.as_str()) {
@@ -556,7 +572,7 @@ impl Engine {
             }
         }
         if writes.is_empty() {
-            return;
+            return Vec::new();
         }
         let outcomes = match self.write_runs(writes, now).await {
             Ok(o) if o.len() == planned.len() => o,
@@ -577,11 +593,15 @@ impl Engine {
             for (k, _, _) in planned {
                 guards[k].0.stale = true;
             }
-            return;
+            return Vec::new();
         }
         let mut cancel = Vec::new();
+        let mut conflicts = Vec::new();
         for ((k, mark, round), outcome) in planned.into_iter().zip(outcomes) {
             let slot = &mut *guards[k].0;
+            if matches!(outcome, RunWriteOutcome::Conflict(_)) {
+                conflicts.push(slot.run.run_id.clone());
+            }
             match self.settle(slot, round, Some(outcome), &mut cancel) {
                 Ok(more) if more.is_empty() => self.finish_apply(slot, mark, now),
                 Ok(more) => match self.rounds(slot, more, now).await {
@@ -590,12 +610,17 @@ impl Engine {
                         tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not advance run")
                     }
                 },
+                Err(e) if conflicts.last() == Some(&slot.run.run_id) => {
+                    tracing::debug!(run_id = %slot.run.run_id, error = %e, "run moved elsewhere; delivering again")
+                }
                 Err(e) => {
                     tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not advance run")
                 }
             }
         }
+        drop(guards);
         self.cancel_tasks(cancel).await;
+        conflicts
     }
 
     /// Stores runs with the tasks they start ([`Store::write_runs`]); those an
@@ -650,6 +675,16 @@ impl Engine {
         slot.revision = record.revision;
         slot.stale = false;
         Ok(())
+    }
+
+    /// [`Engine::fresh`], and on a store shared with other replicas, the run
+    /// read back anyway: another replica may have moved it since (a GET on
+    /// any replica shows the run as stored).
+    async fn fresh_for_reading(&self, slot: &mut Slot) -> Result<(), Error> {
+        if !self.store.exclusive() {
+            slot.stale = true;
+        }
+        self.fresh(slot).await
     }
 
     /// The in-memory slot of a run, loading it from the store if needed.
@@ -1320,7 +1355,7 @@ impl Engine {
         let cached = self.cached(run_id);
         if let Some(slot) = cached {
             let mut s = slot.lock().await;
-            self.fresh(&mut s).await?;
+            self.fresh_for_reading(&mut s).await?;
             return Ok(s.run.clone());
         }
         self.stored_run(run_id).await
@@ -1330,7 +1365,7 @@ impl Engine {
         let cached = self.cached(run_id);
         if let Some(slot) = cached {
             let mut s = slot.lock().await;
-            self.fresh(&mut s).await?;
+            self.fresh_for_reading(&mut s).await?;
             if s.keeps_outputs {
                 return Ok((s.run.clone(), s.outputs.clone()));
             }
@@ -1453,6 +1488,7 @@ impl Engine {
             }
         }
         if !done.is_empty() {
+            // A conflict here waits for the run's next reconcile.
             self.deliver(HashMap::from([(run_id.to_string(), done)]))
                 .await;
         }
