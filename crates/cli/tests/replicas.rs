@@ -219,6 +219,33 @@ async fn runs_advanced_by_two_replicas_complete_with_each_step_once() {
     // runs changes replica at every step).
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "the runs took {took:?}");
+    // Each replica lets go of its copies of the runs, those another replica
+    // ended too: at their next reconcile (5 s after they went quiet), each is
+    // read back and, found ended, dropped.
+    for server in &servers {
+        let metrics = server.metrics.as_deref().expect("metrics on");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = reqwest::get(format!("{metrics}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let held = text
+                .lines()
+                .find_map(|l| l.strip_prefix("orchestrator_active_runs "))
+                .map(|v| v.trim().to_string());
+            if held.as_deref() == Some("0") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica still holds runs that ended: {held:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// The leader stalls (SIGSTOP): another replica takes the role within the lease;

@@ -469,14 +469,10 @@ impl Engine {
         }
     }
 
-    /// Active runs this replica holds in memory (a run busy right now counts).
+    /// Runs this replica holds in memory. A run leaves as it ends here; a run
+    /// another replica ended leaves at its next reconcile here.
     pub fn active_count(&self) -> usize {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|h| h.slot.try_lock().map_or(true, |s| s.run.status.is_active()))
-            .count()
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
@@ -1474,7 +1470,16 @@ impl Engine {
             if !always && Instant::now() < s.reconcile_at {
                 return Ok(());
             }
-            self.fresh(&mut s).await?;
+            self.fresh_for_reading(&mut s).await?;
+            if !s.run.status.is_active() {
+                // Another replica ended it: this copy is let go of.
+                self.dispatcher.progress().end(run_id);
+                self.slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(run_id);
+                return Ok(());
+            }
             // Pushed back now; a delivery below resets it.
             s.reconciled_in_vain();
             s.run.open_tasks()
