@@ -50,12 +50,13 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(run: Run, revision: u64, outputs: HashMap<String, Value>, def_stored: bool) -> Slot {
+    /// A run as stored at `revision`, with no outputs yet.
+    fn new(run: Run, revision: u64, def_stored: bool) -> Slot {
         Slot {
             keeps_outputs: run.def.reads_outputs(),
             run,
             revision,
-            outputs,
+            outputs: HashMap::new(),
             def_stored,
             reconcile_at: Instant::now() + RECONCILE_QUIET,
             reconcile_backoff: RECONCILE_QUIET,
@@ -82,6 +83,15 @@ impl Slot {
 struct Held {
     slot: Arc<tokio::sync::Mutex<Slot>>,
     keeps_outputs: bool,
+}
+
+impl Held {
+    fn of(slot: Slot) -> Held {
+        Held {
+            keeps_outputs: slot.keeps_outputs,
+            slot: Arc::new(tokio::sync::Mutex::new(slot)),
+        }
+    }
 }
 
 /// One round of a run's advance, between its planning and its write's outcome.
@@ -522,6 +532,11 @@ impl Engine {
         let mut guards = Vec::with_capacity(held.len());
         for (slot, records) in &mut held {
             let mut guard = slot.lock().await;
+            if records.iter().any(|f| !guard.run.owns(f.task_id.as_str())) {
+                // A task the run in memory does not know of: another replica
+                // may have moved the run and started it. Read the run back.
+                guard.stale = true;
+            }
             match self.fresh(&mut guard).await {
                 Ok(()) => guards.push((guard, records)),
                 // Still stale: its next reconcile delivers these tasks again.
@@ -534,15 +549,6 @@ impl Engine {
         let mut planned = Vec::with_capacity(guards.len());
         let mut writes = Vec::with_capacity(guards.len());
         for (k, (slot, records)) in guards.iter_mut().enumerate() {
-            if records.iter().any(|f| !slot.run.owns(f.task_id.as_str())) {
-                // A task the run in memory does not know of: another replica
-                // may have moved the run and started it. Read the run back.
-                slot.stale = true;
-                if let Err(e) = self.fresh(slot).await {
-                    tracing::warn!(run_id = %slot.run.run_id, error = %e, "could not reload run");
-                    continue;
-                }
-            }
             let mut cmds = Vec::new();
             for f in records.drain(..) {
                 if !slot.run.owns(f.task_id.as_str()) {
@@ -693,28 +699,14 @@ impl Engine {
             return Ok(None);
         };
         let (run, def_stored) = load_run(&record)?;
-        let keeps_outputs = run.def.reads_outputs();
-        let outputs = if keeps_outputs {
-            self.load_outputs(&run).await?
-        } else {
-            HashMap::new()
-        };
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(
-            run,
-            record.revision,
-            outputs,
-            def_stored,
-        )));
+        let mut slot = Slot::new(run, record.revision, def_stored);
+        if slot.keeps_outputs {
+            slot.outputs = self.load_outputs(&slot.run).await?;
+        }
+        let held = Held::of(slot);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Some(
-            slots
-                .entry(run_id.to_string())
-                .or_insert(Held {
-                    slot,
-                    keeps_outputs,
-                })
-                .slot
-                .clone(),
+            slots.entry(run_id.to_string()).or_insert(held).slot.clone(),
         ))
     }
 
@@ -876,11 +868,16 @@ impl Engine {
             );
         }
         if !slot.run.status.is_active() {
-            self.slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&slot.run.run_id);
+            self.let_go(&slot.run.run_id);
         }
+    }
+
+    /// An ended run leaves memory.
+    fn let_go(&self, run_id: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
     }
 
     async fn cancel_tasks(&self, ids: Vec<TaskId>) {
@@ -1173,11 +1170,7 @@ impl Engine {
                         .run_finished(run.status.as_str(), end.saturating_sub(run.created_at_ms));
                 }
                 if run.status.is_active() {
-                    let slot = Slot::new(run.clone(), 1, HashMap::new(), true);
-                    let held = Held {
-                        keeps_outputs: slot.keeps_outputs,
-                        slot: Arc::new(tokio::sync::Mutex::new(slot)),
-                    };
+                    let held = Held::of(Slot::new(run.clone(), 1, true));
                     self.slots
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -1474,10 +1467,7 @@ impl Engine {
             if !s.run.status.is_active() {
                 // Another replica ended it: this copy is let go of.
                 self.dispatcher.progress().end(run_id);
-                self.slots
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(run_id);
+                self.let_go(run_id);
                 return Ok(());
             }
             // Pushed back now; a delivery below resets it.

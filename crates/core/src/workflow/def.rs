@@ -614,7 +614,6 @@ impl FlowDef {
         self.saga.is_some()
             || self.steps.iter().any(|s| {
                 s.when.is_some()
-                    || s.when_expr.is_some()
                     || s.compensation.is_some()
                     || s.map.is_some()
                     || s.loop_.is_some()
