@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Tasks in the latency scenario.
     #[arg(long, default_value_t = 5_000)]
     latency_tasks: usize,
+    /// Write each latency-scenario task's scheduled send offset and its
+    /// submit->complete latency (microseconds, CSV) to this file, to see
+    /// whether slow tasks are spread out or bunched in one stall.
+    #[arg(long)]
+    latency_out: Option<std::path::PathBuf>,
     /// Tasks queued in the queued-memory scenario.
     #[arg(long, default_value_t = 1_000_000)]
     queued: usize,
@@ -553,7 +558,13 @@ fn wall_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result<()> {
+async fn latency(
+    client: &Arc<Client>,
+    n: usize,
+    rate: u64,
+    tag: &str,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     let wall_start = wall_ms();
@@ -588,7 +599,15 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
                             .as_str()
                             .and_then(parse_rfc3339_ms);
                         let to_start = started.map(|s| (s - scheduled_wall).max(0.0));
-                        return Ok::<_, anyhow::Error>((complete, to_start));
+                        // Where the time went, for --latency-out: the server's
+                        // receipt and end, from the scheduled send (ms).
+                        let at = |k: &str| {
+                            v[k].as_str()
+                                .and_then(parse_rfc3339_ms)
+                                .map(|t| t - scheduled_wall)
+                        };
+                        let marks = [at("created_at"), to_start, at("finished_at")];
+                        return Ok::<_, anyhow::Error>((complete, to_start, marks));
                     }
                     if matches!(status, "failed" | "dead_lettered" | "cancelled") {
                         bail!("task {id} ended {status}");
@@ -606,12 +625,25 @@ async fn latency(client: &Arc<Client>, n: usize, rate: u64, tag: &str) -> Result
         .map_err(|_| anyhow!("pacer thread panicked"))?;
     let mut complete = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut to_start = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for h in handles {
-        let (c, s) = h.await??;
+    let mut csv = String::from("sent_us,latency_us,received_ms,started_ms,finished_ms\n");
+    for (i, h) in handles.into_iter().enumerate() {
+        let (c, s, marks) = h.await??;
         complete.record((c.as_micros() as u64).max(1))?;
+        let [received, started, finished] = marks.map(|m| m.map(|m| format!("{m:.0}")));
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            (interval * i as u32).as_micros(),
+            c.as_micros(),
+            received.unwrap_or_default(),
+            started.unwrap_or_default(),
+            finished.unwrap_or_default(),
+        ));
         if let Some(s) = s {
             to_start.record(((s * 1000.0) as u64).max(1))?;
         }
+    }
+    if let Some(out) = out {
+        std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))?;
     }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     line("latency_p50", ms(&complete, 0.50), "ms");
@@ -861,6 +893,7 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
                         args.latency_tasks,
                         args.rate,
                         &format!("lat-{run_id}"),
+                        args.latency_out.as_deref(),
                     )
                     .await?
                 }

@@ -61,9 +61,11 @@ impl Drop for Checkpointer {
 fn run(conn: Connection, stopped: mpsc::Receiver<()>) {
     // Until the store drops the sender.
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
+        let began = std::time::Instant::now();
         let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
             Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         });
+        crate::warn_if_slow("checkpoint", began, crate::SLOW_SYNC);
         if let Err(e) = checkpointed {
             tracing::debug!(error = %e, "sqlite checkpoint skipped");
         }

@@ -88,6 +88,19 @@ mod spec_cache;
 mod tally;
 mod writer;
 
+/// A sync or checkpoint slower than this is logged at warn: a stalled disk
+/// is where a latency spike of the whole server shows first.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
+/// The same for a write transaction (a bulk insert takes a few ms per 1,000 tasks).
+const SLOW_TRANSACTION: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn warn_if_slow(what: &'static str, began: std::time::Instant, limit: std::time::Duration) {
+    let took = began.elapsed();
+    if took >= limit {
+        tracing::warn!(took_ms = took.as_secs_f64() * 1000.0, "slow sqlite {what}");
+    }
+}
+
 pub use reader::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 pub use schema::SCHEMA_VERSION;
 

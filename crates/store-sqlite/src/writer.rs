@@ -683,7 +683,10 @@ fn sync_loop(wal: std::fs::File, batches: std::sync::mpsc::Receiver<Vec<Op>>) {
 
 /// Syncs the WAL once, then answers every operation committed before.
 fn sync_and_answer(wal: &std::fs::File, ops: impl IntoIterator<Item = Op>) {
-    let outcome = wal.sync_data().map_err(|e| {
+    let began = std::time::Instant::now();
+    let outcome = wal.sync_data();
+    crate::warn_if_slow("WAL sync", began, crate::SLOW_SYNC);
+    let outcome = outcome.map_err(|e| {
         tracing::error!(error = %e, "cannot sync the sqlite WAL");
         Error::Unavailable(format!("cannot sync the write-ahead log: {e}"))
     });
@@ -792,7 +795,9 @@ fn commit(
     to_sync: Option<(&std::sync::mpsc::Sender<Vec<Op>>, &std::fs::File)>,
 ) {
     let conn = session.conn;
+    let began = std::time::Instant::now();
     let outcome = run_batch(session, batch, batch_delta);
+    crate::warn_if_slow("write transaction", began, crate::SLOW_TRANSACTION);
     match outcome {
         Ok(()) => session.specs.committed(),
         Err(_) => session.specs.rolled_back(),
