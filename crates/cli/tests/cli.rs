@@ -153,3 +153,62 @@ fn two_servers_cannot_share_a_data_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bench_latency_reports_percentiles_and_writes_each_task_with_latency_out() {
+    let dir = TempDir::new("bench-latency");
+    let csv = dir.0.join("latency.csv");
+    let out = Command::new(BATON)
+        .args([
+            "bench",
+            "--scenarios",
+            "latency",
+            "--latency-tasks",
+            "40",
+            "--rate",
+            "200",
+            "--agents",
+            "1",
+            "--latency-out",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "baton latency_p50 ",
+        "baton latency_p99 ",
+        "baton latency_max ",
+    ] {
+        assert!(stdout.contains(line), "{line} missing: {stdout}");
+    }
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("sent_us,latency_us,received_ms,started_ms,finished_ms")
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|f| f.parse::<f64>().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 40, "one row per task");
+    for (i, row) in rows.iter().enumerate() {
+        let [sent, latency, received, started, finished] = row[..] else {
+            panic!("row {i}: {row:?}")
+        };
+        assert_eq!(sent, i as f64 * 5_000.0, "sent 5 ms apart at 200/s");
+        assert!(latency > 0.0);
+        // The server's times (ms, from the scheduled send) come in order and
+        // within the latency the client saw.
+        assert!(
+            received <= started + 1.0 && started <= finished + 1.0,
+            "{row:?}"
+        );
+        assert!(finished <= latency / 1000.0 + 1.0, "{row:?}");
+    }
+}
