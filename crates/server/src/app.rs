@@ -98,6 +98,17 @@ impl App {
         &self,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<Result<Submitted, Error>>, Error> {
+        self.submit_with(specs, false).await
+    }
+
+    /// [`App::submit`]; with `defer_sync`, for a submitter that waits on for
+    /// the tasks' ends, the store may sync the write with a later one
+    /// ([`baton_store::Store::submit_starting_then_deferred`]).
+    async fn submit_with(
+        &self,
+        specs: Vec<TaskSpec>,
+        defer_sync: bool,
+    ) -> Result<Vec<Result<Submitted, Error>>, Error> {
         if specs.len() > self.max_batch_tasks {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
@@ -121,9 +132,16 @@ impl App {
                 .write_and_send_at_commit(
                     vec![starts.clone()],
                     |outcomes| vec![Some(outcomes)],
-                    |at_commit| {
-                        self.store
-                            .submit_starting_then(specs, starts, now_ms(), at_commit)
+                    |at_commit| async move {
+                        if defer_sync {
+                            self.store
+                                .submit_starting_then_deferred(specs, starts, now_ms(), at_commit)
+                                .await
+                        } else {
+                            self.store
+                                .submit_starting_then(specs, starts, now_ms(), at_commit)
+                                .await
+                        }
                     },
                 )
                 .await;
@@ -190,13 +208,14 @@ impl App {
     /// call: the answer is the task as it stands when it finished or the wait ran
     /// out. The wait is taken before the submit, so an agent that finishes the
     /// task before the submit's own answer is not missed, and no second read is
-    /// made when it finishes here.
+    /// made when it finishes here. A task that ends quickly is made durable
+    /// by one sync with its result instead of one sync each.
     pub async fn submit_wait(&self, spec: TaskSpec, wait_ms: u64) -> Result<Submitted, Error> {
         let id = spec.task_id.clone();
         let deadline = wait_deadline(wait_ms);
         let waiter = (wait_ms > 0).then(|| self.dispatcher.waiter(&id));
         let Submitted { record, created } = self
-            .submit(vec![spec])
+            .submit_with(vec![spec], waiter.is_some())
             .await?
             .pop()
             .expect("one outcome per task")?;

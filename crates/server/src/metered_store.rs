@@ -60,6 +60,21 @@ impl Store for MeteredStore {
         .await
     }
 
+    async fn submit_starting_then_deferred(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit<SubmitOutcome>,
+    ) -> Result<Vec<SubmitOutcome>> {
+        self.timed(
+            "submit",
+            self.inner
+                .submit_starting_then_deferred(tasks, starts, now, at_commit),
+        )
+        .await
+    }
+
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
         self.timed("claim", self.inner.claim(request)).await
     }

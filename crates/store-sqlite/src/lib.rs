@@ -379,8 +379,34 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
-        self.queue_hooked(weight, weight >= BULK_WEIGHT, at_commit, work)
+        self.queue_hooked(weight, weight >= BULK_WEIGHT, false, at_commit, work)
             .await
+    }
+
+    /// A submission (bulk from [`BULK_WEIGHT`] tasks) whose `at_commit` runs
+    /// at its commit; `defer_sync` as in [`Op::defer_sync`].
+    async fn submit_hooked(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit<SubmitOutcome>,
+        defer_sync: bool,
+    ) -> Result<Vec<SubmitOutcome>> {
+        if tasks.is_empty() {
+            at_commit(&[]);
+            return Ok(Vec::new());
+        }
+        let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
+        let weight = tasks.len();
+        self.queue_hooked(
+            weight,
+            weight >= BULK_WEIGHT,
+            defer_sync,
+            Some(hook),
+            move |s| s.submit(tasks, starts, now),
+        )
+        .await
     }
 
     async fn queue<T, F>(&self, weight: usize, bulk: bool, work: F) -> Result<T>
@@ -388,15 +414,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
-        self.queue_hooked(weight, bulk, None, work).await
+        self.queue_hooked(weight, bulk, false, None, work).await
     }
 
     /// Queues `work` for the writer; `at_commit` runs on the writer thread with
-    /// its result once committed, before the sync the answer waits for.
+    /// its result once committed, before the sync the answer waits for (which
+    /// may be deferred: see [`Op::defer_sync`]).
     async fn queue_hooked<T, F>(
         &self,
         weight: usize,
         bulk: bool,
+        defer_sync: bool,
         at_commit: Option<writer::Hook<T>>,
         work: F,
     ) -> Result<T>
@@ -408,6 +436,7 @@ impl SqliteStore {
         let op = Op {
             weight: weight.max(1),
             bulk,
+            defer_sync,
             job: Box::new(Pending::new(work, reply).with_hook(at_commit)),
         };
         let ops = self.ops.as_ref().ok_or_else(stopped)?;
@@ -461,15 +490,19 @@ impl Store for SqliteStore {
         now: Millis,
         at_commit: AtCommit<SubmitOutcome>,
     ) -> Result<Vec<SubmitOutcome>> {
-        if tasks.is_empty() {
-            at_commit(&[]);
-            return Ok(Vec::new());
-        }
-        let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
-        self.write_bulk(tasks.len(), Some(hook), move |s| {
-            s.submit(tasks, starts, now)
-        })
-        .await
+        self.submit_hooked(tasks, starts, now, at_commit, false)
+            .await
+    }
+
+    async fn submit_starting_then_deferred(
+        &self,
+        tasks: Vec<TaskSpec>,
+        starts: Vec<Option<StartAt>>,
+        now: Millis,
+        at_commit: AtCommit<SubmitOutcome>,
+    ) -> Result<Vec<SubmitOutcome>> {
+        self.submit_hooked(tasks, starts, now, at_commit, true)
+            .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {

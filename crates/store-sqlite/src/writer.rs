@@ -47,8 +47,17 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) struct Op {
     pub weight: usize,
     pub bulk: bool,
+    /// Its caller waits on for a later write anyway (a submit that waits for
+    /// its task's result): the syncer may hold its commit for up to
+    /// [`DEFER_SYNC_MAX`] to sync it with the next one.
+    pub defer_sync: bool,
     pub job: Box<dyn Job>,
 }
+
+/// How long the syncer holds a commit whose every operation may defer its
+/// sync, waiting for a commit to sync it with (typically its task's result,
+/// a fraction of a millisecond later), before it syncs it alone.
+pub(crate) const DEFER_SYNC_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A write operation whose result is held back until the batch commits.
 pub(crate) trait Job: Send {
@@ -673,10 +682,29 @@ pub(crate) struct Counters {
 
 /// Syncs the WAL, then answers the callers of the batches committed before
 /// the sync began, in commit order.
-fn sync_loop(wal: std::fs::File, batches: std::sync::mpsc::Receiver<Vec<Op>>) {
+/// Commits whose every operation may defer its sync are held up to
+/// `defer_max` for a later commit to share the sync with.
+fn sync_loop(
+    wal: std::fs::File,
+    batches: std::sync::mpsc::Receiver<Vec<Op>>,
+    defer_max: std::time::Duration,
+) {
+    let deferrable = |synced: &[Vec<Op>]| synced.iter().flatten().all(|op| op.defer_sync);
     while let Ok(first) = batches.recv() {
         let mut synced = vec![first];
         synced.extend(batches.try_iter());
+        let until = std::time::Instant::now() + defer_max;
+        while deferrable(&synced) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match batches.recv_timeout(left) {
+                Ok(more) => {
+                    synced.push(more);
+                    synced.extend(batches.try_iter());
+                }
+                // Held long enough, or the writer is stopping.
+                Err(_) => break,
+            }
+        }
         sync_and_answer(&wal, synced.into_iter().flatten());
     }
 }
@@ -723,7 +751,7 @@ pub(crate) fn run(
         let thread = wal.try_clone().and_then(|own| {
             std::thread::Builder::new()
                 .name("baton-sqlite-sync".into())
-                .spawn(move || sync_loop(own, rx))
+                .spawn(move || sync_loop(own, rx, DEFER_SYNC_MAX))
         });
         (tx, wal, thread)
     });
@@ -898,6 +926,7 @@ mod tests {
             let op = Op {
                 weight: 1,
                 bulk: false,
+                defer_sync: false,
                 job: Box::new(Pending::new(work, reply)),
             };
             (op, answer)
@@ -923,6 +952,7 @@ mod tests {
         let submit = Op {
             weight: 1_000,
             bulk: true,
+            defer_sync: false,
             job: Box::new(Pending::new(work, reply)),
         };
         let (tx, rx) = mpsc::channel(16);
@@ -972,6 +1002,7 @@ mod tests {
                 batch.push(Op {
                     weight: 1,
                     bulk: false,
+                    defer_sync: false,
                     job,
                 });
             }
@@ -980,7 +1011,7 @@ mod tests {
         drop(tx);
         let dir = std::env::temp_dir().join(format!("baton-sync-{}", std::process::id()));
         let wal = std::fs::File::create(&dir).unwrap();
-        sync_loop(wal, rx);
+        sync_loop(wal, rx, DEFER_SYNC_MAX);
         let _ = std::fs::remove_file(&dir);
         let got: Vec<usize> = answers.into_iter().map(|a| a.join().unwrap()).collect();
         assert_eq!(
@@ -989,6 +1020,68 @@ mod tests {
             "each caller gets its own answer"
         );
         assert_eq!(log.lock().unwrap().len(), 12);
+    }
+
+    /// An operation that has run, as in the writer's transaction, and the
+    /// receiver of its answer.
+    fn ran(defer_sync: bool) -> (Op, oneshot::Receiver<Result<()>>) {
+        let (reply, answer) = oneshot::channel();
+        let mut job: Box<dyn Job> = Box::new(Pending::new(
+            |_: &mut Session<'_>| -> Result<()> { Ok(()) },
+            reply,
+        ));
+        let conn = Connection::open_in_memory().unwrap();
+        assert!(job.run(&mut Session::new(&conn)));
+        let op = Op {
+            weight: 1,
+            bulk: false,
+            defer_sync,
+            job,
+        };
+        (op, answer)
+    }
+
+    #[test]
+    fn a_deferrable_commit_waits_for_the_next_commit_or_the_window_to_sync() {
+        use std::time::{Duration, Instant};
+        let path = std::env::temp_dir().join(format!("baton-defer-{}", std::process::id()));
+        let wal = std::fs::File::create(&path).unwrap();
+
+        // Held until the next commit comes, then synced and answered with it.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Op>>();
+        let own = wal.try_clone().unwrap();
+        let syncer = std::thread::spawn(move || sync_loop(own, rx, Duration::from_secs(30)));
+        let (deferred, mut deferred_answer) = ran(true);
+        tx.send(vec![deferred]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            deferred_answer.try_recv().is_err(),
+            "a deferrable commit alone is held"
+        );
+        let (eager, eager_answer) = ran(false);
+        let sent = Instant::now();
+        tx.send(vec![eager]).unwrap();
+        assert!(matches!(eager_answer.blocking_recv(), Ok(Ok(()))));
+        assert!(matches!(deferred_answer.blocking_recv(), Ok(Ok(()))));
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "not held to the window"
+        );
+        drop(tx);
+        syncer.join().unwrap();
+
+        // Alone, it is synced once the window has passed.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Op>>();
+        let own = wal.try_clone().unwrap();
+        let syncer = std::thread::spawn(move || sync_loop(own, rx, Duration::from_millis(40)));
+        let (deferred, deferred_answer) = ran(true);
+        let sent = Instant::now();
+        tx.send(vec![deferred]).unwrap();
+        assert!(matches!(deferred_answer.blocking_recv(), Ok(Ok(()))));
+        assert!(sent.elapsed() >= Duration::from_millis(40));
+        drop(tx);
+        syncer.join().unwrap();
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -371,43 +371,56 @@ pub async fn submit_creates_queued_tasks(store: &dyn Store) {
     assert_eq!(get(store, "b").await, rec_b);
 }
 
-/// `submit_starting_then` calls its hook exactly once, before it answers, with
-/// the outcomes it answers (created, started, existing alike); an empty submit
-/// calls it with none.
+/// `submit_starting_then` and `submit_starting_then_deferred` call their hook
+/// exactly once, before they answer, with the outcomes they answer (created,
+/// started, existing alike); an empty submit calls it with none. The deferred
+/// one stores what the other does.
 pub async fn submit_starting_then_hands_the_outcomes_over_once(store: &dyn Store) {
-    let run = |tasks: Vec<TaskSpec>, starts: Vec<Option<StartAt>>| async move {
+    let run = |tasks: Vec<TaskSpec>, starts: Vec<Option<StartAt>>, deferred: bool| async move {
         let seen = Arc::new(Mutex::new(Vec::<Vec<SubmitOutcome>>::new()));
         let hook_seen = seen.clone();
-        let out = store
-            .submit_starting_then(
-                tasks,
-                starts,
-                T0 + 1,
-                Box::new(move |o| hook_seen.lock().unwrap().push(o.to_vec())),
-            )
-            .await
-            .expect("submit_starting_then");
+        let hook: crate::AtCommit<SubmitOutcome> =
+            Box::new(move |o| hook_seen.lock().unwrap().push(o.to_vec()));
+        let out = if deferred {
+            store
+                .submit_starting_then_deferred(tasks, starts, T0 + 1, hook)
+                .await
+        } else {
+            store
+                .submit_starting_then(tasks, starts, T0 + 1, hook)
+                .await
+        }
+        .expect("submit_starting_then");
         let seen = std::mem::take(&mut *seen.lock().unwrap());
         (out, seen)
     };
-    submit(store, vec![spec("old", "echo")], T0).await;
-    let start = Some(StartAt {
-        agent_id: agent("agent-S"),
-        lease_owner: "S".into(),
-        lease_deadline_ms: T0 + 30_000,
-    });
-    let (out, seen) = run(
-        vec![spec("a", "echo"), spec("b", "echo"), spec("old", "echo")],
-        vec![start, None, None],
-    )
-    .await;
-    assert_eq!(seen, vec![out.clone()], "called once, with the answer");
-    assert!(matches!(&out[0], SubmitOutcome::Created(r) if r.state.status == Status::Running));
-    assert!(matches!(&out[1], SubmitOutcome::Created(r) if r.state.status == Status::Queued));
-    assert!(matches!(&out[2], SubmitOutcome::Existing(_)));
-    let (out, seen) = run(Vec::new(), Vec::new()).await;
-    assert!(out.is_empty());
-    assert_eq!(seen, vec![Vec::new()], "an empty submit calls it with none");
+    for (deferred, [old, a, b]) in [(false, ["old", "a", "b"]), (true, ["old2", "c", "d"])] {
+        submit(store, vec![spec(old, "echo")], T0).await;
+        let start = Some(StartAt {
+            agent_id: agent("agent-S"),
+            lease_owner: "S".into(),
+            lease_deadline_ms: T0 + 30_000,
+        });
+        let (out, seen) = run(
+            vec![spec(a, "echo"), spec(b, "echo"), spec(old, "echo")],
+            vec![start, None, None],
+            deferred,
+        )
+        .await;
+        assert_eq!(seen, vec![out.clone()], "called once, with the answer");
+        assert!(matches!(&out[0], SubmitOutcome::Created(r) if r.state.status == Status::Running));
+        assert!(matches!(&out[1], SubmitOutcome::Created(r) if r.state.status == Status::Queued));
+        assert!(matches!(&out[2], SubmitOutcome::Existing(_)));
+        for (i, id) in [a, b].into_iter().enumerate() {
+            let SubmitOutcome::Created(created) = &out[i] else {
+                unreachable!()
+            };
+            assert_eq!(&get(store, id).await, created, "{id} stored as answered");
+        }
+        let (out, seen) = run(Vec::new(), Vec::new(), deferred).await;
+        assert!(out.is_empty());
+        assert_eq!(seen, vec![Vec::new()], "an empty submit calls it with none");
+    }
 }
 
 /// A submit that names where tasks start stores each of those it creates as a
