@@ -6,7 +6,9 @@ use crate::dispatcher::{AgentInfo, Dispatcher};
 use baton_core::lifecycle::Command;
 use baton_core::task::Limits;
 use baton_core::{Error, ErrorCode, Status, TaskId, TaskSpec};
-use baton_store::{ListFilter, Page, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome};
+use baton_store::{
+    ListFilter, Page, Store, SubmitOutcome, SyncMode, TaskRecord, Update, UpdateOutcome,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,16 +100,15 @@ impl App {
         &self,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<Result<Submitted, Error>>, Error> {
-        self.submit_with(specs, false).await
+        self.submit_with(specs, SyncMode::Now).await
     }
 
-    /// [`App::submit`]; with `defer_sync`, for a submitter that waits on for
-    /// the tasks' ends, the store may sync the write with a later one
-    /// ([`baton_store::Store::submit_starting_then_deferred`]).
+    /// [`App::submit`]; `SyncMode::Deferred` for a submitter that waits on for
+    /// the tasks' ends.
     async fn submit_with(
         &self,
         specs: Vec<TaskSpec>,
-        defer_sync: bool,
+        sync: SyncMode,
     ) -> Result<Vec<Result<Submitted, Error>>, Error> {
         if specs.len() > self.max_batch_tasks {
             return Err(Error::new(
@@ -132,16 +133,9 @@ impl App {
                 .write_and_send_at_commit(
                     vec![starts.clone()],
                     |outcomes| vec![Some(outcomes)],
-                    |at_commit| async move {
-                        if defer_sync {
-                            self.store
-                                .submit_starting_then_deferred(specs, starts, now_ms(), at_commit)
-                                .await
-                        } else {
-                            self.store
-                                .submit_starting_then(specs, starts, now_ms(), at_commit)
-                                .await
-                        }
+                    |at_commit| {
+                        self.store
+                            .submit_starting_then(specs, starts, now_ms(), at_commit, sync)
                     },
                 )
                 .await;
@@ -215,7 +209,14 @@ impl App {
         let deadline = wait_deadline(wait_ms);
         let waiter = (wait_ms > 0).then(|| self.dispatcher.waiter(&id));
         let Submitted { record, created } = self
-            .submit_with(vec![spec], waiter.is_some())
+            .submit_with(
+                vec![spec],
+                if waiter.is_some() {
+                    SyncMode::Deferred
+                } else {
+                    SyncMode::Now
+                },
+            )
             .await?
             .pop()
             .expect("one outcome per task")?;

@@ -9,7 +9,7 @@ use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     AtCommit, ClaimRequest, Claimed, Counts, Fence, FlowOutcome, FlowRecord, Leadership,
     ListFilter, Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
-    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, SyncMode, TaskRecord, Update, UpdateOutcome,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,26 +51,12 @@ impl Store for MeteredStore {
         starts: Vec<Option<StartAt>>,
         now: Millis,
         at_commit: AtCommit<SubmitOutcome>,
+        sync: SyncMode,
     ) -> Result<Vec<SubmitOutcome>> {
         self.timed(
             "submit",
             self.inner
-                .submit_starting_then(tasks, starts, now, at_commit),
-        )
-        .await
-    }
-
-    async fn submit_starting_then_deferred(
-        &self,
-        tasks: Vec<TaskSpec>,
-        starts: Vec<Option<StartAt>>,
-        now: Millis,
-        at_commit: AtCommit<SubmitOutcome>,
-    ) -> Result<Vec<SubmitOutcome>> {
-        self.timed(
-            "submit",
-            self.inner
-                .submit_starting_then_deferred(tasks, starts, now, at_commit),
+                .submit_starting_then(tasks, starts, now, at_commit, sync),
         )
         .await
     }

@@ -110,7 +110,7 @@ use baton_core::{Millis, TaskId, TaskSpec};
 use baton_store::{
     AtCommit, ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, FlowRecord, Leadership,
     ListFilter, Page, Result, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
-    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, SyncMode, TaskRecord, Update, UpdateOutcome,
 };
 use reader::Readers;
 use rusqlite::{Connection, OpenFlags};
@@ -383,32 +383,6 @@ impl SqliteStore {
             .await
     }
 
-    /// A submission (bulk from [`BULK_WEIGHT`] tasks) whose `at_commit` runs
-    /// at its commit; `defer_sync` as in [`Op::defer_sync`].
-    async fn submit_hooked(
-        &self,
-        tasks: Vec<TaskSpec>,
-        starts: Vec<Option<StartAt>>,
-        now: Millis,
-        at_commit: AtCommit<SubmitOutcome>,
-        defer_sync: bool,
-    ) -> Result<Vec<SubmitOutcome>> {
-        if tasks.is_empty() {
-            at_commit(&[]);
-            return Ok(Vec::new());
-        }
-        let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
-        let weight = tasks.len();
-        self.queue_hooked(
-            weight,
-            weight >= BULK_WEIGHT,
-            defer_sync,
-            Some(hook),
-            move |s| s.submit(tasks, starts, now),
-        )
-        .await
-    }
-
     async fn queue<T, F>(&self, weight: usize, bulk: bool, work: F) -> Result<T>
     where
         T: Send + 'static,
@@ -479,7 +453,7 @@ impl Store for SqliteStore {
         starts: Vec<Option<StartAt>>,
         now: Millis,
     ) -> Result<Vec<SubmitOutcome>> {
-        self.submit_starting_then(tasks, starts, now, Box::new(|_| {}))
+        self.submit_starting_then(tasks, starts, now, Box::new(|_| {}), SyncMode::Now)
             .await
     }
 
@@ -489,20 +463,23 @@ impl Store for SqliteStore {
         starts: Vec<Option<StartAt>>,
         now: Millis,
         at_commit: AtCommit<SubmitOutcome>,
+        sync: SyncMode,
     ) -> Result<Vec<SubmitOutcome>> {
-        self.submit_hooked(tasks, starts, now, at_commit, false)
-            .await
-    }
-
-    async fn submit_starting_then_deferred(
-        &self,
-        tasks: Vec<TaskSpec>,
-        starts: Vec<Option<StartAt>>,
-        now: Millis,
-        at_commit: AtCommit<SubmitOutcome>,
-    ) -> Result<Vec<SubmitOutcome>> {
-        self.submit_hooked(tasks, starts, now, at_commit, true)
-            .await
+        if tasks.is_empty() {
+            at_commit(&[]);
+            return Ok(Vec::new());
+        }
+        let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
+        let weight = tasks.len();
+        let defer_sync = sync == SyncMode::Deferred;
+        self.queue_hooked(
+            weight,
+            weight >= BULK_WEIGHT,
+            defer_sync,
+            Some(hook),
+            move |s| s.submit(tasks, starts, now),
+        )
+        .await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {

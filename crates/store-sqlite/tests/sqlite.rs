@@ -5,7 +5,7 @@
 use baton_core::lifecycle::Command;
 use baton_core::TaskId;
 use baton_store::conformance::{spec, T0};
-use baton_store::{ClaimRequest, Error, Store, SubmitOutcome, Update};
+use baton_store::{ClaimRequest, Error, Store, SubmitOutcome, SyncMode, Update};
 use baton_store_sqlite::{Options, SqliteStore, Synchronous, DB_FILE, SCHEMA_VERSION};
 use rusqlite::Connection;
 
@@ -89,6 +89,7 @@ async fn the_commit_hook_sees_the_tasks_committed() {
                     .expect("count");
                 let _ = tx.send((stored, outcomes.len()));
             }),
+            SyncMode::Now,
         )
         .await
         .expect("submit");
@@ -105,6 +106,7 @@ async fn a_panicking_commit_hook_does_not_stop_the_writer() {
             Vec::new(),
             T0,
             Box::new(|_| panic!("a caller's bug")),
+            SyncMode::Now,
         )
         .await
         .expect("the submit is answered");

@@ -37,7 +37,7 @@
 use crate::{
     initial_state, ClaimRequest, Claimed, Counts, Error, Fence, FlowOutcome, Leadership,
     ListFilter, RunFilter, RunPage, RunRecord, RunWrite, RunWriteOutcome, Selected,
-    SelectedOutcome, StartAt, Store, SubmitOutcome, TaskRecord, Update, UpdateOutcome,
+    SelectedOutcome, StartAt, Store, SubmitOutcome, SyncMode, TaskRecord, Update, UpdateOutcome,
 };
 use baton_core::input::InputKind;
 use baton_core::lifecycle::{
@@ -371,30 +371,27 @@ pub async fn submit_creates_queued_tasks(store: &dyn Store) {
     assert_eq!(get(store, "b").await, rec_b);
 }
 
-/// `submit_starting_then` and `submit_starting_then_deferred` call their hook
-/// exactly once, before they answer, with the outcomes they answer (created,
-/// started, existing alike); an empty submit calls it with none. The deferred
-/// one stores what the other does.
+/// `submit_starting_then` calls its hook exactly once, before it answers, with
+/// the outcomes it answers (created, started, existing alike); an empty submit
+/// calls it with none. With `SyncMode::Deferred` it stores what it does with
+/// `SyncMode::Now`.
 pub async fn submit_starting_then_hands_the_outcomes_over_once(store: &dyn Store) {
-    let run = |tasks: Vec<TaskSpec>, starts: Vec<Option<StartAt>>, deferred: bool| async move {
+    let run = |tasks: Vec<TaskSpec>, starts: Vec<Option<StartAt>>, sync: SyncMode| async move {
         let seen = Arc::new(Mutex::new(Vec::<Vec<SubmitOutcome>>::new()));
         let hook_seen = seen.clone();
         let hook: crate::AtCommit<SubmitOutcome> =
             Box::new(move |o| hook_seen.lock().unwrap().push(o.to_vec()));
-        let out = if deferred {
-            store
-                .submit_starting_then_deferred(tasks, starts, T0 + 1, hook)
-                .await
-        } else {
-            store
-                .submit_starting_then(tasks, starts, T0 + 1, hook)
-                .await
-        }
-        .expect("submit_starting_then");
+        let out = store
+            .submit_starting_then(tasks, starts, T0 + 1, hook, sync)
+            .await
+            .expect("submit_starting_then");
         let seen = std::mem::take(&mut *seen.lock().unwrap());
         (out, seen)
     };
-    for (deferred, [old, a, b]) in [(false, ["old", "a", "b"]), (true, ["old2", "c", "d"])] {
+    for (sync, [old, a, b]) in [
+        (SyncMode::Now, ["old", "a", "b"]),
+        (SyncMode::Deferred, ["old2", "c", "d"]),
+    ] {
         submit(store, vec![spec(old, "echo")], T0).await;
         let start = Some(StartAt {
             agent_id: agent("agent-S"),
@@ -404,7 +401,7 @@ pub async fn submit_starting_then_hands_the_outcomes_over_once(store: &dyn Store
         let (out, seen) = run(
             vec![spec(a, "echo"), spec(b, "echo"), spec(old, "echo")],
             vec![start, None, None],
-            deferred,
+            sync,
         )
         .await;
         assert_eq!(seen, vec![out.clone()], "called once, with the answer");
@@ -417,7 +414,7 @@ pub async fn submit_starting_then_hands_the_outcomes_over_once(store: &dyn Store
             };
             assert_eq!(&get(store, id).await, created, "{id} stored as answered");
         }
-        let (out, seen) = run(Vec::new(), Vec::new(), deferred).await;
+        let (out, seen) = run(Vec::new(), Vec::new(), sync).await;
         assert!(out.is_empty());
         assert_eq!(seen, vec![Vec::new()], "an empty submit calls it with none");
     }

@@ -449,6 +449,20 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// How soon a submit must be made durable on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// As soon as it commits: its answer is what the submitter waits for.
+    #[default]
+    Now,
+    /// The submitter goes on waiting for its tasks' ends: the store may make
+    /// the write durable together with a later one (typically the task's
+    /// result) instead of on its own, answering a little later (the embedded
+    /// store: at most 2 ms) but sparing a sync on the way to the result. The
+    /// answer still comes only once the write is durable.
+    Deferred,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores new tasks as queued, durably, before returning. Idempotent per task id.
@@ -474,35 +488,20 @@ pub trait Store: Send + Sync + 'static {
     /// work there that need not wait for the disk (an assignment to an agent: a
     /// result for a task lost in a crash before the sync is refused, and the
     /// submitter, never answered, submits again). Not called if the write does
-    /// not commit. The default, for a store whose commit is durable, calls it
-    /// just before answering.
+    /// not commit. `sync` says whether the write may share a later write's sync
+    /// (see [`SyncMode`]). The default, for a store whose commit is durable,
+    /// calls the hook just before answering and ignores `sync`.
     async fn submit_starting_then(
         &self,
         tasks: Vec<TaskSpec>,
         starts: Vec<Option<StartAt>>,
         now: Millis,
         at_commit: AtCommit<SubmitOutcome>,
+        _sync: SyncMode,
     ) -> Result<Vec<SubmitOutcome>> {
         let outcomes = self.submit_starting(tasks, starts, now).await?;
         at_commit(&outcomes);
         Ok(outcomes)
-    }
-
-    /// [`Store::submit_starting_then`] for a submitter that goes on waiting for
-    /// its tasks to end: the store may make this write durable together with a
-    /// later one (typically the task's result) instead of on its own, answering
-    /// a little later (the embedded store: at most 2 ms) but sparing a sync on
-    /// the way to the result. The answer still comes only once the write is
-    /// durable. The default is `submit_starting_then`.
-    async fn submit_starting_then_deferred(
-        &self,
-        tasks: Vec<TaskSpec>,
-        starts: Vec<Option<StartAt>>,
-        now: Millis,
-        at_commit: AtCommit<SubmitOutcome>,
-    ) -> Result<Vec<SubmitOutcome>> {
-        self.submit_starting_then(tasks, starts, now, at_commit)
-            .await
     }
 
     /// Claims queued tasks (see [`ClaimRequest`]). Tasks whose deadline passed are
