@@ -14,7 +14,10 @@
 //! moment before it is, as it would be between SQLite's write of the WAL and
 //! its fsync inside COMMIT. An operation may carry a hook that the writer
 //! runs with its result right after the commit, before the sync (a submit's
-//! assignments go out to agents while the sync is in flight). A batch that fails to sync is answered with the
+//! assignments go out to agents while the sync is in flight). A batch made
+//! only of operations that may defer their sync (a submit whose caller waits
+//! on for the task's result) is held up to [`DEFER_SYNC_MAX`] for a later
+//! batch to share the sync with. A batch that fails to sync is answered with the
 //! error (its writes may or may not survive a power failure; a retried
 //! submit is idempotent).
 //!
@@ -682,6 +685,7 @@ pub(crate) struct Counters {
 
 /// Syncs the WAL, then answers the callers of the batches committed before
 /// the sync began, in commit order.
+///
 /// Commits whose every operation may defer its sync are held up to
 /// `defer_max` for a later commit to share the sync with.
 fn sync_loop(
