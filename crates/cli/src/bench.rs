@@ -70,8 +70,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5_000)]
     latency_tasks: usize,
     /// Write each latency-scenario task's scheduled send offset and its
-    /// submit->complete latency (microseconds, CSV) to this file, to see
-    /// whether slow tasks are spread out or bunched in one stall.
+    /// submit->complete latency (µs), and the server's receipt, start and
+    /// finish (ms after the scheduled send), as CSV to this file: to see
+    /// whether slow tasks are spread out or bunched in one stall, and where.
     #[arg(long)]
     latency_out: Option<std::path::PathBuf>,
     /// Tasks queued in the queued-memory scenario.
@@ -625,24 +626,25 @@ async fn latency(
         .map_err(|_| anyhow!("pacer thread panicked"))?;
     let mut complete = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut to_start = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut csv = String::from("sent_us,latency_us,received_ms,started_ms,finished_ms\n");
+    let mut csv =
+        out.map(|_| String::from("sent_us,latency_us,received_ms,started_ms,finished_ms\n"));
     for (i, h) in handles.into_iter().enumerate() {
         let (c, s, marks) = h.await??;
         complete.record((c.as_micros() as u64).max(1))?;
-        let [received, started, finished] = marks.map(|m| m.map(|m| format!("{m:.0}")));
-        csv.push_str(&format!(
-            "{},{},{},{},{}\n",
-            (interval * i as u32).as_micros(),
-            c.as_micros(),
-            received.unwrap_or_default(),
-            started.unwrap_or_default(),
-            finished.unwrap_or_default(),
-        ));
+        if let Some(csv) = csv.as_mut() {
+            let [received, started, finished] =
+                marks.map(|m| m.map(|m| format!("{m:.0}")).unwrap_or_default());
+            csv.push_str(&format!(
+                "{},{},{received},{started},{finished}\n",
+                (interval * i as u32).as_micros(),
+                c.as_micros(),
+            ));
+        }
         if let Some(s) = s {
             to_start.record(((s * 1000.0) as u64).max(1))?;
         }
     }
-    if let Some(out) = out {
+    if let (Some(out), Some(csv)) = (out, csv) {
         std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))?;
     }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;

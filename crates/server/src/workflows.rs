@@ -1637,7 +1637,7 @@ impl Finished {
         Finished {
             task_id: r.spec.task_id.clone(),
             run_id: r.spec.run_id.clone(),
-            output: r.state.output.clone().filter(|_| output),
+            output: r.state.output.as_ref().filter(|_| output).cloned(),
             outcome: outcome_of(r),
         }
     }

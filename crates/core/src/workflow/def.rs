@@ -595,8 +595,6 @@ impl FlowDef {
         })
     }
 
-    /// Rebuilds what is derived (parsed expressions, graph) after deserialising a
-    /// definition this module wrote.
     /// Whether running this flow ever reads a task's output: a template or
     /// reference in a step's input, a condition, a compensation (its input is
     /// its step's output), a saga, or a map, loop or scatter step (they
@@ -622,6 +620,8 @@ impl FlowDef {
             })
     }
 
+    /// Rebuilds what is derived (parsed expressions, graph) after deserialising a
+    /// definition this module wrote.
     pub fn reload(value: &Value) -> Result<FlowDef, Error> {
         let mut def: FlowDef = serde_json::from_value(value.clone())
             .map_err(|e| Error::internal(format!("stored flow definition unreadable: {e}")))?;
