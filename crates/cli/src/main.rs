@@ -108,7 +108,22 @@ fn main() {
         let _ = THP_OFF_ERROR.set(e.to_string());
     }
     let cli = Cli::parse();
+    // The orchestrator's config is read before the runtime is built: it says
+    // how many threads the runtime gets.
+    let loaded = match &cli.cmd {
+        Cmd::Serve(a) => a.load().map(Some),
+        Cmd::Dev(a) => a.load().map(Some),
+        _ => Ok(None),
+    };
+    let mut config = loaded.unwrap_or_else(|e| fail(e));
+    let configured = match (&cli.cmd, &config) {
+        (_, Some(cfg)) => cfg.worker_threads,
+        (Cmd::Agent(a), None) => usize::from(a.worker_threads),
+        _ => 0,
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(baton_server::config::runtime_workers(configured, cpus))
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -118,8 +133,8 @@ fn main() {
     // thread switch each way.
     let command = runtime.spawn(async move {
         match cli.cmd {
-            Cmd::Serve(a) => serve::serve(a).await,
-            Cmd::Dev(a) => serve::dev(a).await,
+            Cmd::Serve(_) => serve::serve(config.take().expect("loaded above")).await,
+            Cmd::Dev(a) => serve::dev(config.take().expect("loaded above"), a).await,
             Cmd::Agent(a) => serve::agent(a).await,
             Cmd::Submit(a) => output::submit(a).await,
             Cmd::Get(a) => output::get(a).await,
@@ -140,7 +155,11 @@ fn main() {
         .block_on(command)
         .unwrap_or_else(|e| Err(anyhow::anyhow!("the command stopped: {e}")));
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        fail(e);
     }
+}
+
+fn fail(e: anyhow::Error) -> ! {
+    eprintln!("error: {e:#}");
+    std::process::exit(1);
 }

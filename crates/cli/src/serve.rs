@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Attempts running at once across all agents [default: 100, or MAX_WORKERS].
     #[arg(long)]
     max_workers: Option<usize>,
+    /// Threads of the async runtime (HTTP, gRPC, scheduling) [default: 0, one
+    /// less than the CPUs, at least one; or BATON_WORKER_THREADS].
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// trace, debug, info, warn or error [default: info, or LOG_LEVEL].
     #[arg(long)]
     log_level: Option<String>,
@@ -67,6 +71,9 @@ impl ServeArgs {
         if let Some(v) = self.max_workers {
             m.insert("max_workers".into(), v.into());
         }
+        if let Some(v) = self.worker_threads {
+            m.insert("worker_threads".into(), v.into());
+        }
         if let Some(v) = &self.log_level {
             m.insert("log_level".into(), v.clone().into());
         }
@@ -79,7 +86,9 @@ impl ServeArgs {
         m
     }
 
-    fn load(&self) -> Result<Config> {
+    /// The layered, validated config. `main` loads it before it builds the
+    /// runtime, whose size it gives.
+    pub fn load(&self) -> Result<Config> {
         let env: HashMap<String, String> = std::env::vars().collect();
         Ok(Config::load(
             self.config.as_deref(),
@@ -217,8 +226,8 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-pub async fn serve(args: ServeArgs) -> Result<()> {
-    let cfg = args.load()?;
+/// `baton serve`, with the config its [`ServeArgs`] loaded.
+pub async fn serve(cfg: Config) -> Result<()> {
     start(cfg, None).await
 }
 
@@ -231,8 +240,14 @@ pub struct DevArgs {
     agent_concurrency: usize,
 }
 
-pub async fn dev(args: DevArgs) -> Result<()> {
-    let cfg = args.serve.load()?;
+impl DevArgs {
+    pub fn load(&self) -> Result<Config> {
+        self.serve.load()
+    }
+}
+
+/// `baton dev`, with the config its [`DevArgs`] loaded.
+pub async fn dev(cfg: Config, args: DevArgs) -> Result<()> {
     let types = baton_agents::builtin_types()
         .into_iter()
         .map(str::to_string)
@@ -298,6 +313,10 @@ pub struct AgentArgs {
     /// text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], ignore_case = true)]
     log_format: String,
+    /// Threads of the async runtime; 0: one less than the CPUs, at least one.
+    #[arg(long, env = "BATON_WORKER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=baton_server::config::MAX_WORKER_THREADS as i64))]
+    pub worker_threads: u16,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<()> {

@@ -48,6 +48,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Attempts running at once across all agents of this orchestrator (seed 000's MAX_WORKERS).
     pub max_workers: usize,
+    /// Threads of the async runtime (HTTP, gRPC, scheduling); 0: one less than
+    /// the CPUs, at least one (see [`runtime_workers`]).
+    pub worker_threads: usize,
     /// Largest request body, in bytes; larger requests get 413.
     pub max_body_bytes: usize,
     /// Largest total input size of one task, in bytes.
@@ -167,6 +170,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             max_workers: 100,
+            worker_threads: 0,
             max_body_bytes: 16 * 1024 * 1024,
             max_task_bytes: 8 * 1024 * 1024,
             max_batch_tasks: 10_000,
@@ -193,6 +197,24 @@ impl Default for Config {
 /// Environment variables read, besides `BATON_<FIELD>` for every field:
 /// seed 000's `GRPC_PORT`, `LOG_LEVEL` and `MAX_WORKERS`, and `LOG_FORMAT`.
 pub const SEED_ENV: &[&str] = &["GRPC_PORT", "LOG_LEVEL", "MAX_WORKERS", "LOG_FORMAT"];
+
+/// The most runtime worker threads a process may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// The async runtime's worker threads: `configured`, or when that is 0, one
+/// less than `cpus` (at least one). The process has other threads that need a
+/// CPU of their own under load: the embedded store's writer and syncer, and
+/// on a small machine the agents and clients beside it. On two CPUs, one
+/// runtime worker gave more throughput and a lower median latency than two
+/// (BENCHMARKS.md, 2026-12-05): every wake-up of an idle worker to steal a
+/// task is a context switch, dear on a virtual machine.
+pub fn runtime_workers(configured: usize, cpus: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        cpus.saturating_sub(1).max(1)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -227,6 +249,11 @@ impl Config {
         let mut problems = Vec::new();
         if self.max_workers == 0 {
             problems.push("max_workers (MAX_WORKERS) must be at least 1".to_string());
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            problems.push(format!(
+                "worker_threads (BATON_WORKER_THREADS) must be at most {MAX_WORKER_THREADS} (0: one less than the CPUs)"
+            ));
         }
         if self.max_body_bytes < 1024 {
             problems.push("max_body_bytes must be at least 1024".into());
@@ -495,6 +522,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("metrics_addr"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[("BATON_WORKER_THREADS", "5000")]),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("BATON_WORKER_THREADS"), "{err}");
+    }
+
+    #[test]
+    fn runtime_workers_leave_a_cpu_unless_told() {
+        let c = Config::load(None, &env(&[]), Default::default()).unwrap();
+        assert_eq!(c.worker_threads, 0);
+        assert_eq!(runtime_workers(c.worker_threads, 2), 1);
+        assert_eq!(runtime_workers(c.worker_threads, 16), 15);
+        assert_eq!(runtime_workers(c.worker_threads, 1), 1);
+        let c = Config::load(
+            None,
+            &env(&[("BATON_WORKER_THREADS", "4")]),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(runtime_workers(c.worker_threads, 2), 4);
     }
 
     #[test]
