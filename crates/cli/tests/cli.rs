@@ -128,6 +128,24 @@ fn serve_refuses_bad_configuration_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent type"));
+    // The runtime's size is checked before the runtime is built.
+    let out = Command::new(BATON)
+        .args(["dev"])
+        .env("BATON_WORKER_THREADS", "5000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker_threads (BATON_WORKER_THREADS) must be at most 1024"),
+        "{err}"
+    );
+    let out = Command::new(BATON)
+        .args(["agent", "--type", "echo", "--worker-threads", "5000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
 }
 
 #[test]
