@@ -149,6 +149,58 @@ fn serve_refuses_bad_configuration_with_a_clear_message() {
 }
 
 #[test]
+fn serve_runs_the_runtime_size_it_is_given() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("workers");
+    let serving_with = |envs: &[(&str, &str)], args: &[&str]| -> Value {
+        let mut child = Command::new(BATON)
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--metrics-addr",
+                "off",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(&dir.0)
+            .args(args)
+            .env_remove("BATON_WORKER_THREADS")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let line = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("baton is serving"))
+            .expect("a serving line");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let v = serving_with(&[], &["--worker-threads", "3"]);
+    assert_eq!(v["fields"]["runtime_workers"], 3, "{v}");
+    let v = serving_with(&[("BATON_WORKER_THREADS", "2")], &[]);
+    assert_eq!(v["fields"]["runtime_workers"], 2, "{v}");
+    // By default, one less than the CPUs, at least one.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let v = serving_with(&[], &[]);
+    assert_eq!(
+        v["fields"]["runtime_workers"],
+        cpus.saturating_sub(1).max(1),
+        "{v}"
+    );
+}
+
+#[test]
 fn two_servers_cannot_share_a_data_directory() {
     let dir = TempDir::new("lock");
     let _first = Server::start(&dir.0);

@@ -284,7 +284,8 @@ pub async fn run(
                 let _ = grpc_stop.changed().await;
             }),
     );
-    tracing::info!(%http_addr, %grpc_addr, metrics_addr = ?metrics_addr, data_dir = %cfg.data_dir.display(), "baton is serving");
+    let runtime_workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%http_addr, %grpc_addr, metrics_addr = ?metrics_addr, data_dir = %cfg.data_dir.display(), runtime_workers, "baton is serving");
 
     shutdown.await;
     tracing::info!("shutting down");
