@@ -107,45 +107,38 @@ async fn submit_wait_list_get_dlq_and_agents_from_the_cli() {
 
 #[test]
 fn serve_refuses_bad_configuration_with_a_clear_message() {
-    let out = Command::new(BATON)
-        .args(["serve", "--max-workers", "0"])
-        .env_remove("MAX_WORKERS")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Runs `baton args` with `env` (a value, or None to unset), expects it to
+    // fail, and returns what it said.
+    let refused = |args: &[&str], env: &[(&str, Option<&str>)]| -> String {
+        let mut cmd = Command::new(BATON);
+        cmd.args(args);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["serve", "--max-workers", "0"], &[("MAX_WORKERS", None)]);
     assert!(err.contains("max_workers"), "{err}");
-    let out = Command::new(BATON)
-        .args(["serve"])
-        .env("GRPC_PORT", "not-a-port")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("GRPC_PORT"));
-    let out = Command::new(BATON)
-        .args(["agent", "--type", "nonsense"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent type"));
+    let err = refused(&["serve"], &[("GRPC_PORT", Some("not-a-port"))]);
+    assert!(err.contains("GRPC_PORT"));
+    let err = refused(&["agent", "--type", "nonsense"], &[]);
+    assert!(err.contains("unknown agent type"));
     // The runtime's size is checked before the runtime is built.
-    let out = Command::new(BATON)
-        .args(["dev"])
-        .env("BATON_WORKER_THREADS", "5000")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["dev"], &[("BATON_WORKER_THREADS", Some("5000"))]);
     assert!(
         err.contains("worker_threads (BATON_WORKER_THREADS) must be at most 1024"),
         "{err}"
     );
-    let out = Command::new(BATON)
-        .args(["agent", "--type", "echo", "--worker-threads", "5000"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
+    let err = refused(
+        &["agent", "--type", "echo", "--worker-threads", "5000"],
+        &[],
+    );
+    assert!(err.contains("--worker-threads"));
 }
 
 #[test]

@@ -372,6 +372,7 @@ impl SqliteStore {
     async fn write_bulk<T, F>(
         &self,
         weight: usize,
+        sync: SyncMode,
         at_commit: Option<writer::Hook<T>>,
         work: F,
     ) -> Result<T>
@@ -379,7 +380,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T> + Send + 'static,
     {
-        self.queue_hooked(weight, weight >= BULK_WEIGHT, false, at_commit, work)
+        let defer_sync = sync == SyncMode::Deferred;
+        self.queue_hooked(weight, weight >= BULK_WEIGHT, defer_sync, at_commit, work)
             .await
     }
 
@@ -470,15 +472,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let hook: writer::Hook<Vec<SubmitOutcome>> = Box::new(move |o| at_commit(o));
-        let weight = tasks.len();
-        let defer_sync = sync == SyncMode::Deferred;
-        self.queue_hooked(
-            weight,
-            weight >= BULK_WEIGHT,
-            defer_sync,
-            Some(hook),
-            move |s| s.submit(tasks, starts, now),
-        )
+        self.write_bulk(tasks.len(), sync, Some(hook), move |s| {
+            s.submit(tasks, starts, now)
+        })
         .await
     }
 
@@ -657,7 +653,7 @@ impl Store for SqliteStore {
             .map(|w| runs::RunText::encode(&w.record))
             .collect::<Result<Vec<_>>>()?;
         let hook: writer::Hook<Vec<RunWriteOutcome>> = Box::new(move |o| at_commit(o));
-        self.write_bulk(weight, Some(hook), move |s| {
+        self.write_bulk(weight, SyncMode::Now, Some(hook), move |s| {
             s.write_runs(writes, texts, now)
         })
         .await
