@@ -516,6 +516,15 @@ async fn bad_input_gets_one_error_shape_and_changes_nothing() {
         .map(|p| p["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["task_type", "priority", "timeout_ms"]);
+    // The message names the first problem's field once, then counts the rest.
+    assert_eq!(
+        r.body["error"]["message"],
+        "task_type must not be empty (and 2 more problems)"
+    );
+    assert_eq!(
+        r.body["error"]["details"]["problems"][1]["message"],
+        "99 is out of range: use 1..=10 or one of critical, high, normal, low, background"
+    );
 
     // Too large (default limit 16 MiB).
     let big = format!(

@@ -175,6 +175,44 @@ async fn grpc_errors_match_rest_errors() {
     );
     assert!(batch.results[0].task.is_none());
     assert!(batch.results[1].created && batch.results[1].error.is_none());
+
+    // A batch with bad tasks is refused whole, with the same error as over REST:
+    // every problem of every task, each under its field, named once.
+    let mut no_type = task("");
+    no_type.task_id = "batch-bad-0".into();
+    let mut loud = task("echo");
+    loud.task_id = "batch-bad-1".into();
+    loud.priority = "99".into();
+    let status = c
+        .submit_tasks(v1::SubmitTasksRequest {
+            tasks: vec![task("echo"), no_type, loud],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let grpc_err = baton_proto::from_status(&status);
+    let rest = api
+        .post(
+            "/api/v1/tasks/batch",
+            &json!({"tasks": [
+                {"task_type": "echo"},
+                {"task_id": "batch-bad-0", "task_type": ""},
+                {"task_id": "batch-bad-1", "task_type": "echo", "priority": 99},
+            ]}),
+        )
+        .await;
+    assert_eq!(rest.status, 400, "{}", rest.body);
+    assert_eq!(grpc_err.message, rest.body["error"]["message"]);
+    assert_eq!(grpc_err.details, rest.body["error"]["details"]);
+    assert_eq!(
+        grpc_err.message,
+        "tasks[1].task_type must not be empty (and 1 more problem)"
+    );
+    assert_eq!(
+        grpc_err.details["problems"][1],
+        json!({"field": "tasks[2].priority", "message": "99 is out of range: use 1..=10 or one of critical, high, normal, low, background"})
+    );
+    assert_eq!(api.get("/api/v1/tasks/batch-bad-1").await.status, 404);
 }
 
 type AgentTx = tokio::sync::mpsc::Sender<v1::AgentMessage>;

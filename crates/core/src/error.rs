@@ -39,6 +39,21 @@ pub fn summarize_problems(first: &str, total: usize) -> String {
     }
 }
 
+/// `message` without the name of `field` it starts with, if it does (see
+/// [`Error::from_problems`]).
+fn without_field<'a>(field: &str, message: &'a str) -> &'a str {
+    let suffixes =
+        std::iter::once(field).chain(field.match_indices('.').map(|(i, _)| &field[i + 1..]));
+    for name in suffixes.filter(|n| !n.is_empty()) {
+        if let Some(rest) = message.strip_prefix(name).and_then(|r| r.strip_prefix(' ')) {
+            if !rest.is_empty() {
+                return rest;
+            }
+        }
+    }
+    message
+}
+
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +102,46 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
     }
+    /// A validation error that lists every problem in `details.problems` as
+    /// `{field, message}`; its own message is the first problem, then how many
+    /// more there are. A problem's message that starts with its field's name,
+    /// or with the name's last segments (a part checked on its own names
+    /// itself: `inputs[0].data …` under `tasks[2].inputs[0].data`), loses it,
+    /// so that no field is named twice.
+    pub fn from_problems<F: Into<String>, M: Into<String>>(
+        problems: impl IntoIterator<Item = (F, M)>,
+    ) -> Self {
+        let problems: Vec<(String, String)> = problems
+            .into_iter()
+            .map(|(field, message)| {
+                let field = field.into();
+                let message = without_field(&field, &message.into()).to_string();
+                (field, message)
+            })
+            .collect();
+        let first = problems
+            .first()
+            .map(|(field, message)| format!("{field} {message}"))
+            .unwrap_or_default();
+        let list: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|(field, message)| serde_json::json!({"field": field, "message": message}))
+            .collect();
+        Self::invalid(summarize_problems(&first, list.len()))
+            .with_details(serde_json::json!({ "problems": list }))
+    }
+    /// The problems this error lists, as (field, message). An error without a
+    /// list is one problem, under the field its details name, or else `field`.
+    pub fn problems(&self, field: &str) -> Vec<(String, String)> {
+        let text = |v: &serde_json::Value, default: &str| v.as_str().unwrap_or(default).to_string();
+        match self.details["problems"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|p| (text(&p["field"], field), text(&p["message"], "")))
+                .collect(),
+            None => vec![(text(&self.details["field"], field), self.message.clone())],
+        }
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }
@@ -119,7 +174,38 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
-    use super::summarize_problems;
+    use super::{summarize_problems, Error};
+
+    #[test]
+    fn a_problem_names_its_field_once() {
+        let e = Error::from_problems([
+            ("priority", "priority 99 is out of range"),
+            ("tasks[2].inputs[0].data", "inputs[0].data must be a string"),
+            ("timeout_ms", "must be greater than zero"),
+            ("name", "name"),
+        ]);
+        assert_eq!(
+            e.message,
+            "priority 99 is out of range (and 3 more problems)"
+        );
+        let messages: Vec<String> = e.problems("").into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            messages,
+            [
+                "99 is out of range",
+                "must be a string",
+                "must be greater than zero",
+                "name"
+            ]
+        );
+        // An error without a list is one problem, under the field it names.
+        let one = Error::invalid("x is reserved").with_field("metadata.x");
+        assert_eq!(
+            one.problems("tasks[0]"),
+            [("metadata.x".into(), "x is reserved".into())]
+        );
+        assert_eq!(Error::invalid("bad").problems("tasks[0]")[0].0, "tasks[0]");
+    }
 
     #[test]
     fn problem_counts_read_as_english() {

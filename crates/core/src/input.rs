@@ -135,7 +135,8 @@ impl InputPart {
                 .with_field(&field)
         })?;
         let kind_raw = obj.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
-            crate::Error::invalid(format!("{field}.type must be a string")).with_field(&field)
+            crate::Error::invalid(format!("{field}.type must be a string"))
+                .with_field(&format!("{field}.type"))
         })?;
         let opt_str = |k: &str| -> Result<Option<String>, crate::Error> {
             match obj.get(k) {
@@ -143,7 +144,7 @@ impl InputPart {
                 Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(
                     crate::Error::invalid(format!("{field}.{k} must be a string"))
-                        .with_field(&field),
+                        .with_field(&format!("{field}.{k}")),
                 ),
             }
         };
@@ -162,29 +163,30 @@ impl InputPart {
     ) -> Result<Self, crate::Error> {
         let kind =
             InputKind::parse(kind_raw).map_err(|e| e.with_field(&format!("{field}.type")))?;
+        let data_field = format!("{field}.data");
         let data = match (kind, data) {
             (InputKind::Json, v) => PartData::Json(v),
             (InputKind::Text, serde_json::Value::String(s)) => PartData::Text(s),
             (InputKind::Text, _) => {
                 return Err(crate::Error::invalid(format!(
-                    "{field}.data must be a string for text"
+                    "{data_field} must be a string for text"
                 ))
-                .with_field(field))
+                .with_field(&data_field))
             }
             (_, serde_json::Value::String(s)) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
                     .map_err(|e| {
-                        crate::Error::invalid(format!("{field}.data is not valid base64: {e}"))
-                            .with_field(field)
+                        crate::Error::invalid(format!("{data_field} is not valid base64: {e}"))
+                            .with_field(&data_field)
                     })?;
                 PartData::Bytes(bytes)
             }
             (_, _) => {
                 return Err(crate::Error::invalid(format!(
-                    "{field}.data must be a base64 string for {kind_raw}"
+                    "{data_field} must be a base64 string for {kind_raw}"
                 ))
-                .with_field(field))
+                .with_field(&data_field))
             }
         };
         Ok(Self {

@@ -111,14 +111,7 @@ impl Problems {
         if self.0.is_empty() {
             return Ok(ok());
         }
-        let first = format!("{} {}", self.0[0].0, self.0[0].1);
-        let message = crate::error::summarize_problems(&first, self.0.len());
-        let list: Vec<Value> = self
-            .0
-            .iter()
-            .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
-            .collect();
-        Err(Error::invalid(message).with_details(serde_json::json!({ "problems": list })))
+        Err(Error::from_problems(self.0))
     }
 }
 
@@ -210,7 +203,12 @@ impl TaskSpec {
                 for (i, item) in items.iter().enumerate() {
                     match InputPart::from_json_value(i, item) {
                         Ok(part) => inputs.push(part),
-                        Err(e) => p.push(f(&format!("inputs[{i}]")), e.message),
+                        Err(e) => {
+                            // The part names the exact field (`inputs[0].data`).
+                            for (at, message) in e.problems(&format!("inputs[{i}]")) {
+                                p.push(f(&at), message)
+                            }
+                        }
                     }
                 }
             }
@@ -466,6 +464,50 @@ mod tests {
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bad_input_part_names_its_exact_field_once() {
+        let e = parse(json!({"task_type": "x", "inputs": [
+            {"type": "text", "data": "ok"},
+            {"type": "text", "content": "hi"},
+            {"type": "image", "data": "%%%"},
+            {"type": "sound", "data": ""},
+            "part",
+        ]}))
+        .unwrap_err();
+        let problems: Vec<(String, String)> = e.details["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["field"].as_str().unwrap().into(),
+                    p["message"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "inputs[1].data",
+                "inputs[2].data",
+                "inputs[3].type",
+                "inputs[4]"
+            ]
+        );
+        for (field, message) in &problems {
+            assert!(!message.contains(field.as_str()), "{field}: {message}");
+        }
+        assert!(
+            problems[1].1.starts_with("is not valid base64"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            e.message,
+            "inputs[1].data must be a string for text (and 3 more problems)"
+        );
     }
 
     #[test]

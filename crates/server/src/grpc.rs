@@ -180,19 +180,12 @@ impl v1::baton_server::Baton for ClientApi {
         for (i, t) in tasks.into_iter().enumerate() {
             match spec_from_proto(&self.app, t, &format!("tasks[{i}].")) {
                 Ok(s) => specs.push(s),
-                Err(e) => problems.push(e),
+                // As over REST: every problem of every task, by field.
+                Err(e) => problems.extend(e.problems(&format!("tasks[{i}]"))),
             }
         }
-        if let Some(first) = problems.first() {
-            let list: Vec<serde_json::Value> = problems
-                .iter()
-                .map(|e| serde_json::json!({"message": e.message, "details": e.details}))
-                .collect();
-            let mut e = first.clone();
-            e.message = baton_core::error::summarize_problems(&e.message, problems.len());
-            return Err(status(
-                e.with_details(serde_json::json!({"problems": list})),
-            ));
+        if !problems.is_empty() {
+            return Err(status(Error::from_problems(problems)));
         }
         let results = self.app.submit(specs).await.map_err(status)?;
         // As over REST: a conflicting id is reported on its own item.

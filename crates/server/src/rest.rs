@@ -358,27 +358,11 @@ async fn submit_batch(
     for (i, item) in items.iter().enumerate() {
         match app.parse(item, &format!("tasks[{i}].")) {
             Ok(s) => specs.push(s),
-            Err(e) => match e.details.get("problems").and_then(|p| p.as_array()) {
-                Some(list) => problems.extend(list.iter().cloned()),
-                None => problems.push(
-                    serde_json::json!({"field": format!("tasks[{i}]"), "message": e.message}),
-                ),
-            },
+            Err(e) => problems.extend(e.problems(&format!("tasks[{i}]"))),
         }
     }
     if !problems.is_empty() {
-        let first = problems[0].clone();
-        let msg = baton_core::error::summarize_problems(
-            &format!(
-                "{} {}",
-                first["field"].as_str().unwrap_or(""),
-                first["message"].as_str().unwrap_or("")
-            ),
-            problems.len(),
-        );
-        return Err(ApiError(
-            Error::invalid(msg).with_details(serde_json::json!({"problems": problems})),
-        ));
+        return Err(ApiError(Error::from_problems(problems)));
     }
     let ids: Vec<String> = specs.iter().map(|s| s.task_id.to_string()).collect();
     let results = app.submit(specs).await?;

@@ -942,23 +942,11 @@ pub fn validate_hints(metadata: &serde_json::Map<String, serde_json::Value>) -> 
     match (hints, resources) {
         (Ok(()), r) | (r, Ok(())) => r,
         // Every problem at once: the routing keys' first, then the resources'.
-        (Err(e), Err(r)) => {
-            let problems = |e: &Error| {
-                e.details["problems"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            let all: Vec<serde_json::Value> =
-                problems(&e).into_iter().chain(problems(&r)).collect();
-            let first = format!(
-                "{} {}",
-                all[0]["field"].as_str().unwrap_or_default(),
-                all[0]["message"].as_str().unwrap_or_default()
-            );
-            let message = baton_core::error::summarize_problems(&first, all.len());
-            Err(Error::invalid(message).with_details(serde_json::json!({ "problems": all })))
-        }
+        (Err(e), Err(r)) => Err(Error::from_problems(
+            e.problems("metadata")
+                .into_iter()
+                .chain(r.problems("metadata")),
+        )),
     }
 }
 

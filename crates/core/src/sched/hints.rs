@@ -153,15 +153,7 @@ impl Hints {
         if problems.is_empty() {
             return Ok(hints);
         }
-        let message = crate::error::summarize_problems(
-            &format!("{} {}", problems[0].0, problems[0].1),
-            problems.len(),
-        );
-        let list: Vec<Value> = problems
-            .iter()
-            .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
-            .collect();
-        Err(Error::invalid(message).with_details(serde_json::json!({ "problems": list })))
+        Err(Error::from_problems(problems))
     }
 
     /// The strategy to use: the task's own, else its type's, else least-loaded.

@@ -124,13 +124,7 @@ impl Resources {
             return Ok(Some(r).filter(|r| !r.is_empty()));
         }
         // The shape of the other metadata keys' errors (`sched::Hints`).
-        let (field, msg) = &p.0[0];
-        let message = crate::error::summarize_problems(&format!("{field} {msg}"), p.0.len());
-        let list: Vec<Value> =
-            p.0.iter()
-                .map(|(f, m)| serde_json::json!({"field": f, "message": m}))
-                .collect();
-        Err(Error::invalid(message).with_details(serde_json::json!({ "problems": list })))
+        Err(Error::from_problems(p.0))
     }
 }
 

@@ -105,21 +105,13 @@ pub fn parse_rules<S: AsRef<str>>(lines: &[S]) -> Result<Vec<Rule>, Error> {
     for (i, line) in lines.iter().enumerate() {
         match parse_rule(line.as_ref()) {
             Ok(r) => rules.push(r),
-            Err(m) => {
-                problems.push(serde_json::json!({"field": format!("rules[{i}]"), "message": m}))
-            }
+            Err(m) => problems.push((format!("rules[{i}]"), m)),
         }
     }
     if problems.is_empty() {
         return Ok(rules);
     }
-    let first = format!(
-        "{} {}",
-        problems[0]["field"].as_str().unwrap_or_default(),
-        problems[0]["message"].as_str().unwrap_or_default()
-    );
-    let message = crate::error::summarize_problems(&first, problems.len());
-    Err(Error::invalid(message).with_details(serde_json::json!({ "problems": problems })))
+    Err(Error::from_problems(problems))
 }
 
 fn unquote(raw: &str) -> Result<String, String> {
