@@ -501,6 +501,12 @@ async fn bad_input_gets_one_error_shape_and_changes_nothing() {
     );
     check(&api.get("/api/v1/tasks/nope").await, 404, "not_found");
     check(&api.get("/api/v1/nothing-here").await, 404, "not_found");
+    // A known endpoint with a method it does not take: 405, and what it takes.
+    let r = api
+        .raw(reqwest::Method::DELETE, "/api/v1/tasks/anything", None)
+        .await;
+    check(&r, 405, "method_not_allowed");
+    assert_eq!(r.headers["allow"], "GET,HEAD");
 
     // Several problems are reported at once, each with its field.
     let r = api

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A deadline passed.
     DeadlineExceeded,
+    /// The endpoint exists but does not take this HTTP method.
+    MethodNotAllowed,
     /// A bug or an unexpected failure inside Baton.
     Internal,
 }
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }

@@ -44,6 +44,7 @@ pub const ERROR_TABLE: &[(ErrorCode, u16, tonic::Code)] = &[
         504,
         tonic::Code::DeadlineExceeded,
     ),
+    (ErrorCode::MethodNotAllowed, 405, tonic::Code::Unimplemented),
     (ErrorCode::Internal, 500, tonic::Code::Internal),
 ];
 
@@ -114,6 +115,7 @@ pub fn from_status(status: &tonic::Status) -> Error {
             tonic::Code::Aborted => ErrorCode::StaleAttempt,
             tonic::Code::Unavailable => ErrorCode::Unavailable,
             tonic::Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            tonic::Code::Unimplemented => ErrorCode::MethodNotAllowed,
             _ => ErrorCode::Internal,
         });
     let details = status
@@ -145,6 +147,7 @@ mod tests {
             ErrorCode::FailedPrecondition,
             ErrorCode::Unavailable,
             ErrorCode::DeadlineExceeded,
+            ErrorCode::MethodNotAllowed,
             ErrorCode::Internal,
         ];
         assert_eq!(codes.len(), ERROR_TABLE.len());

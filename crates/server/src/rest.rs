@@ -38,7 +38,7 @@ pub struct ErrorBody {
 
 #[derive(Serialize, ToSchema)]
 struct ErrorDetail {
-    /// invalid_argument, not_found, conflict, payload_too_large, resource_exhausted, stale_attempt, failed_precondition, unavailable, deadline_exceeded, internal
+    /// invalid_argument, not_found, conflict, payload_too_large, resource_exhausted, stale_attempt, failed_precondition, unavailable, deadline_exceeded, method_not_allowed, internal
     code: String,
     message: String,
     #[schema(value_type = Object)]
@@ -636,9 +636,10 @@ async fn not_found() -> ApiError {
     ApiError(Error::not_found("no such endpoint; see /openapi.json"))
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError(Error::invalid(
-        "method not allowed on this endpoint; see /openapi.json",
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError(Error::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this endpoint does not take {method}; see /openapi.json"),
     ))
 }
 
