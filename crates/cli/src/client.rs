@@ -24,7 +24,9 @@ pub struct ApiFailure {
 impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)?;
-        if let Some(problems) = self.details.get("problems").and_then(|p| p.as_array()) {
+        // The message already is the first problem: a list only for several.
+        let problems = self.details.get("problems").and_then(|p| p.as_array());
+        if let Some(problems) = problems.filter(|p| p.len() > 1) {
             for p in problems {
                 write!(
                     f,
@@ -162,4 +164,36 @@ pub fn enc(raw: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiFailure;
+    use serde_json::json;
+
+    #[test]
+    fn problems_are_listed_only_when_there_are_several() {
+        let one = ApiFailure {
+            code: "invalid_argument".into(),
+            message: "priority 99 is out of range".into(),
+            details: json!({"problems": [{"field": "priority", "message": "99 is out of range"}]}),
+        };
+        assert_eq!(
+            one.to_string(),
+            "invalid_argument: priority 99 is out of range"
+        );
+        let two = ApiFailure {
+            message: "task_type must not be empty (and 1 more problem)".into(),
+            details: json!({"problems": [
+                {"field": "task_type", "message": "must not be empty"},
+                {"field": "timeout_ms", "message": "must be greater than zero"},
+            ]}),
+            ..one
+        };
+        assert_eq!(
+            two.to_string(),
+            "invalid_argument: task_type must not be empty (and 1 more problem)\n  \
+             - task_type must not be empty\n  - timeout_ms must be greater than zero"
+        );
+    }
 }
