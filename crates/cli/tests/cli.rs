@@ -146,22 +146,8 @@ fn serve_runs_the_runtime_size_it_is_given() {
     use std::io::{BufRead, BufReader};
     let dir = TempDir::new("workers");
     let serving_with = |envs: &[(&str, &str)], args: &[&str]| -> Value {
-        let mut child = Command::new(BATON)
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--metrics-addr",
-                "off",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(&dir.0)
+        let mut child = serve_command(&dir.0)
+            .args(["--metrics-addr", "off", "--log-format", "json"])
             .args(args)
             .env_remove("BATON_WORKER_THREADS")
             .envs(envs.iter().copied())
@@ -197,18 +183,7 @@ fn serve_runs_the_runtime_size_it_is_given() {
 fn two_servers_cannot_share_a_data_directory() {
     let dir = TempDir::new("lock");
     let _first = Server::start(&dir.0);
-    let out = Command::new(BATON)
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir.0)
-        .output()
-        .unwrap();
+    let out = serve_command(&dir.0).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("in use"),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AgentProc, Api, Server, TempDir, BATON};
+use common::{serve_command, AgentProc, Api, Server, TempDir, BATON};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -395,16 +395,7 @@ async fn json_logs_carry_task_and_agent_ids() {
     let dir = TempDir::new("json-logs");
     let log_path = dir.0.join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BATON)
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.0.join("data"))
+    let mut child = serve_command(&dir.0.join("data"))
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
         .env("BATON_METRICS_ADDR", "off")

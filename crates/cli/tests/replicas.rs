@@ -464,19 +464,8 @@ fn an_unusable_store_at_start_is_retried_then_reported() {
     let dir = TempDir::new("bad-store");
     let run = |store: &str, wait_ms: &str| {
         let started = Instant::now();
-        let out = std::process::Command::new(BATON)
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "off",
-            ])
-            .arg("--data-dir")
-            .arg(&dir.0)
-            .args(["--store", store])
+        let out = serve_command(&dir.0)
+            .args(["--metrics-addr", "off", "--store", store])
             .env("BATON_STORE_WAIT_MS", wait_ms)
             .env_remove("LOG_LEVEL")
             .output()

@@ -39,6 +39,22 @@ pub struct Server {
     pub metrics: Option<String>,
 }
 
+/// `baton serve` on free ports with this data directory, for a test that
+/// watches the process itself (its exit, its stderr) rather than use [`Server`].
+pub fn serve_command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BATON);
+    cmd.args([
+        "serve",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    cmd
+}
+
 impl Server {
     /// Starts `baton serve` on the given addresses (use 127.0.0.1:0 for any port).
     pub fn start_on(data_dir: &Path, http_addr: &str, grpc_addr: &str, extra: &[&str]) -> Server {
